@@ -1,4 +1,7 @@
-"""omni-batch: run large batches of text-to-video generations against the ToAPIs task API."""
+"""omni-batch: run large batches of text-to-video generations against the ToAPIs task API.
+
+The public API: everything a notebook user needs is importable from here.
+"""
 
 from omni_batch.catalog import Catalog, ModelRules, load_catalog
 from omni_batch.errors import (
@@ -10,6 +13,9 @@ from omni_batch.errors import (
     UsageError,
     Where,
 )
+from omni_batch.jobs import Job
+from omni_batch.manifest import Manifest, PlanSummary, load_manifest
+from omni_batch.plan import Plan, plan
 
 __version__ = "0.1.0"
 
@@ -17,12 +23,18 @@ __all__ = [
     "Catalog",
     "CatalogError",
     "InputError",
+    "Job",
+    "Manifest",
     "ManifestError",
     "ModelRules",
     "OmniBatchError",
+    "Plan",
+    "PlanSummary",
     "Problem",
     "UsageError",
     "Where",
     "__version__",
     "load_catalog",
+    "load_manifest",
+    "plan",
 ]

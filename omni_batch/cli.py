@@ -1,4 +1,4 @@
-"""The `omni-batch` command: parses options, calls the library, prints, maps errors to exit codes."""
+"""The `omni-batch` command: parse options, call the library, print, map errors to exit codes."""
 
 from __future__ import annotations
 
@@ -32,3 +32,38 @@ def reports_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.version_option(__version__, prog_name="omni-batch")
 def main() -> None:
     """Run batches of text-to-video generations against the ToAPIs video task API."""
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(dir_okay=True, path_type=str))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+    help="table: a summary and the first jobs; json/csv: every job.",
+)
+@click.option(
+    "--catalog",
+    type=click.Path(path_type=str),
+    help="A model catalog file that adds or overrides models.",
+)
+@reports_errors
+def plan(manifest: str, fmt: str, catalog: str | None) -> None:
+    """Validate MANIFEST and show the jobs it expands to. No network; exit 2 when invalid."""
+    from omni_batch.plan import plan as make_plan
+
+    result = make_plan(manifest, catalog)
+    out = sys.stdout
+    if fmt == "json":
+        result.write_json(out)
+    elif fmt == "csv":
+        result.write_csv(out)
+    else:
+        from rich.console import Console
+
+        from omni_batch.display import plan_summary
+
+        console = Console()
+        console.print(plan_summary(result, console.width))

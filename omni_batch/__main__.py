@@ -1,0 +1,3 @@
+from omni_batch.cli import main
+
+main()
