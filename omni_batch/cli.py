@@ -11,6 +11,7 @@ import click
 
 from omni_batch import __version__
 from omni_batch.errors import OmniBatchError
+from omni_batch.simulator.command import simulate
 
 
 def reports_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -67,3 +68,6 @@ def plan(manifest: str, fmt: str, catalog: str | None) -> None:
 
         console = Console()
         console.print(plan_summary(result, console.width))
+
+
+main.add_command(simulate)

@@ -1,0 +1,114 @@
+"""`omni-batch simulate`: run the simulator standalone until Ctrl-C and print where it listens.
+
+Only click is imported at module level, so registering this command keeps the CLI fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+@click.command("simulate")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8700, show_default=True, type=int, help="API port (0: any).")
+@click.option(
+    "--cdn-port",
+    type=int,
+    default=None,
+    help="Port of the video download host  [default: API port + 1, or any when --port 0]",
+)
+@click.option(
+    "--profile", default="default", show_default=True, help="default, fast, chaos, realistic."
+)
+@click.option(
+    "--key", "keys", multiple=True, help="Accepted API key (repeatable).  [default: sk-sim-local]"
+)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of every random choice.")
+@click.option(
+    "--set", "settings", multiple=True, metavar="KNOB=VALUE", help="Override one knob (repeatable)."
+)
+@click.option(
+    "--catalog",
+    "catalog_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Model catalog overlay (YAML/JSON), as `run --catalog` takes.",
+)
+@click.option("--show", is_flag=True, help="Print the resulting knobs and exit.")
+def simulate(
+    host: str,
+    port: int,
+    cdn_port: int | None,
+    profile: str,
+    keys: tuple[str, ...],
+    seed: int,
+    settings: tuple[str, ...],
+    catalog_path: str | None,
+    show: bool,
+) -> None:
+    """Run a local ToAPIs-compatible server with seeded faults until Ctrl-C.
+
+    Profiles: default (tasks finish in 0.6-2.3 s, no faults), fast (for tests), chaos (every
+    fault), realistic (documented timings: queued 5-10 s, generation 60-300 s).
+    """
+    from omni_batch.errors import OmniBatchError
+
+    try:
+        _serve(host, port, cdn_port, profile, keys, seed, settings, catalog_path, show)
+    except OmniBatchError as exc:
+        for line in exc.lines():
+            click.echo(f"omni-batch simulate: {line}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("simulator stopped")
+
+
+def _serve(
+    host: str,
+    port: int,
+    cdn_port: int | None,
+    profile: str,
+    keys: tuple[str, ...],
+    seed: int,
+    settings: tuple[str, ...],
+    catalog_path: str | None,
+    show: bool,
+) -> None:
+    import asyncio
+    import contextlib
+    import signal
+
+    from omni_batch.catalog import load_catalog
+    from omni_batch.simulator import SimConfig, parse_settings, start_simulator
+
+    overrides = parse_settings(settings)
+    if keys:
+        overrides["keys"] = keys
+    config = SimConfig.from_profile(profile, seed=seed, **overrides)
+    if show:
+        for name, value in config.knobs().items():
+            click.echo(f"{name} = {value}")
+        return
+    catalog = load_catalog(catalog_path)
+    if cdn_port is None:
+        cdn_port = port + 1 if port else 0
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        # SIGTERM stops as cleanly as Ctrl-C does (e.g. when a test or a supervisor ends us).
+        with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        async with start_simulator(config, host, port, cdn_port, catalog) as sim:
+            click.echo(f"omni-batch simulator: profile {profile}, seed {seed}")
+            click.echo(f"  API:  {sim.base_url}")
+            click.echo(f"  CDN:  {sim.cdn_url}")
+            click.echo(f"  key:  {sim.key}")
+            click.echo(f"  stats: {sim.base_url}/_sim/stats")
+            click.echo("Press Ctrl-C to stop.")
+            sys.stdout.flush()
+            await stop.wait()
+        click.echo("simulator stopped")
+
+    asyncio.run(run())

@@ -1,0 +1,231 @@
+"""The simulator's knobs: ``SimConfig`` (a frozen dataclass), the named ``PROFILES``, and
+``parse_settings`` for ``--set KNOB=VALUE`` text. Every fault and timing lives here as data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+from omni_batch.errors import UsageError
+
+DEFAULT_KEY = "sk-sim-local"
+
+SubmitShape = Literal["object", "legacy", "mixed"]
+ResultShape = Literal["result", "url", "video_url", "mixed"]
+QueuedWord = Literal["queued", "submitted", "mixed"]
+ErrorCode = Literal["int", "string", "mixed"]
+DuplicateCbid = Literal["conflict", "existing"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SimConfig:
+    """Everything the simulator can be told. Probabilities are 0..1, times are seconds.
+
+    Per-task outcomes (timings, failure, shapes) derive from ``(seed, task number)``;
+    per-request faults come from one RNG seeded with ``seed``, drawn in arrival order.
+    """
+
+    seed: int = 0
+    keys: tuple[str, ...] = (DEFAULT_KEY,)
+
+    # Limits per API key. rate=None means no request-rate limit; max_active=None no cap.
+    rate: float | None = None
+    burst: int = 20
+    max_active: int | None = None
+    quota_after: int | None = None  # tasks a key may create before submits answer 402
+
+    # Task timing: queued for U(queue_min, queue_max), then in progress for U(gen_min, gen_max).
+    queue_min: float = 0.1
+    queue_max: float = 0.3
+    gen_min: float = 0.5
+    gen_max: float = 2.0
+    p_fail: float = 0.0  # a generation ends "failed" with a content-policy message
+    link_ttl: float = 86_400.0
+    refresh_links: bool = True  # a poll after expiry hands out a fresh link (else the dead one)
+
+    # Per-request faults on API calls (submits and polls).
+    latency: float = 0.0  # added to every API response
+    p_slow: float = 0.0
+    slow_delay: float = 2.0
+    p_5xx: float = 0.0
+    p_429: float = 0.0
+    storm_s: float = 0.0  # each injected 429 makes the key's next storm_s seconds all 429
+    retry_after: int = 1  # Retry-After for injected 429s and storms without a known end
+    p_drop: float = 0.0  # close the connection without an answer
+    p_ambiguous: float = 0.0  # submit: create the task, then drop the connection
+
+    # Downloads from the CDN listener.
+    download_rate: float | None = None  # bytes/s; None sends at once
+    p_truncate: float = 0.0  # promise the full length, send half, close
+
+    # Response shapes the contract leaves open ([varies]).
+    submit_shape: SubmitShape = "object"
+    result_shape: ResultShape = "result"
+    queued_word: QueuedWord = "queued"
+    error_code: ErrorCode = "int"
+    duplicate_cbid: DuplicateCbid = "conflict"  # reused client_business_id: 409, or the old task
+
+    clip_fps: int = 6
+
+    def __post_init__(self) -> None:
+        problem = _problem(self)
+        if problem:
+            raise UsageError(f"simulator: {problem}")
+
+    @classmethod
+    def from_profile(cls, name: str = "default", **overrides: Any) -> SimConfig:
+        """The named profile with ``overrides`` (knob=value) laid over it."""
+        if name not in PROFILES:
+            raise UsageError(
+                f"unknown simulator profile {name!r} (known: {', '.join(PROFILES)})"
+                + _hint(name, PROFILES)
+            )
+        for knob in overrides:
+            _check_knob(knob)
+        if "keys" in overrides and isinstance(overrides["keys"], str):
+            overrides["keys"] = (overrides["keys"],)
+        return dataclasses.replace(PROFILES[name], **overrides)
+
+    def knobs(self) -> dict[str, Any]:
+        """Knob name → value, in declaration order (for printing and stats)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+KNOBS: tuple[str, ...] = tuple(f.name for f in fields(SimConfig))
+
+
+def _problem(c: SimConfig) -> str | None:
+    for name in KNOBS:
+        value = getattr(c, name)
+        if name.startswith("p_") and not 0.0 <= value <= 1.0:
+            return f"{name} must be between 0 and 1, not {value}"
+    hints = get_type_hints(SimConfig)
+    for name in ("submit_shape", "result_shape", "queued_word", "error_code", "duplicate_cbid"):
+        allowed = get_args(hints[name])
+        if getattr(c, name) not in allowed:
+            return f"{name} must be one of {', '.join(allowed)}, not {getattr(c, name)!r}"
+    if not c.keys or not all(isinstance(k, str) and k.strip() for k in c.keys):
+        return "keys must be one or more non-empty strings"
+    if not 0 <= c.queue_min <= c.queue_max or not 0 <= c.gen_min <= c.gen_max:
+        return "need 0 <= queue_min <= queue_max and 0 <= gen_min <= gen_max"
+    for name in ("rate", "download_rate"):
+        value = getattr(c, name)
+        if value is not None and value <= 0:
+            return f"{name} must be positive or none"
+    for name in ("max_active", "quota_after"):
+        value = getattr(c, name)
+        if value is not None and value < 0:
+            return f"{name} must be 0 or more, or none"
+    nonneg = ("latency", "slow_delay", "storm_s", "link_ttl")
+    if c.burst < 1 or c.retry_after < 1 or c.clip_fps < 1 or any(getattr(c, n) < 0 for n in nonneg):
+        return "burst, retry_after and clip_fps must be >= 1; times must be >= 0"
+    return None
+
+
+def _hint(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _check_knob(name: str) -> None:
+    if name not in KNOBS:
+        raise UsageError(f"unknown simulator knob {name!r}{_hint(name, KNOBS)}")
+
+
+def _convert(name: str, text: str) -> Any:
+    """Text from the command line → the knob's Python type (``none`` for optional knobs)."""
+    hint = get_type_hints(SimConfig)[name]
+    args = get_args(hint)
+    optional = get_origin(hint) in (Union, types.UnionType) and type(None) in args
+    if optional:
+        if text.strip().lower() in ("none", "null", ""):
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if get_origin(hint) is Literal:
+        return text
+    if get_origin(hint) is tuple:
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+    if hint is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(text)
+    return hint(text)
+
+
+def parse_settings(pairs: Iterable[str]) -> dict[str, Any]:
+    """``["p_5xx=0.1", "rate=none"]`` → typed overrides; a bad pair raises UsageError."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise UsageError(f"--set wants KNOB=VALUE, got {pair!r}")
+        _check_knob(name)
+        try:
+            out[name] = _convert(name, text.strip())
+        except ValueError:
+            kind = get_type_hints(SimConfig)[name]
+            raise UsageError(f"simulator knob {name}: {text!r} is not a valid {kind}") from None
+    return out
+
+
+_BASE = SimConfig()
+
+PROFILES: Mapping[str, SimConfig] = {
+    # Quick start: every task completes in about a second or two, no faults.
+    "default": _BASE,
+    # For tests: tasks finish within ~0.25 s.
+    "fast": dataclasses.replace(
+        _BASE, queue_min=0.02, queue_max=0.05, gen_min=0.05, gen_max=0.2, clip_fps=4
+    ),
+    # Everything that can go wrong, often enough to be seen in a batch of a few dozen.
+    "chaos": dataclasses.replace(
+        _BASE,
+        rate=40.0,
+        burst=20,
+        max_active=30,
+        queue_min=0.05,
+        queue_max=0.3,
+        gen_min=0.2,
+        gen_max=1.5,
+        p_fail=0.1,
+        link_ttl=5.0,
+        p_slow=0.05,
+        slow_delay=1.0,
+        p_5xx=0.05,
+        p_429=0.02,
+        storm_s=1.0,
+        p_drop=0.02,
+        p_ambiguous=0.03,
+        download_rate=150_000.0,
+        p_truncate=0.02,
+        submit_shape="mixed",
+        result_shape="mixed",
+        queued_word="mixed",
+        error_code="mixed",
+    ),
+    # Documented upstream timings (queued 5-10 s, generation 1-5 min); the limits are guesses,
+    # since no numeric rate or concurrency limits are published.
+    "realistic": dataclasses.replace(
+        _BASE,
+        rate=10.0,
+        burst=20,
+        max_active=50,
+        queue_min=5.0,
+        queue_max=10.0,
+        gen_min=60.0,
+        gen_max=300.0,
+        p_fail=0.03,
+        latency=0.15,
+        p_5xx=0.002,
+        download_rate=5_000_000.0,
+    ),
+}

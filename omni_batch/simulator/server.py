@@ -1,0 +1,384 @@
+"""The ToAPIs stand-in over HTTP: the API listener (submit, status, /_sim/stats) and a separate
+CDN listener for video links, started with ``start_simulator`` or ``serve_in_thread``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+import sys
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+from aiohttp import web
+
+from omni_batch.catalog import BODY_FIELDS, Catalog, load_catalog
+from omni_batch.errors import UsageError
+from omni_batch.simulator.cdn import CdnHost, video_url
+from omni_batch.simulator.config import SimConfig
+from omni_batch.simulator.state import FAIL_MESSAGE, SimState, Task, retry_after
+
+SUBMIT_PATH = "/v1/videos/generations"
+STATS_PATH = "/_sim/stats"
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "insufficient_quota",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    409: "invalid_request_error",
+    429: "rate_limit_exceeded",
+}
+_STRING_CODES = {
+    400: "invalid_request",
+    401: "invalid_api_key",
+    402: "insufficient_quota",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "duplicate_client_business_id",
+    429: "rate_limit_exceeded",
+    500: "internal_error",
+    502: "bad_gateway",
+    503: "service_unavailable",
+}
+
+
+class _Reject(Exception):
+    """An error answer: rendered by the middleware in the contract's error body."""
+
+    def __init__(self, status: int, message: str, retry: int | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.message, self.retry, self.extra = status, message, retry, extra
+
+
+class _Drop(Exception):
+    """Close the connection without answering."""
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Simulator:
+    """One running simulator: its URLs, its key(s), its counters."""
+
+    def __init__(self, config: SimConfig | None = None, catalog: Catalog | None = None):
+        self.config = config or SimConfig()
+        self.catalog = catalog or load_catalog()
+        self.state = SimState(self.config)
+        self.keys: tuple[str, ...] = self.config.keys
+        self.key: str = self.keys[0]
+        self.base_url = ""
+        self.cdn_url = ""
+        # API faults come in request arrival order; the CDN draws from its own stream, so
+        # downloads never shift which API request gets a fault.
+        self._cdn = CdnHost(self.state)
+        self._rng = random.Random(f"omni-sim-requests/{self.config.seed}")
+        self._runners: list[web.AppRunner] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: int | None = None
+
+    # -- public -------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """The counters, as GET /_sim/stats returns them; safe to call from any thread."""
+        loop = self._loop
+        if loop is not None and loop.is_running() and threading.get_ident() != self._thread:
+
+            async def snapshot() -> dict[str, Any]:
+                return self.state.stats()
+
+            return asyncio.run_coroutine_threadsafe(snapshot(), loop).result(10)
+        return self.state.stats()
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0, cdn_port: int = 0) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        api = web.Application(middlewares=[self._api_middleware])
+        api.router.add_post(SUBMIT_PATH, self._submit)
+        api.router.add_get(SUBMIT_PATH + "/{task_id}", self._status)
+        api.router.add_get(STATS_PATH, self._stats)
+        cdn = self._cdn.app()
+        try:
+            self.base_url = await self._listen(api, host, port)
+            self.cdn_url = await self._listen(cdn, host, cdn_port)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+
+    async def _listen(self, app: web.Application, host: str, port: int) -> str:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            sock = socket.create_server((host, port), family=family)
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        self._runners.append(runner)
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+        bound = sock.getsockname()[1]
+        return f"http://[{host}]:{bound}" if family == socket.AF_INET6 else f"http://{host}:{bound}"
+
+    # -- API plumbing ---------------------------------------------------------------------------
+
+    @web.middleware
+    async def _api_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == STATS_PATH:
+            return await handler(request)
+        counts = self.state.counts
+        counts["requests"] += 1
+        number = counts["requests"]
+        rid = f"req_{self.config.seed}_{number:08d}"
+        try:
+            response = await handler(request)
+        except _Drop:
+            counts["dropped"] += 1
+            if request.transport is not None:
+                request.transport.close()
+            return web.Response()  # never written: aiohttp sees the closed transport
+        except _Reject as exc:
+            response = self._error(exc, rid, number)
+        except web.HTTPException as exc:  # unknown path, wrong method
+            response = self._error(_Reject(exc.status, exc.reason), rid, number)
+        response.headers["X-Request-Id"] = rid
+        counts[f"status_{response.status}"] += 1
+        return response
+
+    def _error(self, exc: _Reject, rid: str, number: int) -> web.Response:
+        style = self.config.error_code
+        as_string = style == "string" or (style == "mixed" and number % 2 == 0)
+        status = exc.status
+        code: int | str = _STRING_CODES.get(status, str(status)) if as_string else status
+        error = {"code": code, "message": exc.message, "type": _TYPES.get(status, "internal_error")}
+        headers = {"Retry-After": str(exc.retry)} if exc.retry is not None else None
+        body = {"error": {**error, **exc.extra}, "request_id": rid}
+        return web.json_response(body, status=status, headers=headers)
+
+    def _authorize(self, request: web.Request) -> str:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if not token.strip() or scheme.lower() != "bearer":
+            raise _Reject(401, "missing API key: send Authorization: Bearer <key>")
+        token = token.strip()
+        if token not in self.state.keys:
+            raise _Reject(401, "invalid API key")
+        return token
+
+    async def _gate(self, request: web.Request) -> tuple[str, bool]:
+        """What every API call passes: latency, auth, limits, then the seeded request faults.
+
+        Returns the caller's key and whether a submit should turn out ambiguous."""
+        cfg, state = self.config, self.state
+        if cfg.latency:
+            await asyncio.sleep(cfg.latency)
+        key = self._authorize(request)
+        ks = state.keys[key]
+        now = state.clock()
+        if now < ks.storm_until:
+            state.counts["limited_injected"] += 1
+            raise _Reject(429, "too many requests", retry_after(ks.storm_until - now))
+        wait = ks.take_token(now, cfg.rate, cfg.burst)
+        if wait:
+            state.counts["limited_rate"] += 1
+            raise _Reject(429, f"rate limit of {cfg.rate:g} requests/s exceeded", retry_after(wait))
+        # Always the same number of draws, so a request's faults depend only on its position.
+        r_slow, r_drop, r_5xx, r_kind, r_429, r_ambiguous = (self._rng.random() for _ in range(6))
+        if r_slow < cfg.p_slow:
+            state.counts["slow"] += 1
+            await asyncio.sleep(cfg.slow_delay)
+        if r_drop < cfg.p_drop:
+            raise _Drop
+        if r_5xx < cfg.p_5xx:
+            status = (500, 502, 503)[min(2, int(r_kind * 3))]
+            raise _Reject(status, "upstream error, please retry")
+        if r_429 < cfg.p_429:
+            ks.storm_until = now + cfg.storm_s
+            state.counts["limited_injected"] += 1
+            raise _Reject(429, "too many requests", max(cfg.retry_after, retry_after(cfg.storm_s)))
+        return key, r_ambiguous < cfg.p_ambiguous
+
+    # -- API endpoints -------------------------------------------------------------------------
+
+    async def _submit(self, request: web.Request) -> web.StreamResponse:
+        cfg, state = self.config, self.state
+        state.counts["submit_requests"] += 1
+        key, ambiguous = await self._gate(request)
+        try:
+            body = await request.json()
+        except ValueError:
+            raise _Reject(400, "request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise _Reject(400, "request body must be a JSON object")
+        model = body.get("model")
+        if model is None:
+            raise _Reject(400, "model: required")
+        rules = self.catalog.get(model) if isinstance(model, str) else None
+        if rules is None:
+            raise _Reject(400, f"model: {self.catalog.unknown_model(model)}")
+        problems = rules.check_body(body)
+        if problems:
+            raise _Reject(400, "; ".join(f"{name}: {message}" for name, message in problems))
+        cbid = body.get("client_business_id")
+        if cbid is not None and (not isinstance(cbid, str) or not 1 <= len(cbid) <= 128):
+            raise _Reject(400, "client_business_id: must be a string of 1-128 characters")
+        ks = state.keys[key]
+        if cbid is not None and cbid in ks.cbids:
+            state.counts["duplicate_cbids"] += 1
+            existing = state.tasks[ks.cbids[cbid]]
+            if cfg.duplicate_cbid == "existing":
+                return web.json_response(self._submitted(existing))
+            raise _Reject(
+                409,
+                f"client_business_id {cbid!r} was already used for task {existing.id}",
+                task_id=existing.id,
+            )
+        if cfg.quota_after is not None and ks.created >= cfg.quota_after:
+            raise _Reject(402, "insufficient quota: top up your balance to create more tasks")
+        now = state.clock()
+        if cfg.max_active is not None and ks.active_count(now) >= cfg.max_active:
+            state.counts["limited_active"] += 1
+            wait = ks.active[0] - now if ks.active else cfg.retry_after  # max_active=0
+            raise _Reject(
+                429, f"too many tasks in progress (limit {cfg.max_active})", retry_after(wait)
+            )
+        # Interned so 20,000 tasks share one copy of each model/ratio/resolution string.
+        fields = {
+            name: body.get(name, rules.defaults.get(name)) for name in ("model", *BODY_FIELDS)
+        }
+        fields = {k: sys.intern(v) if isinstance(v, str) else v for k, v in fields.items()}
+        task = state.create(key, body, {**fields, "client_business_id": cbid}, now)
+        if ambiguous:
+            state.counts["ambiguous"] += 1
+            raise _Drop
+        return web.json_response(self._submitted(task))
+
+    def _submitted(self, task: Task) -> dict[str, Any]:
+        if task.submit_shape == "legacy":
+            return {"code": 200, "data": [{"status": "submitted", "task_id": task.id}]}
+        out = {
+            "id": task.id,
+            "object": "generation.task",
+            "model": task.model,
+            "status": task.queued_word,
+            "progress": 0,
+            "created_at": int(task.created),
+        }
+        if task.cbid is not None:
+            out["client_business_id"] = task.cbid
+        return out
+
+    async def _status(self, request: web.Request) -> web.StreamResponse:
+        state = self.state
+        state.counts["poll_requests"] += 1
+        key, _ = await self._gate(request)
+        ident = request.match_info["task_id"]
+        task = state.find(key, ident)
+        if task is None:
+            state.counts["polls_unknown"] += 1
+            raise _Reject(404, f"task {ident} not found")
+        now = state.clock()
+        status = task.status(now)
+        state.record_poll(task, status in ("completed", "failed"))
+        return web.json_response(self._view(task, status, now))
+
+    def _view(self, task: Task, status: str, now: float) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": task.id,
+            "object": "generation.task",
+            "model": task.model,
+            "status": status,
+            "progress": 0,
+            "created_at": int(task.created),
+        }
+        if task.cbid is not None:
+            out["client_business_id"] = task.cbid
+        if status == "in_progress":
+            span = task.done - task.started
+            out["progress"] = min(99, max(1, int(100 * (now - task.started) / span)))
+        elif status == "failed":
+            out["progress"] = 100
+            out["completed_at"] = int(task.done)
+            out["error"] = {"code": "generation_failed", "message": FAIL_MESSAGE}
+        elif status == "completed":
+            if now >= task.expiry and self.config.refresh_links:
+                task.expiry = now + self.config.link_ttl
+                self.state.counts["links_refreshed"] += 1
+            url = video_url(self.cdn_url, task)
+            out.update(progress=100, completed_at=int(task.done), expires_at=int(task.expiry))
+            if task.result_shape == "result":
+                out["result"] = {"type": "video", "data": [{"url": url, "format": "mp4"}]}
+            else:
+                out[task.result_shape] = url
+        return out
+
+    async def _stats(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(self.state.stats())
+
+
+@contextlib.asynccontextmanager
+async def start_simulator(
+    config: SimConfig | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    cdn_port: int = 0,
+    catalog: Catalog | None = None,
+) -> AsyncIterator[Simulator]:
+    """Run a simulator on this loop for the ``async with`` body; port 0 picks a free port."""
+    sim = Simulator(config, catalog)
+    await sim.start(host, port, cdn_port)
+    try:
+        yield sim
+    finally:
+        await sim.stop()
+
+
+@contextlib.contextmanager
+def serve_in_thread(
+    config: SimConfig | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    cdn_port: int = 0,
+    catalog: Catalog | None = None,
+) -> Iterator[Simulator]:
+    """Run a simulator on its own loop in a daemon thread (for tests that run the CLI)."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+    stop = asyncio.Event()
+
+    async def main() -> None:
+        try:
+            async with start_simulator(config, host, port, cdn_port, catalog) as sim:
+                box["sim"] = sim
+                ready.set()
+                await stop.wait()
+        except BaseException as exc:
+            box["error"] = exc
+            ready.set()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(main())
+            loop.run_until_complete(loop.shutdown_default_executor())  # clip renderers
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=run, name="omni-batch-simulator", daemon=True)
+    thread.start()
+    ready.wait()
+    if "error" in box:
+        thread.join()
+        raise box["error"]
+    try:
+        yield box["sim"]
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout=10)

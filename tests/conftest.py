@@ -1,0 +1,86 @@
+"""Shared test fixtures: ``sim_run`` runs an async scenario against a real simulator on a free
+loopback port, with a small HTTP helper (no mocks; every call crosses a real socket).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+
+SUBMIT = "/v1/videos/generations"
+CAT = {"model": "gemini_omni", "prompt": "a cat surfing"}
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: Any
+    body: Any
+
+
+class SimClient:
+    """The calls a test makes, each returning a Reply; ``key`` defaults to the sim's key."""
+
+    def __init__(self, sim: Any, http: aiohttp.ClientSession):
+        self.sim, self.http = sim, http
+
+    def _auth(self, key: str | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.sim.key}"}
+
+    async def _reply(self, response: aiohttp.ClientResponse) -> Reply:
+        text = await response.text()
+        body = await response.json() if "json" in response.content_type else text
+        return Reply(response.status, response.headers, body)
+
+    async def submit(self, body: Any = None, key: str | None = None, **fields: Any) -> Reply:
+        payload = {**CAT, **fields} if body is None else body
+        async with self.http.post(
+            self.sim.base_url + SUBMIT, json=payload, headers=self._auth(key)
+        ) as response:
+            return await self._reply(response)
+
+    async def poll(self, ident: str, key: str | None = None) -> Reply:
+        url = f"{self.sim.base_url}{SUBMIT}/{ident}"
+        async with self.http.get(url, headers=self._auth(key)) as response:
+            return await self._reply(response)
+
+    async def wait(self, ident: str, within: float = 5.0) -> Reply:
+        """Poll every 20 ms until the task is completed or failed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            reply = await self.poll(ident)
+            if reply.status != 200 or reply.body["status"] in ("completed", "failed"):
+                return reply
+            assert loop.time() < deadline, f"task {ident} not finished in {within}s"
+            await asyncio.sleep(0.02)
+
+    async def fetch(
+        self, url: str, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any, bytes]:
+        async with self.http.get(url, headers=headers) as response:
+            return response.status, response.headers, await response.read()
+
+
+Scenario = Callable[[SimClient], Awaitable[Any]]
+
+
+@pytest.fixture
+def sim_run() -> Callable[..., Any]:
+    """``sim_run(scenario, profile="fast", **knobs)``: run ``scenario(client)``, return its value."""
+    from omni_batch.simulator import SimConfig, start_simulator
+
+    def run(scenario: Scenario, profile: str = "fast", **knobs: Any) -> Any:
+        async def main() -> Any:
+            config = SimConfig.from_profile(profile, **knobs)
+            async with start_simulator(config) as sim, aiohttp.ClientSession() as http:
+                return await scenario(SimClient(sim, http))
+
+        return asyncio.run(main())
+
+    return run
