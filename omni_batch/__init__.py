@@ -19,6 +19,20 @@ from omni_batch.plan import Plan, plan
 
 __version__ = "0.1.0"
 
+_LAZY = {"run": "runner", "run_async": "runner", "RunOptions": "runner", "build_report": "report"}
+
+
+def __getattr__(name: str):
+    # the run engine pulls in aiohttp and pandas; `plan` and the CLI's start-up should not
+    if name in _LAZY:
+        from importlib import import_module
+
+        value = getattr(import_module(f"omni_batch.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'omni_batch' has no attribute {name!r}")
+
+
 __all__ = [
     "Catalog",
     "CatalogError",
@@ -31,10 +45,14 @@ __all__ = [
     "Plan",
     "PlanSummary",
     "Problem",
+    "RunOptions",
     "UsageError",
     "Where",
     "__version__",
+    "build_report",
     "load_catalog",
     "load_manifest",
     "plan",
+    "run",
+    "run_async",
 ]

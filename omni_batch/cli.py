@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -68,6 +69,198 @@ def plan(manifest: str, fmt: str, catalog: str | None) -> None:
 
         console = Console()
         console.print(plan_summary(result, console.width))
+
+
+def _console(err: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=err)
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(path_type=str))
+@click.option(
+    "--out",
+    type=click.Path(path_type=str),
+    help="Output folder [default: outputs/<manifest name>/]. The same folder resumes.",
+)
+@click.option(
+    "--simulate",
+    "simulate_profile",
+    is_flag=False,
+    flag_value="default",
+    default=None,
+    metavar="[PROFILE]",
+    help="Run against the embedded simulator (default profile: default).",
+)
+@click.option(
+    "--sim-set",
+    "sim_settings",
+    multiple=True,
+    metavar="KNOB=VALUE",
+    help="Simulator knob for --simulate (repeatable).",
+)
+@click.option(
+    "--base-url",
+    help="API root [default: $TOAPIS_BASE_URL, else https://toapis.com]; /v1 optional.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Requests per second, for every API call of the key.",
+)
+@click.option(
+    "--max-in-flight",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Tasks submitted and not yet finished, at most.",
+)
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds between status calls [default: 10; 0.3 with --simulate].",
+)
+@click.option(
+    "--max-wait",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Give up on a task after this many seconds (its id is kept) [default: 900].",
+)
+@click.option("--retry-failed", is_flag=True, help="Submit failed jobs again (new, billed tasks).")
+@click.option(
+    "--reconcile/--no-reconcile",
+    default=None,
+    help="Look ambiguous submits up by client_business_id [default: on with --simulate].",
+)
+@click.option(
+    "--catalog",
+    type=click.Path(path_type=str),
+    help="A model catalog file that adds or overrides models.",
+)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--no-progress", is_flag=True, help="Plain summary lines instead of the live display."
+)
+@reports_errors
+def run(
+    manifest,
+    out,
+    simulate_profile,
+    sim_settings,
+    base_url,
+    rate,
+    max_in_flight,
+    poll_interval,
+    max_wait,
+    retry_failed,
+    reconcile,
+    catalog,
+    yes,
+    no_progress,
+) -> None:
+    """Submit every job of MANIFEST, poll, download the videos and write the report.
+
+    Exit 0 when every job completed, 1 when some failed, 2 on bad input, 3 when the API key is
+    refused, 4 when the quota ran out, 130 when interrupted (run again to resume).
+    """
+    import asyncio
+
+    from omni_batch.display import plan_summary
+    from omni_batch.plan import plan as make_plan
+    from omni_batch.policy import FAST, Policy
+    from omni_batch.progress import Progress, final_table
+    from omni_batch.runner import RunOptions, output_folder, run_async
+
+    result = make_plan(manifest, catalog)
+    console = _console()
+    err = _console(err=True)
+    console.print(plan_summary(result, console.width, first=5))
+    settings = {}
+    if sim_settings:
+        from omni_batch.simulator import parse_settings
+
+        settings = parse_settings(sim_settings)
+    policy = FAST if simulate_profile is not None else Policy()
+    if poll_interval is not None:
+        policy = policy.scaled(
+            poll_interval=poll_interval, first_poll=min(policy.first_poll, poll_interval)
+        )
+    if max_wait is not None:
+        policy = policy.scaled(max_wait=max_wait)
+    folder = output_folder(result.manifest, out)
+    if simulate_profile is None and not yes and sys.stdin.isatty():
+        s = result.summary
+        click.confirm(
+            f"Submit {s.jobs:,} jobs ({s.video_seconds:,} s of video) to the API, "
+            f"output in {folder}?",
+            abort=True,
+        )
+    options = RunOptions(
+        out=folder, base_url=base_url, simulate=simulate_profile, simulator_settings=settings,
+        rate=rate, max_in_flight=max_in_flight, policy=policy, retry_failed=retry_failed,
+        reconcile=reconcile,
+    )  # fmt: skip
+    display = Progress(err, live=err.is_terminal and not no_progress)
+
+    async def main():
+        def started(stats, engine):
+            display.start(stats, lambda: engine.pressure.effective_rate)
+
+        try:
+            return await run_async(result.manifest, options, on_start=started)
+        finally:
+            await display.stop()
+
+    try:
+        report = asyncio.run(main())
+    except OmniBatchError as exc:
+        _finish(folder, err)
+        raise exc from None
+    console.print(final_table(report))
+    console.print(f"report: {folder / 'report.csv'}  videos: {folder / 'videos'}")
+    if (report["status"] != "completed").any():
+        sys.exit(1)
+
+
+def _finish(folder, console) -> None:
+    """After an interrupted or stopped run: the summary of what the journal holds."""
+    from omni_batch.progress import final_table
+    from omni_batch.report import build_report
+
+    with contextlib.suppress(OmniBatchError):  # no journal yet: nothing to summarise
+        console.print(final_table(build_report(folder)))
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=str))
+@reports_errors
+def status(folder: str) -> None:
+    """Jobs per state in an output FOLDER (works while a run is going)."""
+    from omni_batch.progress import ORDER
+    from omni_batch.report import counts
+
+    found = counts(folder)
+    total = sum(found.values())
+    for state in ORDER:
+        click.echo(f"{state:<12}{found.get(state, 0):>8}")
+    click.echo(f"{'total':<12}{total:>8}")
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=str))
+@reports_errors
+def report(folder: str) -> None:
+    """Rebuild report.csv, report.parquet and failures.csv of an output FOLDER."""
+    from pathlib import Path
+
+    from omni_batch.progress import final_table
+    from omni_batch.report import write_reports
+
+    frame = write_reports(folder)
+    _console().print(final_table(frame))
+    click.echo(f"wrote {Path(folder) / 'report.csv'}, report.parquet, failures.csv")
 
 
 main.add_command(simulate)

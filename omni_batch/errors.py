@@ -75,3 +75,98 @@ class UsageError(OmniBatchError):
     """The command was called in a way that cannot work (missing key, bad option mix)."""
 
     exit_code = 2
+
+
+class StateError(OmniBatchError):
+    """The output folder's journal cannot be used as asked (changed job, unreadable, locked)."""
+
+    exit_code = 2
+
+
+class OutputError(OmniBatchError):
+    """The output folder cannot be written (permissions, full disk)."""
+
+    exit_code = 2
+
+
+class ApiError(OmniBatchError):
+    """The API answered with an error; carries what the report needs to say why."""
+
+    exit_code = 1
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        error_type: str | None = None,
+        request_id: str | None = None,
+    ):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.error_type = error_type
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        head = f"HTTP {self.status}" if self.status else "API error"
+        kind = f" {self.error_type}" if self.error_type else ""
+        rid = f" (request id {self.request_id})" if self.request_id else ""
+        return f"{head}{kind}: {self.message}{rid}"
+
+
+class AuthError(ApiError):
+    """401: the key is missing or wrong; the whole run stops at once."""
+
+    exit_code = 3
+
+
+class QuotaError(ApiError):
+    """402: the balance is exhausted; submitting stops, in-flight tasks are still polled."""
+
+    exit_code = 4
+
+
+class RateLimited(ApiError):
+    """429: slow down; ``retry_after`` is the server's hint in seconds, if it gave one."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw):
+        super().__init__(message, **kw)
+        self.retry_after = retry_after
+
+
+class RequestRejected(ApiError):
+    """400/403/404/422 and other 4xx: this request will never succeed as it is."""
+
+
+class ServerError(ApiError):
+    """5xx: a transient upstream error; the request did not succeed."""
+
+
+class BadResponse(ApiError):
+    """A 2xx whose body we cannot use (not JSON, missing fields, too large)."""
+
+
+class TransportError(OmniBatchError):
+    """No HTTP answer arrived."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+        self.status = None
+        self.error_type = "transport"
+        self.request_id = None
+
+
+class NotSent(TransportError):
+    """The connection was never made (refused, DNS): the request provably did not arrive."""
+
+
+class Ambiguous(TransportError):
+    """The request may have arrived (timeout, dropped connection, lost answer)."""
+
+
+class Interrupted(OmniBatchError):
+    """The user stopped the run (Ctrl-C); the journal is consistent and the run resumable."""
+
+    exit_code = 130

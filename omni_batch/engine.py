@@ -1,0 +1,540 @@
+"""The async run: a submit feeder reading the journal in pages, bounded worker pools for
+submits, polls (fed by a due-time heap) and downloads, and a structured shutdown.
+
+Holds only in-flight jobs in memory; every state change goes through the journal first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import aiohttp
+
+from omni_batch.client import Submitted, TaskState, ToapisClient
+from omni_batch.download import DownloadError, LocalStore, RetryableDownload, download
+from omni_batch.errors import (
+    Ambiguous,
+    ApiError,
+    AuthError,
+    BadResponse,
+    OmniBatchError,
+    OutputError,
+    QuotaError,
+    RateLimited,
+    RequestRejected,
+    TransportError,
+)
+from omni_batch.journal import JobRow, Journal
+from omni_batch.limiter import Pressure
+from omni_batch.policy import Policy
+
+T = TypeVar("T")
+PAGE = 64
+
+
+class _Stopping(Exception):
+    """Raised inside a submit when the run is stopping and nothing more may be sent."""
+
+
+@dataclass
+class Flight:
+    """One job the API holds for us: what the poller and downloader need, nothing more."""
+
+    job_id: str
+    task_id: str
+    deadline: float  # monotonic time after which it is failed as timed out (resumable)
+    polls: int = 0
+    status: str = "queued"
+    refreshed: bool = False  # a fresh link was already asked for once
+
+
+@dataclass
+class RunStats:
+    """Live counters for the progress display; the journal stays the truth."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    finished_here: int = 0  # completed or failed during this process
+    requests: int = 0
+    rate_limited: int = 0
+    messages: list[str] = field(default_factory=list)
+
+    def move(self, old: str | None, new: str) -> None:
+        if old:
+            self.counts[old] = self.counts.get(old, 0) - 1
+        self.counts[new] = self.counts.get(new, 0) + 1
+        if new in ("completed", "failed"):
+            self.finished_here += 1
+
+
+class Engine:
+    def __init__(
+        self,
+        journal: Journal,
+        client: ToapisClient,
+        session: aiohttp.ClientSession,
+        store: LocalStore,
+        pressure: Pressure,
+        policy: Policy,
+        *,
+        reconcile: bool = False,
+        submit_workers: int = 8,
+        poll_workers: int = 8,
+        download_workers: int = 4,
+        rng: random.Random | None = None,
+    ):
+        self.journal, self.client, self.session, self.store = journal, client, session, store
+        self.pressure, self.policy, self.reconcile = pressure, policy, reconcile
+        self.rng = rng or random.Random()
+        self.stats = RunStats(counts=journal.counts())
+        self.cap = pressure.max_in_flight
+        self.n_submit, self.n_poll, self.n_download = submit_workers, poll_workers, download_workers
+        self.active = 0  # jobs between claim and terminal state
+        self.claimed = 0  # submissions taken off the queue and not yet settled
+        self.critical: set[asyncio.Task[None]] = set()  # submits that must finish, even on stop
+        # until one call proves the key (and the balance), submits go one at a time, so a
+        # wrong key costs one 401, not one per worker
+        self.key_proven = asyncio.Event()
+        self.probe = asyncio.Lock()
+        self.capacity = asyncio.Condition()
+        self.submits: asyncio.Queue[tuple[JobRow, bool]] = asyncio.Queue(maxsize=submit_workers)
+        self.polls: asyncio.Queue[Flight] = asyncio.Queue(maxsize=poll_workers)
+        self.downloads: asyncio.Queue[tuple[Flight, str]] = asyncio.Queue(maxsize=max(1, self.cap))
+        self.heap: list[tuple[float, int, Flight]] = []
+        self.heap_changed = asyncio.Event()
+        self.order = itertools.count()
+        self.idle = asyncio.Event()
+        self.feeding = True
+        self.stopping = False  # Ctrl-C: send nothing new
+        self.quota_hit: QuotaError | None = None
+        self.fatal: BaseException | None = None
+        self.run_key = journal.meta("run_key") or "run"
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        self.stats.messages.append(message)
+        del self.stats.messages[:-20]
+        self.journal.event("log", message=message)
+
+    def _moved(self, old: str | None, new: str) -> None:
+        self.stats.move(old, new)
+
+    async def _release(self) -> None:
+        async with self.capacity:
+            self.active -= 1
+            self.capacity.notify_all()
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if not self.feeding and self.active == 0 and self.claimed == 0 and self.submits.empty():
+            self.idle.set()
+
+    def schedule(self, flight: Flight, delay: float) -> None:
+        jittered = delay * (1 + self.policy.jitter * (2 * self.rng.random() - 1))
+        heapq.heappush(self.heap, (time.monotonic() + max(0.0, jittered), next(self.order), flight))
+        self.heap_changed.set()
+
+    def _fail_fatal(self, exc: BaseException) -> None:
+        if self.fatal is None:
+            self.fatal = exc
+            self.stopping = True
+            self.idle.set()
+
+    # -- calls under pressure -------------------------------------------------------------------
+    async def _pressured(
+        self, permit: Callable[[], Awaitable[None]], call: Callable[[], Awaitable[T]]
+    ) -> T:
+        """One API call under the shared rate; 429s pause everyone and are tried again."""
+        last: RateLimited | None = None
+        is_submit = permit == self.pressure.submit_permit
+        for _ in range(self.policy.max_rate_limited):
+            if self.stopping and is_submit:
+                raise _Stopping()
+            await permit()
+            self.stats.requests += 1
+            try:
+                result = await call()
+            except RateLimited as exc:
+                self.key_proven.set()
+                self.stats.rate_limited += 1
+                self.pressure.throttled(exc.retry_after)
+                last = exc
+                continue
+            except (AuthError, QuotaError):
+                raise
+            except ApiError:
+                self.key_proven.set()
+                self.pressure.succeeded()
+                raise
+            self.key_proven.set()
+            self.pressure.succeeded()
+            return result
+        assert last is not None
+        raise last
+
+    async def _submit_call(self, row: JobRow, business_id: str | None) -> Submitted:
+        async for attempt in self.policy.submit_retrying():
+            with attempt:
+                return await self._pressured(
+                    self.pressure.submit_permit, lambda: self.client.submit(row.body, business_id)
+                )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _status_call(self, task_id: str) -> TaskState:
+        async for attempt in self.policy.poll_retrying():
+            with attempt:
+                return await self._pressured(
+                    self.pressure.poll_permit, lambda: self.client.status(task_id)
+                )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _lookup(self, business_id: str) -> str | None:
+        """Did an ambiguous submit land? The task id if the API knows the business id."""
+        try:
+            state = await self._status_call(business_id)
+        except RequestRejected as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return state.task_id or business_id
+
+    # -- submitting -------------------------------------------------------------------------------
+    async def feeder(self) -> None:
+        """Reads pending jobs in pages and hands them to the submit workers."""
+        after = -1
+        try:
+            while not self.stopping and self.quota_hit is None:
+                page = self.journal.pending_page(after, PAGE)
+                if not page:
+                    break
+                for row in page:
+                    if self.stopping or self.quota_hit is not None:
+                        return
+                    await self.submits.put((row, False))
+                    after = row.seq
+        finally:
+            self.feeding = False
+            self._check_idle()
+
+    async def submit_worker(self) -> None:
+        while True:
+            row, ambiguous = await self.submits.get()
+            self.claimed += 1
+            try:
+                if self.stopping or (self.quota_hit is not None and not ambiguous):
+                    continue
+                async with self.capacity:
+                    await self.capacity.wait_for(lambda: self.active < self.cap or self.stopping)
+                    if self.stopping:
+                        continue
+                    self.active += 1
+                if self.key_proven.is_set():
+                    await self._critical_submit(row, ambiguous)
+                else:
+                    async with self.probe:
+                        await self._critical_submit(row, ambiguous)
+            except AuthError as exc:
+                self._fail_fatal(exc)
+            except Exception as exc:  # a bug: end the run loudly rather than hang on a lost job
+                self._fail_fatal(exc)
+            finally:
+                self.claimed -= 1
+                self.submits.task_done()
+                self._check_idle()
+
+    async def _critical_submit(self, row: JobRow, ambiguous: bool) -> None:
+        # once a POST may leave, the job must be recorded whatever happens: the submit runs as
+        # its own task, which shutdown awaits even when this worker is cancelled
+        task = asyncio.create_task(self.submit_job(row, ambiguous))
+        self.critical.add(task)
+        task.add_done_callback(self.critical.discard)
+        await asyncio.shield(task)
+
+    def business_id(self, row: JobRow) -> str | None:
+        return f"ob-{self.run_key}-{row.job_id}"[:200] if self.reconcile else None
+
+    async def submit_job(self, row: JobRow, ambiguous: bool) -> None:
+        """Submit one job (or settle one a crash left mid-submit). Always leaves it recorded."""
+        flagged = row.possible_duplicate
+        business_id = row.business_id or self.business_id(row)
+        if ambiguous:
+            if self.reconcile and row.business_id:
+                try:
+                    task_id = await self._lookup(row.business_id)
+                except (OmniBatchError, _Stopping):
+                    task_id, flagged = None, True
+                if task_id:
+                    return self._adopt(row, task_id)
+            else:
+                flagged = True
+        for round_ in range(self.policy.retries + 1):
+            self.journal.mark_submitting(row.job_id, business_id, flagged)
+            if round_ == 0:
+                self._moved(row.state, "submitting")
+            try:
+                submitted = await self._submit_call(row, business_id)
+            except (Ambiguous, BadResponse) as exc:
+                # the task may exist (and be billed): look it up, or resubmit flagged
+                if self.reconcile and business_id:
+                    try:
+                        task_id = await self._lookup(business_id)
+                    except (OmniBatchError, _Stopping):
+                        task_id = None
+                        flagged = True
+                    if task_id:
+                        return self._adopt(row, task_id)
+                else:
+                    flagged = True
+                self.log(f"{row.job_id}: submit outcome unknown ({exc}); resubmitting, flagged")
+                if self.stopping or round_ == self.policy.retries:
+                    return await self._give_up_submit(row, exc, ambiguous_left=True)
+                continue
+            except _Stopping:
+                self.journal.mark_pending(row.job_id, "stopped before sending")
+                self._moved("submitting", "pending")
+                return await self._release()
+            except AuthError as exc:
+                self.journal.mark_pending(row.job_id, "authentication failed")
+                self._moved("submitting", "pending")
+                await self._release()
+                raise exc from None
+            except QuotaError as exc:
+                self.journal.mark_pending(row.job_id, "quota exhausted")
+                self._moved("submitting", "pending")
+                if self.quota_hit is None:
+                    self.quota_hit = exc
+                    self.log(
+                        f"402 insufficient quota: no new submissions; "
+                        f"finishing {self.active - 1} in flight"
+                    )
+                return await self._release()
+            except (ApiError, TransportError) as exc:
+                return await self._give_up_submit(row, exc, ambiguous_left=False)
+            self.journal.mark_running(row.job_id, submitted.task_id, submitted.request_id)
+            self._moved("submitting", "running")
+            flight = Flight(row.job_id, submitted.task_id, time.monotonic() + self.policy.max_wait)
+            self.schedule(flight, self.policy.first_poll)
+            return None
+
+    def _adopt(self, row: JobRow, task_id: str) -> None:
+        self.journal.mark_running(row.job_id, task_id, None, adopted=True)
+        self._moved("submitting", "running")
+        self.log(f"{row.job_id}: an earlier submit did land (task {task_id}); adopted it")
+        self.schedule(Flight(row.job_id, task_id, time.monotonic() + self.policy.max_wait), 0)
+
+    async def _give_up_submit(self, row: JobRow, exc: OmniBatchError, ambiguous_left: bool) -> None:
+        if ambiguous_left and self.stopping:
+            # leave it `submitting`: the next run reconciles or resubmits it, flagged
+            return await self._release()
+        self.journal.mark_failed(
+            row.job_id,
+            error_type=getattr(exc, "error_type", None) or type(exc).__name__,
+            message=getattr(exc, "message", str(exc)),
+            http_status=getattr(exc, "status", None),
+            request_id=getattr(exc, "request_id", None),
+        )
+        self._moved("submitting", "failed")
+        await self._release()
+
+    # -- polling ----------------------------------------------------------------------------------
+    async def dispatcher(self) -> None:
+        """Hands tasks to poll workers when they are due; sleeps until the next one is."""
+        while True:
+            self.heap_changed.clear()
+            if not self.heap:
+                await self.heap_changed.wait()
+                continue
+            delay = self.heap[0][0] - time.monotonic()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.heap_changed.wait(), delay)
+                continue
+            _, _, flight = heapq.heappop(self.heap)
+            await self.polls.put(flight)
+
+    async def poll_worker(self) -> None:
+        while True:
+            flight = await self.polls.get()
+            try:
+                await self.poll(flight)
+            except AuthError as exc:
+                self._fail_fatal(exc)
+            except Exception as exc:  # a bug: end the run loudly rather than hang on a lost job
+                self._fail_fatal(exc)
+            finally:
+                self.polls.task_done()
+
+    async def poll(self, flight: Flight) -> None:
+        try:
+            state = await self._status_call(flight.task_id)
+        except RequestRejected as exc:
+            kind = exc.error_type or f"http_{exc.status}"
+            return await self._fail(
+                flight, "running", kind, exc.message, exc.status, exc.request_id
+            )
+        except (ApiError, TransportError) as exc:
+            if isinstance(exc, AuthError):
+                raise
+            self.log(f"{flight.job_id}: status call failed ({exc}); trying again later")
+            return await self._next_poll(flight)
+        flight.polls += 1
+        flight.status = state.status
+        if state.status == "completed":
+            if not state.video_url:
+                message = "completed without a video URL"
+                return await self._fail(
+                    flight, "running", "no_video_url", message, 200, state.request_id
+                )
+            self.journal.mark_downloading(
+                flight.job_id, state.video_url, state.expires_at, state.completed_at, flight.polls
+            )
+            self._moved("running", "downloading")
+            return await self.downloads.put((flight, state.video_url))
+        if state.status == "failed":
+            message = state.error_message or "generation failed"
+            kind = state.error_code or "generation_failed"
+            return await self._fail(flight, "running", kind, message, 200, state.request_id)
+        await self._next_poll(flight)
+
+    async def _next_poll(self, flight: Flight) -> None:
+        if time.monotonic() > flight.deadline:
+            return await self._timeout(flight)
+        factor = self.policy.queued_factor if flight.status == "queued" else 1.0
+        self.schedule(flight, self.policy.poll_interval * factor)
+
+    async def _timeout(self, flight: Flight) -> None:
+        message = (
+            f"not finished after {self.policy.max_wait:g} s (task id kept; a later run resumes it)"
+        )
+        await self._fail(flight, "running", "timeout", message, None, None)
+
+    async def _fail(
+        self,
+        flight: Flight,
+        old: str,
+        kind: str,
+        message: str,
+        status: int | None,
+        request_id: str | None,
+    ) -> None:
+        self.journal.mark_failed(
+            flight.job_id,
+            error_type=kind,
+            message=message,
+            http_status=status,
+            request_id=request_id,
+            polls=flight.polls,
+        )
+        self._moved(old, "failed")
+        await self._release()
+
+    # -- downloading ------------------------------------------------------------------------------
+    async def download_worker(self) -> None:
+        while True:
+            flight, url = await self.downloads.get()
+            try:
+                await self.fetch(flight, url)
+            except OutputError as exc:
+                self._fail_fatal(exc)
+            except Exception as exc:  # a bug: end the run loudly rather than hang on a lost job
+                self._fail_fatal(exc)
+            finally:
+                self.downloads.task_done()
+
+    async def fetch(self, flight: Flight, url: str) -> None:
+        p = self.policy
+        try:
+            async for attempt in p.download_retrying((RetryableDownload,)):
+                with attempt:
+                    got = await download(
+                        self.session,
+                        url,
+                        self.store,
+                        flight.job_id,
+                        max_bytes=p.max_download_bytes,
+                        time_limit=p.download_timeout,
+                    )
+        except DownloadError as exc:
+            if exc.expired and not flight.refreshed:
+                flight.refreshed = True  # one status call for a fresh link; the task stays done
+                try:
+                    state = await self._status_call(flight.task_id)
+                except (ApiError, TransportError) as err:
+                    state = None
+                    exc = DownloadError(
+                        f"{exc.message}; asking for a fresh link failed: {err}", status=exc.status
+                    )
+                if state is not None and state.video_url:
+                    return await self.fetch(flight, state.video_url)
+            kind = "link_expired" if exc.expired else "download_failed"
+            return await self._fail(flight, "downloading", kind, exc.message, exc.status, None)
+        relative = got.path.relative_to(self.store.folder.parent.resolve()).as_posix()
+        self.journal.mark_completed(flight.job_id, relative, got.size)
+        self._moved("downloading", "completed")
+        await self._release()
+
+    # -- the run ----------------------------------------------------------------------------------
+    def resume(self) -> list[tuple[JobRow, bool]]:
+        """Re-enter what a previous process left in flight; returns submits to settle first."""
+        settle = []
+        now = time.monotonic()
+        for row in self.journal.in_flight():
+            self.active += 1
+            if row.state == "submitting":
+                settle.append((row, True))
+                continue
+            flight = Flight(
+                row.job_id, row.task_id or "", now + self.policy.max_wait, polls=row.polls
+            )
+            fresh = row.video_url and (row.expires_at or 0) > time.time()
+            if row.state == "downloading" and fresh and not self.downloads.full():
+                self.downloads.put_nowait((flight, row.video_url))
+            else:
+                self.schedule(flight, 0)  # running, or a link that needs refreshing
+        return settle
+
+    async def run(self, stop: asyncio.Event) -> None:
+        settle = self.resume()
+        workers: list[asyncio.Task[Any]] = [asyncio.create_task(self.dispatcher())]
+        workers += [asyncio.create_task(self.poll_worker()) for _ in range(self.n_poll)]
+        workers += [asyncio.create_task(self.download_worker()) for _ in range(self.n_download)]
+        submitters = [asyncio.create_task(self.submit_worker()) for _ in range(self.n_submit)]
+
+        async def settle_then_feed() -> None:
+            for item in settle:
+                self.active -= 1  # the submit worker claims it again
+                await self.submits.put(item)
+            await self.feeder()
+
+        feeder = asyncio.create_task(settle_then_feed())
+        waits = [asyncio.create_task(stop.wait()), asyncio.create_task(self.idle.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if stop.is_set() and self.fatal is None:
+                self.stopping = True
+                self.log(
+                    "stopping: no new submissions; the journal keeps every task for a later run"
+                )
+        finally:
+            self.stopping = self.stopping or self.fatal is not None
+            feeder.cancel()
+            async with self.capacity:
+                self.capacity.notify_all()
+            for task in submitters:
+                task.cancel()
+            await asyncio.gather(*submitters, return_exceptions=True)
+            # a submit already under way finishes and is recorded (it sends nothing new)
+            await asyncio.gather(*list(self.critical), return_exceptions=True)
+            for task in [*workers, *waits]:
+                task.cancel()
+            await asyncio.gather(*workers, *waits, feeder, return_exceptions=True)
+        if self.fatal is not None:
+            raise self.fatal

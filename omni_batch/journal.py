@@ -1,0 +1,360 @@
+"""The run's single source of truth: a SQLite (WAL) journal of every job and its transitions.
+
+Each transition is one committed transaction, so a crash (kill -9 included) leaves every job in
+a state resume knows how to finish; every transition is also appended to ``events.jsonl``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omni_batch.errors import OutputError, StateError
+from omni_batch.jobs import Job
+
+SCHEMA_VERSION = 1
+STATES = ("pending", "submitting", "running", "downloading", "completed", "failed")
+IN_FLIGHT = ("submitting", "running", "downloading")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    active INTEGER NOT NULL DEFAULT 1,
+    body_hash TEXT NOT NULL,
+    prompt_id TEXT NOT NULL, model TEXT NOT NULL, prompt TEXT NOT NULL,
+    aspect_ratio TEXT NOT NULL, duration INTEGER NOT NULL, resolution TEXT NOT NULL,
+    repeat INTEGER NOT NULL, tags TEXT NOT NULL, vars TEXT NOT NULL, source TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    task_id TEXT, business_id TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    polls INTEGER NOT NULL DEFAULT 0,
+    possible_duplicate INTEGER NOT NULL DEFAULT 0,
+    http_status INTEGER, error_type TEXT, error_message TEXT, request_id TEXT,
+    video_url TEXT, expires_at REAL, video_path TEXT, bytes INTEGER,
+    submitted_at REAL, completed_at REAL, updated_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, seq);
+"""
+
+_JOB_COLUMNS = (
+    "job_id, seq, body_hash, prompt_id, model, prompt, aspect_ratio, duration, resolution, "
+    "repeat, tags, vars, source"
+)
+
+
+def body_hash(body: dict[str, Any]) -> str:
+    return hashlib.sha256(
+        json.dumps(body, sort_keys=True, ensure_ascii=False).encode()
+    ).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    """What the engine needs of one journaled job."""
+
+    job_id: str
+    seq: int
+    state: str
+    body: dict[str, Any]
+    task_id: str | None
+    business_id: str | None
+    attempts: int
+    polls: int
+    possible_duplicate: bool
+    video_url: str | None
+    expires_at: float | None
+    submitted_at: float | None
+    error_type: str | None
+
+
+class Journal:
+    """SQLite journal in ``folder/journal.sqlite``; one writer (this process) at a time."""
+
+    FILE = "journal.sqlite"
+
+    def __init__(self, folder: Path, events: bool = True):
+        self.folder = folder
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(folder / self.FILE, isolation_level=None, timeout=10)
+        except (OSError, sqlite3.Error) as exc:
+            raise OutputError(
+                f"{folder}: cannot create the output folder or journal: {exc}"
+            ) from None
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL+NORMAL survives a process crash
+            self.db.executescript(_SCHEMA)
+            self._meta_defaults()
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"{folder / self.FILE}: not a usable journal: {exc}") from None
+        self._events = (
+            (folder / "events.jsonl").open("a", encoding="utf-8", buffering=1) if events else None
+        )
+
+    def close(self) -> None:
+        if self._events:
+            self._events.close()
+        self.db.close()
+
+    # -- meta ---------------------------------------------------------------------------------
+    def _meta_defaults(self) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+            )
+            # a per-folder key makes client_business_ids unique across output folders
+            self.db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('run_key', ?)", (secrets.token_hex(4),)
+            )
+            self.db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('created_at', ?)", (str(time.time()),)
+            )
+
+    def meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    # -- events -------------------------------------------------------------------------------
+    def event(self, kind: str, **fields: Any) -> None:
+        if self._events is None:
+            return
+        record = {"t": round(time.time(), 3), "event": kind}
+        record.update({k: v for k, v in fields.items() if v is not None})
+        self._events.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    # -- loading the manifest -----------------------------------------------------------------
+    def sync(self, jobs: Iterable[Job], batch: int = 2000) -> int:
+        """Add the manifest's jobs; refuse if a known job id now means a different body.
+
+        Works through a temporary table so memory stays flat for any number of jobs.
+        Returns the number of jobs in the manifest.
+        """
+        db = self.db
+        db.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS incoming AS SELECT {_JOB_COLUMNS} FROM jobs WHERE 0"
+        )
+        db.execute("DELETE FROM incoming")
+        total = 0
+        rows: list[tuple] = []
+        with db:
+            for seq, job in enumerate(jobs):
+                rows.append(
+                    (
+                        job.job_id, seq, body_hash(job.body), job.prompt_id, job.model, job.prompt,
+                        job.aspect_ratio, job.duration, job.resolution, job.repeat,
+                        json.dumps(dict(job.tags), ensure_ascii=False),
+                        json.dumps(dict(job.vars), ensure_ascii=False), job.source,
+                    )
+                )  # fmt: skip
+                if len(rows) >= batch:
+                    db.executemany(
+                        f"INSERT INTO incoming ({_JOB_COLUMNS}) VALUES ({','.join('?' * 13)})", rows
+                    )
+                    total += len(rows)
+                    rows.clear()
+            if rows:
+                db.executemany(
+                    f"INSERT INTO incoming ({_JOB_COLUMNS}) VALUES ({','.join('?' * 13)})", rows
+                )
+                total += len(rows)
+        changed = db.execute(
+            "SELECT i.job_id, i.source, j.state FROM incoming i JOIN jobs j USING (job_id) "
+            "WHERE i.body_hash != j.body_hash AND j.state != 'pending' ORDER BY i.seq LIMIT 5"
+        ).fetchall()
+        if changed:
+            first = changed[0]
+            raise StateError(
+                f"{self.folder}: job {first[0]!r} ({first[1]}) was already {first[2]} with other "
+                f"parameters; the manifest changed since this folder was run. Use a new --out "
+                f"folder, or restore the manifest"
+            )
+        with db:
+            db.execute("UPDATE jobs SET active = 0")
+            # pending jobs simply take the manifest's current body; anything sent keeps its own
+            db.execute(
+                f"INSERT INTO jobs ({_JOB_COLUMNS}) SELECT {_JOB_COLUMNS} FROM incoming WHERE 1 "
+                "ON CONFLICT (job_id) DO UPDATE SET active = 1, seq = excluded.seq, "
+                "body_hash = excluded.body_hash, prompt = excluded.prompt, model = excluded.model, "
+                "aspect_ratio = excluded.aspect_ratio, duration = excluded.duration, "
+                "resolution = excluded.resolution, tags = excluded.tags, vars = excluded.vars, "
+                "source = excluded.source, prompt_id = excluded.prompt_id"
+            )
+            db.execute("DELETE FROM incoming")
+        return total
+
+    # -- queries ------------------------------------------------------------------------------
+    _ROW = (
+        "SELECT job_id, seq, state, model, prompt, aspect_ratio, duration, resolution, task_id, "
+        "business_id, attempts, polls, possible_duplicate, video_url, expires_at, submitted_at, "
+        "error_type FROM jobs"
+    )
+
+    @staticmethod
+    def _row(r: tuple) -> JobRow:
+        body = {
+            "model": r[3],
+            "prompt": r[4],
+            "aspect_ratio": r[5],
+            "duration": r[6],
+            "resolution": r[7],
+        }
+        return JobRow(
+            job_id=r[0], seq=r[1], state=r[2], body=body, task_id=r[8], business_id=r[9],
+            attempts=r[10], polls=r[11], possible_duplicate=bool(r[12]), video_url=r[13],
+            expires_at=r[14], submitted_at=r[15], error_type=r[16],
+        )  # fmt: skip
+
+    def pending_page(self, after_seq: int, limit: int) -> list[JobRow]:
+        """The next pending jobs in manifest order: the engine reads work in pages."""
+        rows = self.db.execute(
+            f"{self._ROW} WHERE active = 1 AND state = 'pending' AND seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        ).fetchall()
+        return [self._row(r) for r in rows]
+
+    def in_flight(self) -> Iterator[JobRow]:
+        """Jobs a previous run left with the API (or mid-submit), for resume."""
+        cur = self.db.execute(
+            f"{self._ROW} WHERE active = 1 AND state IN ('submitting', 'running', 'downloading') "
+            "ORDER BY seq"
+        )
+        for r in cur:
+            yield self._row(r)
+
+    def counts(self) -> dict[str, int]:
+        out = dict.fromkeys(STATES, 0)
+        for state, n in self.db.execute(
+            "SELECT state, count(*) FROM jobs WHERE active = 1 GROUP BY state"
+        ):
+            out[state] = n
+        return out
+
+    def reopen(self, retry_failed: bool) -> tuple[int, int]:
+        """Before a run: timed-out tasks go back to polling; with ``retry_failed`` every other
+        failed job goes back to pending. Returns (re-polled, re-queued)."""
+        with self.db:
+            polled = self.db.execute(
+                "UPDATE jobs SET state = 'running', error_type = NULL, error_message = NULL, "
+                "http_status = NULL WHERE active = 1 AND state = 'failed' "
+                "AND error_type = 'timeout' "
+                "AND task_id IS NOT NULL"
+            ).rowcount
+            queued = 0
+            if retry_failed:
+                queued = self.db.execute(
+                    "UPDATE jobs SET state = 'pending', task_id = NULL, http_status = NULL, "
+                    "error_type = NULL, error_message = NULL, request_id = NULL, video_url = NULL, "
+                    "expires_at = NULL WHERE active = 1 AND state = 'failed'"
+                ).rowcount
+        return polled, queued
+
+    # -- transitions (each one commit, then one event) ------------------------------------------
+    def _update(
+        self, job_id: str, state: str, event: dict[str, Any] | None = None, **fields: Any
+    ) -> None:
+        fields["state"] = state
+        fields["updated_at"] = time.time()
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        with self.db:
+            self.db.execute(f"UPDATE jobs SET {sets} WHERE job_id = ?", (*fields.values(), job_id))
+        self.event("state", job_id=job_id, state=state, **(event or {}))
+
+    def mark_submitting(
+        self, job_id: str, business_id: str | None, possible_duplicate: bool
+    ) -> None:
+        """Committed before the POST: a crash after this point leaves an ambiguous job."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute(
+                "UPDATE jobs SET state = 'submitting', attempts = attempts + 1, business_id = ?, "
+                "possible_duplicate = max(possible_duplicate, ?), updated_at = ? WHERE job_id = ?",
+                (business_id, int(possible_duplicate), time.time(), job_id),
+            )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.event(
+            "state",
+            job_id=job_id,
+            state="submitting",
+            possible_duplicate=possible_duplicate or None,
+        )
+
+    def mark_running(
+        self, job_id: str, task_id: str, request_id: str | None, adopted: bool = False
+    ) -> None:
+        """Committed the moment the task id is known, before anything else happens to it."""
+        self._update(
+            job_id, "running",
+            {"task_id": task_id, "request_id": request_id, "adopted": adopted or None},
+            task_id=task_id, request_id=request_id, submitted_at=time.time(),
+        )  # fmt: skip
+
+    def mark_pending(self, job_id: str, reason: str) -> None:
+        """The submit was answered with a refusal that created nothing (401/402): not sent."""
+        self._update(job_id, "pending", {"reason": reason}, attempts=0)
+
+    def mark_downloading(
+        self,
+        job_id: str,
+        video_url: str,
+        expires_at: float | None,
+        completed_at: float | None,
+        polls: int,
+    ) -> None:
+        self._update(
+            job_id, "downloading", None,
+            video_url=video_url, expires_at=expires_at, completed_at=completed_at or time.time(),
+            polls=polls,
+        )  # fmt: skip
+
+    def mark_completed(self, job_id: str, video_path: str, size: int) -> None:
+        self._update(job_id, "completed", {"bytes": size}, video_path=video_path, bytes=size)
+
+    def mark_failed(
+        self,
+        job_id: str,
+        *,
+        error_type: str,
+        message: str,
+        http_status: int | None = None,
+        request_id: str | None = None,
+        polls: int | None = None,
+    ) -> None:
+        fields: dict[str, Any] = {
+            "error_type": error_type, "error_message": message[:1000], "http_status": http_status,
+        }  # fmt: skip
+        if request_id:
+            fields["request_id"] = request_id
+        if polls is not None:
+            fields["polls"] = polls
+        self._update(
+            job_id,
+            "failed",
+            {
+                "error_type": error_type,
+                "http_status": http_status,
+                "message": message[:300],
+                "request_id": request_id,
+            },
+            **fields,
+        )
+
+    def add_polls(self, job_id: str, polls: int) -> None:
+        with self.db:
+            self.db.execute("UPDATE jobs SET polls = ? WHERE job_id = ?", (polls, job_id))

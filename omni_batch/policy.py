@@ -1,0 +1,71 @@
+"""Retry and timing rules as values, per error class, in one place.
+
+Which failures are retried, how often and how long to wait: tenacity strategies built from a
+``Policy`` so tests and benchmarks can shrink every delay without touching the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
+
+from omni_batch.errors import Ambiguous, BadResponse, NotSent, ServerError
+
+# Safe to send again: the request provably never arrived, or the server answered "failed".
+SUBMIT_RETRYABLE = (NotSent, ServerError)
+# A status call changes nothing upstream, so any transient failure may be retried.
+POLL_RETRYABLE = (NotSent, ServerError, Ambiguous, BadResponse)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Every timing knob of a run. Defaults follow the ToAPIs polling advice."""
+
+    first_poll: float = 5.0  # seconds after submit
+    poll_interval: float = 10.0
+    queued_factor: float = 1.5  # poll less often while a task is still queued
+    jitter: float = 0.2  # ± fraction applied to each poll interval
+    max_wait: float = 900.0  # give up on a task (keeping its id) after this long
+    retries: int = 3  # for 5xx, timeouts, connection resets
+    retry_initial: float = 0.5
+    retry_max: float = 4.0
+    max_rate_limited: int = 50  # 429s tolerated for one call before its job fails
+    download_retries: int = 3
+    request_timeout: float = 30.0
+    download_timeout: float = 300.0
+    max_download_bytes: int = 2 << 30
+
+    def scaled(self, **changes: Any) -> Policy:
+        return replace(self, **changes)
+
+    def _retrying(self, kinds: tuple[type[BaseException], ...], attempts: int) -> AsyncRetrying:
+        return AsyncRetrying(
+            stop=stop_after_attempt(attempts + 1),
+            wait=wait_exponential(multiplier=self.retry_initial, max=self.retry_max)
+            + wait_random(0, self.retry_initial),
+            retry=retry_if_exception_type(kinds),
+            reraise=True,
+        )
+
+    def submit_retrying(self) -> AsyncRetrying:
+        return self._retrying(SUBMIT_RETRYABLE, self.retries)
+
+    def poll_retrying(self) -> AsyncRetrying:
+        return self._retrying(POLL_RETRYABLE, self.retries)
+
+    def download_retrying(self, kinds: tuple[type[BaseException], ...]) -> AsyncRetrying:
+        return self._retrying(kinds, self.download_retries)
+
+
+FAST = Policy(
+    first_poll=0.3, poll_interval=0.3, jitter=0.1, max_wait=120.0, retry_initial=0.05, retry_max=0.3
+)
+"""Timings for the embedded simulator, whose generations take about a second."""

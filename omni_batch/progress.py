@@ -1,0 +1,126 @@
+"""What a person watching a run sees: a live panel on a terminal, a one-line summary every few
+seconds otherwise, and the final summary table. Reads RunStats; never touches the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import pandas as pd
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from omni_batch.engine import RunStats
+
+ORDER = ("pending", "submitting", "running", "downloading", "completed", "failed")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def summary_line(stats: RunStats, rate: float | None = None) -> str:
+    counts = stats.counts
+    total = sum(counts.values())
+    done = counts.get("completed", 0) + counts.get("failed", 0)
+    elapsed = time.monotonic() - stats.started
+    per_min = stats.finished_here / elapsed * 60 if elapsed > 0 else 0.0
+    left = total - done
+    eta = _duration(left / per_min * 60) if per_min > 0 and left else "-"
+    parts = [f"{name} {counts.get(name, 0)}" for name in ORDER if counts.get(name, 0)]
+    limit = f" | {rate:.1f} req/s" if rate else ""
+    return (
+        f"{done}/{total} done ({', '.join(parts)}) | {per_min:.1f} jobs/min | ETA {eta}{limit}"
+        f" | 429s {stats.rate_limited}"
+    )
+
+
+class Progress:
+    """Runs beside the engine on the same loop; `live` picks the rich panel or plain lines."""
+
+    def __init__(self, console: Console, live: bool, every: float = 5.0):
+        self.console, self.live, self.every = console, live, every
+        self._task: asyncio.Task[None] | None = None
+        self._stats: RunStats | None = None
+        self._rate = lambda: None
+
+    def start(self, stats: RunStats, rate=lambda: None) -> None:
+        self._stats, self._rate = stats, rate
+        self._task = asyncio.create_task(self._live() if self.live else self._lines())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _panel(self) -> Group:
+        assert self._stats is not None
+        table = Table.grid(padding=(0, 2))
+        for _ in ORDER:
+            table.add_column(justify="right")
+        table.add_row(*(Text(n, style="bold") for n in ORDER))
+        table.add_row(*(str(self._stats.counts.get(n, 0)) for n in ORDER))
+        lines = [Text(summary_line(self._stats, self._rate()))]
+        lines += [Text(m, style="dim") for m in self._stats.messages[-3:]]
+        return Group(table, *lines)
+
+    async def _live(self) -> None:
+        with Live(
+            self._panel(), console=self.console, refresh_per_second=4, transient=False
+        ) as live:
+            while True:
+                await asyncio.sleep(0.25)
+                live.update(self._panel())
+
+    async def _lines(self) -> None:
+        assert self._stats is not None
+        seen = 0
+        while True:
+            await asyncio.sleep(self.every)
+            for message in self._stats.messages[seen:]:
+                self.console.print(message, highlight=False, soft_wrap=True)
+            seen = len(self._stats.messages)
+            self.console.print(
+                summary_line(self._stats, self._rate()), highlight=False, soft_wrap=True
+            )
+
+
+def final_table(report: pd.DataFrame) -> Group:
+    """Counts by status, and failures by error type with one example message each."""
+    table = Table(title="run summary", title_justify="left")
+    table.add_column("status")
+    table.add_column("jobs", justify="right")
+    for status, n in report["status"].value_counts().items():
+        table.add_row(str(status), str(n))
+    parts: list = [table]
+    failed = report[report["status"] == "failed"]
+    if len(failed):
+        why = Table(title="failures", title_justify="left")
+        for name in ("error_type", "http_status", "jobs", "example"):
+            why.add_column(name, overflow="fold")
+        for (kind, status), group in failed.groupby(["error_type", "http_status"], dropna=False):
+            why.add_row(
+                str(kind),
+                "" if pd.isna(status) else str(status),
+                str(len(group)),
+                str(group["error_message"].iloc[0])[:120],
+            )
+        parts.append(why)
+    duplicates = int(report["possible_duplicate"].sum())
+    if duplicates:
+        parts.append(
+            Text(
+                f"{duplicates} job(s) flagged possible_duplicate: "
+                "an ambiguous submit was sent again",
+                style="yellow",
+            )
+        )
+    return Group(*parts)

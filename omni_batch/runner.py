@@ -1,0 +1,191 @@
+"""`run` / `run_async`: a manifest in, every job settled, the report out (as a DataFrame).
+
+Wires manifest → journal → engine (with the embedded simulator when asked) → report, and turns
+the ways a run can end (401, 402, Ctrl-C) into errors raised after the journal and report are
+consistent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from omni_batch.catalog import Catalog
+from omni_batch.client import DEFAULT_BASE_URL, ToapisClient
+from omni_batch.download import LocalStore
+from omni_batch.engine import Engine, RunStats
+from omni_batch.errors import AuthError, Interrupted, OmniBatchError, OutputError, UsageError
+from omni_batch.journal import Journal
+from omni_batch.limiter import Pressure
+from omni_batch.manifest import Manifest, load_manifest
+from omni_batch.policy import FAST, Policy
+from omni_batch.report import write_reports
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+KEY_ENV = "TOAPIS_API_KEY"
+BASE_URL_ENV = "TOAPIS_BASE_URL"
+DEFAULT_OUT = Path("outputs")
+
+
+@dataclass
+class RunOptions:
+    """How to run; every field has a sensible default for the real API."""
+
+    out: Path | None = None  # default: outputs/<manifest name>/
+    base_url: str | None = None  # default: $TOAPIS_BASE_URL, else https://toapis.com
+    api_key: str | None = None  # default: $TOAPIS_API_KEY
+    simulate: str | None = None  # a simulator profile: run against the embedded simulator
+    simulator_settings: dict[str, Any] = field(default_factory=dict)
+    rate: float | None = 10.0  # requests per second for every API call of the key
+    max_in_flight: int = 50
+    policy: Policy | None = None  # default: documented timings (FAST against the simulator)
+    retry_failed: bool = False
+    reconcile: bool | None = None  # look ambiguous submits up by client_business_id
+    report_every: float = 30.0
+    catalog: Catalog | str | Path | None = None
+
+
+def output_folder(manifest: Manifest, out: str | Path | None) -> Path:
+    return Path(out) if out is not None else DEFAULT_OUT / manifest.name
+
+
+@contextlib.asynccontextmanager
+async def _target(options: RunOptions) -> AsyncIterator[tuple[str, str]]:
+    """(base URL, key): the embedded simulator's, or the real API's from options/environment."""
+    if options.simulate is not None:
+        from omni_batch.simulator import SimConfig, start_simulator
+
+        config = SimConfig.from_profile(options.simulate, **options.simulator_settings)
+        async with start_simulator(config) as sim:
+            yield sim.base_url, sim.key
+        return
+    key = options.api_key or os.environ.get(KEY_ENV, "").strip()
+    if not key:
+        raise UsageError(
+            f"no API key: set {KEY_ENV}, or use --simulate to rehearse "
+            "against the embedded simulator"
+        )
+    yield options.base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL, key
+
+
+@contextlib.contextmanager
+def _interrupts(stop: asyncio.Event) -> Any:
+    """First Ctrl-C: stop submitting and settle; a second one: leave at once."""
+    loop = asyncio.get_running_loop()
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def first() -> None:
+        if stop.is_set():
+            os._exit(130)  # every journal write is its own commit: nothing half-written
+        stop.set()
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, first)
+        loop.add_signal_handler(signal.SIGTERM, first)
+    except (NotImplementedError, RuntimeError):  # pragma: no cover - not on this platform
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def _refresh_reports(folder: Path, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        await asyncio.to_thread(write_reports, folder)
+
+
+async def run_async(
+    manifest: str | Path | Manifest,
+    options: RunOptions | None = None,
+    *,
+    on_start: Callable[[RunStats, Engine], None] | None = None,
+    stop: asyncio.Event | None = None,
+    **kw: Any,
+) -> pd.DataFrame:
+    """Run every job of ``manifest``; return the report (one row per job).
+
+    Raises AuthError (the key was refused), QuotaError (the balance ran out; in-flight tasks
+    were finished first) or Interrupted (Ctrl-C) after the journal and report are consistent.
+    """
+    options = options or RunOptions(**kw)
+    if not isinstance(manifest, Manifest):
+        manifest = load_manifest(manifest, options.catalog)
+    folder = output_folder(manifest, options.out)
+    policy = options.policy or (FAST if options.simulate is not None else Policy())
+    reconcile = options.reconcile if options.reconcile is not None else options.simulate is not None
+    stop = stop or asyncio.Event()
+    ended: OmniBatchError | None = None
+    async with _target(options) as (base_url, key):
+        journal = Journal(folder)
+        try:
+            journal.set_meta("manifest", str(manifest.path))
+            journal.set_meta("name", manifest.name)
+            journal.set_meta("var_names", ",".join(manifest.var_names))
+            journal.set_meta("tag_names", ",".join(manifest.tag_names))
+            journal.sync(manifest.jobs())
+            repolled, requeued = journal.reopen(options.retry_failed)
+            store = LocalStore(folder)
+            store.prepare()
+            connector = aiohttp.TCPConnector(limit=max(16, options.max_in_flight // 2 + 8))
+            async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
+                client = ToapisClient(session, base_url, key, timeout=policy.request_timeout)
+                engine: Engine | None = None
+                pressure = Pressure(
+                    options.rate,
+                    options.max_in_flight,
+                    on_change=lambda m: engine and engine.log(m),
+                )
+                engine = Engine(
+                    journal, client, session, store, pressure, policy, reconcile=reconcile
+                )
+                if repolled or requeued:
+                    engine.log(
+                        f"resume: {repolled} timed-out tasks polled again, "
+                        f"{requeued} failed jobs queued again"
+                    )
+                if on_start:
+                    on_start(engine.stats, engine)
+                refresher = asyncio.create_task(_refresh_reports(folder, options.report_every))
+                try:
+                    with _interrupts(stop):
+                        await engine.run(stop)
+                except (AuthError, OutputError) as exc:
+                    ended = exc  # the journal is consistent; still write what it holds
+                finally:
+                    refresher.cancel()
+                    await asyncio.gather(refresher, return_exceptions=True)
+                    journal.event("run_end", counts=journal.counts())
+        finally:
+            journal.close()
+        report = write_reports(folder)
+        if ended is not None:
+            raise ended
+        if engine.quota_hit is not None:
+            raise engine.quota_hit
+        if stop.is_set():
+            raise Interrupted(f"stopped; run the same command again to resume ({folder})")
+        return report
+
+
+def run(
+    manifest: str | Path | Manifest, options: RunOptions | None = None, **kw: Any
+) -> pd.DataFrame:
+    """The blocking form of :func:`run_async`, for scripts and notebooks without a loop."""
+    return asyncio.run(run_async(manifest, options, **kw))

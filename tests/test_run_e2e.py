@@ -1,0 +1,361 @@
+"""`omni-batch run` end to end: the real CLI against the real simulator on a loopback port.
+
+Each test judges the client by what the simulator counted (submits, polls after a task was
+terminal, downloads that carried a key) and by what landed in the output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from omni_batch.cli import main
+from omni_batch.simulator import SimConfig, serve_in_thread
+
+MANIFEST = """
+name: e2e
+defaults:
+  aspect_ratio: ["16:9", "9:16"]
+prompts:
+  - id: alpha
+    prompt: "alpha shot"
+  - id: beta
+    prompt: "beta shot"
+  - id: gamma
+    prompt: "gamma shot"
+"""
+JOBS = 6
+
+
+@pytest.fixture
+def manifest(tmp_path: Path) -> Path:
+    path = tmp_path / "e2e.yaml"
+    path.write_text(MANIFEST, encoding="utf-8")
+    return path
+
+
+def sim(**knobs):
+    return serve_in_thread(SimConfig.from_profile("fast", seed=7, **knobs))
+
+
+def cli(server, manifest: Path, out: Path, *extra: str, key: str | None = None):
+    env = {"TOAPIS_API_KEY": key or server.key}
+    args = ["run", str(manifest), "--out", str(out), "--base-url", server.base_url, "--yes"]
+    args += ["--poll-interval", "0.2", "--rate", "200", *extra]
+    return CliRunner(env=env).invoke(main, args)
+
+
+def report(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out / "report.csv")
+
+
+def test_happy_path_downloads_every_video_and_writes_the_report(manifest, tmp_path):
+    out = tmp_path / "out"
+    with sim() as server:
+        result = cli(server, manifest, out)
+        stats = server.stats()
+    assert result.exit_code == 0, result.output
+    rows = report(out)
+    assert len(rows) == JOBS and set(rows.status) == {"completed"}
+    for column in (
+        "job_id",
+        "prompt_id",
+        "task_id",
+        "attempts",
+        "http_status",
+        "error_type",
+        "request_id",
+        "video_url",
+        "expires_at",
+        "video_path",
+        "bytes",
+        "submitted_at",
+        "completed_at",
+        "latency_s",
+        "possible_duplicate",
+    ):
+        assert column in rows.columns, column
+    for path, size in zip(rows.video_path, rows.bytes, strict=True):
+        assert (out / path).stat().st_size == size > 1000
+    assert stats["submits"] == JOBS
+    assert stats["polls_after_terminal"] == 0
+    assert stats["downloads_with_auth"] == 0
+    assert pd.read_parquet(out / "report.parquet").shape[0] == JOBS
+    assert len(pd.read_csv(out / "failures.csv")) == 0
+    states = [
+        json.loads(line).get("state") for line in (out / "events.jsonl").read_text().splitlines()
+    ]
+    assert states.count("completed") == JOBS and states.count("submitting") == JOBS
+
+
+def test_rerunning_a_finished_folder_submits_nothing(manifest, tmp_path):
+    out = tmp_path / "out"
+    with sim() as server:
+        assert cli(server, manifest, out).exit_code == 0
+        again = cli(server, manifest, out)
+        stats = server.stats()
+    assert again.exit_code == 0
+    assert stats["submits"] == JOBS
+
+
+def test_wrong_key_stops_at_once_with_exit_3_and_submits_nothing(manifest, tmp_path):
+    out = tmp_path / "out"
+    with sim() as server:
+        result = cli(server, manifest, out, key="sk-wrong")
+        stats = server.stats()
+    assert result.exit_code == 3
+    assert "HTTP 401" in result.stderr and "sk-wrong" not in result.output
+    assert stats["submits"] == 0 and stats["status_401"] == 1
+    assert set(report(out).status) == {"pending"}
+
+
+def test_quota_exhausted_stops_submitting_finishes_in_flight_and_exits_4(manifest, tmp_path):
+    out = tmp_path / "out"
+    with sim(quota_after=2) as server:
+        result = cli(server, manifest, out, "--max-in-flight", "1")
+    assert result.exit_code == 4, result.output
+    rows = report(out)
+    assert (rows.status == "completed").sum() == 2
+    assert (rows.status == "pending").sum() == JOBS - 2
+    assert "402" in result.stderr
+
+
+def test_429_storms_slow_down_and_every_job_still_completes(manifest, tmp_path):
+    out = tmp_path / "out"
+    with sim(p_429=0.1, storm_s=0.2, retry_after=1) as server:
+        result = cli(server, manifest, out)
+        stats = server.stats()
+    assert result.exit_code == 0, result.output
+    assert stats["status_429"] > 0
+    assert stats["submits"] == JOBS
+    log = (out / "events.jsonl").read_text()
+    assert "429 from the API: pausing" in log
+
+
+def test_server_errors_are_retried(manifest, tmp_path):
+    out = tmp_path / "out"
+    with sim(p_5xx=0.25) as server:
+        result = cli(server, manifest, out)
+        stats = server.stats()
+    assert result.exit_code == 0, result.output
+    assert stats["status_5xx"] > 0
+    assert stats["submits"] == JOBS
+
+
+def test_failed_generations_say_why_and_exit_1(manifest, tmp_path):
+    out = tmp_path / "out"
+    with sim(p_fail=1.0) as server:
+        result = cli(server, manifest, out)
+    assert result.exit_code == 1
+    failures = pd.read_csv(out / "failures.csv")
+    assert len(failures) == JOBS
+    assert set(failures.error_type) == {"generation_failed"}
+    assert failures.error_message.str.len().min() > 5
+    assert failures.task_id.notna().all()
+
+
+def test_a_400_fails_the_job_with_status_type_and_request_id(manifest, tmp_path):
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text("models:\n  gemini_omni:\n    durations: [6, 8, 10]\n", encoding="utf-8")
+    manifest.write_text(
+        MANIFEST.replace("defaults:\n", "defaults:\n  duration: 8\n"), encoding="utf-8"
+    )
+    out = tmp_path / "out"
+    with sim() as server:
+        result = cli(server, manifest, out, "--catalog", str(catalog))
+        stats = server.stats()
+    assert result.exit_code == 1
+    rows = report(out)
+    assert set(rows.http_status) == {400}
+    assert rows.request_id.notna().all()
+    assert rows.error_message.str.contains("duration").all()
+    assert stats["submits"] == 0 and stats["status_400"] == JOBS  # never retried
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {"submit_shape": "legacy"},
+        {"submit_shape": "mixed", "result_shape": "mixed", "queued_word": "mixed"},
+        {"result_shape": "url"},
+        {"result_shape": "video_url", "queued_word": "submitted"},
+    ],
+)
+def test_every_documented_response_shape_is_understood(manifest, tmp_path, knobs):
+    out = tmp_path / "out"
+    with sim(**knobs) as server:
+        result = cli(server, manifest, out)
+    assert result.exit_code == 0, result.output
+    assert set(report(out).status) == {"completed"}
+
+
+def test_expired_links_are_refreshed_once_then_fail_clearly(manifest, tmp_path):
+    out = tmp_path / "out"
+    with sim(link_ttl=0.0, refresh_links=False) as server:
+        result = cli(server, manifest, out)
+    assert result.exit_code == 1
+    rows = report(out)
+    assert set(rows.error_type) == {"link_expired"}
+
+
+def test_ambiguous_submits_are_reconciled_without_a_second_task(manifest, tmp_path):
+    out = tmp_path / "out"
+    with sim(p_ambiguous=1.0) as server:
+        result = cli(server, manifest, out, "--reconcile")
+        stats = server.stats()
+    assert result.exit_code == 0, result.output
+    assert stats["submits"] == JOBS and stats["ambiguous_submits"] == JOBS
+    assert not report(out).possible_duplicate.any()
+
+
+def test_ambiguous_submits_without_reconcile_are_resubmitted_and_flagged(manifest, tmp_path):
+    out = tmp_path / "out"
+    with sim(p_ambiguous=0.5) as server:
+        result = cli(server, manifest, out, "--no-reconcile")
+        stats = server.stats()
+    rows = report(out)
+    extra = stats["submits"] - JOBS
+    assert extra > 0
+    assert rows.possible_duplicate.sum() >= 1
+    assert set(rows.status) <= {"completed", "failed"}
+    assert result.exit_code in (0, 1)
+
+
+def test_timed_out_tasks_keep_their_id_and_a_later_run_picks_them_up(manifest, tmp_path):
+    out = tmp_path / "out"
+    with sim(gen_min=1.5, gen_max=1.5) as server:
+        first = cli(server, manifest, out, "--max-wait", "0.3")
+        timed_out = report(out)
+        second = cli(server, manifest, out)
+        stats = server.stats()
+    assert first.exit_code == 1
+    assert set(timed_out.error_type) == {"timeout"} and timed_out.task_id.notna().all()
+    assert second.exit_code == 0, second.output
+    assert list(report(out).task_id) == list(timed_out.task_id)
+    assert stats["submits"] == JOBS
+
+
+def test_a_changed_manifest_is_refused_for_a_folder_already_run(manifest, tmp_path):
+    out = tmp_path / "out"
+    with sim() as server:
+        assert cli(server, manifest, out).exit_code == 0
+        manifest.write_text(MANIFEST.replace("alpha shot", "alpha shot, new"), encoding="utf-8")
+        result = cli(server, manifest, out)
+    assert result.exit_code == 2
+    assert "job 'alpha-16x9-6s-r1'" in result.stderr and "changed" in result.stderr
+
+
+def test_no_key_and_no_simulator_is_a_usage_error(manifest, tmp_path, monkeypatch):
+    monkeypatch.delenv("TOAPIS_API_KEY", raising=False)
+    result = CliRunner().invoke(main, ["run", str(manifest), "--out", str(tmp_path / "o"), "--yes"])
+    assert result.exit_code == 2
+    assert "TOAPIS_API_KEY" in result.stderr and "--simulate" in result.stderr
+
+
+def test_simulate_flag_runs_the_embedded_simulator_and_status_and_report_read_the_folder(
+    manifest, tmp_path
+):
+    out = tmp_path / "out"
+    runner = CliRunner()
+    result = runner.invoke(main, ["run", str(manifest), "--out", str(out), "--simulate", "fast"])
+    assert result.exit_code == 0, result.output
+    status = runner.invoke(main, ["status", str(out)])
+    assert "completed          6" in status.output
+    (out / "report.csv").unlink()
+    rebuilt = runner.invoke(main, ["report", str(out)])
+    assert rebuilt.exit_code == 0 and len(report(out)) == JOBS
+
+
+def _subprocess_run(manifest: Path, out: Path, server, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "TOAPIS_API_KEY": server.key}
+    args = [
+        sys.executable,
+        "-m",
+        "omni_batch",
+        "run",
+        str(manifest),
+        "--out",
+        str(out),
+        "--base-url",
+        server.base_url,
+    ]
+    args += [
+        "--yes",
+        "--no-progress",
+        "--poll-interval",
+        "0.2",
+        "--rate",
+        "50",
+        "--reconcile",
+        *extra,
+    ]
+    return subprocess.Popen(
+        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _wait_for(path: Path, state: str, count: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().count(f'"state": "{state}"') >= count:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"never saw {count} {state} events")
+
+
+def test_kill_9_mid_run_then_resume_completes_every_job_without_a_duplicate_submit(tmp_path):
+    manifest = tmp_path / "big.yaml"
+    manifest.write_text(
+        "vars: {n: ["
+        + ",".join(str(i) for i in range(12))
+        + "]}\nprompts:\n  - {id: 'shot-{n}', prompt: 'shot {n}'}\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "out"
+    with sim(gen_min=0.5, gen_max=1.0) as server:
+        proc = _subprocess_run(manifest, out, server, "--max-in-flight", "4")
+        _wait_for(out / "events.jsonl", "running", 3)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        before = server.stats()["submits"]
+        resumed = _subprocess_run(manifest, out, server, "--max-in-flight", "4")
+        _, stderr = resumed.communicate(timeout=60)
+        stats = server.stats()
+    assert resumed.returncode == 0, stderr
+    assert 3 <= before < 12
+    assert stats["submits"] == 12 and stats["max_submits_per_body"] == 1
+    assert set(report(out).status) == {"completed"}
+
+
+def test_ctrl_c_stops_submitting_keeps_the_journal_and_a_rerun_finishes(tmp_path):
+    manifest = tmp_path / "big.yaml"
+    manifest.write_text(
+        "vars: {n: ["
+        + ",".join(str(i) for i in range(12))
+        + "]}\nprompts:\n  - {id: 'shot-{n}', prompt: 'shot {n}'}\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "out"
+    with sim(gen_min=0.5, gen_max=1.0) as server:
+        proc = _subprocess_run(manifest, out, server, "--max-in-flight", "2")
+        _wait_for(out / "events.jsonl", "running", 2)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+        interrupted = report(out)
+        resumed = _subprocess_run(manifest, out, server, "--max-in-flight", "4")
+        _, stderr2 = resumed.communicate(timeout=60)
+        stats = server.stats()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert (interrupted.status == "pending").sum() > 0
+    assert resumed.returncode == 0, stderr2
+    assert stats["submits"] == 12 and stats["max_submits_per_body"] == 1
