@@ -95,6 +95,11 @@ def test_happy_path_downloads_every_video_and_writes_the_report(manifest, tmp_pa
         json.loads(line).get("state") for line in (out / "events.jsonl").read_text().splitlines()
     ]
     assert states.count("completed") == JOBS and states.count("submitting") == JOBS
+    # the key is in no output file (the journal's bytes included) and not on the terminal
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert server.key.encode() not in path.read_bytes(), path
+    assert server.key not in result.output
 
 
 def test_rerunning_a_finished_folder_submits_nothing(manifest, tmp_path):
