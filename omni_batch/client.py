@@ -18,6 +18,7 @@ from omni_batch.errors import (
     ApiError,
     AuthError,
     BadResponse,
+    GatewayError,
     NotSent,
     QuotaError,
     RateLimited,
@@ -113,11 +114,24 @@ def _raise_for_status(status: int, headers: Any, body: Any, text: str) -> None:
         raise QuotaError(message, **kw)
     if status == 429:
         raise RateLimited(message, retry_after=_retry_after(headers), **kw)
+    if status in (502, 504):
+        raise GatewayError(message, **kw)
     if status >= 500:
         raise ServerError(message, **kw)
     if 400 <= status < 500:
         raise RequestRejected(message, **kw)
     raise BadResponse(f"unexpected HTTP {status}: {message}", **kw)
+
+
+async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
+    """The whole body, however many pieces it arrives in, but never more than MAX_BODY + 1."""
+    chunks, size = [], 0
+    async for chunk in resp.content.iter_chunked(1 << 16):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_BODY:
+            break
+    return b"".join(chunks)
 
 
 def _first(data: Any) -> Any:
@@ -206,7 +220,7 @@ class ToapisClient:
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as resp:
-                raw = await resp.content.read(MAX_BODY + 1)
+                raw = await _read_capped(resp)
                 status, headers = resp.status, resp.headers
         except aiohttp.ClientConnectorError as exc:  # no connection: nothing was sent
             raise NotSent(f"cannot connect to {self._root}: {exc.os_error or exc}") from None

@@ -11,6 +11,7 @@ import contextlib
 import heapq
 import itertools
 import random
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from omni_batch.errors import (
     ApiError,
     AuthError,
     BadResponse,
+    GatewayError,
     OmniBatchError,
     OutputError,
     QuotaError,
@@ -53,6 +55,7 @@ class Flight:
     deadline: float  # monotonic time after which it is failed as timed out (resumable)
     polls: int = 0
     status: str = "queued"
+    state: str = "running"  # the journal state it is in: running or downloading
     refreshed: bool = False  # a fresh link was already asked for once
 
 
@@ -113,7 +116,8 @@ class Engine:
         self.order = itertools.count()
         self.idle = asyncio.Event()
         self.feeding = True
-        self.stopping = False  # Ctrl-C: send nothing new
+        self.stopping = False  # Ctrl-C: send nothing new, and stop polling
+        self.halt = asyncio.Event()  # no new submit may leave (Ctrl-C, 402, a fatal error)
         self.quota_hit: QuotaError | None = None
         self.fatal: BaseException | None = None
         self.run_key = journal.meta("run_key") or "run"
@@ -146,19 +150,34 @@ class Engine:
         if self.fatal is None:
             self.fatal = exc
             self.stopping = True
+            self.halt.set()
             self.idle.set()
 
     # -- calls under pressure -------------------------------------------------------------------
-    async def _pressured(
-        self, permit: Callable[[], Awaitable[None]], call: Callable[[], Awaitable[T]]
-    ) -> T:
+    async def _unless_halted(self, waiting: Awaitable[None]) -> None:
+        """Wait for a submit permit, but give up the moment submissions close (Ctrl-C, 402)."""
+        waiter = asyncio.ensure_future(waiting)
+        halted = asyncio.ensure_future(self.halt.wait())
+        try:
+            await asyncio.wait({waiter, halted}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            halted.cancel()
+        if not waiter.done():
+            waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiter
+        if self.halt.is_set():
+            raise _Stopping()
+        waiter.result()
+
+    async def _pressured(self, call: Callable[[], Awaitable[T]], *, submit: bool = False) -> T:
         """One API call under the shared rate; 429s pause everyone and are tried again."""
         last: RateLimited | None = None
-        is_submit = permit == self.pressure.submit_permit
         for _ in range(self.policy.max_rate_limited):
-            if self.stopping and is_submit:
-                raise _Stopping()
-            await permit()
+            if submit:
+                await self._unless_halted(self.pressure.submit_permit())
+            else:
+                await self.pressure.poll_permit()
             self.stats.requests += 1
             try:
                 result = await call()
@@ -184,39 +203,49 @@ class Engine:
         async for attempt in self.policy.submit_retrying():
             with attempt:
                 return await self._pressured(
-                    self.pressure.submit_permit, lambda: self.client.submit(row.body, business_id)
+                    lambda: self.client.submit(row.body, business_id), submit=True
                 )
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _status_call(self, task_id: str) -> TaskState:
         async for attempt in self.policy.poll_retrying():
             with attempt:
-                return await self._pressured(
-                    self.pressure.poll_permit, lambda: self.client.status(task_id)
-                )
+                return await self._pressured(lambda: self.client.status(task_id))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _lookup(self, business_id: str) -> str | None:
-        """Did an ambiguous submit land? The task id if the API knows the business id."""
+    async def _reconcile(self, business_id: str | None) -> tuple[str | None, bool]:
+        """Did a submit carrying ``business_id`` land? (task id or None, whether we know)."""
+        if not (self.reconcile and business_id):
+            return None, False
         try:
             state = await self._status_call(business_id)
-        except RequestRejected as exc:
-            if exc.status == 404:
-                return None
+        except AuthError:
             raise
-        return state.task_id or business_id
+        except RequestRejected as exc:
+            return None, exc.status == 404
+        except OmniBatchError:
+            return None, False
+        return state.task_id or business_id, True
 
     # -- submitting -------------------------------------------------------------------------------
+    def _close_submissions(self, quota: QuotaError | None = None) -> None:
+        if quota is not None and self.quota_hit is None:
+            self.quota_hit = quota
+            self.log(
+                f"402 insufficient quota: no new submissions; finishing {self.active} in flight"
+            )
+        self.halt.set()
+
     async def feeder(self) -> None:
         """Reads pending jobs in pages and hands them to the submit workers."""
         after = -1
         try:
-            while not self.stopping and self.quota_hit is None:
+            while not self.halt.is_set():
                 page = self.journal.pending_page(after, PAGE)
                 if not page:
                     break
                 for row in page:
-                    if self.stopping or self.quota_hit is not None:
+                    if self.halt.is_set():
                         return
                     await self.submits.put((row, False))
                     after = row.seq
@@ -229,8 +258,8 @@ class Engine:
             row, ambiguous = await self.submits.get()
             self.claimed += 1
             try:
-                if self.stopping or (self.quota_hit is not None and not ambiguous):
-                    continue
+                if self.stopping or (self.halt.is_set() and not ambiguous):
+                    continue  # still pending (or still `submitting`) in the journal
                 async with self.capacity:
                     await self.capacity.wait_for(lambda: self.active < self.cap or self.stopping)
                     if self.stopping:
@@ -241,9 +270,7 @@ class Engine:
                 else:
                     async with self.probe:
                         await self._critical_submit(row, ambiguous)
-            except AuthError as exc:
-                self._fail_fatal(exc)
-            except Exception as exc:  # a bug: end the run loudly rather than hang on a lost job
+            except Exception as exc:  # AuthError, or a bug: end the run rather than hang
                 self._fail_fatal(exc)
             finally:
                 self.claimed -= 1
@@ -258,66 +285,62 @@ class Engine:
         task.add_done_callback(self.critical.discard)
         await asyncio.shield(task)
 
-    def business_id(self, row: JobRow) -> str | None:
-        return f"ob-{self.run_key}-{row.job_id}"[:200] if self.reconcile else None
+    def new_business_id(self, row: JobRow) -> str | None:
+        """A client_business_id unique to this submit generation of the job (it is journaled
+        before the POST, so a crash keeps it); None when reconciling is off."""
+        if not self.reconcile:
+            return None
+        return f"ob-{self.run_key}{secrets.token_hex(3)}-{row.job_id}"[:120]
 
     async def submit_job(self, row: JobRow, ambiguous: bool) -> None:
-        """Submit one job (or settle one a crash left mid-submit). Always leaves it recorded."""
+        """Submit one job (or settle one a crash left mid-submit); always leaves it recorded.
+
+        A POST is sent again only when the earlier one provably did not land (refused
+        connection, 5xx other than 502/504, or a lookup of its business id said 404), else
+        the job is flagged ``possible_duplicate``. With reconciling, the same business id is
+        reused, so an earlier POST that lands late turns the resend into a 409 we adopt.
+        """
         flagged = row.possible_duplicate
-        business_id = row.business_id or self.business_id(row)
-        if ambiguous:
-            if self.reconcile and row.business_id:
-                try:
-                    task_id = await self._lookup(row.business_id)
-                except (OmniBatchError, _Stopping):
-                    task_id, flagged = None, True
-                if task_id:
-                    return self._adopt(row, task_id)
-            else:
-                flagged = True
+        business_id = row.business_id or self.new_business_id(row)
+        maybe_sent = False
+        if ambiguous:  # a crash left it between "submitting" and an answer
+            task_id, known = await self._reconcile(business_id)
+            if task_id:
+                return self._adopt(row, task_id)
+            flagged, maybe_sent = flagged or not known, not known
         for round_ in range(self.policy.retries + 1):
             self.journal.mark_submitting(row.job_id, business_id, flagged)
             if round_ == 0:
                 self._moved(row.state, "submitting")
             try:
                 submitted = await self._submit_call(row, business_id)
-            except (Ambiguous, BadResponse) as exc:
-                # the task may exist (and be billed): look it up, or resubmit flagged
-                if self.reconcile and business_id:
-                    try:
-                        task_id = await self._lookup(business_id)
-                    except (OmniBatchError, _Stopping):
-                        task_id = None
-                        flagged = True
+            except (Ambiguous, BadResponse, GatewayError) as exc:
+                # the task may exist (and be billed): look it up, or send again flagged
+                task_id, known = await self._reconcile(business_id)
+                if task_id:
+                    return self._adopt(row, task_id)
+                flagged, maybe_sent = flagged or not known, not known
+                if self.halt.is_set() or round_ == self.policy.retries:
+                    return await self._give_up_submit(row, exc, maybe_sent)
+                how = "flagged possible_duplicate" if flagged else "it did not land"
+                self.log(f"{row.job_id}: submit outcome unknown ({exc}); sending again, {how}")
+                continue
+            except RequestRejected as exc:
+                if exc.status == 409 and business_id:  # our id is taken: an earlier POST landed
+                    task_id, _ = await self._reconcile(business_id)
                     if task_id:
                         return self._adopt(row, task_id)
-                else:
-                    flagged = True
-                self.log(f"{row.job_id}: submit outcome unknown ({exc}); resubmitting, flagged")
-                if self.stopping or round_ == self.policy.retries:
-                    return await self._give_up_submit(row, exc, ambiguous_left=True)
-                continue
+                return await self._give_up_submit(row, exc, maybe_sent)
             except _Stopping:
-                self.journal.mark_pending(row.job_id, "stopped before sending")
-                self._moved("submitting", "pending")
-                return await self._release()
-            except AuthError as exc:
-                self.journal.mark_pending(row.job_id, "authentication failed")
-                self._moved("submitting", "pending")
-                await self._release()
-                raise exc from None
+                return await self._unsent(row, "stopped before sending", maybe_sent)
+            except AuthError:
+                await self._unsent(row, "authentication failed", maybe_sent)
+                raise
             except QuotaError as exc:
-                self.journal.mark_pending(row.job_id, "quota exhausted")
-                self._moved("submitting", "pending")
-                if self.quota_hit is None:
-                    self.quota_hit = exc
-                    self.log(
-                        f"402 insufficient quota: no new submissions; "
-                        f"finishing {self.active - 1} in flight"
-                    )
-                return await self._release()
+                self._close_submissions(exc)
+                return await self._unsent(row, "quota exhausted", maybe_sent)
             except (ApiError, TransportError) as exc:
-                return await self._give_up_submit(row, exc, ambiguous_left=False)
+                return await self._give_up_submit(row, exc, maybe_sent)
             self.journal.mark_running(row.job_id, submitted.task_id, submitted.request_id)
             self._moved("submitting", "running")
             flight = Flight(row.job_id, submitted.task_id, time.monotonic() + self.policy.max_wait)
@@ -330,10 +353,17 @@ class Engine:
         self.log(f"{row.job_id}: an earlier submit did land (task {task_id}); adopted it")
         self.schedule(Flight(row.job_id, task_id, time.monotonic() + self.policy.max_wait), 0)
 
-    async def _give_up_submit(self, row: JobRow, exc: OmniBatchError, ambiguous_left: bool) -> None:
-        if ambiguous_left and self.stopping:
-            # leave it `submitting`: the next run reconciles or resubmits it, flagged
-            return await self._release()
+    async def _unsent(self, row: JobRow, reason: str, maybe_sent: bool) -> None:
+        """The last POST was refused or never left. If an earlier one may have landed, the
+        job stays `submitting` so the next run settles it; else it is simply pending."""
+        if not maybe_sent:
+            self.journal.mark_pending(row.job_id, reason)
+            self._moved("submitting", "pending")
+        await self._release()
+
+    async def _give_up_submit(self, row: JobRow, exc: OmniBatchError, maybe_sent: bool) -> None:
+        if maybe_sent and self.halt.is_set():
+            return await self._unsent(row, "stopping", maybe_sent)  # the next run settles it
         self.journal.mark_failed(
             row.job_id,
             error_type=getattr(exc, "error_type", None) or type(exc).__name__,
@@ -378,7 +408,7 @@ class Engine:
         except RequestRejected as exc:
             kind = exc.error_type or f"http_{exc.status}"
             return await self._fail(
-                flight, "running", kind, exc.message, exc.status, exc.request_id
+                flight, flight.state, kind, exc.message, exc.status, exc.request_id
             )
         except (ApiError, TransportError) as exc:
             if isinstance(exc, AuthError):
@@ -391,17 +421,18 @@ class Engine:
             if not state.video_url:
                 message = "completed without a video URL"
                 return await self._fail(
-                    flight, "running", "no_video_url", message, 200, state.request_id
+                    flight, flight.state, "no_video_url", message, 200, state.request_id
                 )
             self.journal.mark_downloading(
                 flight.job_id, state.video_url, state.expires_at, state.completed_at, flight.polls
             )
-            self._moved("running", "downloading")
+            self._moved(flight.state, "downloading")
+            flight.state = "downloading"
             return await self.downloads.put((flight, state.video_url))
         if state.status == "failed":
             message = state.error_message or "generation failed"
             kind = state.error_code or "generation_failed"
-            return await self._fail(flight, "running", kind, message, 200, state.request_id)
+            return await self._fail(flight, flight.state, kind, message, 200, state.request_id)
         await self._next_poll(flight)
 
     async def _next_poll(self, flight: Flight) -> None:
@@ -414,7 +445,7 @@ class Engine:
         message = (
             f"not finished after {self.policy.max_wait:g} s (task id kept; a later run resumes it)"
         )
-        await self._fail(flight, "running", "timeout", message, None, None)
+        await self._fail(flight, flight.state, "wait_timeout", message, None, None)
 
     async def _fail(
         self,
@@ -467,6 +498,8 @@ class Engine:
                 flight.refreshed = True  # one status call for a fresh link; the task stays done
                 try:
                     state = await self._status_call(flight.task_id)
+                except AuthError:
+                    raise
                 except (ApiError, TransportError) as err:
                     state = None
                     exc = DownloadError(
@@ -482,9 +515,10 @@ class Engine:
         await self._release()
 
     # -- the run ----------------------------------------------------------------------------------
-    def resume(self) -> list[tuple[JobRow, bool]]:
-        """Re-enter what a previous process left in flight; returns submits to settle first."""
-        settle = []
+    def resume(self) -> tuple[list[tuple[JobRow, bool]], list[tuple[Flight, str]]]:
+        """Re-enter what a previous process left in flight (at most its in-flight cap of jobs):
+        returns (submits to settle, downloads to finish); running tasks go on the poll heap."""
+        settle, downloads = [], []
         now = time.monotonic()
         for row in self.journal.in_flight():
             self.active += 1
@@ -492,27 +526,33 @@ class Engine:
                 settle.append((row, True))
                 continue
             flight = Flight(
-                row.job_id, row.task_id or "", now + self.policy.max_wait, polls=row.polls
-            )
+                row.job_id, row.task_id or "", now + self.policy.max_wait, polls=row.polls,
+                state=row.state,
+            )  # fmt: skip
             fresh = row.video_url and (row.expires_at or 0) > time.time()
-            if row.state == "downloading" and fresh and not self.downloads.full():
-                self.downloads.put_nowait((flight, row.video_url))
+            if row.state == "downloading" and fresh:
+                downloads.append((flight, row.video_url))  # no status call on a finished task
             else:
                 self.schedule(flight, 0)  # running, or a link that needs refreshing
-        return settle
+        return settle, downloads
 
     async def run(self, stop: asyncio.Event) -> None:
-        settle = self.resume()
+        settle, downloads = self.resume()
         workers: list[asyncio.Task[Any]] = [asyncio.create_task(self.dispatcher())]
         workers += [asyncio.create_task(self.poll_worker()) for _ in range(self.n_poll)]
         workers += [asyncio.create_task(self.download_worker()) for _ in range(self.n_download)]
         submitters = [asyncio.create_task(self.submit_worker()) for _ in range(self.n_submit)]
 
         async def settle_then_feed() -> None:
-            for item in settle:
-                self.active -= 1  # the submit worker claims it again
-                await self.submits.put(item)
-            await self.feeder()
+            try:
+                for item in downloads:
+                    await self.downloads.put(item)
+                for item in settle:
+                    self.active -= 1  # the submit worker claims it again
+                    await self.submits.put(item)
+                await self.feeder()
+            except Exception as exc:  # e.g. the journal became unreadable: end the run
+                self._fail_fatal(exc)
 
         feeder = asyncio.create_task(settle_then_feed())
         waits = [asyncio.create_task(stop.wait()), asyncio.create_task(self.idle.wait())]
@@ -520,11 +560,13 @@ class Engine:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             if stop.is_set() and self.fatal is None:
                 self.stopping = True
+                self.halt.set()
                 self.log(
                     "stopping: no new submissions; the journal keeps every task for a later run"
                 )
         finally:
             self.stopping = self.stopping or self.fatal is not None
+            self.halt.set()
             feeder.cancel()
             async with self.capacity:
                 self.capacity.notify_all()

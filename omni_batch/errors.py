@@ -143,6 +143,10 @@ class ServerError(ApiError):
     """5xx: a transient upstream error; the request did not succeed."""
 
 
+class GatewayError(ServerError):
+    """502/504: a proxy lost the upstream's answer; on a submit the task may exist."""
+
+
 class BadResponse(ApiError):
     """A 2xx whose body we cannot use (not JSON, missing fields, too large)."""
 

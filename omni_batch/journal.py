@@ -6,6 +6,8 @@ a state resume knows how to finish; every transition is also appended to ``event
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import secrets
@@ -14,7 +16,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from omni_batch.errors import OutputError, StateError
 from omni_batch.jobs import Job
@@ -51,6 +53,20 @@ _JOB_COLUMNS = (
 )
 
 
+def _lock_folder(folder: Path) -> IO[str]:
+    """One run per output folder: two runners on one journal would submit jobs twice."""
+    handle = (folder / ".lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StateError(
+            f"{folder}: another omni-batch run is using this folder; wait for it to finish "
+            "(`omni-batch status` works alongside it)"
+        ) from None
+    return handle
+
+
 def body_hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(
         json.dumps(body, sort_keys=True, ensure_ascii=False).encode()
@@ -85,6 +101,7 @@ class Journal:
         self.folder = folder
         try:
             folder.mkdir(parents=True, exist_ok=True)
+            self._lock = _lock_folder(folder)
             self.db = sqlite3.connect(folder / self.FILE, isolation_level=None, timeout=10)
         except (OSError, sqlite3.Error) as exc:
             raise OutputError(
@@ -105,6 +122,7 @@ class Journal:
         if self._events:
             self._events.close()
         self.db.close()
+        self._lock.close()  # releases the folder for the next run
 
     # -- meta ---------------------------------------------------------------------------------
     def _meta_defaults(self) -> None:
@@ -250,26 +268,36 @@ class Journal:
             polled = self.db.execute(
                 "UPDATE jobs SET state = 'running', error_type = NULL, error_message = NULL, "
                 "http_status = NULL WHERE active = 1 AND state = 'failed' "
-                "AND error_type = 'timeout' "
+                "AND error_type = 'wait_timeout' "
                 "AND task_id IS NOT NULL"
             ).rowcount
             queued = 0
             if retry_failed:
                 queued = self.db.execute(
-                    "UPDATE jobs SET state = 'pending', task_id = NULL, http_status = NULL, "
+                    "UPDATE jobs SET state = 'pending', task_id = NULL, business_id = NULL, "
+                    "possible_duplicate = 0, http_status = NULL, "
                     "error_type = NULL, error_message = NULL, request_id = NULL, video_url = NULL, "
                     "expires_at = NULL WHERE active = 1 AND state = 'failed'"
                 ).rowcount
         return polled, queued
 
     # -- transitions (each one commit, then one event) ------------------------------------------
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A failed journal write (full disk, removed folder) is a clear error, not a traceback."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            path = self.folder / self.FILE
+            raise OutputError(f"{path}: cannot write the journal: {exc}") from None
+
     def _update(
         self, job_id: str, state: str, event: dict[str, Any] | None = None, **fields: Any
     ) -> None:
         fields["state"] = state
         fields["updated_at"] = time.time()
         sets = ", ".join(f"{k} = ?" for k in fields)
-        with self.db:
+        with self._writing(), self.db:
             self.db.execute(f"UPDATE jobs SET {sets} WHERE job_id = ?", (*fields.values(), job_id))
         self.event("state", job_id=job_id, state=state, **(event or {}))
 
@@ -277,17 +305,12 @@ class Journal:
         self, job_id: str, business_id: str | None, possible_duplicate: bool
     ) -> None:
         """Committed before the POST: a crash after this point leaves an ambiguous job."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._writing(), self.db:
             self.db.execute(
                 "UPDATE jobs SET state = 'submitting', attempts = attempts + 1, business_id = ?, "
                 "possible_duplicate = max(possible_duplicate, ?), updated_at = ? WHERE job_id = ?",
                 (business_id, int(possible_duplicate), time.time(), job_id),
             )
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
         self.event(
             "state",
             job_id=job_id,
@@ -307,7 +330,7 @@ class Journal:
 
     def mark_pending(self, job_id: str, reason: str) -> None:
         """The submit was answered with a refusal that created nothing (401/402): not sent."""
-        self._update(job_id, "pending", {"reason": reason}, attempts=0)
+        self._update(job_id, "pending", {"reason": reason})
 
     def mark_downloading(
         self,

@@ -15,7 +15,7 @@ from aiolimiter import AsyncLimiter
 
 MIN_FACTOR = 0.05  # never slow below 5% of the configured rate
 DECREASE = 0.5  # multiply the rate by this on a 429
-INCREASE = 1.25  # and by this after each calm period without one
+INCREASE = 1.5  # and by this after each calm period without one
 MAX_BACKOFF = 30.0
 
 
@@ -26,7 +26,7 @@ class Pressure:
         max_in_flight: int,
         *,
         burst: int = 1,
-        calm_after: float = 5.0,
+        calm_after: float = 3.0,
         on_change: Callable[[str], None] | None = None,
         rng: random.Random | None = None,
     ):
@@ -96,6 +96,10 @@ class Pressure:
     def throttled(self, retry_after: float | None) -> float:
         """Record a 429: pause every caller, lower the rate. Returns the pause in seconds."""
         now = time.monotonic()
+        if now < self._paused_until:
+            # sent before the pause began (concurrent callers hit the same storm): the pause
+            # already answers it, so neither escalate the back-off nor cut the rate again
+            return self._paused_until - now
         self._streak += 1
         backoff = min(MAX_BACKOFF, 2 ** (self._streak - 1)) * (0.5 + self._rng.random() / 2)
         pause = max(retry_after or 0.0, backoff)

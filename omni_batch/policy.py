@@ -12,14 +12,16 @@ from typing import Any
 from tenacity import (
     AsyncRetrying,
     retry_if_exception_type,
+    retry_if_not_exception_type,
     stop_after_attempt,
     wait_exponential,
     wait_random,
 )
 
-from omni_batch.errors import Ambiguous, BadResponse, NotSent, ServerError
+from omni_batch.errors import Ambiguous, BadResponse, GatewayError, NotSent, ServerError
 
-# Safe to send again: the request provably never arrived, or the server answered "failed".
+# Safe to send again: the request provably never arrived, or the server itself answered
+# "failed" (500/503; a 502/504 from a proxy is not proof, see submit_retrying).
 SUBMIT_RETRYABLE = (NotSent, ServerError)
 # A status call changes nothing upstream, so any transient failure may be retried.
 POLL_RETRYABLE = (NotSent, ServerError, Ambiguous, BadResponse)
@@ -56,7 +58,12 @@ class Policy:
         )
 
     def submit_retrying(self) -> AsyncRetrying:
-        return self._retrying(SUBMIT_RETRYABLE, self.retries)
+        # a 502/504 may hide a created task: the engine settles it, never a blind resend
+        retrying = self._retrying(SUBMIT_RETRYABLE, self.retries)
+        retrying.retry = retry_if_exception_type(SUBMIT_RETRYABLE) & retry_if_not_exception_type(
+            GatewayError
+        )
+        return retrying
 
     def poll_retrying(self) -> AsyncRetrying:
         return self._retrying(POLL_RETRYABLE, self.retries)

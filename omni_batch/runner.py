@@ -23,7 +23,7 @@ from omni_batch.catalog import Catalog
 from omni_batch.client import DEFAULT_BASE_URL, ToapisClient
 from omni_batch.download import LocalStore
 from omni_batch.engine import Engine, RunStats
-from omni_batch.errors import AuthError, Interrupted, OmniBatchError, OutputError, UsageError
+from omni_batch.errors import Interrupted, OmniBatchError, UsageError
 from omni_batch.journal import Journal
 from omni_batch.limiter import Pressure
 from omni_batch.manifest import Manifest, load_manifest
@@ -61,13 +61,14 @@ def output_folder(manifest: Manifest, out: str | Path | None) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def _target(options: RunOptions) -> AsyncIterator[tuple[str, str]]:
+async def _target(options: RunOptions, catalog: Catalog) -> AsyncIterator[tuple[str, str]]:
     """(base URL, key): the embedded simulator's, or the real API's from options/environment."""
     if options.simulate is not None:
         from omni_batch.simulator import SimConfig, start_simulator
 
         config = SimConfig.from_profile(options.simulate, **options.simulator_settings)
-        async with start_simulator(config) as sim:
+        # the simulator judges bodies by the same catalog (overlay included) as the manifest
+        async with start_simulator(config, catalog=catalog) as sim:
             yield sim.base_url, sim.key
         return
     key = options.api_key or os.environ.get(KEY_ENV, "").strip()
@@ -132,7 +133,7 @@ async def run_async(
     reconcile = options.reconcile if options.reconcile is not None else options.simulate is not None
     stop = stop or asyncio.Event()
     ended: OmniBatchError | None = None
-    async with _target(options) as (base_url, key):
+    async with _target(options, manifest.catalog) as (base_url, key):
         journal = Journal(folder)
         try:
             journal.set_meta("manifest", str(manifest.path))
@@ -166,7 +167,7 @@ async def run_async(
                 try:
                     with _interrupts(stop):
                         await engine.run(stop)
-                except (AuthError, OutputError) as exc:
+                except OmniBatchError as exc:
                     ended = exc  # the journal is consistent; still write what it holds
                 finally:
                     refresher.cancel()
@@ -177,10 +178,10 @@ async def run_async(
         report = write_reports(folder)
         if ended is not None:
             raise ended
-        if engine.quota_hit is not None:
-            raise engine.quota_hit
         if stop.is_set():
             raise Interrupted(f"stopped; run the same command again to resume ({folder})")
+        if engine.quota_hit is not None:
+            raise engine.quota_hit
         return report
 
 

@@ -63,11 +63,20 @@ def test_a_429_pauses_halves_the_rate_and_calm_restores_it_step_by_step():
     pause, cut, waited, log = asyncio.run(main())
     assert pause >= 0.2 and waited >= 0.19  # Retry-After honoured by every caller
     assert cut == 5.0
-    assert "10.00 -> 5.00/s" in log[0] and "5.00 -> 6.25/s" in log[1]
+    assert "10.00 -> 5.00/s" in log[0] and "5.00 -> 7.50/s" in log[1]
 
 
-def test_consecutive_429s_back_off_exponentially():
+def test_consecutive_429s_back_off_exponentially_but_a_storm_counts_once():
     pressure = Pressure(10.0, 10, rng=random.Random(3))
-    pauses = [pressure.throttled(None) for _ in range(5)]
-    assert pauses[-1] > pauses[0] * 4
-    assert pressure.effective_rate == 5.0  # one cut per burst of 429s, not one per answer
+    first = pressure.throttled(None)
+    # answers to requests sent before the pause began: no escalation, no second cut
+    assert pressure.throttled(None) <= first and pressure.effective_rate == 5.0
+    pressure._paused_until = 0.0  # the pause is over; the next 429 is a new one
+    pressure._last_429 -= 1.0
+    second = pressure.throttled(None)
+    assert second > 0 and pressure.effective_rate == 2.5
+    pauses = []
+    for _ in range(4):
+        pressure._paused_until = 0.0
+        pauses.append(pressure.throttled(None))
+    assert pauses[-1] > first * 4  # 1, 2, 4, 8, 16 s (with jitter)

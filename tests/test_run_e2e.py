@@ -44,7 +44,7 @@ def manifest(tmp_path: Path) -> Path:
 
 
 def sim(**knobs):
-    return serve_in_thread(SimConfig.from_profile("fast", seed=7, **knobs))
+    return serve_in_thread(SimConfig.from_profile("fast", **{"seed": 7, **knobs}))
 
 
 def cli(server, manifest: Path, out: Path, *extra: str, key: str | None = None):
@@ -243,7 +243,7 @@ def test_timed_out_tasks_keep_their_id_and_a_later_run_picks_them_up(manifest, t
         second = cli(server, manifest, out)
         stats = server.stats()
     assert first.exit_code == 1
-    assert set(timed_out.error_type) == {"timeout"} and timed_out.task_id.notna().all()
+    assert set(timed_out.error_type) == {"wait_timeout"} and timed_out.task_id.notna().all()
     assert second.exit_code == 0, second.output
     assert list(report(out).task_id) == list(timed_out.task_id)
     assert stats["submits"] == JOBS

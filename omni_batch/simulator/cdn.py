@@ -27,7 +27,8 @@ class CdnHost:
 
     def app(self) -> web.Application:
         app = web.Application()
-        app.router.add_get("/videos/{task_id}.mp4", self.download)
+        # a HEAD is not a download: it must neither render a clip nor count
+        app.router.add_get("/videos/{task_id}.mp4", self.download, allow_head=False)
         return app
 
     async def download(self, request: web.Request) -> web.StreamResponse:
@@ -64,7 +65,10 @@ class CdnHost:
         chunk = max(1024, int(rate / 20)) if rate else 65536
         for start in range(0, end, chunk):
             piece = data[start : min(end, start + chunk)]
-            await response.write(piece)
+            try:
+                await response.write(piece)
+            except (ConnectionResetError, ConnectionError):
+                return response  # the client went away mid-download: its business, not ours
             counts["download_bytes"] += len(piece)
             if rate:
                 await asyncio.sleep(len(piece) / rate)

@@ -1,0 +1,156 @@
+"""Regressions found in review: each was a way to bill a user twice, lose a job or hang."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from pathlib import Path
+
+import aiohttp
+import pandas as pd
+from aiohttp import web
+from click.testing import CliRunner
+
+from omni_batch.cli import main
+from omni_batch.client import ToapisClient
+from omni_batch.journal import Journal
+from tests.test_run_e2e import JOBS, MANIFEST, _subprocess_run, _wait_for, cli, report, sim
+
+
+def test_a_submit_answer_arriving_in_pieces_is_read_whole():
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        body = json.dumps({"id": "video_split", "object": "generation.task", "status": "queued"})
+        await response.write(body[:20].encode())
+        await asyncio.sleep(0.1)  # the rest arrives later, as on a slow network
+        await response.write(body[20:].encode())
+        await response.write_eof()
+        return response
+
+    async def main_() -> str:
+        app = web.Application()
+        app.router.add_post("/v1/videos/generations", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        try:
+            async with aiohttp.ClientSession() as session:
+                client = ToapisClient(session, f"http://127.0.0.1:{port}", "k")
+                return (await client.submit({"model": "gemini_omni", "prompt": "x"})).task_id
+        finally:
+            await runner.cleanup()
+
+    assert asyncio.run(main_()) == "video_split"
+
+
+def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(MANIFEST, encoding="utf-8")
+    out = tmp_path / "out"
+    holder = Journal(out)  # another run holds the folder
+    try:
+        with sim() as server:
+            result = cli(server, manifest, out)
+            stats = server.stats()
+    finally:
+        holder.close()
+    assert result.exit_code == 2
+    assert "another omni-batch run is using this folder" in result.stderr
+    assert stats["submit_requests"] == 0
+
+
+def test_quota_exhausted_at_the_first_submit_costs_one_request(tmp_path):
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(MANIFEST, encoding="utf-8")
+    with sim(quota_after=0) as server:
+        result = cli(server, manifest, tmp_path / "out")
+        stats = server.stats()
+    assert result.exit_code == 4
+    assert stats["submit_requests"] == 1 and stats["status_402"] == 1
+
+
+def test_retry_failed_sends_new_tasks_under_new_business_ids(tmp_path):
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(MANIFEST, encoding="utf-8")
+    out = tmp_path / "out"
+    with sim(p_fail=0.5, seed=3) as server:
+        first = cli(server, manifest, out, "--reconcile")
+        failed = int((report(out).status == "failed").sum())
+        second = cli(server, manifest, out, "--reconcile", "--retry-failed")
+        stats = server.stats()
+    assert first.exit_code == 1 and failed > 0
+    assert second.exit_code in (0, 1)
+    assert stats.get("status_409", 0) == 0
+    assert stats["submits"] == JOBS + failed
+    assert stats["polls_after_terminal"] == 0
+
+
+def test_ambiguous_submits_with_failing_lookups_never_end_as_a_409_failure(tmp_path):
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(MANIFEST, encoding="utf-8")
+    for seed in (1, 2):
+        out = tmp_path / f"out{seed}"
+        with sim(p_ambiguous=0.5, p_5xx=0.6, seed=seed) as server:
+            cli(server, manifest, out, "--reconcile")
+        rows = report(out)
+        assert not (rows.http_status == 409).any(), rows[["job_id", "error_type", "error_message"]]
+
+
+def test_ctrl_c_sends_no_submit_that_was_still_waiting_for_its_turn(tmp_path):
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(MANIFEST, encoding="utf-8")
+    out = tmp_path / "out"
+    with sim(gen_min=5, gen_max=5) as server:
+        proc = _subprocess_run(manifest, out, server, "--rate", "0.3")
+        _wait_for(out / "events.jsonl", "running", 1)
+        before = server.stats()["submit_requests"]
+        start = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+        stopped_in = time.monotonic() - start
+        after = server.stats()["submit_requests"]
+    assert proc.returncode == 130
+    assert after == before
+    assert stopped_in < 5
+
+
+def test_resumed_downloads_are_not_polled_again(tmp_path):
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(MANIFEST, encoding="utf-8")
+    out = tmp_path / "out"
+    with sim(download_rate=20_000) as server:  # ~2 s per video: the kill lands mid-download
+        proc = _subprocess_run(manifest, out, server, "--max-in-flight", "6")
+        _wait_for(out / "events.jsonl", "downloading", 3)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        resumed = _subprocess_run(manifest, out, server, "--max-in-flight", "1")
+        _, stderr = resumed.communicate(timeout=90)
+        stats = server.stats()
+    assert resumed.returncode == 0, stderr
+    assert stats["polls_after_terminal"] == 0
+    assert stats["submits"] == JOBS
+    rows = pd.read_csv(out / "report.csv")
+    assert set(rows.status) == {"completed"}
+    assert all(
+        (out / p).stat().st_size == b for p, b in zip(rows.video_path, rows.bytes, strict=True)
+    )
+    assert not list((out / "videos").glob(".*.part"))
+
+
+def test_status_works_while_another_run_holds_the_folder(tmp_path):
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(MANIFEST, encoding="utf-8")
+    out = tmp_path / "out"
+    with sim() as server:
+        assert cli(server, manifest, out).exit_code == 0
+    holder = Journal(Path(out))
+    try:
+        result = CliRunner().invoke(main, ["status", str(out)])
+    finally:
+        holder.close()
+    assert result.exit_code == 0 and "completed" in result.output
