@@ -218,8 +218,14 @@ def run(
     except OmniBatchError as exc:
         _finish(folder, err)
         raise exc from None
+    from omni_batch.summary import summary_renderable, summary_tables
+
     console.print(final_table(report))
-    console.print(f"report: {folder / 'report.csv'}  videos: {folder / 'videos'}")
+    console.print(summary_renderable(summary_tables(report)))
+    console.print(
+        f"gallery: {folder / 'gallery.html'}  report: {folder / 'report.csv'}  "
+        f"videos: {folder / 'videos'}"
+    )
     if (report["status"] != "completed").any():
         sys.exit(1)
 
@@ -252,15 +258,20 @@ def status(folder: str) -> None:
 @click.argument("folder", type=click.Path(path_type=str))
 @reports_errors
 def report(folder: str) -> None:
-    """Rebuild report.csv, report.parquet and failures.csv of an output FOLDER."""
+    """Rebuild report.csv, report.parquet, failures.csv and gallery.html of an output FOLDER."""
     from pathlib import Path
 
+    from omni_batch.gallery import write_gallery
     from omni_batch.progress import final_table
     from omni_batch.report import write_reports
+    from omni_batch.summary import summary_renderable, summary_tables
 
     frame = write_reports(folder)
-    _console().print(final_table(frame))
-    click.echo(f"wrote {Path(folder) / 'report.csv'}, report.parquet, failures.csv")
+    page = write_gallery(Path(folder), frame)
+    console = _console()
+    console.print(final_table(frame))
+    console.print(summary_renderable(summary_tables(frame)))
+    click.echo(f"wrote {Path(folder) / 'report.csv'}, report.parquet, failures.csv, {page.name}")
 
 
 main.add_command(simulate)

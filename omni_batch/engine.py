@@ -37,6 +37,7 @@ from omni_batch.errors import (
 from omni_batch.journal import JobRow, Journal
 from omni_batch.limiter import Pressure
 from omni_batch.policy import Policy
+from omni_batch.verify import probe
 
 T = TypeVar("T")
 PAGE = 64
@@ -57,6 +58,7 @@ class Flight:
     status: str = "queued"
     state: str = "running"  # the journal state it is in: running or downloading
     refreshed: bool = False  # a fresh link was already asked for once
+    asked: tuple[str, int] = ("", 0)  # (aspect ratio, duration) the video must match
 
 
 @dataclass
@@ -343,7 +345,7 @@ class Engine:
                 return await self._give_up_submit(row, exc, maybe_sent)
             self.journal.mark_running(row.job_id, submitted.task_id, submitted.request_id)
             self._moved("submitting", "running")
-            flight = Flight(row.job_id, submitted.task_id, time.monotonic() + self.policy.max_wait)
+            flight = self._flight(row, submitted.task_id)
             self.schedule(flight, self.policy.first_poll)
             return None
 
@@ -351,7 +353,13 @@ class Engine:
         self.journal.mark_running(row.job_id, task_id, None, adopted=True)
         self._moved("submitting", "running")
         self.log(f"{row.job_id}: an earlier submit did land (task {task_id}); adopted it")
-        self.schedule(Flight(row.job_id, task_id, time.monotonic() + self.policy.max_wait), 0)
+        self.schedule(self._flight(row, task_id), 0)
+
+    def _flight(self, row: JobRow, task_id: str, **kw: Any) -> Flight:
+        asked = (row.body["aspect_ratio"], row.body["duration"])
+        return Flight(
+            row.job_id, task_id, time.monotonic() + self.policy.max_wait, asked=asked, **kw
+        )
 
     async def _unsent(self, row: JobRow, reason: str, maybe_sent: bool) -> None:
         """The last POST was refused or never left. If an earlier one may have landed, the
@@ -424,7 +432,13 @@ class Engine:
                     flight, flight.state, "no_video_url", message, 200, state.request_id
                 )
             self.journal.mark_downloading(
-                flight.job_id, state.video_url, state.expires_at, state.completed_at, flight.polls
+                # completion as this machine saw it: the API's `completed_at` is whole seconds
+                # on another clock, which made latencies negative
+                flight.job_id,
+                state.video_url,
+                state.expires_at,
+                time.time(),
+                flight.polls,
             )
             self._moved(flight.state, "downloading")
             flight.state = "downloading"
@@ -510,7 +524,9 @@ class Engine:
             kind = "link_expired" if exc.expired else "download_failed"
             return await self._fail(flight, "downloading", kind, exc.message, exc.status, None)
         relative = got.path.relative_to(self.store.folder.parent.resolve()).as_posix()
-        self.journal.mark_completed(flight.job_id, relative, got.size)
+        # decode it and check it is what was asked; a mismatch is flagged, not failed
+        check = await asyncio.to_thread(probe, got.path, *flight.asked)
+        self.journal.mark_completed(flight.job_id, relative, got.size, check)
         self._moved("downloading", "completed")
         await self._release()
 
@@ -519,16 +535,12 @@ class Engine:
         """Re-enter what a previous process left in flight (at most its in-flight cap of jobs):
         returns (submits to settle, downloads to finish); running tasks go on the poll heap."""
         settle, downloads = [], []
-        now = time.monotonic()
         for row in self.journal.in_flight():
             self.active += 1
             if row.state == "submitting":
                 settle.append((row, True))
                 continue
-            flight = Flight(
-                row.job_id, row.task_id or "", now + self.policy.max_wait, polls=row.polls,
-                state=row.state,
-            )  # fmt: skip
+            flight = self._flight(row, row.task_id or "", polls=row.polls, state=row.state)
             fresh = row.video_url and (row.expires_at or 0) > time.time()
             if row.state == "downloading" and fresh:
                 downloads.append((flight, row.video_url))  # no status call on a finished task

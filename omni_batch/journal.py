@@ -16,10 +16,13 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from omni_batch.errors import OutputError, StateError
 from omni_batch.jobs import Job
+
+if TYPE_CHECKING:
+    from omni_batch.verify import Probe
 
 SCHEMA_VERSION = 1
 STATES = ("pending", "submitting", "running", "downloading", "completed", "failed")
@@ -42,10 +45,17 @@ CREATE TABLE IF NOT EXISTS jobs (
     possible_duplicate INTEGER NOT NULL DEFAULT 0,
     http_status INTEGER, error_type TEXT, error_message TEXT, request_id TEXT,
     video_url TEXT, expires_at REAL, video_path TEXT, bytes INTEGER,
-    submitted_at REAL, completed_at REAL, updated_at REAL
+    submitted_at REAL, completed_at REAL, updated_at REAL,
+    verified INTEGER, verify_message TEXT, video_width INTEGER, video_height INTEGER,
+    video_duration_s REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, seq);
 """
+
+_ADDED_COLUMNS = (
+    ("verified", "INTEGER"), ("verify_message", "TEXT"), ("video_width", "INTEGER"),
+    ("video_height", "INTEGER"), ("video_duration_s", "REAL"),
+)  # fmt: skip
 
 _JOB_COLUMNS = (
     "job_id, seq, body_hash, prompt_id, model, prompt, aspect_ratio, duration, resolution, "
@@ -111,6 +121,7 @@ class Journal:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")  # WAL+NORMAL survives a process crash
             self.db.executescript(_SCHEMA)
+            self._add_new_columns()
             self._meta_defaults()
         except sqlite3.DatabaseError as exc:
             raise StateError(f"{folder / self.FILE}: not a usable journal: {exc}") from None
@@ -123,6 +134,13 @@ class Journal:
             self._events.close()
         self.db.close()
         self._lock.close()  # releases the folder for the next run
+
+    def _add_new_columns(self) -> None:
+        """A folder run by an older version gains the columns added since (all nullable)."""
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}
+        for name, kind in _ADDED_COLUMNS:
+            if name not in have:
+                self.db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
 
     # -- meta ---------------------------------------------------------------------------------
     def _meta_defaults(self) -> None:
@@ -346,8 +364,19 @@ class Journal:
             polls=polls,
         )  # fmt: skip
 
-    def mark_completed(self, job_id: str, video_path: str, size: int) -> None:
-        self._update(job_id, "completed", {"bytes": size}, video_path=video_path, bytes=size)
+    def mark_completed(
+        self, job_id: str, video_path: str, size: int, check: Probe | None = None
+    ) -> None:
+        """The video is on disk; ``check`` is what probing it found (None: not probed)."""
+        fields: dict[str, Any] = {"video_path": video_path, "bytes": size}
+        event: dict[str, Any] = {"bytes": size}
+        if check is not None:
+            fields.update(
+                verified=int(check.ok), verify_message=check.message, video_width=check.width,
+                video_height=check.height, video_duration_s=check.duration_s,
+            )  # fmt: skip
+            event.update(verified=check.ok, verify=check.message or None)
+        self._update(job_id, "completed", event, **fields)
 
     def mark_failed(
         self,

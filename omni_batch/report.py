@@ -25,7 +25,8 @@ COLUMNS = [
     "job_id", "prompt_id", "prompt", "model", "aspect_ratio", "duration", "resolution", "repeat",
     "status", "state", "task_id", "attempts", "polls", "http_status", "error_type", "error_message",
     "request_id", "video_url", "expires_at", "video_path", "bytes", "submitted_at", "completed_at",
-    "latency_s", "possible_duplicate", "source",
+    "latency_s", "possible_duplicate", "verified", "verify_message", "video_width",
+    "video_height", "video_duration_s", "source",
 ]  # fmt: skip
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -61,8 +62,9 @@ def build_report(folder: str | Path) -> pd.DataFrame:
     frame["latency_s"] = (frame["completed_at"] - frame["submitted_at"]).round(2)
     for column in ("expires_at", "submitted_at", "completed_at"):
         frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
-    for column in ("http_status", "bytes"):
+    for column in ("http_status", "bytes", "video_width", "video_height"):
         frame[column] = frame[column].astype("Int64")
+    frame["verified"] = frame["verified"].astype("boolean")  # NA: no video to check
     extra = {}
     for source, prefix, names in (("vars", "var_", var_names), ("tags", "tag_", tag_names)):
         parsed = frame[source].map(json.loads)

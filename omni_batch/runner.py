@@ -24,6 +24,7 @@ from omni_batch.client import DEFAULT_BASE_URL, ToapisClient
 from omni_batch.download import LocalStore
 from omni_batch.engine import Engine, RunStats
 from omni_batch.errors import Interrupted, OmniBatchError, UsageError
+from omni_batch.gallery import write_gallery
 from omni_batch.journal import Journal
 from omni_batch.limiter import Pressure
 from omni_batch.manifest import Manifest, load_manifest
@@ -176,6 +177,7 @@ async def run_async(
         finally:
             journal.close()
         report = write_reports(folder)
+        await asyncio.to_thread(write_gallery, folder, report, manifest.name)
         if ended is not None:
             raise ended
         if stop.is_set():

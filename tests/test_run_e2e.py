@@ -90,6 +90,8 @@ def test_happy_path_downloads_every_video_and_writes_the_report(manifest, tmp_pa
     assert stats["polls_after_terminal"] == 0
     assert stats["downloads_with_auth"] == 0
     assert pd.read_parquet(out / "report.parquet").shape[0] == JOBS
+    assert rows.verified.all() and (rows.latency_s > 0).all()
+    assert (out / "gallery.html").stat().st_size > 1000
     assert len(pd.read_csv(out / "failures.csv")) == 0
     states = [
         json.loads(line).get("state") for line in (out / "events.jsonl").read_text().splitlines()

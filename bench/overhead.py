@@ -1,0 +1,85 @@
+"""Runner overhead: N jobs, no rate limit, instant generation, the simulator in its own process.
+
+Reports the runner's CPU and wall seconds per 1,000 jobs (over `run_async`: manifest load,
+journal, engine, downloads, reports) and this process's peak RSS; compare with `floor.py`.
+
+    .venv/bin/python bench/overhead.py [--jobs 5000] [--in-flight 50] [--profile FILE]
+
+Policy: first_poll=0, poll_interval=0.05 (a task is done when created, so one poll finds it).
+`--profile FILE` runs pyinstrument over the run and writes its text report to FILE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+from pathlib import Path
+
+from _support import INSTANT, Stopwatch, emit, note, peak_rss_mb, rss_mb, simulator, write_manifest
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=5000)
+    parser.add_argument("--in-flight", type=int, default=50)
+    parser.add_argument("--profile", type=Path, default=None, help="pyinstrument text report")
+    args = parser.parse_args()
+
+    with simulator("fast", **INSTANT) as sim:
+        rss_start = rss_mb()
+        from omni_batch.policy import Policy
+        from omni_batch.runner import RunOptions, run_async
+
+        rss_imported = rss_mb()
+        sim_before = sim.usage()
+        policy = Policy(
+            first_poll=0.0, poll_interval=0.05, jitter=0.1, retry_initial=0.05, retry_max=0.3
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            path = write_manifest(Path(tmp), args.jobs)
+            options = RunOptions(
+                out=Path(tmp) / "out", base_url=sim.base_url, api_key=sim.key, rate=None,
+                max_in_flight=args.in_flight, policy=policy,
+            )  # fmt: skip
+            profiler = None
+            if args.profile:
+                from pyinstrument import Profiler
+
+                profiler = Profiler(async_mode="disabled", interval=0.001)
+                profiler.start()
+            with Stopwatch() as watch:
+                report = asyncio.run(run_async(path, options))
+            if profiler is not None:
+                profiler.stop()
+                args.profile.write_text(profiler.output_text(unicode=True, show_all=False))
+                note(f"profile written to {args.profile}")
+            completed = int((report["status"] == "completed").sum())
+            polls = int(report["polls"].sum())
+        stats = sim.stats()
+        sim_usage = sim.usage()
+    per_k = 1000 / args.jobs
+    emit(
+        {
+            "jobs": args.jobs,
+            "in_flight": args.in_flight,
+            "completed": completed,
+            "wall_s": round(watch.wall, 2),
+            "cpu_s": round(watch.cpu, 2),
+            "wall_s_per_1k": round(watch.wall * per_k, 3),
+            "cpu_s_per_1k": round(watch.cpu * per_k, 3),
+            "jobs_per_s": round(args.jobs / watch.wall, 1),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "rss_before_import_mb": round(rss_start, 1),
+            "rss_after_import_mb": round(rss_imported, 1),
+            "polls_per_job": round(polls / max(1, args.jobs), 3),
+            "requests": stats["requests"],
+            "status_429": stats["status_429"],
+            "downloads": stats["downloads"],
+            "sim_cpu_s": round(sim_usage["cpu_s"] - sim_before["cpu_s"], 2),
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()

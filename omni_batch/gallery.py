@@ -1,0 +1,293 @@
+"""The gallery: ``gallery.html``, one self-contained page laying a run's videos out as the
+manifest's matrix (prompt rows × ratio·duration columns), with poster frames and filters.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from html import escape
+from pathlib import Path
+from urllib.parse import quote
+
+import pandas as pd
+
+from omni_batch import gallery_template as tpl
+from omni_batch.errors import OutputError
+from omni_batch.summary import formatted, informative, label, summary_tables
+from omni_batch.verify import poster, probe
+
+GALLERY = "gallery.html"
+POSTERS = "posters"
+TILE_SIDE = 240  # px: the long side of a tile's picture
+CAPTION_MIN = 170  # px: a portrait tile is widened so its error text stays readable
+
+
+def _text(value: object) -> str:
+    """A cell as display text: '' for missing values (NaN, None, NA)."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return ""
+    return str(value)
+
+
+def _e(value: object) -> str:
+    return escape(_text(value), quote=True)
+
+
+def _ratio(aspect_ratio: str) -> float | None:
+    a, _, b = aspect_ratio.partition(":")
+    try:
+        x, y = float(a), float(b)
+    except ValueError:
+        return None
+    return x / y if x > 0 and y > 0 else None
+
+
+def _box(aspect_ratio: str) -> tuple[int, int]:
+    """A tile's picture size from the asked ratio, so the layout does not jump as videos load."""
+    r = _ratio(aspect_ratio) or 16 / 9
+    return (TILE_SIDE, round(TILE_SIDE / r)) if r >= 1 else (round(TILE_SIDE * r), TILE_SIDE)
+
+
+def _column_key(key: tuple[str, int]) -> tuple[float, str, int]:
+    ratio, duration = key
+    return (-(_ratio(ratio) or 0.0), ratio, duration)  # landscape, square, then portrait
+
+
+def _video_file(folder: Path, video_path: str) -> Path | None:
+    if not video_path:
+        return None
+    path = Path(video_path)
+    return path if path.is_absolute() else folder / path
+
+
+def _href(folder: Path, path: Path) -> str:
+    """A URL relative to the page, so the folder works from disk, a web server or a zip."""
+    relative = Path(os.path.relpath(path, folder)).as_posix()
+    return quote(relative, safe="/")
+
+
+def _poster_once(video: Path, target: Path) -> bool:
+    try:
+        if target.stat().st_mtime >= video.stat().st_mtime:
+            return True  # extracted by an earlier run or report: posters are made once
+    except FileNotFoundError:
+        pass
+    return poster(video, target)
+
+
+def _posters(folder: Path, videos: dict[str, Path]) -> dict[str, Path]:
+    """job_id → poster path for every video whose first frame could be extracted."""
+    out = folder / POSTERS
+    targets = {job: out / f"{job}.jpg" for job, video in videos.items() if Path(job).name == job}
+    if not targets:
+        return {}
+    # PyAV decodes with the GIL released, so a couple of threads help on a big first gallery
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        made = pool.map(lambda job: _poster_once(videos[job], targets[job]), list(targets))
+        return {job: targets[job] for job, ok in zip(list(targets), made, strict=True) if ok}
+
+
+def _verified(frame: pd.DataFrame, videos: dict[str, Path]) -> pd.DataFrame:
+    """The report with ``verified``/``verify_message``: the journal's, else probed now."""
+    if "verified" in frame.columns:
+        return frame
+    frame = frame.copy()
+    verified: list[bool | None] = []
+    messages: list[str] = []
+    for row in frame.itertuples(index=False):
+        video = videos.get(row.job_id)
+        if video is None:
+            verified.append(None)
+            messages.append("")
+            continue
+        found = probe(video, str(row.aspect_ratio), int(row.duration))
+        verified.append(found.ok)
+        messages.append(found.message)
+    frame["verified"] = pd.array(verified, dtype="boolean")
+    frame["verify_message"] = messages
+    return frame
+
+
+def _tile(
+    row: pd.Series,
+    folder: Path,
+    videos: dict[str, Path],
+    posters: dict[str, Path],
+    tag_columns: list[str],
+    show_model: bool,
+) -> str:
+    job = _text(row["job_id"])
+    status = _text(row["status"]) or "pending"
+    width, height = _box(_text(row["aspect_ratio"]))
+    flagged = _text(row.get("verified")).lower() == "false"
+    attrs = [f'data-status="{_e(status)}"', f'data-flag="{int(flagged)}"']
+    attrs += [f'data-t{i}="{_e(row.get(c))}"' for i, c in enumerate(tag_columns)]
+    classes = f"tile s-{_e(status)}" + (" flagged" if flagged else "")
+    video = videos.get(job)
+    if status == "completed" and video is not None:
+        poster_attr = f' poster="{_e(_href(folder, posters[job]))}"' if job in posters else ""
+        picture = (
+            f'<video controls preload="metadata"{poster_attr} src="{_e(_href(folder, video))}" '
+            f'width="{width}" height="{height}"></video>'
+        )
+    else:
+        word = "file missing" if status == "completed" else _text(row.get("state")) or status
+        picture = f'<div class="slot" style="width:{width}px;height:{height}px">{_e(word)}</div>'
+    meta = [f'<span class="badge {_e(status)}">{_e(status)}</span>', f"r{_e(row.get('repeat'))}"]
+    latency = row.get("latency_s")
+    if status == "completed" and latency is not None and not pd.isna(latency):
+        meta.append(f"{float(latency):.1f} s")
+    if _text(row.get("verified")).lower() == "true":
+        meta.append(
+            '<span class="vok" title="decodes; duration and size as asked">✓ verified</span>'
+        )
+    if bool(row.get("possible_duplicate", False)):
+        meta.append('<span class="vbad" title="the submit may have been billed twice">dup?</span>')
+    lines = [f'<div class="meta">{" ".join(meta)}</div>']
+    if flagged:
+        lines.append(f'<div class="vbad">⚠ {_e(row.get("verify_message")) or "not verified"}</div>')
+    if status == "failed":
+        http = _text(row.get("http_status"))
+        head = " · ".join(
+            x for x in (_e(row.get("error_type")), f"HTTP {_e(http)}" * bool(http)) if x
+        )
+        lines.append(f'<div class="err"><b>{head}</b> {_e(row.get("error_message"))}</div>')
+        if _text(row.get("request_id")):
+            lines.append(f'<div class="dim">request {_e(row.get("request_id"))}</div>')
+    if show_model:
+        lines.append(f'<div class="dim">{_e(row.get("model"))} · {_e(row.get("resolution"))}</div>')
+    lines.append(f'<div class="dim">{_e(job)}</div>')
+    attrs.append(f'style="width:{max(width, CAPTION_MIN)}px"')
+    return (
+        f'<figure class="{classes}" id="job-{_e(job)}" {" ".join(attrs)}>'
+        f"{picture}<figcaption>{''.join(lines)}</figcaption></figure>"
+    )
+
+
+def _row_header(first: pd.Series, var_columns: list[str], tag_columns: list[str]) -> str:
+    chips = [
+        f"<li>{_e(label(c))} = {_e(first.get(c))}</li>" for c in var_columns if _text(first.get(c))
+    ]
+    chips += [
+        f'<li class="tag">{_e(label(c))}: {_e(first.get(c))}</li>'
+        for c in tag_columns
+        if _text(first.get(c))
+    ]
+    return (
+        f'<th scope="row"><div class="pid">{_e(first["prompt_id"])}</div>'
+        f'<div class="prompt">{_e(first["prompt"])}</div>'
+        f'<ul class="chips">{"".join(chips)}</ul></th>'
+    )
+
+
+def _matrix(
+    frame: pd.DataFrame, folder: Path, videos: dict[str, Path], posters: dict[str, Path]
+) -> str:
+    if frame.empty:
+        return "<p>No jobs yet.</p>"
+    var_columns = [c for c in frame.columns if c.startswith("var_")]
+    tag_columns = [c for c in frame.columns if c.startswith("tag_")]
+    show_model = frame["model"].nunique() > 1 or frame["resolution"].nunique() > 1
+    keys = sorted(
+        {(_text(r), int(d)) for r, d in zip(frame["aspect_ratio"], frame["duration"], strict=True)},
+        key=_column_key,
+    )
+    head = "".join(f"<th>{_e(r)} · {d} s</th>" for r, d in keys)
+    body = []
+    # groupby(sort=False) keeps manifest order: prompt rows appear as the manifest lists them
+    for prompt_id, jobs in frame.groupby("prompt_id", sort=False):
+        cells = {key: [] for key in keys}
+        for _, row in jobs.sort_values(["repeat"], kind="stable").iterrows():
+            tile = _tile(row, folder, videos, posters, tag_columns, show_model)
+            cells[(_text(row["aspect_ratio"]), int(row["duration"]))].append(tile)
+        tds = "".join(f'<td><div class="cell">{"".join(cells[k])}</div></td>' for k in keys)
+        header = _row_header(jobs.iloc[0], var_columns, tag_columns)
+        body.append(f'<tr class="group" data-prompt="{_e(prompt_id)}">{header}{tds}</tr>')
+    return (
+        f'<table class="matrix"><thead><tr><th>prompt</th>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def _tag_filters(frame: pd.DataFrame) -> str:
+    selects = []
+    for i, column in enumerate(c for c in frame.columns if c.startswith("tag_")):
+        values = sorted({_text(v) for v in frame[column]})
+        options = "".join(f'<option value="={_e(v)}">{_e(v) or "(none)"}</option>' for v in values)
+        selects.append(
+            f'<label>{_e(label(column))} <select data-tag="{i}" id="f-tag-{i}">'
+            f'<option value="*">all</option>{options}</select></label>'
+        )
+    return "\n".join(selects)
+
+
+def _summary_html(frame: pd.DataFrame, max_rows: int = 50) -> str:
+    parts = []
+    for name, table in informative(summary_tables(frame)).items():
+        text = formatted(table).head(max_rows)
+        text.index.name = "" if name == "all" else label(name)
+        caption = "whole run" if name == "all" else f"by {label(name)}"
+        # index=False keeps the dimension's name in the header row; pandas escapes every cell
+        html = text.reset_index().to_html(escape=True, border=0, index=False, na_rep="—")
+        parts.append(html.replace(">", f"><caption>{escape(caption)}</caption>", 1))
+    return "\n".join(parts)
+
+
+def _counts(frame: pd.DataFrame) -> str:
+    counts = frame["status"].value_counts()
+    order = ["completed", "failed", "running", "pending"]
+    known = [s for s in order if s in counts] + [s for s in counts.index if s not in order]
+    parts = [f"{len(frame)} jobs"] + [f"{int(counts[s])} {_e(s)}" for s in known]
+    return " · ".join(parts) + f" · written {time.strftime('%Y-%m-%d %H:%M')}"
+
+
+def render_gallery(folder: Path, frame: pd.DataFrame, title: str | None = None) -> str:
+    """The page for ``frame`` (a report), extracting missing posters into ``folder/posters``."""
+    folder = Path(folder)
+    videos: dict[str, Path] = {}
+    for job, status, path in zip(
+        frame["job_id"], frame["status"], frame["video_path"], strict=True
+    ):
+        video = _video_file(folder, _text(path))
+        if status == "completed" and video is not None and video.is_file():
+            videos[_text(job)] = video
+    posters = _posters(folder, videos)
+    frame = _verified(frame, videos)
+    return tpl.PAGE.format(
+        csp=escape(tpl.CSP, quote=True),
+        title=_e(title or folder.resolve().name),
+        css=tpl.CSS,
+        counts=_counts(frame),
+        tag_filters=_tag_filters(frame),
+        matrix=_matrix(frame, folder, videos, posters),
+        summary=_summary_html(frame) if not frame.empty else "",
+        script=tpl.SCRIPT,
+    )
+
+
+def write_gallery(
+    folder: str | Path, frame: pd.DataFrame | None = None, title: str | None = None
+) -> Path:
+    """Write ``folder/gallery.html`` atomically (and any missing posters); return its path.
+
+    ``frame`` is the report (``build_report(folder)`` when None); ``title`` heads the page
+    (default: the folder's name). Without a ``verified`` column the videos are probed here, so
+    the page flags mismatches either way.
+    """
+    folder = Path(folder)
+    if frame is None:
+        from omni_batch.report import build_report
+
+        frame = build_report(folder)
+    page = render_gallery(folder, frame, title)
+    path = folder / GALLERY
+    temp = folder / f".{GALLERY}.tmp"
+    try:
+        temp.write_text(page, encoding="utf-8")
+        os.replace(temp, path)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write the gallery: {exc.strerror or exc}") from None
+    return path

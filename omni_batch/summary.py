@@ -1,0 +1,153 @@
+"""Summary tables of a report: success rate, latency percentiles and retries per aspect ratio,
+duration, template variable and tag (pandas), and their compact terminal rendering (rich).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+OVERALL = "all"
+DIMENSIONS = ("aspect_ratio", "duration")
+# retries: extra submit attempts, summed over the group's jobs (a job's attempts - 1, not below 0)
+COLUMNS = [
+    "jobs", "completed", "failed", "success_rate", "latency_p50", "latency_p90", "retries",
+]  # fmt: skip
+VERIFY_COLUMN = "verify_failed"  # completed jobs whose file the probe flagged
+
+
+def dimensions(frame: pd.DataFrame) -> list[str]:
+    """The columns a report is summarised by, in display order."""
+    extra = [c for c in frame.columns if c.startswith(("var_", "tag_"))]
+    return [c for c in DIMENSIONS if c in frame.columns] + sorted(
+        extra, key=lambda c: (not c.startswith("var_"), c)
+    )
+
+
+def _is_false(value: object) -> bool:
+    # `verified` may be bool, nullable boolean or object with None (not probed): only an
+    # explicit False is a failure.
+    return value is not None and value is not pd.NA and str(value).strip().lower() in ("false", "0")
+
+
+def _work(frame: pd.DataFrame) -> pd.DataFrame:
+    status = frame["status"] if "status" in frame else pd.Series("", index=frame.index)
+    completed = status.eq("completed")
+    attempts = pd.to_numeric(frame.get("attempts", 0), errors="coerce")
+    latency = pd.to_numeric(frame.get("latency_s", math.nan), errors="coerce")
+    work = pd.DataFrame(
+        {
+            "completed": completed,
+            "failed": status.eq("failed"),
+            "latency": pd.Series(latency, index=frame.index).where(completed),
+            "retries": (pd.Series(attempts, index=frame.index).fillna(0) - 1).clip(lower=0),
+        },
+        index=frame.index,
+    )
+    if "verified" in frame:
+        work[VERIFY_COLUMN] = completed & frame["verified"].map(_is_false).astype(bool)
+    return work
+
+
+def _aggregate(work: pd.DataFrame, key: pd.Series) -> pd.DataFrame:
+    grouped = work.groupby(key, sort=True)
+    table = pd.DataFrame(
+        {
+            "jobs": grouped.size(),
+            "completed": grouped["completed"].sum(),
+            "failed": grouped["failed"].sum(),
+            "latency_p50": grouped["latency"].quantile(0.5),
+            "latency_p90": grouped["latency"].quantile(0.9),
+            "retries": grouped["retries"].sum(),
+        }
+    )
+    settled = table["completed"] + table["failed"]
+    # of the jobs that finished: a run still going is not penalised for its pending jobs
+    table.insert(3, "success_rate", (table["completed"] / settled.where(settled > 0)).round(4))
+    for column in ("jobs", "completed", "failed", "retries"):
+        table[column] = table[column].astype("int64")
+    for column in ("latency_p50", "latency_p90"):
+        table[column] = table[column].round(2)
+    if VERIFY_COLUMN in work:
+        table[VERIFY_COLUMN] = grouped[VERIFY_COLUMN].sum().astype("int64")
+    table.index.name = key.name
+    return table
+
+
+def summary_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """One table per dimension, indexed by its values; first ``"all"``, the whole run.
+
+    Columns: jobs, completed, failed, success_rate (completed / (completed + failed), NaN
+    while none finished), latency_p50 and latency_p90 (seconds, completed jobs), retries
+    (extra submit attempts summed: attempts - 1 per job), and verify_failed (completed jobs the
+    probe flagged) when the report has a ``verified`` column. Jobs with no value for a variable
+    or tag (a prompt that does not use it) are left out of that table.
+    """
+    work = _work(frame)
+    tables = {OVERALL: _aggregate(work, pd.Series(OVERALL, index=frame.index, name=OVERALL))}
+    for column in dimensions(frame):
+        values = frame[column]
+        keep = values.notna() & values.astype(str).str.strip().ne("")
+        tables[column] = _aggregate(work[keep], values[keep].rename(column))
+    return tables
+
+
+def label(name: str) -> str:
+    """``var_product`` → ``product``, ``tag_stage`` → ``#stage``, ``aspect_ratio`` → ``ratio``."""
+    if name.startswith("var_"):
+        return name[4:]
+    if name.startswith("tag_"):
+        return "#" + name[4:]
+    return {"aspect_ratio": "ratio"}.get(name, name)
+
+
+def formatted(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as display strings: rates in percent, seconds with one decimal, '—' for none."""
+
+    def seconds(v: float) -> str:
+        return "—" if pd.isna(v) else f"{v:.1f}"
+
+    out = pd.DataFrame(index=table.index.astype(str))
+    for column in table.columns:
+        values = table[column].to_numpy()
+        if column == "success_rate":
+            out["success"] = ["—" if pd.isna(v) else f"{v:.0%}" for v in values]
+        elif column.startswith("latency_"):
+            out[column.replace("latency_", "") + " s"] = [seconds(v) for v in values]
+        else:
+            out[column.replace("_", " ")] = [str(v) for v in values]
+    return out
+
+
+def informative(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The whole-run table and every dimension with more than one value (the others repeat it)."""
+    return {n: t for n, t in tables.items() if n == OVERALL or len(t) > 1}
+
+
+def summary_renderable(tables: dict[str, pd.DataFrame], max_rows: int = 12) -> Table:
+    """One compact rich table: a section per informative dimension, ``max_rows`` values each."""
+    from rich.table import Table
+    from rich.text import Text
+
+    shown = informative(tables)
+    grid = Table(title="summary", title_justify="left", show_edge=False, pad_edge=False)
+    grid.add_column("by", style="bold", no_wrap=True)
+    grid.add_column("value", overflow="ellipsis", max_width=32, no_wrap=True)
+    headers = list(formatted(next(iter(shown.values()))).columns) if shown else []
+    for header in headers:
+        grid.add_column(header, justify="right", no_wrap=True)
+    for name, table in shown.items():
+        text = formatted(table)
+        for i, (value, row) in enumerate(text.head(max_rows).iterrows()):
+            # Text, not str: a value like "[red]" must print as itself, not as rich markup
+            value_text = Text("" if name == OVERALL else str(value))
+            grid.add_row(Text(label(name)) if i == 0 else "", value_text, *row.tolist())
+        if len(text) > max_rows:
+            grid.add_row("", f"… {len(text) - max_rows} more", *[""] * len(headers))
+        grid.add_section()
+    return grid
