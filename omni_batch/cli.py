@@ -128,6 +128,13 @@ def _console(err: bool = False):
     type=click.FloatRange(min=0, min_open=True),
     help="Give up on a task after this many seconds (its id is kept) [default: 900].",
 )
+@click.option(
+    "--max-video-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=2048,
+    show_default=True,
+    help="Refuse a video larger than this (a failed job, not a full disk).",
+)
 @click.option("--retry-failed", is_flag=True, help="Submit failed jobs again (new, billed tasks).")
 @click.option(
     "--reconcile/--no-reconcile",
@@ -154,6 +161,7 @@ def run(
     max_in_flight,
     poll_interval,
     max_wait,
+    max_video_mb,
     retry_failed,
     reconcile,
     catalog,
@@ -189,6 +197,7 @@ def run(
         )
     if max_wait is not None:
         policy = policy.scaled(max_wait=max_wait)
+    policy = policy.scaled(max_download_bytes=int(max_video_mb * 1_000_000))
     folder = output_folder(result.manifest, out)
     if simulate_profile is None and not yes and sys.stdin.isatty():
         s = result.summary

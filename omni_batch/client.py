@@ -204,6 +204,7 @@ class ToapisClient:
         self._session = session
         self._root = api_root(base_url)
         self._auth = {"Authorization": f"Bearer {api_key}"}
+        self._key = api_key
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 10.0))
 
     @property
@@ -233,6 +234,8 @@ class ToapisClient:
         except (aiohttp.ClientError, OSError) as exc:
             raise Ambiguous(f"connection to {self._root} lost: {type(exc).__name__}") from None
         text = raw[:MAX_BODY].decode("utf-8", "replace")
+        if self._key and self._key in text:  # a server that echoes the key must not put it
+            text = text.replace(self._key, "[redacted]")  # into our reports and logs
         try:
             body = json.loads(text) if text.strip() else None
         except ValueError:

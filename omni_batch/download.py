@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from omni_batch import crash
 from omni_batch.errors import OmniBatchError, OutputError
 
 CHUNK = 1 << 16
@@ -116,6 +117,7 @@ async def download(
                     if size > max_bytes:
                         raise DownloadError(f"video passed the {max_bytes}-byte cap", status=200)
                     fh.write(chunk)
+                    crash.point("mid_download")
                 fh.flush()
                 os.fsync(fh.fileno())
             if declared is not None and size != declared:
@@ -124,6 +126,7 @@ async def download(
                 )
             if size == 0:
                 raise RetryableDownload("video host sent an empty file", retryable=True)
+        crash.point("before_rename")
         os.replace(temp, final)  # atomic: a video file is either whole or absent
         return Downloaded(final, size)
     except (aiohttp.TooManyRedirects, aiohttp.InvalidURL) as exc:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+from omni_batch import crash
 from omni_batch.client import Submitted, TaskState, ToapisClient
 from omni_batch.download import DownloadError, LocalStore, RetryableDownload, download
 from omni_batch.errors import (
@@ -215,8 +216,8 @@ class Engine:
                 return await self._pressured(lambda: self.client.status(task_id))
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _reconcile(self, business_id: str | None) -> tuple[str | None, bool]:
-        """Did a submit carrying ``business_id`` land? (task id or None, whether we know)."""
+    async def _reconcile(self, business_id: str | None) -> tuple[TaskState | None, bool]:
+        """Did a submit carrying ``business_id`` land? (its state or None, whether we know)."""
         if not (self.reconcile and business_id):
             return None, False
         try:
@@ -227,7 +228,7 @@ class Engine:
             return None, exc.status == 404
         except OmniBatchError:
             return None, False
-        return state.task_id or business_id, True
+        return state, True
 
     # -- submitting -------------------------------------------------------------------------------
     def _close_submissions(self, quota: QuotaError | None = None) -> None:
@@ -306,21 +307,23 @@ class Engine:
         business_id = row.business_id or self.new_business_id(row)
         maybe_sent = False
         if ambiguous:  # a crash left it between "submitting" and an answer
-            task_id, known = await self._reconcile(business_id)
-            if task_id:
-                return self._adopt(row, task_id)
+            found, known = await self._reconcile(business_id)
+            if found:
+                return await self._adopt(row, found, business_id)
             flagged, maybe_sent = flagged or not known, not known
         for round_ in range(self.policy.retries + 1):
             self.journal.mark_submitting(row.job_id, business_id, flagged)
             if round_ == 0:
                 self._moved(row.state, "submitting")
             try:
+                crash.point("before_post")
                 submitted = await self._submit_call(row, business_id)
+                crash.point("after_post")
             except (Ambiguous, BadResponse, GatewayError) as exc:
                 # the task may exist (and be billed): look it up, or send again flagged
-                task_id, known = await self._reconcile(business_id)
-                if task_id:
-                    return self._adopt(row, task_id)
+                found, known = await self._reconcile(business_id)
+                if found:
+                    return await self._adopt(row, found, business_id)
                 flagged, maybe_sent = flagged or not known, not known
                 if self.halt.is_set() or round_ == self.policy.retries:
                     return await self._give_up_submit(row, exc, maybe_sent)
@@ -329,9 +332,9 @@ class Engine:
                 continue
             except RequestRejected as exc:
                 if exc.status == 409 and business_id:  # our id is taken: an earlier POST landed
-                    task_id, _ = await self._reconcile(business_id)
-                    if task_id:
-                        return self._adopt(row, task_id)
+                    found, _ = await self._reconcile(business_id)
+                    if found:
+                        return await self._adopt(row, found, business_id)
                 return await self._give_up_submit(row, exc, maybe_sent)
             except _Stopping:
                 return await self._unsent(row, "stopped before sending", maybe_sent)
@@ -344,16 +347,20 @@ class Engine:
             except (ApiError, TransportError) as exc:
                 return await self._give_up_submit(row, exc, maybe_sent)
             self.journal.mark_running(row.job_id, submitted.task_id, submitted.request_id)
+            crash.point("after_task_id")
             self._moved("submitting", "running")
             flight = self._flight(row, submitted.task_id)
             self.schedule(flight, self.policy.first_poll)
             return None
 
-    def _adopt(self, row: JobRow, task_id: str) -> None:
-        self.journal.mark_running(row.job_id, task_id, None, adopted=True)
+    async def _adopt(self, row: JobRow, found: TaskState, business_id: str) -> None:
+        """An earlier POST did land: take its task, and use the lookup's answer as its first
+        poll (it may already be finished, and a finished task is never polled again)."""
+        task_id = found.task_id or business_id
+        self.journal.mark_running(row.job_id, task_id, found.request_id, adopted=True)
         self._moved("submitting", "running")
         self.log(f"{row.job_id}: an earlier submit did land (task {task_id}); adopted it")
-        self.schedule(self._flight(row, task_id), 0)
+        await self.on_state(self._flight(row, task_id), found)
 
     def _flight(self, row: JobRow, task_id: str, **kw: Any) -> Flight:
         asked = (row.body["aspect_ratio"], row.body["duration"])
@@ -423,6 +430,10 @@ class Engine:
                 raise
             self.log(f"{flight.job_id}: status call failed ({exc}); trying again later")
             return await self._next_poll(flight)
+        await self.on_state(flight, state)
+
+    async def on_state(self, flight: Flight, state: TaskState) -> None:
+        """What one status answer means for the job: download, fail, or poll again later."""
         flight.polls += 1
         flight.status = state.status
         if state.status == "completed":

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from omni_batch import crash
 from omni_batch.errors import OutputError, StateError
 from omni_batch.jobs import Job
 
@@ -317,6 +318,7 @@ class Journal:
         sets = ", ".join(f"{k} = ?" for k in fields)
         with self._writing(), self.db:
             self.db.execute(f"UPDATE jobs SET {sets} WHERE job_id = ?", (*fields.values(), job_id))
+            crash.point("in_commit")  # the UPDATE is made, not yet committed
         self.event("state", job_id=job_id, state=state, **(event or {}))
 
     def mark_submitting(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from omni_batch import crash
 from omni_batch.errors import OutputError, StateError
 
 STATUS = {
@@ -88,6 +89,7 @@ def _atomic(path: Path, write) -> None:
     temp = path.with_name(f".{path.name}.tmp")
     try:
         write(temp)
+        crash.point("mid_report")
         os.replace(temp, path)
     except OSError as exc:
         temp.unlink(missing_ok=True)

@@ -1,0 +1,114 @@
+"""kill -9 at every dangerous point of a run, then resume: every job accounted for, no job
+submitted twice, and the journal, the report and the files on disk agree."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from omni_batch.crash import ENV
+from tests.test_run_e2e import sim
+
+JOBS = 8
+MANIFEST = "vars: {n: [0, 1, 2, 3]}\ndefaults: {aspect_ratio: ['16:9', '9:16']}\nprompts:\n  - {id: 'shot-{n}', prompt: 'shot {n}'}\n"
+
+
+def run(
+    manifest: Path, out: Path, server, crash_at: str | None, *extra: str
+) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    env["TOAPIS_API_KEY"] = server.key
+    if crash_at:
+        env[ENV] = crash_at
+    args = [sys.executable, "-m", "omni_batch", "run", str(manifest), "--out", str(out)]
+    args += ["--base-url", server.base_url, "--yes", "--no-progress", "--poll-interval", "0.2"]
+    args += ["--rate", "100", "--max-in-flight", "4", *extra]
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def agree(out: Path) -> pd.DataFrame:
+    """Journal (via the report), report and files tell the same story."""
+    rows = pd.read_csv(out / "report.csv")
+    assert len(rows) == JOBS
+    done = rows[rows.status == "completed"]
+    for path, size in zip(done.video_path, done.bytes, strict=True):
+        assert (out / path).stat().st_size == size
+    on_disk = {p.name for p in (out / "videos").iterdir()}
+    assert on_disk == {Path(p).name for p in done.video_path}  # no stray or temporary files
+    return rows
+
+
+@pytest.mark.parametrize(
+    "crash_at",
+    [
+        "before_post:3",
+        "after_post:3",
+        "after_task_id:2",
+        "mid_download:2",
+        "before_rename:2",
+        "mid_report:1",
+        "in_commit:6",
+    ],
+)
+def test_kill_9_at_each_point_then_resume_finishes_every_job_once(tmp_path, crash_at):
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(MANIFEST, encoding="utf-8")
+    out = tmp_path / "out"
+    with sim(gen_min=0.2, gen_max=0.4) as server:
+        crashed = run(manifest, out, server, crash_at, "--reconcile")
+        resumed = run(manifest, out, server, None, "--reconcile")
+        stats = server.stats()
+    assert crashed.returncode == -9, crashed.stderr  # it really died at the point
+    assert resumed.returncode == 0, resumed.stderr
+    assert stats["submits"] == JOBS and stats["max_submits_per_body"] == 1
+    rows = agree(out)
+    assert set(rows.status) == {"completed"}
+    assert not rows.possible_duplicate.any()
+    assert stats["polls_after_terminal"] == 0
+
+
+def test_without_a_lookup_a_crash_after_the_post_is_resent_and_flagged(tmp_path):
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(MANIFEST, encoding="utf-8")
+    out = tmp_path / "out"
+    with sim(gen_min=0.2, gen_max=0.4) as server:
+        crashed = run(manifest, out, server, "after_post:3", "--no-reconcile")
+        resumed = run(manifest, out, server, None, "--no-reconcile")
+        stats = server.stats()
+    assert crashed.returncode == -9 and resumed.returncode == 0, resumed.stderr
+    rows = agree(out)
+    assert set(rows.status) == {"completed"}
+    assert stats["submits"] == JOBS + 1  # the one task whose id was lost, sent again...
+    assert rows.possible_duplicate.sum() == 1  # ...and flagged in the report
+
+
+def test_an_output_folder_that_cannot_be_made_is_a_clear_error(tmp_path):
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(MANIFEST, encoding="utf-8")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    with sim() as server:
+        result = run(manifest, blocker / "out", server, None)
+    assert result.returncode == 2
+    assert "cannot create the output folder" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_videos_path_that_cannot_be_written_leaves_the_journal_intact(tmp_path):
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(MANIFEST, encoding="utf-8")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "videos").write_text("a file where the videos folder should be")
+    with sim() as server:
+        result = run(manifest, out, server, None)
+        (out / "videos").unlink()
+        resumed = run(manifest, out, server, None)
+        stats = server.stats()
+    assert result.returncode == 2
+    assert "videos" in result.stderr and "Traceback" not in result.stderr
+    assert resumed.returncode == 0 and stats["submits"] == JOBS
