@@ -111,9 +111,10 @@ def load_located(text: str) -> tuple[Any, list[tuple[int, str]]]:
     Raises YamlSyntaxError (with the line where known) for anything that is not a plain,
     safe YAML document: syntax errors, several documents, python/* tags, alias bombs.
     """
-    loader = _Loader(text)
     duplicates: list[tuple[int, str]] = []
+    loader: _Loader | None = None
     try:
+        loader = _Loader(text)  # rejects NUL and other unprintable characters right here
         node = loader.get_single_node()
         if node is None:
             return None, duplicates
@@ -122,10 +123,15 @@ def load_located(text: str) -> tuple[Any, list[tuple[int, str]]]:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
         message = " ".join(m for m in (exc.context, exc.problem) if m) or "invalid YAML"
-        raise YamlSyntaxError(line, f"invalid YAML: {message}") from None
+        raise YamlSyntaxError(line, "invalid YAML: " + " ".join(message.split())) from None
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1
+        char = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+        raise YamlSyntaxError(line, f"invalid YAML: character {char} is not allowed") from None
     except yaml.YAMLError as exc:
-        raise YamlSyntaxError(None, f"invalid YAML: {exc}") from None
+        raise YamlSyntaxError(None, "invalid YAML: " + " ".join(str(exc).split())) from None
     except RecursionError:
         raise YamlSyntaxError(None, "invalid YAML: nested too deeply") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()

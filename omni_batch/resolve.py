@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from omni_batch.manifest import Manifest
 
 MAX_REPEATS = 1000
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # tabs and newlines are fine
 MAX_DUPLICATES_SHOWN = 20
 
 
@@ -96,6 +97,9 @@ class Resolver:
         template = id_template = None
         if prompt_text is None or not prompt_text.strip():
             self.problems.add(prompt_field.where, prompt_field.name, "empty prompt")
+        elif found := _CONTROL.search(prompt_text):
+            message = f"contains the control character #x{ord(found.group()):04x} (binary data?)"
+            self.problems.add(prompt_field.where, prompt_field.name, message)
         else:
             template = self.template(prompt_text.strip(), prompt_field)
         if "id" in fields:

@@ -14,6 +14,8 @@ from omni_batch.errors import ManifestError, Problem, Where
 from omni_batch.resolve import Field, Problems, suggest
 
 CSV_COLUMNS = ("id", "prompt", "model", "aspect_ratio", "duration", "resolution", "repeats")
+MAX_CELL = 64 << 20  # Python's csv stops at 128 KiB per cell; a long prompt is still a prompt
+csv.field_size_limit(MAX_CELL)
 Entry = tuple[Where, dict[str, Field]]
 
 
