@@ -14,7 +14,7 @@ from collections.abc import Callable
 from aiolimiter import AsyncLimiter
 
 MIN_FACTOR = 0.05  # never slow below 5% of the configured rate
-DECREASE = 0.5  # multiply the rate by this on a 429
+DECREASE = 0.7  # multiply the rate by this on a 429 (gently: random 429s are common)
 INCREASE = 1.5  # and by this after each calm period without one
 MAX_BACKOFF = 30.0
 

@@ -29,3 +29,13 @@ def test_quick_start_manifest_exists():
     command = readme_commands()[0]
     manifest = re.search(r"manifests/\S+", command)
     assert manifest and (ROOT / manifest.group(0)).is_file()
+
+
+def test_every_test_the_guarantees_name_exists():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Guarantees", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`(test_\w+)`", section))
+    defined = set()
+    for path in (ROOT / "tests").glob("test_*.py"):
+        defined |= set(re.findall(r"^def (test_\w+)", path.read_text(encoding="utf-8"), re.M))
+    assert named and named <= defined, named - defined
