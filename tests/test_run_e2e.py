@@ -366,3 +366,37 @@ def test_ctrl_c_stops_submitting_keeps_the_journal_and_a_rerun_finishes(tmp_path
     assert (interrupted.status == "pending").sum() > 0
     assert resumed.returncode == 0, stderr2
     assert stats["submits"] == 12 and stats["max_submits_per_body"] == 1
+
+
+@pytest.mark.parametrize(
+    ("knobs", "status", "error_type"),
+    [
+        ({"blocked_models": ("gemini_omni",)}, 403, "permission_error"),
+        ({"p_reject": 1.0}, 422, "content_policy_violation"),
+    ],
+)
+def test_403_and_422_fail_the_job_at_once_without_a_retry(
+    manifest, tmp_path, knobs, status, error_type
+):
+    out = tmp_path / "out"
+    with sim(**knobs) as server:
+        result = cli(server, manifest, out)
+        stats = server.stats()
+    assert result.exit_code == 1
+    rows = report(out)
+    assert set(rows.http_status) == {status} and set(rows.error_type) == {error_type}
+    assert rows.request_id.notna().all() and (rows.attempts == 1).all()
+    assert stats["submit_requests"] == JOBS and stats["submits"] == 0
+
+
+def test_a_task_the_api_no_longer_knows_404_fails_that_job_only(manifest, tmp_path):
+    out = tmp_path / "out"
+    with sim(gen_min=30, gen_max=30) as first:
+        cli(first, manifest, out, "--max-wait", "0.3")  # every task times out, ids kept
+    with sim() as second:  # a new upstream that never saw those task ids
+        result = cli(second, manifest, out)
+        stats = second.stats()
+    assert result.exit_code == 1
+    rows = report(out)
+    assert set(rows.http_status) == {404} and rows.task_id.notna().all()
+    assert stats["submit_requests"] == 0  # a 404 on a status call is never a reason to resubmit

@@ -284,3 +284,19 @@ def test_mixed_shapes_produce_every_form(sim_run):
     assert shapes == {"object", "legacy"}
     assert results == {"result", "url", "video_url"}
     assert words == {"queued", "submitted"}
+
+
+def test_blocked_models_answer_403_and_rejections_422(sim_run):
+    async def scenario(api):
+        blocked = await api.submit()
+        assert blocked.status == 403 and blocked.body["error"]["type"] == "permission_error"
+        assert api.sim.stats()["submits"] == 0
+
+    sim_run(scenario, blocked_models=("gemini_omni",))
+
+    async def rejected(api):
+        reply = await api.submit()
+        assert reply.status == 422 and "content policy" in reply.body["error"]["message"]
+        assert reply.body["request_id"]
+
+    sim_run(rejected, p_reject=1.0)

@@ -45,6 +45,8 @@ class SimConfig:
     gen_min: float = 0.5
     gen_max: float = 2.0
     p_fail: float = 0.0  # a generation ends "failed" with a content-policy message
+    p_reject: float = 0.0  # a submit is refused at once: 422 content policy violation
+    blocked_models: tuple[str, ...] = ()  # models this key may not use: 403
     link_ttl: float = 86_400.0
     refresh_links: bool = True  # a poll after expiry hands out a fresh link (else the dead one)
 

@@ -28,18 +28,22 @@ _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     402: "insufficient_quota",
+    403: "permission_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
     409: "invalid_request_error",
+    422: "content_policy_violation",
     429: "rate_limit_exceeded",
 }
 _STRING_CODES = {
     400: "invalid_request",
     401: "invalid_api_key",
     402: "insufficient_quota",
+    403: "model_not_allowed",
     404: "not_found",
     405: "method_not_allowed",
     409: "duplicate_client_business_id",
+    422: "content_policy_violation",
     429: "rate_limit_exceeded",
     500: "internal_error",
     502: "bad_gateway",
@@ -225,6 +229,10 @@ class Simulator:
         problems = rules.check_body(body)
         if problems:
             raise _Reject(400, "; ".join(f"{name}: {message}" for name, message in problems))
+        if model in cfg.blocked_models:
+            raise _Reject(403, f"model {model} is not allowed for this API key")
+        if cfg.p_reject and self._rng.random() < cfg.p_reject:
+            raise _Reject(422, "the prompt was rejected by the content policy")
         cbid = body.get("client_business_id")
         if cbid is not None and (not isinstance(cbid, str) or not 1 <= len(cbid) <= 128):
             raise _Reject(400, "client_business_id: must be a string of 1-128 characters")
