@@ -29,7 +29,6 @@ from omni_batch.errors import (
     BadResponse,
     GatewayError,
     OmniBatchError,
-    OutputError,
     QuotaError,
     RateLimited,
     RequestRejected,
@@ -112,7 +111,7 @@ class Engine:
         self.probe = asyncio.Lock()
         self.capacity = asyncio.Condition()
         self.submits: asyncio.Queue[tuple[JobRow, bool]] = asyncio.Queue(maxsize=submit_workers)
-        self.polls: asyncio.Queue[Flight] = asyncio.Queue(maxsize=poll_workers)
+        self.polls: asyncio.Queue[tuple[Flight]] = asyncio.Queue(maxsize=poll_workers)
         self.downloads: asyncio.Queue[tuple[Flight, str]] = asyncio.Queue(maxsize=max(1, self.cap))
         self.heap: list[tuple[float, int, Flight]] = []
         self.heap_changed = asyncio.Event()
@@ -403,19 +402,21 @@ class Engine:
                     await asyncio.wait_for(self.heap_changed.wait(), delay)
                 continue
             _, _, flight = heapq.heappop(self.heap)
-            await self.polls.put(flight)
+            await self.polls.put((flight,))
 
-    async def poll_worker(self) -> None:
+    async def pool_worker(
+        self, queue: asyncio.Queue[Any], handle: Callable[..., Awaitable[None]]
+    ) -> None:
+        """One worker of a bounded pool (polls or downloads). An error that escapes a handler
+        (AuthError, OutputError, or a bug) ends the run, rather than hanging it on a lost job."""
         while True:
-            flight = await self.polls.get()
+            item = await queue.get()
             try:
-                await self.poll(flight)
-            except AuthError as exc:
-                self._fail_fatal(exc)
-            except Exception as exc:  # a bug: end the run loudly rather than hang on a lost job
+                await handle(*item)
+            except Exception as exc:
                 self._fail_fatal(exc)
             finally:
-                self.polls.task_done()
+                queue.task_done()
 
     async def poll(self, flight: Flight) -> None:
         try:
@@ -493,18 +494,6 @@ class Engine:
         await self._release()
 
     # -- downloading ------------------------------------------------------------------------------
-    async def download_worker(self) -> None:
-        while True:
-            flight, url = await self.downloads.get()
-            try:
-                await self.fetch(flight, url)
-            except OutputError as exc:
-                self._fail_fatal(exc)
-            except Exception as exc:  # a bug: end the run loudly rather than hang on a lost job
-                self._fail_fatal(exc)
-            finally:
-                self.downloads.task_done()
-
     async def fetch(self, flight: Flight, url: str) -> None:
         p = self.policy
         try:
@@ -562,8 +551,12 @@ class Engine:
     async def run(self, stop: asyncio.Event) -> None:
         settle, downloads = self.resume()
         workers: list[asyncio.Task[Any]] = [asyncio.create_task(self.dispatcher())]
-        workers += [asyncio.create_task(self.poll_worker()) for _ in range(self.n_poll)]
-        workers += [asyncio.create_task(self.download_worker()) for _ in range(self.n_download)]
+        pools = [
+            (self.polls, self.poll, self.n_poll),
+            (self.downloads, self.fetch, self.n_download),
+        ]
+        for queue, handle, size in pools:
+            workers += [asyncio.create_task(self.pool_worker(queue, handle)) for _ in range(size)]
         submitters = [asyncio.create_task(self.submit_worker()) for _ in range(self.n_submit)]
 
         async def settle_then_feed() -> None:

@@ -319,14 +319,18 @@ def _wait_for(path: Path, state: str, count: int, timeout: float = 30) -> None:
     raise AssertionError(f"never saw {count} {state} events")
 
 
-def test_kill_9_mid_run_then_resume_completes_every_job_without_a_duplicate_submit(tmp_path):
+def twelve_jobs(tmp_path: Path) -> Path:
     manifest = tmp_path / "big.yaml"
+    values = ",".join(str(i) for i in range(12))
     manifest.write_text(
-        "vars: {n: ["
-        + ",".join(str(i) for i in range(12))
-        + "]}\nprompts:\n  - {id: 'shot-{n}', prompt: 'shot {n}'}\n",
+        f"vars: {{n: [{values}]}}\nprompts:\n  - {{id: 'shot-{{n}}', prompt: 'shot {{n}}'}}\n",
         encoding="utf-8",
     )
+    return manifest
+
+
+def test_kill_9_mid_run_then_resume_completes_every_job_without_a_duplicate_submit(tmp_path):
+    manifest = twelve_jobs(tmp_path)
     out = tmp_path / "out"
     with sim(gen_min=0.5, gen_max=1.0) as server:
         proc = _subprocess_run(manifest, out, server, "--max-in-flight", "4")
@@ -344,13 +348,7 @@ def test_kill_9_mid_run_then_resume_completes_every_job_without_a_duplicate_subm
 
 
 def test_ctrl_c_stops_submitting_keeps_the_journal_and_a_rerun_finishes(tmp_path):
-    manifest = tmp_path / "big.yaml"
-    manifest.write_text(
-        "vars: {n: ["
-        + ",".join(str(i) for i in range(12))
-        + "]}\nprompts:\n  - {id: 'shot-{n}', prompt: 'shot {n}'}\n",
-        encoding="utf-8",
-    )
+    manifest = twelve_jobs(tmp_path)
     out = tmp_path / "out"
     with sim(gen_min=0.5, gen_max=1.0) as server:
         proc = _subprocess_run(manifest, out, server, "--max-in-flight", "2")
