@@ -171,7 +171,10 @@ class Journal:
             return
         record = {"t": round(time.time(), 3), "event": kind}
         record.update({k: v for k, v in fields.items() if v is not None})
-        self._events.write(json.dumps(record, ensure_ascii=False) + "\n")
+        try:
+            self._events.write(json.dumps(record, ensure_ascii=False) + "\n")
+        except OSError as exc:
+            raise OutputError(f"{self.folder}: cannot write events.jsonl: {exc.strerror}") from None
 
     # -- loading the manifest -----------------------------------------------------------------
     def sync(self, jobs: Iterable[Job], batch: int = 2000) -> int:

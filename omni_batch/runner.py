@@ -23,7 +23,7 @@ from omni_batch.catalog import Catalog
 from omni_batch.client import DEFAULT_BASE_URL, ToapisClient
 from omni_batch.download import LocalStore
 from omni_batch.engine import Engine, RunStats
-from omni_batch.errors import Interrupted, OmniBatchError, UsageError
+from omni_batch.errors import Interrupted, OmniBatchError, OutputError, UsageError
 from omni_batch.gallery import write_gallery
 from omni_batch.journal import Journal
 from omni_batch.limiter import Pressure
@@ -170,6 +170,8 @@ async def run_async(
                         await engine.run(stop)
                 except OmniBatchError as exc:
                     ended = exc  # the journal is consistent; still write what it holds
+                except OSError as exc:  # e.g. the disk filled up under us
+                    ended = OutputError(f"{folder}: {exc.strerror or exc}")
                 finally:
                     refresher.cancel()
                     await asyncio.gather(refresher, return_exceptions=True)

@@ -112,3 +112,38 @@ def test_a_videos_path_that_cannot_be_written_leaves_the_journal_intact(tmp_path
     assert result.returncode == 2
     assert "videos" in result.stderr and "Traceback" not in result.stderr
     assert resumed.returncode == 0 and stats["submits"] == JOBS
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 300 KB filesystem (tmpfs); skipped where this process may not mount one."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_is_a_clear_error_and_the_journal_resumes_elsewhere(tmp_path, tiny_disk):
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        MANIFEST.replace("[0, 1, 2, 3]", "[0, 1, 2, 3, 4, 5, 6, 7]"), encoding="utf-8"
+    )
+    out = tiny_disk / "out"
+    with sim(gen_min=0.1, gen_max=0.2) as server:
+        full = run(manifest, out, server, None, "--reconcile")
+        moved = tmp_path / "moved"
+        subprocess.run(["cp", "-a", str(out), str(moved)], check=True)
+        resumed = run(manifest, moved, server, None, "--reconcile")
+        stats = server.stats()
+    assert full.returncode == 2, full.stderr
+    assert "No space left on device" in full.stderr and "Traceback" not in full.stderr
+    assert resumed.returncode == 0, resumed.stderr
+    assert stats["submits"] == 16 and stats["max_submits_per_body"] == 1
+    assert set(pd.read_csv(moved / "report.csv").status) == {"completed"}
