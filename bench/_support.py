@@ -17,6 +17,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -71,18 +72,36 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def cpu_split() -> tuple[float, float]:
+    """(user, system) CPU seconds of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
+
+
+def _status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_mb() -> float:
-    """This process's peak resident set (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident set since it exec'd (VmHWM).
+
+    Not ru_maxrss: Linux carries that across exec, so a child forked from a big parent would
+    report the parent's size.
+    """
+    peak = _status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def rss_mb() -> float:
     """This process's current resident set."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    return _status_mb("VmRSS") or 0.0
 
 
 def emit(result: dict[str, Any]) -> None:
@@ -154,13 +173,57 @@ class Stopwatch:
     """Wall and CPU seconds of this process over a block."""
 
     def __enter__(self) -> Stopwatch:
-        self.wall0, self.cpu0 = time.perf_counter(), cpu_seconds()
+        self.wall0, self.split0 = time.perf_counter(), cpu_split()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.wall = time.perf_counter() - self.wall0
-        self.cpu = cpu_seconds() - self.cpu0
+        user, system = cpu_split()
+        self.user, self.system = user - self.split0[0], system - self.split0[1]
+        self.cpu = self.user + self.system
 
 
 def environment() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+
+
+class Phases:
+    """Splits a `run_async` call into setup (manifest, journal), engine (the API work) and
+    finish (reports, gallery): pass ``phases.on_start`` as run_async's ``on_start``.
+
+    It wraps the engine's ``run`` for this one call, so nothing in omni_batch changes.
+    """
+
+    def __init__(self) -> None:
+        self.marks: dict[str, tuple[float, float]] = {}
+        self.peaks: dict[str, float] = {}
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = (time.perf_counter(), cpu_seconds())
+        self.peaks[name] = peak_rss_mb()
+
+    def on_start(self, stats: Any, engine: Any) -> None:
+        self.mark("engine_start")
+        inner = engine.run
+
+        async def timed(stop: Any) -> None:
+            try:
+                await inner(stop)
+            finally:
+                self.mark("engine_end")
+
+        engine.run = timed
+
+    def split(self) -> dict[str, float]:
+        """Wall and CPU seconds of each phase (needs the `begin` and `end` marks too)."""
+        names = ["begin", "engine_start", "engine_end", "end"]
+        if not all(n in self.marks for n in names):
+            return {}
+        out: dict[str, float] = {}
+        for phase, (a, b) in zip(("setup", "engine", "finish"), pairwise(names), strict=True):
+            out[f"{phase}_wall_s"] = round(self.marks[b][0] - self.marks[a][0], 3)
+            out[f"{phase}_cpu_s"] = round(self.marks[b][1] - self.marks[a][1], 3)
+        # the process's peak so far when each phase ended
+        for phase, name in (("setup", "engine_start"), ("engine", "engine_end")):
+            out[f"{phase}_peak_rss_mb"] = round(self.peaks[name], 1)
+        return out

@@ -70,6 +70,8 @@ def main() -> None:
             "completed": done,
             "wall_s": round(watch.wall, 2),
             "cpu_s": round(watch.cpu, 2),
+            "user_s": round(watch.user, 2),
+            "sys_s": round(watch.system, 2),
             "wall_s_per_1k": round(watch.wall * per_k, 3),
             "cpu_s_per_1k": round(watch.cpu * per_k, 3),
             "jobs_per_s": round(args.jobs / watch.wall, 1),

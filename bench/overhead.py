@@ -1,12 +1,14 @@
 """Runner overhead: N jobs, no rate limit, instant generation, the simulator in its own process.
 
-Reports the runner's CPU and wall seconds per 1,000 jobs (over `run_async`: manifest load,
-journal, engine, downloads, reports) and this process's peak RSS; compare with `floor.py`.
+Reports the runner's CPU and wall seconds per 1,000 jobs over `run_async` (manifest load,
+journal, engine, downloads, reports), split into setup / engine / finish, and this process's
+peak RSS; `floor.py` is the same HTTP work with nothing else.
 
-    .venv/bin/python bench/overhead.py [--jobs 5000] [--in-flight 50] [--profile FILE]
+    .venv/bin/python bench/overhead.py [--jobs 5000] [--in-flight 50] [--pyinstrument FILE]
 
-Policy: first_poll=0, poll_interval=0.05 (a task is done when created, so one poll finds it).
-`--profile FILE` runs pyinstrument over the run and writes its text report to FILE.
+Policy: first_poll=0, poll_interval=0.05 (a task is done when created, so one poll finds it);
+RunOptions(rate=None): no client-side limit (Pressure learns one only from a 429).
+For a profile of every thread, run this script under py-spy (see `profile_runner.py`).
 """
 
 from __future__ import annotations
@@ -16,14 +18,25 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from _support import INSTANT, Stopwatch, emit, note, peak_rss_mb, rss_mb, simulator, write_manifest
+from _support import (
+    INSTANT,
+    Phases,
+    Stopwatch,
+    emit,
+    note,
+    peak_rss_mb,
+    rss_mb,
+    simulator,
+    write_manifest,
+)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--in-flight", type=int, default=50)
-    parser.add_argument("--profile", type=Path, default=None, help="pyinstrument text report")
+    parser.add_argument("--pyinstrument", type=Path, default=None, help="write a text profile")
+    parser.add_argument("--keep", type=Path, default=None, help="output folder to keep")
     args = parser.parse_args()
 
     with simulator("fast", **INSTANT) as sim:
@@ -39,25 +52,28 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             path = write_manifest(Path(tmp), args.jobs)
             options = RunOptions(
-                out=Path(tmp) / "out", base_url=sim.base_url, api_key=sim.key, rate=None,
-                max_in_flight=args.in_flight, policy=policy,
+                out=args.keep or Path(tmp) / "out", base_url=sim.base_url, api_key=sim.key,
+                rate=None, max_in_flight=args.in_flight, policy=policy,
             )  # fmt: skip
             profiler = None
-            if args.profile:
+            if args.pyinstrument:
                 from pyinstrument import Profiler
 
                 profiler = Profiler(async_mode="disabled", interval=0.001)
                 profiler.start()
+            phases = Phases()
             with Stopwatch() as watch:
-                report = asyncio.run(run_async(path, options))
+                phases.mark("begin")
+                report = asyncio.run(run_async(path, options, on_start=phases.on_start))
+                phases.mark("end")
             if profiler is not None:
                 profiler.stop()
-                args.profile.write_text(profiler.output_text(unicode=True, show_all=False))
-                note(f"profile written to {args.profile}")
+                args.pyinstrument.write_text(profiler.output_text(unicode=True, show_all=False))
+                note(f"profile written to {args.pyinstrument}")
             completed = int((report["status"] == "completed").sum())
             polls = int(report["polls"].sum())
         stats = sim.stats()
-        sim_usage = sim.usage()
+        sim_after = sim.usage()
     per_k = 1000 / args.jobs
     emit(
         {
@@ -66,9 +82,12 @@ def main() -> None:
             "completed": completed,
             "wall_s": round(watch.wall, 2),
             "cpu_s": round(watch.cpu, 2),
+            "user_s": round(watch.user, 2),
+            "sys_s": round(watch.system, 2),
             "wall_s_per_1k": round(watch.wall * per_k, 3),
             "cpu_s_per_1k": round(watch.cpu * per_k, 3),
             "jobs_per_s": round(args.jobs / watch.wall, 1),
+            **phases.split(),
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "rss_before_import_mb": round(rss_start, 1),
             "rss_after_import_mb": round(rss_imported, 1),
@@ -76,7 +95,7 @@ def main() -> None:
             "requests": stats["requests"],
             "status_429": stats["status_429"],
             "downloads": stats["downloads"],
-            "sim_cpu_s": round(sim_usage["cpu_s"] - sim_before["cpu_s"], 2),
+            "sim_cpu_s": round(sim_after["cpu_s"] - sim_before["cpu_s"], 2),
         }
     )
 

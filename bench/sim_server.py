@@ -18,6 +18,7 @@ import resource
 import signal
 import sys
 
+from _support import peak_rss_mb
 from aiohttp import web
 
 from omni_batch.simulator import SimConfig, parse_settings, start_simulator
@@ -26,7 +27,7 @@ from omni_batch.simulator.clips import get_clip
 
 def _usage() -> dict[str, float]:
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return {"cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024}
+    return {"cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": peak_rss_mb()}
 
 
 async def serve(config: SimConfig) -> None:

@@ -58,6 +58,10 @@ class LocalStore:
             raise OutputError(f"refusing to write outside {self.folder}: {job_id!r}")
         return path
 
+    def poster_path(self, job_id: str) -> Path:
+        """Where the video's first frame goes; the gallery (gallery.POSTERS) reads it there."""
+        return self.folder.parent / "posters" / f"{job_id}.jpg"
+
     def temp_path(self, job_id: str) -> Path:
         return self.folder / f".{job_id}.mp4.part"
 

@@ -324,7 +324,8 @@ class Engine(Submitting):
             return await self._fail(flight, "downloading", kind, exc.message, exc.status, None)
         relative = got.path.relative_to(self.store.folder.parent.resolve()).as_posix()
         # decode it and check it is what was asked; a mismatch is flagged, not failed
-        check = await asyncio.to_thread(probe, got.path, *flight.asked)
+        poster = self.store.poster_path(flight.job_id)
+        check = await asyncio.to_thread(probe, got.path, *flight.asked, poster_to=poster)
         self.journal.mark_completed(flight.job_id, relative, got.size, check)
         self._moved("downloading", "completed")
         await self._release()

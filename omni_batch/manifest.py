@@ -267,17 +267,19 @@ class _Reader:
                     at, f"vars.{name}", "a variable name is letters, digits and _ (like product)"
                 )
                 continue
-            values = []
+            values: list[str] = []
+            seen: set[str] = set()  # a set: var lists of 100,000 values stay linear
             for item, item_at in Field(value, at, name).items():
                 text = text_of(item)
                 if text is None or not text.strip():
                     self.add(
                         item_at, f"vars.{name}", "each value must be non-empty text or a number"
                     )
-                elif text in values:
+                elif text in seen:
                     self.add(item_at, f"vars.{name}", f"duplicate value {text!r}")
                 else:
                     values.append(text)
+                    seen.add(text)
             if isinstance(value, list) and not value:
                 self.add(at, f"vars.{name}", "must list at least one value")
             elif values:

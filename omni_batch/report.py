@@ -76,12 +76,13 @@ def build_report(folder: str | Path) -> pd.DataFrame:
 
 def neutralise(frame: pd.DataFrame) -> pd.DataFrame:
     """Text a spreadsheet would run as a formula gets a leading apostrophe (CSV only)."""
-    out = frame.copy()
+    out = frame.copy(deep=False)  # columns are replaced, never changed in place
     for column in out.columns:
-        if out[column].dtype == object or pd.api.types.is_string_dtype(out[column]):
-            out[column] = out[column].map(
-                lambda v: "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v
-            )
+        values = out[column]
+        if values.dtype == object or pd.api.types.is_string_dtype(values):
+            risky = values.map(lambda v: isinstance(v, str) and v.startswith(_FORMULA_START))
+            if risky.any():
+                out[column] = values.where(~risky, "'" + values.astype(str))
     return out
 
 

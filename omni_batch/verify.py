@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import av.video.frame
@@ -56,11 +56,14 @@ def ratio_problem(width: int, height: int, aspect_ratio: str) -> str:
     return got if abs(width / height - target) > RATIO_TOLERANCE * target else ""
 
 
-def probe(path: Path, aspect_ratio: str, duration: int | float) -> Probe:
+def probe(
+    path: Path, aspect_ratio: str, duration: int | float, poster_to: Path | None = None
+) -> Probe:
     """Open ``path``, decode its first frame and read every video packet's timing.
 
     The duration is measured from the packets rather than taken from the header, so a file cut
-    short after a complete header still shows its real length.
+    short after a complete header still shows its real length. With ``poster_to``, the first
+    frame (decoded here anyway) is also written there as the gallery's poster: one decode.
     """
     import av  # lazily: importing this module must stay cheap for the CLI
 
@@ -92,6 +95,8 @@ def probe(path: Path, aspect_ratio: str, duration: int | float) -> Probe:
                 broken = str(exc)  # the picture decoded, the rest is damaged: judge what we got
             if first is None:
                 return Probe(False, message="does not decode: no frame could be decoded")
+            if poster_to is not None:
+                _write_poster(first, Path(poster_to))
             width, height = first.width, first.height
             sar = stream.sample_aspect_ratio
             display_width = round(width * sar) if sar else width  # anamorphic pixels
@@ -132,8 +137,16 @@ def poster(path: Path, out: Path, size: int = POSTER_SIZE) -> bool:
     try:
         with av.open(str(path)) as container:
             frame = next(container.decode(video=0), None)
-        if frame is None:
-            return False
+    except (av.error.FFmpegError, OSError, ValueError, StopIteration):
+        return False
+    return frame is not None and _write_poster(frame, Path(out), size)
+
+
+def _write_poster(frame: Any, out: Path, size: int = POSTER_SIZE) -> bool:
+    """Encode one decoded frame as a small JPEG at ``out`` (atomically); False if it fails."""
+    import av
+
+    try:
         scale = min(1.0, size / max(frame.width, frame.height))
         width = max(2, round(frame.width * scale / 2) * 2)  # even sides for 4:2:0 chroma
         height = max(2, round(frame.height * scale / 2) * 2)
@@ -148,7 +161,6 @@ def poster(path: Path, out: Path, size: int = POSTER_SIZE) -> bool:
         return False
     if not data:
         return False
-    out = Path(out)
     temp = out.with_name(f".{out.name}.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,341 @@
+"""Every benchmark, each in its own process, against the simulator on loopback: one table on
+stdout, every number in bench/results.json.
+
+    .venv/bin/python bench/run_all.py [--quick] [--repeat 2] [--only NAME ...] [--out FILE]
+
+--quick runs small sizes (a sanity check in under a minute); --repeat N runs the whole suite N
+times (interleaved, so the runs see different background noise) and shows every run. Targets
+are goals read off the issue, not pass/fail tests: the script always exits 0 when the
+benchmarks ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+
+
+@dataclass(frozen=True)
+class Bench:
+    name: str
+    script: str
+    full: tuple[str, ...]
+    quick: tuple[str, ...]
+
+
+BENCHES = (
+    Bench("rate", "rate_bound.py", ("--jobs", "500", "--rate", "25"), ("--jobs", "75")),
+    Bench("overhead", "overhead.py", ("--jobs", "5000"), ("--jobs", "500")),
+    Bench("floor", "floor.py", ("--jobs", "5000"), ("--jobs", "500")),
+    Bench("plan", "plan_scale.py", ("--prompts", "100"), ("--prompts", "10")),
+    Bench("scale", "overhead.py", ("--jobs", "20000"), ("--jobs", "1000")),
+    Bench("alternative", "alternative.py", ("--jobs", "50"), ("--jobs", "3")),
+    Bench("polling", "poll_efficiency.py", ("--jobs", "200"), ("--jobs", "20")),
+)
+
+
+def run_bench(bench: Bench, quick: bool) -> dict[str, Any]:
+    args = bench.quick if quick else bench.full
+    cmd = [sys.executable, str(BENCH / bench.script), *args]
+    print(f"-- {bench.name}: {' '.join([bench.script, *args])}", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    took = time.perf_counter() - start
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        print(f"   {bench.name} failed (exit {proc.returncode})", file=sys.stderr, flush=True)
+        return {"error": f"exit {proc.returncode}", "bench_s": round(took, 1)}
+    result = json.loads(lines[-1])
+    result["bench_s"] = round(took, 1)
+    print(f"   {json.dumps(result)}", file=sys.stderr, flush=True)
+    return result
+
+
+# -- the table --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Row:
+    section: str
+    metric: str
+    value: Callable[[dict[str, dict[str, Any]]], Any]
+    target: str = ""
+    met: Callable[[dict[str, dict[str, Any]]], bool] | None = None
+
+
+def _get(run: dict[str, dict[str, Any]], bench: str, key: str) -> Any:
+    return run.get(bench, {}).get(key)
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    return round(a / b, 2) if isinstance(a, int | float) and b else None
+
+
+def rows(quick: bool) -> list[Row]:
+    size = {b.name: (b.quick if quick else b.full) for b in BENCHES}
+    jobs = {name: args[args.index("--jobs") + 1] for name, args in size.items() if "--jobs" in args}
+    g = _get
+    return [
+        Row(
+            f"1 rate limit: {jobs['rate']} jobs, 25 req/s key, fast generation "
+            "(first poll 0.4 s, then every 0.3 s)",
+            "makespan ÷ bound (whole run_async)",
+            lambda r: g(r, "rate", "ratio"),
+            "≤ 1.15",
+            lambda r: (g(r, "rate", "ratio") or 99) <= 1.15,
+        ),
+        Row("", "API phase (engine) ÷ bound", lambda r: g(r, "rate", "engine_ratio")),
+        Row(
+            "",
+            "makespan s / bound s",
+            lambda r: f"{g(r, 'rate', 'makespan_s')} / {g(r, 'rate', 'bound_s')}",
+        ),
+        Row(
+            "",
+            "share of requests answered 429",
+            lambda r: g(r, "rate", "share_429"),
+            "< 0.01",
+            lambda r: (g(r, "rate", "share_429") or 0) < 0.01,
+        ),
+        Row("", "polls per job", lambda r: g(r, "rate", "polls_per_job")),
+        Row(
+            "",
+            "polls after terminal",
+            lambda r: g(r, "rate", "polls_after_terminal"),
+            "0",
+            lambda r: g(r, "rate", "polls_after_terminal") == 0,
+        ),
+        Row(
+            f"2 overhead: {jobs['overhead']} jobs, no rate limit, instant generation "
+            "(first poll 0 s, every 0.05 s), 50 in flight",
+            "runner CPU s per 1k jobs (whole run_async)",
+            lambda r: g(r, "overhead", "cpu_s_per_1k"),
+        ),
+        Row("", "floor CPU s per 1k jobs (bare aiohttp)", lambda r: g(r, "floor", "cpu_s_per_1k")),
+        Row(
+            "",
+            "runner CPU ÷ floor CPU",
+            lambda r: _ratio(g(r, "overhead", "cpu_s_per_1k"), g(r, "floor", "cpu_s_per_1k")),
+            "≤ 2",
+            lambda r: (
+                (_ratio(g(r, "overhead", "cpu_s_per_1k"), g(r, "floor", "cpu_s_per_1k")) or 99) <= 2
+            ),
+        ),
+        Row(
+            "",
+            "  of which API phase (engine) CPU s per 1k",
+            lambda r: _per_k(r, "overhead", "engine_cpu_s"),
+        ),
+        Row(
+            "",
+            "  of which finish (reports, gallery) CPU s per 1k",
+            lambda r: _per_k(r, "overhead", "finish_cpu_s"),
+        ),
+        Row("", "runner wall s per 1k jobs", lambda r: g(r, "overhead", "wall_s_per_1k")),
+        Row("", "floor wall s per 1k jobs", lambda r: g(r, "floor", "wall_s_per_1k")),
+        Row(
+            "",
+            "peak RSS MB runner / floor",
+            lambda r: f"{g(r, 'overhead', 'peak_rss_mb')} / {g(r, 'floor', 'peak_rss_mb')}",
+        ),
+        Row(
+            "3 scale",
+            f"plan --format json, {_plan_jobs(quick)} jobs: wall s",
+            lambda r: g(r, "plan", "plan_wall_s"),
+        ),
+        Row("", "  peak RSS MB", lambda r: g(r, "plan", "plan_peak_rss_mb")),
+        Row(
+            "",
+            f"plan + journal creation, {_plan_jobs(quick)} jobs: wall s",
+            lambda r: g(r, "plan", "journal_wall_s"),
+        ),
+        Row("", "  peak RSS MB", lambda r: g(r, "plan", "journal_peak_rss_mb")),
+        Row(
+            "",
+            f"run {jobs['overhead']} jobs: peak RSS MB",
+            lambda r: g(r, "overhead", "peak_rss_mb"),
+            "< 250",
+            lambda r: (g(r, "overhead", "peak_rss_mb") or 999) < 250,
+        ),
+        Row(
+            "",
+            f"run {jobs['scale']} jobs: peak RSS MB",
+            lambda r: g(r, "scale", "peak_rss_mb"),
+            "< 250",
+            lambda r: (g(r, "scale", "peak_rss_mb") or 999) < 250,
+        ),
+        Row(
+            "",
+            f"  RSS ratio {jobs['scale']} ÷ {jobs['overhead']} jobs",
+            lambda r: _ratio(g(r, "scale", "peak_rss_mb"), g(r, "overhead", "peak_rss_mb")),
+            "flat (≈ 1)",
+            lambda r: (
+                (_ratio(g(r, "scale", "peak_rss_mb"), g(r, "overhead", "peak_rss_mb")) or 99)
+                <= 1.15
+            ),
+        ),
+        Row(
+            "",
+            f"  API phase only: peak RSS MB {jobs['overhead']} / {jobs['scale']} jobs",
+            lambda r: (
+                f"{g(r, 'overhead', 'engine_peak_rss_mb')} / {g(r, 'scale', 'engine_peak_rss_mb')}"
+            ),
+        ),
+        Row(
+            "",
+            f"  setup (manifest + journal) wall s, {jobs['overhead']} / {jobs['scale']} jobs",
+            lambda r: f"{g(r, 'overhead', 'setup_wall_s')} / {g(r, 'scale', 'setup_wall_s')}",
+        ),
+        Row(
+            "",
+            f"run {jobs['scale']} jobs: wall s (jobs/s)",
+            lambda r: f"{g(r, 'scale', 'wall_s')} ({g(r, 'scale', 'jobs_per_s')})",
+        ),
+        Row(
+            f"4 alternative: {jobs['alternative']} jobs, `default` profile as the real API at "
+            "60x (sequential polls every 8 s; omni-batch Policy() ÷ 60)",
+            "sequential loop makespan s",
+            lambda r: g(r, "alternative", "sequential_makespan_s"),
+        ),
+        Row("", "omni-batch makespan s", lambda r: g(r, "alternative", "omni_makespan_s")),
+        Row(
+            "",
+            "makespan ratio sequential ÷ omni-batch",
+            lambda r: g(r, "alternative", "speedup"),
+        ),
+        Row(
+            "",
+            "in real time (min): sequential / omni-batch",
+            lambda r: (
+                f"{g(r, 'alternative', 'sequential_real_min')} / "
+                f"{g(r, 'alternative', 'omni_real_min')}"
+            ),
+        ),
+        Row(
+            "",
+            "polls per job: sequential / omni-batch",
+            lambda r: (
+                f"{g(r, 'alternative', 'sequential_polls_per_job')} / "
+                f"{g(r, 'alternative', 'omni_polls_per_job')}"
+            ),
+        ),
+        Row(
+            f"5 polling: {jobs['polling']} jobs, `realistic` ÷ 60, default Policy() ÷ 60",
+            "polls per job",
+            lambda r: g(r, "polling", "polls_per_job"),
+        ),
+        Row(
+            "",
+            "mean task time, real s (queue + generation)",
+            lambda r: g(r, "polling", "mean_task_real_s"),
+        ),
+        Row(
+            "",
+            "detection delay mean / p90, real s",
+            lambda r: (
+                f"{g(r, 'polling', 'delay_mean_real_s')} / {g(r, 'polling', 'delay_p90_real_s')}"
+            ),
+        ),
+        Row("", "polls after terminal", lambda r: g(r, "polling", "polls_after_terminal")),
+    ]
+
+
+def _per_k(run: dict[str, dict[str, Any]], bench: str, key: str) -> float | None:
+    value, jobs = _get(run, bench, key), _get(run, bench, "jobs")
+    return round(value * 1000 / jobs, 3) if value is not None and jobs else None
+
+
+def _plan_jobs(quick: bool) -> str:
+    return "10,000" if quick else "100,000"
+
+
+def table(runs: list[dict[str, dict[str, Any]]], quick: bool) -> tuple[str, list[dict]]:
+    header = ["benchmark", "metric", *(f"run {i + 1}" for i in range(len(runs))), "target", "met"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    records = []
+    for row in rows(quick):
+        values = []
+        for run in runs:
+            try:
+                values.append(row.value(run))
+            except (TypeError, KeyError, ZeroDivisionError):
+                values.append(None)
+        met = ""
+        if row.met is not None:
+            verdicts = []
+            for run in runs:
+                try:
+                    verdicts.append(row.met(run))
+                except (TypeError, KeyError, ZeroDivisionError):
+                    verdicts.append(False)
+            met = "yes" if all(verdicts) else "no" if not any(verdicts) else "mixed"
+        cells = [row.section, row.metric, *("-" if v is None else str(v) for v in values)]
+        lines.append("| " + " | ".join([*cells, row.target, met]) + " |")
+        records.append(
+            {"benchmark": row.section, "metric": row.metric, "runs": values, "target": row.target,
+             "met": met}
+        )  # fmt: skip
+    return "\n".join(lines), records
+
+
+def meta(quick: bool, repeat: int) -> dict[str, Any]:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    return {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "uncommitted": git("status", "--porcelain", "--", "omni_batch").splitlines(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "loadavg_at_start": os.getloadavg(),
+        "quick": quick,
+        "repeat": repeat,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, under a minute")
+    parser.add_argument("--repeat", type=int, default=1, help="run the suite N times")
+    parser.add_argument(
+        "--only", nargs="+", choices=[b.name for b in BENCHES], help="run only these"
+    )
+    parser.add_argument("--out", type=Path, default=BENCH / "results.json")
+    args = parser.parse_args()
+    info = meta(args.quick, args.repeat)
+    runs: list[dict[str, dict[str, Any]]] = []
+    for _ in range(args.repeat):
+        run = {}
+        for bench in BENCHES:
+            if args.only and bench.name not in args.only:
+                continue
+            run[bench.name] = run_bench(bench, args.quick)
+        runs.append(run)
+    text, records = table(runs, args.quick)
+    print(text)
+    info["loadavg_at_end"] = os.getloadavg()
+    args.out.write_text(
+        json.dumps({"meta": info, "runs": runs, "table": records}, indent=2) + "\n",
+        encoding="utf-8",
+    )
+    print(f"\nwritten to {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
