@@ -58,7 +58,6 @@ class RunStats:
     counts: dict[str, int] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     finished_here: int = 0  # completed or failed during this process
-    requests: int = 0
     rate_limited: int = 0
     messages: list[str] = field(default_factory=list)
 
@@ -154,7 +153,6 @@ class Engine(Submitting):
                 await self._unless_halted(self.pressure.submit_permit())
             else:
                 await self.pressure.poll_permit()
-            self.stats.requests += 1
             try:
                 result = await call()
             except RateLimited as exc:

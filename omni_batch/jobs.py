@@ -204,15 +204,6 @@ class PromptSpec:
                     for resolution in self.resolutions[model].values:
                         yield model, ratio, duration, resolution
 
-    @property
-    def jobs_per_combo(self) -> int:
-        return self.repeats * sum(
-            len(self.aspect_ratios[m].values)
-            * len(self.durations[m].values)
-            * len(self.resolutions[m].values)
-            for m in self.models.values
-        )
-
     def prompt_id(self, combo: Mapping[str, str], prompt: str) -> str:
         if self.id_template is None:
             return auto_prompt_id(prompt)

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 STATES = ("pending", "submitting", "running", "downloading", "completed", "failed")
-IN_FLIGHT = ("submitting", "running", "downloading")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -411,7 +410,3 @@ class Journal:
             },
             **fields,
         )
-
-    def add_polls(self, job_id: str, polls: int) -> None:
-        with self.db:
-            self.db.execute("UPDATE jobs SET polls = ? WHERE job_id = ?", (polls, job_id))

@@ -89,10 +89,6 @@ class Pressure:
                 await self._no_polls.wait()
             await self._acquire()
 
-    async def other_permit(self) -> None:
-        """Any other API call (a reconcile lookup) counts against the same rate."""
-        await self.poll_permit()
-
     def throttled(self, retry_after: float | None) -> float:
         """Record a 429: pause every caller, lower the rate. Returns the pause in seconds."""
         now = time.monotonic()

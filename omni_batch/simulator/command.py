@@ -9,6 +9,8 @@ import sys
 
 import click
 
+from omni_batch.clierrors import reports_errors
+
 
 @click.command("simulate")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
@@ -37,6 +39,7 @@ import click
     help="Model catalog overlay (YAML/JSON), as `run --catalog` takes.",
 )
 @click.option("--show", is_flag=True, help="Print the resulting knobs and exit.")
+@reports_errors
 def simulate(
     host: str,
     port: int,
@@ -53,29 +56,6 @@ def simulate(
     Profiles: default (tasks finish in 0.6-2.3 s, no faults), fast (for tests), chaos (every
     fault), realistic (documented timings: queued 5-10 s, generation 60-300 s).
     """
-    from omni_batch.errors import OmniBatchError
-
-    try:
-        _serve(host, port, cdn_port, profile, keys, seed, settings, catalog_path, show)
-    except OmniBatchError as exc:
-        for line in exc.lines():
-            click.echo(f"omni-batch simulate: {line}", err=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("simulator stopped")
-
-
-def _serve(
-    host: str,
-    port: int,
-    cdn_port: int | None,
-    profile: str,
-    keys: tuple[str, ...],
-    seed: int,
-    settings: tuple[str, ...],
-    catalog_path: str | None,
-    show: bool,
-) -> None:
     import asyncio
     import contextlib
     import signal
@@ -97,9 +77,10 @@ def _serve(
 
     async def run() -> None:
         stop = asyncio.Event()
-        # SIGTERM stops as cleanly as Ctrl-C does (e.g. when a test or a supervisor ends us).
+        # Ctrl-C and SIGTERM (a test or a supervisor ending us) both stop it cleanly
         with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         async with start_simulator(config, host, port, cdn_port, catalog) as sim:
             click.echo(f"omni-batch simulator: profile {profile}, seed {seed}")
             click.echo(f"  API:  {sim.base_url}")
