@@ -36,6 +36,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--in-flight", type=int, default=50)
     parser.add_argument("--pyinstrument", type=Path, default=None, help="write a text profile")
+    parser.add_argument(
+        "--no-verify", action="store_true", help="RunOptions(verify=False): no decode, no posters"
+    )
     parser.add_argument("--keep", type=Path, default=None, help="output folder to keep")
     args = parser.parse_args()
 
@@ -54,6 +57,7 @@ def main() -> None:
             options = RunOptions(
                 out=args.keep or Path(tmp) / "out", base_url=sim.base_url, api_key=sim.key,
                 rate=None, max_in_flight=args.in_flight, policy=policy,
+                verify=not args.no_verify,
             )  # fmt: skip
             profiler = None
             if args.pyinstrument:
@@ -79,6 +83,7 @@ def main() -> None:
         {
             "jobs": args.jobs,
             "in_flight": args.in_flight,
+            "verify": not args.no_verify,
             "completed": completed,
             "wall_s": round(watch.wall, 2),
             "cpu_s": round(watch.cpu, 2),

@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=200, help="samples per second")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--raw", type=Path, default=None, help="keep the collapsed stacks here")
-    args = parser.parse_args()
+    args, passed = parser.parse_known_args()  # the rest goes to overhead.py (--no-verify)
     spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if spy is None:
         sys.exit("py-spy is not installed: .venv/bin/pip install py-spy")
@@ -101,7 +101,7 @@ def main() -> None:
         subprocess.run(
             [spy, "record", "--rate", str(args.rate), "--format", "raw", "--threads", "-o",
              str(raw), "--", sys.executable, str(BENCH / "overhead.py"), "--jobs",
-             str(args.jobs)],
+             str(args.jobs), *passed],
             check=True,
         )  # fmt: skip
         print(summarise(raw, args.top))

@@ -129,6 +129,12 @@ def _console(err: bool = False):
     type=click.Path(path_type=str),
     help="A model catalog file that adds or overrides models.",
 )
+@click.option(
+    "--verify/--no-verify",
+    default=True,
+    show_default=True,
+    help="Decode every video, check its ratio and duration, and make its gallery poster.",
+)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option(
     "--no-progress", is_flag=True, help="Plain summary lines instead of the live display."
@@ -148,6 +154,7 @@ def run(
     retry_failed,
     reconcile,
     catalog,
+    verify,
     yes,
     no_progress,
 ) -> None:
@@ -192,7 +199,7 @@ def run(
     options = RunOptions(
         out=folder, base_url=base_url, simulate=simulate_profile, simulator_settings=settings,
         rate=rate, max_in_flight=max_in_flight, policy=policy, retry_failed=retry_failed,
-        reconcile=reconcile,
+        reconcile=reconcile, verify=verify,
     )  # fmt: skip
     display = Progress(err, live=err.is_terminal and not no_progress)
 

@@ -125,6 +125,9 @@ def _raise_for_status(status: int, headers: Any, body: Any, text: str) -> None:
 
 async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
     """The whole body, however many pieces it arrives in, but never more than MAX_BODY + 1."""
+    declared = resp.content_length
+    if declared is not None and declared <= MAX_BODY:
+        return await resp.read()  # the usual answer: aiohttp stops at the declared length
     chunks, size = [], 0
     async for chunk in resp.content.iter_chunked(1 << 16):
         chunks.append(chunk)

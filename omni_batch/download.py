@@ -51,12 +51,18 @@ class LocalStore:
 
     def __init__(self, folder: Path):
         self.folder = folder / "videos"
+        self._resolved = self.folder.resolve()
 
     def final_path(self, job_id: str) -> Path:
-        path = (self.folder / f"{job_id}.mp4").resolve()
-        if path.parent != self.folder.resolve():  # job ids are slugs; this is the last guard
+        name = f"{job_id}.mp4"
+        # job ids are slugs; this is the last guard against a name that leaves the folder
+        if "/" in job_id or "\0" in job_id:
             raise OutputError(f"refusing to write outside {self.folder}: {job_id!r}")
-        return path
+        return self._resolved / name
+
+    def relative(self, path: Path) -> str:
+        """``path`` (in this store) as the report names it: relative to the output folder."""
+        return f"{self._resolved.name}/{path.name}"
 
     def poster_path(self, job_id: str) -> Path:
         """Where the video's first frame goes; the gallery (gallery.POSTERS) reads it there."""
@@ -89,6 +95,7 @@ async def download(
         raise DownloadError(f"refusing to download a {scheme or 'relative'}: URL")
     final, temp = store.final_path(job_id), store.temp_path(job_id)
     size = 0
+    renamed = False
     try:
         async with session.get(
             url, timeout=aiohttp.ClientTimeout(total=time_limit, sock_read=60), max_redirects=5
@@ -122,8 +129,9 @@ async def download(
                         raise DownloadError(f"video passed the {max_bytes}-byte cap", status=200)
                     fh.write(chunk)
                     crash.point("mid_download")
-                fh.flush()
-                os.fsync(fh.fileno())
+            # No fsync per video: it cost more than the rest of a job's bookkeeping. A video
+            # the OS had not written out before a power loss is caught on resume instead
+            # (Journal.requeue_lost_videos) and fetched again.
             if declared is not None and size != declared:
                 raise RetryableDownload(
                     f"video ended after {size} of {declared} bytes", retryable=True
@@ -132,6 +140,7 @@ async def download(
                 raise RetryableDownload("video host sent an empty file", retryable=True)
         crash.point("before_rename")
         os.replace(temp, final)  # atomic: a video file is either whole or absent
+        renamed = True
         return Downloaded(final, size)
     except (aiohttp.TooManyRedirects, aiohttp.InvalidURL) as exc:
         raise DownloadError(f"bad video link: {type(exc).__name__}") from None
@@ -142,5 +151,5 @@ async def download(
     except OSError as exc:
         raise OutputError(f"{final.parent}: cannot write video: {exc.strerror}") from None
     finally:
-        if temp.exists():
+        if not renamed:
             temp.unlink(missing_ok=True)

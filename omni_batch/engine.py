@@ -30,7 +30,7 @@ from omni_batch.errors import (
 )
 from omni_batch.journal import JobRow, Journal
 from omni_batch.limiter import Pressure
-from omni_batch.policy import Policy
+from omni_batch.policy import Policy, retried
 from omni_batch.submit import Submitting
 from omni_batch.verify import probe
 
@@ -59,7 +59,8 @@ class RunStats:
     started: float = field(default_factory=time.monotonic)
     finished_here: int = 0  # completed or failed during this process
     rate_limited: int = 0
-    messages: list[str] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)  # the last 20
+    logged: int = 0  # messages ever logged, so a reader knows how many it missed
 
     def move(self, old: str | None, new: str) -> None:
         if old:
@@ -80,6 +81,7 @@ class Engine(Submitting):
         policy: Policy,
         *,
         reconcile: bool = False,
+        verify: bool = True,
         submit_workers: int = 8,
         poll_workers: int = 8,
         download_workers: int = 4,
@@ -87,6 +89,7 @@ class Engine(Submitting):
     ):
         self.journal, self.client, self.session, self.store = journal, client, session, store
         self.pressure, self.policy, self.reconcile = pressure, policy, reconcile
+        self.verify = verify  # decode every download (and make its poster) before completing
         self.rng = rng or random.Random()
         self.stats = RunStats(counts=journal.counts())
         self.cap = pressure.max_in_flight
@@ -116,6 +119,7 @@ class Engine(Submitting):
     # -- bookkeeping ----------------------------------------------------------------------------
     def log(self, message: str) -> None:
         self.stats.messages.append(message)
+        self.stats.logged += 1
         del self.stats.messages[:-20]
         self.journal.event("log", message=message)
 
@@ -125,7 +129,7 @@ class Engine(Submitting):
     async def _release(self) -> None:
         async with self.capacity:
             self.active -= 1
-            self.capacity.notify_all()
+            self.capacity.notify()  # one slot freed: wake one waiting submit worker, not all
         self._check_idle()
 
     def _check_idle(self) -> None:
@@ -149,7 +153,9 @@ class Engine(Submitting):
         """One API call under the shared rate; 429s pause everyone and are tried again."""
         last: RateLimited | None = None
         for _ in range(self.policy.max_rate_limited):
-            if submit:
+            if submit and self.pressure.submit_ready() and not self.halt.is_set():
+                await self.pressure.submit_permit()  # free now: nothing to race against halt
+            elif submit:
                 await self._unless_halted(self.pressure.submit_permit())
             else:
                 await self.pressure.poll_permit()
@@ -174,10 +180,10 @@ class Engine(Submitting):
         raise last
 
     async def _status_call(self, task_id: str) -> TaskState:
-        async for attempt in self.policy.poll_retrying():
-            with attempt:
-                return await self._pressured(lambda: self.client.status(task_id))
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await retried(
+            self.policy.poll_retrying(),
+            lambda: self._pressured(lambda: self.client.status(task_id)),
+        )
 
     def _flight(self, row: JobRow, task_id: str, **kw: Any) -> Flight:
         asked = (row.body["aspect_ratio"], row.body["duration"])
@@ -294,16 +300,17 @@ class Engine(Submitting):
     async def fetch(self, flight: Flight, url: str) -> None:
         p = self.policy
         try:
-            async for attempt in p.download_retrying((RetryableDownload,)):
-                with attempt:
-                    got = await download(
-                        self.session,
-                        url,
-                        self.store,
-                        flight.job_id,
-                        max_bytes=p.max_download_bytes,
-                        time_limit=p.download_timeout,
-                    )
+            got = await retried(
+                p.download_retrying((RetryableDownload,)),
+                lambda: download(
+                    self.session,
+                    url,
+                    self.store,
+                    flight.job_id,
+                    max_bytes=p.max_download_bytes,
+                    time_limit=p.download_timeout,
+                ),
+            )
         except DownloadError as exc:
             if exc.expired and not flight.refreshed:
                 flight.refreshed = True  # one status call for a fresh link; the task stays done
@@ -320,10 +327,11 @@ class Engine(Submitting):
                     return await self.fetch(flight, state.video_url)
             kind = "link_expired" if exc.expired else "download_failed"
             return await self._fail(flight, "downloading", kind, exc.message, exc.status, None)
-        relative = got.path.relative_to(self.store.folder.parent.resolve()).as_posix()
-        # decode it and check it is what was asked; a mismatch is flagged, not failed
-        poster = self.store.poster_path(flight.job_id)
-        check = await asyncio.to_thread(probe, got.path, *flight.asked, poster_to=poster)
+        relative = self.store.relative(got.path)
+        check = None
+        if self.verify:  # decode it and check it is what was asked; a mismatch is flagged
+            poster = self.store.poster_path(flight.job_id)
+            check = await asyncio.to_thread(probe, got.path, *flight.asked, poster_to=poster)
         self.journal.mark_completed(flight.job_id, relative, got.size, check)
         self._moved("downloading", "completed")
         await self._release()

@@ -69,24 +69,25 @@ def _href(folder: Path, path: Path) -> str:
     return quote(relative, safe="/")
 
 
-def _poster_once(video: Path, target: Path) -> bool:
+def _poster_once(video: Path, target: Path, extract: bool) -> bool:
     try:
         if target.stat().st_mtime >= video.stat().st_mtime:
             return True  # extracted by an earlier run or report: posters are made once
     except FileNotFoundError:
         pass
-    return poster(video, target)
+    return extract and poster(video, target)
 
 
-def _posters(folder: Path, videos: dict[str, Path]) -> dict[str, Path]:
-    """job_id → poster path for every video whose first frame could be extracted."""
+def _posters(folder: Path, videos: dict[str, Path], extract: bool) -> dict[str, Path]:
+    """job_id → poster path for every video whose first frame could be extracted (or, without
+    ``extract``, whose poster is already there)."""
     out = folder / POSTERS
     targets = {job: out / f"{job}.jpg" for job, video in videos.items() if Path(job).name == job}
     if not targets:
         return {}
     # PyAV decodes with the GIL released, so a couple of threads help on a big first gallery
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        made = pool.map(lambda job: _poster_once(videos[job], targets[job]), list(targets))
+        made = pool.map(lambda job: _poster_once(videos[job], targets[job], extract), list(targets))
         return {job: targets[job] for job, ok in zip(list(targets), made, strict=True) if ok}
 
 
@@ -253,8 +254,11 @@ def _counts(frame: pd.DataFrame) -> str:
     return " · ".join(parts) + f" · written {time.strftime('%Y-%m-%d %H:%M')}"
 
 
-def render_gallery(folder: Path, frame: pd.DataFrame, title: str | None = None) -> str:
-    """The page for ``frame`` (a report), extracting missing posters into ``folder/posters``."""
+def render_gallery(
+    folder: Path, frame: pd.DataFrame, title: str | None = None, *, posters: bool = True
+) -> str:
+    """The page for ``frame`` (a report), extracting missing posters into ``folder/posters``
+    (with ``posters=False``, only those already there are shown: no video is decoded)."""
     folder = Path(folder)
     videos: dict[str, Path] = {}
     for job, status, path in zip(
@@ -263,7 +267,7 @@ def render_gallery(folder: Path, frame: pd.DataFrame, title: str | None = None) 
         video = _video_file(folder, _text(path))
         if status == "completed" and video is not None and video.is_file():
             videos[_text(job)] = video
-    posters = _posters(folder, videos)
+    frames = _posters(folder, videos, extract=posters)
     frame = _verified(frame, videos)
     return tpl.PAGE.format(
         csp=escape(tpl.CSP, quote=True),
@@ -271,27 +275,32 @@ def render_gallery(folder: Path, frame: pd.DataFrame, title: str | None = None) 
         css=tpl.CSS,
         counts=_counts(frame),
         tag_filters=_tag_filters(frame),
-        matrix=_matrix(frame, folder, videos, posters),
+        matrix=_matrix(frame, folder, videos, frames),
         summary=_summary_html(frame) if not frame.empty else "",
         script=tpl.SCRIPT,
     )
 
 
 def write_gallery(
-    folder: str | Path, frame: pd.DataFrame | None = None, title: str | None = None
+    folder: str | Path,
+    frame: pd.DataFrame | None = None,
+    title: str | None = None,
+    *,
+    posters: bool = True,
 ) -> Path:
     """Write ``folder/gallery.html`` atomically (and any missing posters); return its path.
 
     ``frame`` is the report (``build_report(folder)`` when None); ``title`` heads the page
     (default: the folder's name). Without a ``verified`` column the videos are probed here, so
-    the page flags mismatches either way.
+    the page flags mismatches either way. ``posters=False`` (a run with ``verify=False``)
+    extracts no poster, so nothing is decoded.
     """
     folder = Path(folder)
     if frame is None:
         from omni_batch.report import build_report
 
         frame = build_report(folder)
-    page = render_gallery(folder, frame, title)
+    page = render_gallery(folder, frame, title, posters=posters)
     path = folder / GALLERY
     temp = folder / f".{GALLERY}.tmp"
     try:

@@ -302,6 +302,30 @@ class Journal:
                 ).rowcount
         return polled, queued
 
+    def requeue_lost_videos(self) -> int:
+        """Completed jobs whose video is gone or cut short on disk (deleted by hand, or never
+        written out before a power loss) go back to downloading, so resume fetches them again
+        (after a status call for a fresh link when the old one expired). Returns how many."""
+        lost = []
+        for job_id, path, size in self.db.execute(
+            "SELECT job_id, video_path, bytes FROM jobs "
+            "WHERE active = 1 AND state = 'completed' AND video_path IS NOT NULL"
+        ):
+            try:
+                whole = (self.folder / path).stat().st_size == size
+            except OSError:
+                whole = False
+            if not whole:
+                lost.append(job_id)
+        with self._writing(), self.db:
+            self.db.executemany(
+                "UPDATE jobs SET state = 'downloading', updated_at = ? WHERE job_id = ?",
+                [(time.time(), job_id) for job_id in lost],
+            )
+        for job_id in lost:
+            self.event("state", job_id=job_id, state="downloading", reason="video lost on disk")
+        return len(lost)
+
     # -- transitions (each one commit, then one event) ------------------------------------------
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:

@@ -89,6 +89,16 @@ class Pressure:
                 await self._no_polls.wait()
             await self._acquire()
 
+    def submit_ready(self) -> bool:
+        """Would a submit permit be granted without waiting? (no pause, no poll or submit
+        ahead of it, a token in the bucket)"""
+        return (
+            not self._polls_waiting
+            and not self._submit_turn.locked()
+            and self._paused_until <= time.monotonic()
+            and (self._limiter is None or self._limiter.has_capacity())
+        )
+
     def throttled(self, retry_after: float | None) -> float:
         """Record a 429: pause every caller, lower the rate. Returns the pause in seconds."""
         now = time.monotonic()

@@ -49,6 +49,7 @@ class Progress:
         self.console, self.live, self.every = console, live, every
         self._task: asyncio.Task[None] | None = None
         self._stats: RunStats | None = None
+        self._seen = 0  # messages printed so far (RunStats.logged counts them all)
         self._rate = lambda: None
 
     def start(self, stats: RunStats, rate=lambda: None) -> None:
@@ -60,6 +61,15 @@ class Progress:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            if not self.live:
+                self._new_messages()  # what was said since the last line, even in a short run
+
+    def _new_messages(self) -> None:
+        assert self._stats is not None
+        new = min(self._stats.logged - self._seen, len(self._stats.messages))
+        for message in self._stats.messages[len(self._stats.messages) - new :]:
+            self.console.print(message, highlight=False, soft_wrap=True)
+        self._seen = self._stats.logged
 
     def _panel(self) -> Group:
         assert self._stats is not None
@@ -82,12 +92,9 @@ class Progress:
 
     async def _lines(self) -> None:
         assert self._stats is not None
-        seen = 0
         while True:
             await asyncio.sleep(self.every)
-            for message in self._stats.messages[seen:]:
-                self.console.print(message, highlight=False, soft_wrap=True)
-            seen = len(self._stats.messages)
+            self._new_messages()
             self.console.print(
                 summary_line(self._stats, self._rate()), highlight=False, soft_wrap=True
             )

@@ -54,6 +54,7 @@ class RunOptions:
     retry_failed: bool = False
     reconcile: bool | None = None  # look ambiguous submits up by client_business_id
     report_every: float = 30.0
+    verify: bool = True  # decode every video and check it (and make its gallery poster)
     catalog: Catalog | str | Path | None = None
 
 
@@ -143,6 +144,7 @@ async def run_async(
             journal.set_meta("tag_names", ",".join(manifest.tag_names))
             journal.sync(manifest.jobs())
             repolled, requeued = journal.reopen(options.retry_failed)
+            lost = journal.requeue_lost_videos()
             store = LocalStore(folder)
             store.prepare()
             connector = aiohttp.TCPConnector(limit=max(16, options.max_in_flight // 2 + 8))
@@ -155,12 +157,20 @@ async def run_async(
                     on_change=lambda m: engine and engine.log(m),
                 )
                 engine = Engine(
-                    journal, client, session, store, pressure, policy, reconcile=reconcile
+                    journal,
+                    client,
+                    session,
+                    store,
+                    pressure,
+                    policy,
+                    reconcile=reconcile,
+                    verify=options.verify,
                 )
-                if repolled or requeued:
+                if repolled or requeued or lost:
                     engine.log(
                         f"resume: {repolled} timed-out tasks polled again, "
-                        f"{requeued} failed jobs queued again"
+                        f"{requeued} failed jobs queued again, "
+                        f"{lost} videos missing on disk fetched again"
                     )
                 if on_start:
                     on_start(engine.stats, engine)
@@ -179,7 +189,9 @@ async def run_async(
         finally:
             journal.close()
         report = write_reports(folder)
-        await asyncio.to_thread(write_gallery, folder, report, manifest.name)
+        await asyncio.to_thread(
+            write_gallery, folder, report, manifest.name, posters=options.verify
+        )
         if ended is not None:
             raise ended
         if stop.is_set():

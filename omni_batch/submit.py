@@ -26,6 +26,7 @@ from omni_batch.errors import (
     TransportError,
 )
 from omni_batch.journal import JobRow
+from omni_batch.policy import retried
 
 PAGE = 64  # pending jobs read from the journal at a time
 
@@ -54,12 +55,10 @@ class Submitting:
         waiter.result()
 
     async def _submit_call(self, row: JobRow, business_id: str | None) -> Submitted:
-        async for attempt in self.policy.submit_retrying():
-            with attempt:
-                return await self._pressured(
-                    lambda: self.client.submit(row.body, business_id), submit=True
-                )
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await retried(
+            self.policy.submit_retrying(),
+            lambda: self._pressured(lambda: self.client.submit(row.body, business_id), submit=True),
+        )
 
     async def _reconcile(self, business_id: str | None) -> tuple[TaskState | None, bool]:
         """Did a submit carrying ``business_id`` land? (its state or None, whether we know)."""

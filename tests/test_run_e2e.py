@@ -104,6 +104,18 @@ def test_happy_path_downloads_every_video_and_writes_the_report(manifest, tmp_pa
     assert server.key not in result.output
 
 
+def test_no_verify_decodes_nothing_and_leaves_verified_empty(manifest, tmp_path):
+    out = tmp_path / "out"
+    with sim() as server:
+        result = cli(server, manifest, out, "--no-verify")
+    assert result.exit_code == 0, result.output
+    rows = report(out)
+    assert set(rows.status) == {"completed"} and rows.verified.isna().all()
+    assert (rows.bytes > 1000).all() and not (out / "posters").exists()
+    page = (out / "gallery.html").read_text(encoding="utf-8")
+    assert page.count("<video ") == JOBS and "poster=" not in page
+
+
 def test_rerunning_a_finished_folder_submits_nothing(manifest, tmp_path):
     out = tmp_path / "out"
     with sim() as server:

@@ -10,11 +10,14 @@ from pathlib import Path
 
 import aiohttp
 import pandas as pd
+import pytest
 from aiohttp import web
 from click.testing import CliRunner
 
 from omni_batch.cli import main
 from omni_batch.client import ToapisClient
+from omni_batch.download import LocalStore
+from omni_batch.errors import OutputError
 from omni_batch.journal import Journal
 from tests.test_run_e2e import JOBS, MANIFEST, _subprocess_run, _wait_for, cli, report, sim
 
@@ -154,3 +157,13 @@ def test_status_works_while_another_run_holds_the_folder(tmp_path):
     finally:
         holder.close()
     assert result.exit_code == 0 and "completed" in result.output
+
+
+def test_the_video_store_never_names_a_file_outside_its_folder(tmp_path):
+    store = LocalStore(tmp_path / "out")
+    path = store.final_path("shot-1-16x9-6s-r1")
+    assert path == (tmp_path / "out" / "videos" / "shot-1-16x9-6s-r1.mp4").resolve()
+    assert store.relative(path) == "videos/shot-1-16x9-6s-r1.mp4"
+    for hostile in ("../escape", "a/b", "/etc/passwd", "nul\0byte"):
+        with pytest.raises(OutputError, match="refusing to write outside"):
+            store.final_path(hostile)
