@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import itertools
 import random
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -90,6 +92,8 @@ class Engine(Submitting):
         self.journal, self.client, self.session, self.store = journal, client, session, store
         self.pressure, self.policy, self.reconcile = pressure, policy, reconcile
         self.verify = verify  # decode every download (and make its poster) before completing
+        # one thread decodes: probes queue behind each other instead of fighting over the GIL
+        self.prober = ThreadPoolExecutor(1, thread_name_prefix="omni-batch-probe")
         self.rng = rng or random.Random()
         self.stats = RunStats(counts=journal.counts())
         self.cap = pressure.max_in_flight
@@ -331,7 +335,9 @@ class Engine(Submitting):
         check = None
         if self.verify:  # decode it and check it is what was asked; a mismatch is flagged
             poster = self.store.poster_path(flight.job_id)
-            check = await asyncio.to_thread(probe, got.path, *flight.asked, poster_to=poster)
+            check = await asyncio.get_running_loop().run_in_executor(
+                self.prober, functools.partial(probe, got.path, *flight.asked, poster_to=poster)
+            )
         self.journal.mark_completed(flight.job_id, relative, got.size, check)
         self._moved("downloading", "completed")
         await self._release()
@@ -400,5 +406,6 @@ class Engine(Submitting):
             for task in [*workers, *waits]:
                 task.cancel()
             await asyncio.gather(*workers, *waits, feeder, return_exceptions=True)
+            self.prober.shutdown()  # at most one probe was still decoding
         if self.fatal is not None:
             raise self.fatal
