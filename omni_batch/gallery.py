@@ -7,11 +7,13 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from html import escape
 from pathlib import Path
 from urllib.parse import quote
 
+import numpy as np
 import pandas as pd
 
 from omni_batch import gallery_template as tpl
@@ -23,6 +25,8 @@ GALLERY = "gallery.html"
 POSTERS = "posters"
 TILE_SIDE = 240  # px: the long side of a tile's picture
 CAPTION_MIN = 170  # px: a portrait tile is widened so its error text stays readable
+RECORDS_PER_SLICE = 1000
+POSTERS_PER_SLICE = 256
 
 
 def _text(value: object) -> str:
@@ -56,42 +60,48 @@ def _column_key(key: tuple[str, int]) -> tuple[float, str, int]:
     return (-(_ratio(ratio) or 0.0), ratio, duration)  # landscape, square, then portrait
 
 
-def _video_file(folder: Path, video_path: str) -> Path | None:
-    if not video_path:
-        return None
-    path = Path(video_path)
-    return path if path.is_absolute() else folder / path
+# Paths are held as str: a Path object per video and per poster cost ~11 MB at 20,000 jobs.
+def _video_file(folder: Path, video_path: str) -> str | None:
+    return os.path.join(folder, video_path) if video_path else None  # an absolute one as is
 
 
-def _href(folder: Path, path: Path) -> str:
+def _poster_file(folder: Path, job: str) -> str:
+    return os.path.join(folder, POSTERS, f"{job}.jpg")
+
+
+def _href(folder: Path, path: str) -> str:
     """A URL relative to the page, so the folder works from disk, a web server or a zip."""
     relative = Path(os.path.relpath(path, folder)).as_posix()
     return quote(relative, safe="/")
 
 
-def _poster_once(video: Path, target: Path, extract: bool) -> bool:
+def _poster_once(video: str, target: str, extract: bool) -> bool:
     try:
-        if target.stat().st_mtime >= video.stat().st_mtime:
+        if os.stat(target).st_mtime >= os.stat(video).st_mtime:
             return True  # extracted by an earlier run or report: posters are made once
     except FileNotFoundError:
         pass
-    return extract and poster(video, target)
+    return extract and poster(Path(video), Path(target))
 
 
-def _posters(folder: Path, videos: dict[str, Path], extract: bool) -> dict[str, Path]:
-    """job_id → poster path for every video whose first frame could be extracted (or, without
-    ``extract``, whose poster is already there)."""
-    out = folder / POSTERS
-    targets = {job: out / f"{job}.jpg" for job, video in videos.items() if Path(job).name == job}
-    if not targets:
-        return {}
-    # PyAV decodes with the GIL released, so a couple of threads help on a big first gallery
+def _posters(folder: Path, videos: dict[str, str], extract: bool) -> set[str]:
+    """The job ids whose video's first frame is at ``_poster_file`` (extracted now when missing,
+    unless not ``extract``)."""
+    jobs = [job for job in videos if Path(job).name == job]
+    made: set[str] = set()
+    # PyAV decodes with the GIL released, so a couple of threads help on a big first gallery;
+    # a slice at a time, since a future per video cost ~30 MB at 20,000 jobs
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        made = pool.map(lambda job: _poster_once(videos[job], targets[job], extract), list(targets))
-        return {job: targets[job] for job, ok in zip(list(targets), made, strict=True) if ok}
+        for start in range(0, len(jobs), POSTERS_PER_SLICE):
+            some = jobs[start : start + POSTERS_PER_SLICE]
+            found = pool.map(
+                lambda job: _poster_once(videos[job], _poster_file(folder, job), extract), some
+            )
+            made.update(job for job, ok in zip(some, found, strict=True) if ok)
+    return made
 
 
-def _verified(frame: pd.DataFrame, videos: dict[str, Path]) -> pd.DataFrame:
+def _verified(frame: pd.DataFrame, videos: dict[str, str]) -> pd.DataFrame:
     """The report with ``verified``/``verify_message``: the journal's, else probed now."""
     if "verified" in frame.columns:
         return frame
@@ -104,7 +114,7 @@ def _verified(frame: pd.DataFrame, videos: dict[str, Path]) -> pd.DataFrame:
             verified.append(None)
             messages.append("")
             continue
-        found = probe(video, str(row.aspect_ratio), int(row.duration))
+        found = probe(Path(video), str(row.aspect_ratio), int(row.duration))
         verified.append(found.ok)
         messages.append(found.message)
     frame["verified"] = pd.array(verified, dtype="boolean")
@@ -115,8 +125,8 @@ def _verified(frame: pd.DataFrame, videos: dict[str, Path]) -> pd.DataFrame:
 def _tile(
     row: pd.Series,
     folder: Path,
-    videos: dict[str, Path],
-    posters: dict[str, Path],
+    videos: dict[str, str],
+    posters: set[str],
     tag_columns: list[str],
     show_model: bool,
 ) -> str:
@@ -129,7 +139,8 @@ def _tile(
     classes = f"tile s-{_e(status)}" + (" flagged" if flagged else "")
     video = videos.get(job)
     if status == "completed" and video is not None:
-        poster_attr = f' poster="{_e(_href(folder, posters[job]))}"' if job in posters else ""
+        poster_file = _poster_file(folder, job)
+        poster_attr = f' poster="{_e(_href(folder, poster_file))}"' if job in posters else ""
         picture = (
             f'<video controls preload="metadata"{poster_attr} src="{_e(_href(folder, video))}" '
             f'width="{width}" height="{height}"></video>'
@@ -188,11 +199,29 @@ def _prompt_id(row: dict) -> str:
     return row["prompt_id"]
 
 
+def _page_order(frame: pd.DataFrame) -> np.ndarray:
+    """Row positions for the page: prompt rows in manifest order, repeats side by side."""
+    first_seen = {pid: n for n, pid in enumerate(dict.fromkeys(frame["prompt_id"]))}
+    keys = pd.DataFrame(
+        {"group": frame["prompt_id"].map(first_seen).to_numpy(), "repeat": frame["repeat"]}
+    ).reset_index(drop=True)
+    return keys.sort_values(["group", "repeat"], kind="stable").index.to_numpy()
+
+
+def _records(frame: pd.DataFrame, order: np.ndarray) -> Iterator[dict]:
+    """The rows in ``order`` as plain dicts, a slice at a time: per-group pandas work cost a
+    millisecond a job, and every row as a dict at once ~100 MB at 20,000 jobs."""
+    for start in range(0, len(order), RECORDS_PER_SLICE):
+        yield from frame.take(order[start : start + RECORDS_PER_SLICE]).to_dict("records")
+
+
 def _matrix(
-    frame: pd.DataFrame, folder: Path, videos: dict[str, Path], posters: dict[str, Path]
-) -> str:
+    frame: pd.DataFrame, folder: Path, videos: dict[str, str], posters: set[str]
+) -> Iterator[str]:
+    """The matrix table, a prompt row at a time."""
     if frame.empty:
-        return "<p>No jobs yet.</p>"
+        yield "<p>No jobs yet.</p>"
+        return
     var_columns = [c for c in frame.columns if c.startswith("var_")]
     tag_columns = [c for c in frame.columns if c.startswith("tag_")]
     show_model = frame["model"].nunique() > 1 or frame["resolution"].nunique() > 1
@@ -201,13 +230,9 @@ def _matrix(
         key=_column_key,
     )
     head = "".join(f"<th>{_e(r)} · {d} s</th>" for r, d in keys)
-    body = []
-    # one stable sort for the whole page (prompt rows in manifest order, repeats side by side),
-    # then plain dicts: per-group pandas work cost a millisecond a job on 20,000-job pages
-    first_seen = {pid: n for n, pid in enumerate(dict.fromkeys(frame["prompt_id"]))}
-    ordered = frame.assign(_group=frame["prompt_id"].map(first_seen))
-    ordered = ordered.sort_values(["_group", "repeat"], kind="stable")
-    for prompt_id, group in itertools.groupby(ordered.to_dict("records"), key=_prompt_id):
+    yield f'<table class="matrix"><thead><tr><th>prompt</th>{head}</tr></thead><tbody>'
+    rows_in_order = _records(frame, _page_order(frame))
+    for prompt_id, group in itertools.groupby(rows_in_order, key=_prompt_id):
         rows = list(group)
         cells: dict[tuple[str, int], list[str]] = {key: [] for key in keys}
         for row in rows:
@@ -215,11 +240,8 @@ def _matrix(
             cells[(_text(row["aspect_ratio"]), int(row["duration"]))].append(tile)
         tds = "".join(f'<td><div class="cell">{"".join(cells[k])}</div></td>' for k in keys)
         header = _row_header(rows[0], var_columns, tag_columns)
-        body.append(f'<tr class="group" data-prompt="{_e(prompt_id)}">{header}{tds}</tr>')
-    return (
-        f'<table class="matrix"><thead><tr><th>prompt</th>{head}</tr></thead>'
-        f"<tbody>{''.join(body)}</tbody></table>"
-    )
+        yield f'<tr class="group" data-prompt="{_e(prompt_id)}">{header}{tds}</tr>'
+    yield "</tbody></table>"
 
 
 def _tag_filters(frame: pd.DataFrame) -> str:
@@ -237,7 +259,7 @@ def _tag_filters(frame: pd.DataFrame) -> str:
 def _summary_html(frame: pd.DataFrame, max_rows: int = 50) -> str:
     parts = []
     for name, table in informative(summary_tables(frame)).items():
-        text = formatted(table).head(max_rows)
+        text = formatted(table.head(max_rows))  # a var of 20,000 values: format only 50
         text.index.name = "" if name == "all" else label(name)
         caption = "whole run" if name == "all" else f"by {label(name)}"
         # index=False keeps the dimension's name in the header row; pandas escapes every cell
@@ -254,31 +276,36 @@ def _counts(frame: pd.DataFrame) -> str:
     return " · ".join(parts) + f" · written {time.strftime('%Y-%m-%d %H:%M')}"
 
 
-def render_gallery(
-    folder: Path, frame: pd.DataFrame, title: str | None = None, *, posters: bool = True
-) -> str:
-    """The page for ``frame`` (a report), extracting missing posters into ``folder/posters``
-    (with ``posters=False``, only those already there are shown: no video is decoded)."""
-    folder = Path(folder)
-    videos: dict[str, Path] = {}
+def _page(folder: Path, frame: pd.DataFrame, title: str | None, posters: bool) -> Iterator[str]:
+    """The page in pieces, so a big run's page is written without being held whole."""
+    videos: dict[str, str] = {}
     for job, status, path in zip(
         frame["job_id"], frame["status"], frame["video_path"], strict=True
     ):
         video = _video_file(folder, _text(path))
-        if status == "completed" and video is not None and video.is_file():
+        if status == "completed" and video is not None and os.path.isfile(video):
             videos[_text(job)] = video
-    frames = _posters(folder, videos, extract=posters)
+    made = _posters(folder, videos, extract=posters)
     frame = _verified(frame, videos)
-    return tpl.PAGE.format(
+    before, after = tpl.PAGE.split("{matrix}")
+    yield before.format(
         csp=escape(tpl.CSP, quote=True),
         title=_e(title or folder.resolve().name),
         css=tpl.CSS,
         counts=_counts(frame),
         tag_filters=_tag_filters(frame),
-        matrix=_matrix(frame, folder, videos, frames),
-        summary=_summary_html(frame) if not frame.empty else "",
-        script=tpl.SCRIPT,
     )
+    yield from _matrix(frame, folder, videos, made)
+    summary = _summary_html(frame) if not frame.empty else ""
+    yield after.format(summary=summary, script=tpl.SCRIPT)
+
+
+def render_gallery(
+    folder: Path, frame: pd.DataFrame, title: str | None = None, *, posters: bool = True
+) -> str:
+    """The page for ``frame`` (a report), extracting missing posters into ``folder/posters``
+    (with ``posters=False``, only those already there are shown: no video is decoded)."""
+    return "".join(_page(Path(folder), frame, title, posters))
 
 
 def write_gallery(
@@ -300,13 +327,16 @@ def write_gallery(
         from omni_batch.report import build_report
 
         frame = build_report(folder)
-    page = render_gallery(folder, frame, title, posters=posters)
     path = folder / GALLERY
     temp = folder / f".{GALLERY}.tmp"
     try:
-        temp.write_text(page, encoding="utf-8")
+        with temp.open("w", encoding="utf-8") as out:
+            out.writelines(_page(folder, frame, title, posters))
         os.replace(temp, path)
     except OSError as exc:
         temp.unlink(missing_ok=True)
         raise OutputError(f"{path}: cannot write the gallery: {exc.strerror or exc}") from None
+    except BaseException:  # the page is rendered as it is written: no half page left behind
+        temp.unlink(missing_ok=True)
+        raise
     return path

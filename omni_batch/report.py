@@ -1,5 +1,9 @@
 """The report: one row per job from the journal, written as report.csv, report.parquet and
 failures.csv (atomically, so a reader never sees half a file). Needs only the output folder.
+
+The journal is read a slice of rows at a time and the files are written as the slices come,
+so writing the reports takes the same memory for any number of jobs; only `build_report` and
+`write_reports`, which return the whole table, hold every row.
 """
 
 from __future__ import annotations
@@ -7,8 +11,12 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
+import numpy as np
 import pandas as pd
 
 from omni_batch import crash
@@ -29,6 +37,10 @@ COLUMNS = [
     "latency_s", "possible_duplicate", "verified", "verify_message", "video_width",
     "video_height", "video_duration_s", "source",
 ]  # fmt: skip
+SLICE_ROWS = 1000  # journal rows read, converted and written at a time (a Parquet row group)
+_RAW = [c for c in COLUMNS if c not in ("status", "latency_s")] + ["vars", "tags"]
+_TIMES = ("expires_at", "submitted_at", "completed_at")
+_FILES = ("report.csv", "report.parquet", "failures.csv")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -47,31 +59,123 @@ def _names(db: sqlite3.Connection, key: str) -> list[str]:
     return [n for n in (row[0].split(",") if row and row[0] else []) if n]
 
 
-def build_report(folder: str | Path) -> pd.DataFrame:
-    """The report table of an output folder, in manifest order (works during a run)."""
-    folder = Path(folder)
-    db = _connect(folder)
-    try:
-        frame = pd.read_sql_query("SELECT * FROM jobs WHERE active = 1 ORDER BY seq", db)
-        var_names, tag_names = _names(db, "var_names"), _names(db, "tag_names")
-    except (sqlite3.Error, pd.errors.DatabaseError) as exc:
-        raise StateError(f"{folder / 'journal.sqlite'}: cannot read the journal: {exc}") from None
-    finally:
-        db.close()
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """The dtypes of the whole table, so that every slice gets them.
+
+    pandas infers a column's dtype from all its values (none at all: object; an integer
+    column with gaps: float64; timestamps of whole seconds: microseconds, with fractions:
+    nanoseconds), and a slice alone could infer another.
+    """
+
+    raw: dict[str, Any]  # journal column → dtype
+    report: pd.DataFrame | None  # a stand-in report row with the table's dtypes; None: no rows
+    var_names: list[str]
+    tag_names: list[str]
+
+
+def _sample(column: str) -> str:
+    """SQL for one value of the column, if it has any; a timestamp with a fraction if any has."""
+    if column in _TIMES:
+        fraction = f"CASE WHEN {column} != CAST({column} AS INTEGER) THEN {column} END"
+        return f"coalesce(max({fraction}), max({column}))"
+    return f"max({column})"
+
+
+def _shape(db: sqlite3.Connection) -> _Shape:
+    facts = ["count(*)", *(f"count({c})" for c in _RAW), *(_sample(c) for c in _RAW)]
+    row = db.execute(f"SELECT {', '.join(facts)} FROM jobs WHERE active = 1").fetchone()
+    rows, present, sample = row[0], row[1 : 1 + len(_RAW)], row[1 + len(_RAW) :]
+    raw = pd.DataFrame.from_records([sample], columns=_RAW)  # pandas' own inference, per value
+    dtypes: dict[str, Any] = {}
+    for column, count in zip(_RAW, present, strict=True):
+        gaps = raw[column].dtype == "int64" and count < rows
+        dtypes[column] = np.dtype("float64") if gaps else raw[column].dtype
+    var_names, tag_names = _names(db, "var_names"), _names(db, "tag_names")
+    shape = _Shape(dtypes, None, var_names, tag_names)
+    if not rows:
+        return shape
+    # the sample converted as every slice will be: the report's dtypes (timestamp units too)
+    stand_in = _report_frame(raw.astype(dtypes), shape)
+    return _Shape(dtypes, stand_in, var_names, tag_names)
+
+
+def _array(values: tuple, dtype: Any) -> Any:
+    if isinstance(dtype, np.dtype) and dtype.kind in "if":
+        return np.array(values, dtype=dtype)  # None → NaN
+    return pd.array(values, dtype=dtype)
+
+
+def _raw_frame(rows: list[tuple], shape: _Shape) -> pd.DataFrame:
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(_RAW)
+    return pd.DataFrame(
+        {name: _array(values, shape.raw[name]) for name, values in zip(_RAW, columns, strict=True)}
+    )
+
+
+def _report_frame(frame: pd.DataFrame, shape: _Shape) -> pd.DataFrame:
+    """Journal rows (as `_raw_frame`) → report rows."""
     frame["status"] = frame["state"].map(STATUS)
     frame["possible_duplicate"] = frame["possible_duplicate"].astype(bool)
     frame["latency_s"] = (frame["completed_at"] - frame["submitted_at"]).round(2)
-    for column in ("expires_at", "submitted_at", "completed_at"):
+    for column in _TIMES:
         frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
+        if shape.report is not None:
+            frame[column] = frame[column].astype(shape.report[column].dtype)
     for column in ("http_status", "bytes", "video_width", "video_height"):
         frame[column] = frame[column].astype("Int64")
     frame["verified"] = frame["verified"].astype("boolean")  # NA: no video to check
     extra = {}
-    for source, prefix, names in (("vars", "var_", var_names), ("tags", "tag_", tag_names)):
+    for source, prefix, names in (
+        ("vars", "var_", shape.var_names),
+        ("tags", "tag_", shape.tag_names),
+    ):
+        if not names:
+            continue
         parsed = frame[source].map(json.loads)
         for name in names:
             extra[prefix + name] = parsed.map(lambda d, n=name: d.get(n, ""))
     return pd.concat([frame[COLUMNS], pd.DataFrame(extra, index=frame.index)], axis=1)
+
+
+def _report_slices(folder: str | Path) -> Iterator[tuple[pd.DataFrame, _Shape]]:
+    """The report of an output folder a slice at a time (at least one, maybe empty), in
+    manifest order, from one snapshot of the journal (works during a run)."""
+    path = Path(folder) / "journal.sqlite"
+    db = _connect(Path(folder))
+    try:
+        db.execute("BEGIN")  # one read snapshot, even while a run writes
+        shape = _shape(db)
+        cursor = db.execute(f"SELECT {', '.join(_RAW)} FROM jobs WHERE active = 1 ORDER BY seq")
+        rows = cursor.fetchmany(SLICE_ROWS)
+        yield _report_frame(_raw_frame(rows, shape), shape), shape
+        while rows := cursor.fetchmany(SLICE_ROWS):
+            yield _report_frame(_raw_frame(rows, shape), shape), shape
+    except sqlite3.Error as exc:
+        raise StateError(f"{path}: cannot read the journal: {exc}") from None
+    finally:
+        db.close()
+
+
+def _concat(slices: list[pd.DataFrame]) -> pd.DataFrame:
+    """The slices as one table; empties ``slices``, so each column's pieces go once joined."""
+    if len(slices) == 1:
+        return slices.pop()
+    frame = pd.concat(slices, ignore_index=True)
+    slices.clear()
+    for column in frame.columns:
+        values = frame[column].array
+        if isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "pyarrow":
+            # one array per column, as a whole-table read gives: picking rows out of a column
+            # of many pieces (the gallery's take) copied the whole column each time
+            whole = values.__arrow_array__().combine_chunks()
+            frame[column] = pd.array(whole, dtype=values.dtype)
+    return frame
+
+
+def build_report(folder: str | Path) -> pd.DataFrame:
+    """The report table of an output folder, in manifest order (works during a run)."""
+    return _concat([frame for frame, _ in _report_slices(folder)])
 
 
 def neutralise(frame: pd.DataFrame) -> pd.DataFrame:
@@ -86,27 +190,123 @@ def neutralise(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _atomic(path: Path, write) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
+def _csv_chunk(columns: int) -> int:
+    """Rows pandas formats at a time when writing a CSV (its 100,000 cells per chunk)."""
+    return max(1, 100_000 // max(1, columns))
+
+
+class _Csv:
+    """A CSV file written slice by slice exactly as one ``to_csv`` call on the whole table.
+
+    pandas formats a column chunk by chunk, and a chunk's timestamps share one precision (one
+    with milliseconds gives every timestamp of its chunk milliseconds): rows go out in the
+    same chunks.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.handle: IO[str] | None = None
+        self.pending: pd.DataFrame | None = None
+
+    def add(self, frame: pd.DataFrame) -> None:
+        if self.pending is not None and len(self.pending):
+            frame = pd.concat([self.pending, frame], ignore_index=True)
+        whole = len(frame) - len(frame) % _csv_chunk(len(frame.columns))
+        if whole:
+            self._write(frame.iloc[:whole])
+        self.pending = frame.iloc[whole:]
+
+    def finish(self) -> None:
+        if self.pending is not None and (len(self.pending) or self.handle is None):
+            self._write(self.pending)  # the rest, or the header alone
+        self.close()
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
+    def _write(self, frame: pd.DataFrame) -> None:
+        header = self.handle is None
+        if self.handle is None:
+            self.handle = self.path.open("w", encoding="utf-8", newline="")  # as pandas does
+        frame.to_csv(self.handle, index=False, header=header)
+
+
+class _Parquet:
+    """report.parquet a row group per slice, with the schema (and pandas metadata)
+    ``to_parquet(index=False)`` gives the whole table."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.writer: Any = None
+        self.schema: Any = None
+
+    def add(self, frame: pd.DataFrame, shape: _Shape) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self.writer is None:
+            whole = shape.report if shape.report is not None else frame
+            self.schema = pa.Schema.from_pandas(whole, preserve_index=False)
+            self.writer = pq.ParquetWriter(self.path, self.schema, compression="snappy")
+        table = pa.Table.from_pandas(frame, schema=self.schema, preserve_index=False)
+        self.writer.write_table(table)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _release_arrow_memory() -> None:
+    """pyarrow's allocator (mimalloc) keeps the pages a slice freed; without handing them back
+    a write held ~25 MB more than it used, and kept it after the refresh was done."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+
+
+def _write(folder: Path, keep: Callable[[pd.DataFrame], object] | None) -> None:
+    """report.csv, report.parquet and failures.csv from one pass over the journal, each to a
+    temporary file renamed over the old one when whole."""
+    paths = [folder / name for name in _FILES]
+    temps = [path.with_name(f".{path.name}.tmp") for path in paths]
+    report, parquet, failures = _Csv(temps[0]), _Parquet(temps[1]), _Csv(temps[2])
     try:
-        write(temp)
+        try:
+            for frame, shape in _report_slices(folder):
+                safe = neutralise(frame)
+                report.add(safe)
+                parquet.add(frame, shape)
+                failures.add(safe[safe["status"] == "failed"])
+                if keep is not None:
+                    keep(frame)
+                _release_arrow_memory()
+            report.finish()
+            failures.finish()
+        finally:
+            for output in (report, parquet, failures):
+                output.close()
         crash.point("mid_report")
-        os.replace(temp, path)
+        for temp, path in zip(temps, paths, strict=True):
+            os.replace(temp, path)
     except OSError as exc:
-        temp.unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write the report: {exc.strerror or exc}") from None
+        raise OutputError(f"{folder}: cannot write the report: {exc.strerror or exc}") from None
+    finally:
+        for temp in temps:
+            temp.unlink(missing_ok=True)
 
 
 def write_reports(folder: str | Path) -> pd.DataFrame:
     """Write report.csv, report.parquet and failures.csv; return the report."""
-    folder = Path(folder)
-    frame = build_report(folder)
-    safe = neutralise(frame)
-    _atomic(folder / "report.csv", lambda p: safe.to_csv(p, index=False))
-    _atomic(folder / "report.parquet", lambda p: frame.to_parquet(p, index=False))
-    failed = safe[safe["status"] == "failed"]
-    _atomic(folder / "failures.csv", lambda p: failed.to_csv(p, index=False))
-    return frame
+    slices: list[pd.DataFrame] = []
+    _write(Path(folder), slices.append)
+    return _concat(slices)
+
+
+def refresh_reports(folder: str | Path) -> None:
+    """`write_reports` without returning the report: its memory stays flat for any number of
+    jobs (the periodic refresh during a run)."""
+    _write(Path(folder), None)
 
 
 def counts(folder: str | Path) -> dict[str, int]:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 
@@ -29,7 +31,7 @@ from omni_batch.journal import Journal
 from omni_batch.limiter import Pressure
 from omni_batch.manifest import Manifest, load_manifest
 from omni_batch.policy import FAST, Policy
-from omni_batch.report import write_reports
+from omni_batch.report import refresh_reports, write_reports
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 KEY_ENV = "TOAPIS_API_KEY"
 BASE_URL_ENV = "TOAPIS_BASE_URL"
 DEFAULT_OUT = Path("outputs")
+T = TypeVar("T")
 
 
 @dataclass
@@ -108,10 +111,35 @@ def _interrupts(stop: asyncio.Event) -> Any:
         loop.remove_signal_handler(signal.SIGTERM)
 
 
-async def _refresh_reports(folder: Path, every: float) -> None:
-    while True:
-        await asyncio.sleep(every)
-        await asyncio.to_thread(write_reports, folder)
+class _ReportWriter:
+    """Writes a run's reports, periodic and final, on one thread of its own.
+
+    One thread: a refresh the run's end cut short finishes before the final write starts (they
+    share temp files), and every write reuses the memory the last one freed; across threads
+    each allocator arena kept its own (~20 MB at 20,000 jobs).
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omni-batch-reports")
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.thread, fn, *args)
+
+    async def refresh_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            await self._call(refresh_reports, self.folder)
+
+    async def finish(self, title: str, posters: bool) -> pd.DataFrame:
+        """The final report.csv, report.parquet, failures.csv and gallery; returns the report."""
+        try:
+            report = await self._call(write_reports, self.folder)
+            gallery = functools.partial(write_gallery, posters=posters)
+            await self._call(gallery, self.folder, report, title)
+            return report
+        finally:
+            self.thread.shutdown(wait=False)
 
 
 async def run_async(
@@ -135,6 +163,7 @@ async def run_async(
     reconcile = options.reconcile if options.reconcile is not None else options.simulate is not None
     stop = stop or asyncio.Event()
     ended: OmniBatchError | None = None
+    reports = _ReportWriter(folder)
     async with _target(options, manifest.catalog) as (base_url, key):
         journal = Journal(folder)
         try:
@@ -174,7 +203,7 @@ async def run_async(
                     )
                 if on_start:
                     on_start(engine.stats, engine)
-                refresher = asyncio.create_task(_refresh_reports(folder, options.report_every))
+                refresher = asyncio.create_task(reports.refresh_every(options.report_every))
                 try:
                     with _interrupts(stop):
                         await engine.run(stop)
@@ -188,10 +217,7 @@ async def run_async(
                     journal.event("run_end", counts=journal.counts())
         finally:
             journal.close()
-        report = write_reports(folder)
-        await asyncio.to_thread(
-            write_gallery, folder, report, manifest.name, posters=options.verify
-        )
+        report = await reports.finish(manifest.name, posters=options.verify)
         if ended is not None:
             raise ended
         if stop.is_set():
