@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from _support import INSTANT, Stopwatch, bodies, emit, peak_rss_mb, simulator
+from _support import INSTANT, Stopwatch, bodies, emit, peak_rss_mb, scratch, simulator
 
 GENERATIONS = "/v1/videos/generations"
 
@@ -57,8 +56,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--in-flight", type=int, default=50)
+    parser.add_argument("--disk", action="store_true", help="write to the disk, not /dev/shm")
     args = parser.parse_args()
-    with simulator("fast", **INSTANT) as sim, tempfile.TemporaryDirectory() as tmp:
+    with simulator("fast", **INSTANT) as sim, scratch(not args.disk) as tmp:
         with Stopwatch() as watch:
             done = asyncio.run(run(sim.base_url, sim.key, args.jobs, args.in_flight, Path(tmp)))
         stats = sim.stats()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 from pathlib import Path
 
 from _support import (
@@ -26,6 +25,7 @@ from _support import (
     note,
     peak_rss_mb,
     rss_mb,
+    scratch,
     simulator,
     write_manifest,
 )
@@ -40,6 +40,7 @@ def main() -> None:
         "--no-verify", action="store_true", help="RunOptions(verify=False): no decode, no posters"
     )
     parser.add_argument("--keep", type=Path, default=None, help="output folder to keep")
+    parser.add_argument("--disk", action="store_true", help="write to the disk, not /dev/shm")
     args = parser.parse_args()
 
     with simulator("fast", **INSTANT) as sim:
@@ -52,7 +53,7 @@ def main() -> None:
         policy = Policy(
             first_poll=0.0, poll_interval=0.05, jitter=0.1, retry_initial=0.05, retry_max=0.3
         )
-        with tempfile.TemporaryDirectory() as tmp:
+        with scratch(not args.disk) as tmp:
             path = write_manifest(Path(tmp), args.jobs)
             options = RunOptions(
                 out=args.keep or Path(tmp) / "out", base_url=sim.base_url, api_key=sim.key,

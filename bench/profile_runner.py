@@ -26,6 +26,7 @@ PHASES = (  # first match wins, checked against the whole stack
     ("finish: gallery posters", ("_posters",)),
     ("finish: gallery page", ("write_gallery",)),
     ("finish: reports", ("write_reports",)),
+    ("engine: report refresh", ("refresh_reports",)),
     ("engine: video probe", ("probe (omni_batch/verify.py",)),
     ("engine: download", ("download (omni_batch/download.py",)),
     ("engine: journal", ("omni_batch/journal.py",)),

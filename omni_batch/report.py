@@ -258,8 +258,8 @@ class _Parquet:
 
 
 def _release_arrow_memory() -> None:
-    """pyarrow's allocator (mimalloc) keeps the pages a slice freed; without handing them back
-    a write held ~25 MB more than it used, and kept it after the refresh was done."""
+    """pyarrow's allocator (mimalloc) keeps the pages a slice freed: without handing them back
+    after each slice, a refresh peaked ~10 MB higher and left ~20 MB behind at 20,000 jobs."""
     import pyarrow as pa
 
     pa.default_memory_pool().release_unused()
