@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -90,7 +89,8 @@ async def download(
     time_limit: float,
 ) -> Downloaded:
     """One attempt. Raises RetryableDownload (network, 5xx) or DownloadError (final)."""
-    scheme = urlsplit(url).scheme.lower()
+    scheme, colon, _ = url.partition(":")
+    scheme = scheme.lower() if colon and scheme.isalnum() else ""  # else a relative link
     if scheme not in ("http", "https"):
         raise DownloadError(f"refusing to download a {scheme or 'relative'}: URL")
     final, temp = store.final_path(job_id), store.temp_path(job_id)

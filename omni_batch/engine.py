@@ -185,7 +185,7 @@ class Engine(Submitting):
 
     async def _status_call(self, task_id: str) -> TaskState:
         return await retried(
-            self.policy.poll_retrying(),
+            self.policy.poll_retrying,
             lambda: self._pressured(lambda: self.client.status(task_id)),
         )
 
@@ -305,7 +305,7 @@ class Engine(Submitting):
         p = self.policy
         try:
             got = await retried(
-                p.download_retrying((RetryableDownload,)),
+                lambda: p.download_retrying((RetryableDownload,)),
                 lambda: download(
                     self.session,
                     url,

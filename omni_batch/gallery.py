@@ -88,6 +88,8 @@ def _posters(folder: Path, videos: dict[str, str], extract: bool) -> set[str]:
     """The job ids whose video's first frame is at ``_poster_file`` (extracted now when missing,
     unless not ``extract``)."""
     jobs = [job for job in videos if Path(job).name == job]
+    if not extract:  # only a look at what is there: no thread pool needed
+        return {job for job in jobs if _poster_once(videos[job], _poster_file(folder, job), False)}
     made: set[str] = set()
     # PyAV decodes with the GIL released, so a couple of threads help on a big first gallery;
     # a slice at a time, since a future per video cost ~30 MB at 20,000 jobs

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from omni_batch.verify import Probe
 
 SCHEMA_VERSION = 1
+_EVENT_JSON = json.JSONEncoder(ensure_ascii=False)  # one encoder: json.dumps makes one a call
 STATES = ("pending", "submitting", "running", "downloading", "completed", "failed")
 
 _SCHEMA = """
@@ -171,7 +172,7 @@ class Journal:
         record = {"t": round(time.time(), 3), "event": kind}
         record.update({k: v for k, v in fields.items() if v is not None})
         try:
-            self._events.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self._events.write(_EVENT_JSON.encode(record) + "\n")
         except OSError as exc:
             raise OutputError(f"{self.folder}: cannot write events.jsonl: {exc.strerror}") from None
 

@@ -86,17 +86,18 @@ FAST = Policy(
 """Timings for the embedded simulator, whose generations take about a second."""
 
 
-async def retried(retrying: Retrying, call: Callable[[], Awaitable[T]]) -> T:
-    """``await call()`` under ``retrying``'s rules: tenacity decides which failures are tried
-    again, how often and after how long.
+async def retried(rules: Callable[[], Retrying], call: Callable[[], Awaitable[T]]) -> T:
+    """``await call()`` under the rules ``rules()`` builds: tenacity decides which failures are
+    tried again, how often and after how long.
 
-    Nearly every call succeeds at once, so the first attempt runs outside tenacity's
-    bookkeeping (about 25 µs a call, three calls a job); its failure becomes attempt 1 of
-    tenacity's own iteration, exactly as if tenacity had made it.
+    Nearly every call succeeds at once, so the first attempt runs outside tenacity (its
+    bookkeeping cost about 25 µs a call, three calls a job) and the rules are built only on a
+    failure, which becomes attempt 1 of tenacity's own iteration, as if tenacity had made it.
     """
     try:
         return await call()
     except Exception:
+        retrying = rules()
         state = RetryCallState(retrying, fn=None, args=(), kwargs={})
         state.set_exception(sys.exc_info())  # type: ignore[arg-type]
     retrying.begin()

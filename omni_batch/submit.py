@@ -56,7 +56,7 @@ class Submitting:
 
     async def _submit_call(self, row: JobRow, business_id: str | None) -> Submitted:
         return await retried(
-            self.policy.submit_retrying(),
+            self.policy.submit_retrying,
             lambda: self._pressured(lambda: self.client.submit(row.body, business_id), submit=True),
         )
 
