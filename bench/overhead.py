@@ -39,6 +39,9 @@ def main() -> None:
     parser.add_argument(
         "--no-verify", action="store_true", help="RunOptions(verify=False): no decode, no posters"
     )
+    parser.add_argument(
+        "--report-every", type=float, default=30.0, help="seconds between report refreshes"
+    )
     parser.add_argument("--keep", type=Path, default=None, help="output folder to keep")
     parser.add_argument("--disk", action="store_true", help="write to the disk, not /dev/shm")
     args = parser.parse_args()
@@ -58,7 +61,7 @@ def main() -> None:
             options = RunOptions(
                 out=args.keep or Path(tmp) / "out", base_url=sim.base_url, api_key=sim.key,
                 rate=None, max_in_flight=args.in_flight, policy=policy,
-                verify=not args.no_verify,
+                verify=not args.no_verify, report_every=args.report_every,
             )  # fmt: skip
             profiler = None
             if args.pyinstrument:

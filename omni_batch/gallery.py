@@ -71,8 +71,11 @@ def _poster_file(folder: Path, job: str) -> str:
 
 def _href(folder: Path, path: str) -> str:
     """A URL relative to the page, so the folder works from disk, a web server or a zip."""
-    relative = Path(os.path.relpath(path, folder)).as_posix()
-    return quote(relative, safe="/")
+    inside = os.path.join(folder, "")
+    # files under the folder (every video and poster of a run) need no relpath, which
+    # resolved both paths for each tile
+    relative = path[len(inside) :] if path.startswith(inside) else os.path.relpath(path, folder)
+    return quote(Path(relative).as_posix(), safe="/")
 
 
 def _poster_once(video: str, target: str, extract: bool) -> bool:
@@ -210,11 +213,23 @@ def _page_order(frame: pd.DataFrame) -> np.ndarray:
     return keys.sort_values(["group", "repeat"], kind="stable").index.to_numpy()
 
 
+# the report columns a tile or a row header shows (timestamps, links and sizes are not shown,
+# and turning them into Python objects was a third of the page's cost)
+TILE_COLUMNS = frozenset(
+    {
+        "job_id", "status", "state", "aspect_ratio", "duration", "verified", "verify_message",
+        "latency_s", "repeat", "possible_duplicate", "error_type", "error_message",
+        "http_status", "request_id", "model", "resolution", "prompt_id", "prompt",
+    }
+)  # fmt: skip
+
+
 def _records(frame: pd.DataFrame, order: np.ndarray) -> Iterator[dict]:
     """The rows in ``order`` as plain dicts, a slice at a time: per-group pandas work cost a
     millisecond a job, and every row as a dict at once ~100 MB at 20,000 jobs."""
+    shown = frame[[c for c in frame.columns if c in TILE_COLUMNS or c.startswith(("var_", "tag_"))]]
     for start in range(0, len(order), RECORDS_PER_SLICE):
-        yield from frame.take(order[start : start + RECORDS_PER_SLICE]).to_dict("records")
+        yield from shown.take(order[start : start + RECORDS_PER_SLICE]).to_dict("records")
 
 
 def _matrix(
