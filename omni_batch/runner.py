@@ -123,8 +123,9 @@ class _ReportWriter:
         self.folder = folder
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omni-batch-reports")
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.thread, fn, *args)
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        call = functools.partial(fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self.thread, call)
 
     async def refresh_every(self, seconds: float) -> None:
         while True:
@@ -135,8 +136,7 @@ class _ReportWriter:
         """The final report.csv, report.parquet, failures.csv and gallery; returns the report."""
         try:
             report = await self._call(write_reports, self.folder)
-            gallery = functools.partial(write_gallery, posters=posters)
-            await self._call(gallery, self.folder, report, title)
+            await self._call(write_gallery, self.folder, report, title, posters=posters)
             return report
         finally:
             self.thread.shutdown(wait=False)
