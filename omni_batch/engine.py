@@ -25,12 +25,13 @@ from omni_batch.download import DownloadError, LocalStore, RetryableDownload, do
 from omni_batch.errors import (
     ApiError,
     AuthError,
+    OmniBatchError,
     QuotaError,
     RateLimited,
     RequestRejected,
     TransportError,
 )
-from omni_batch.journal import JobRow, Journal
+from omni_batch.journal import DEFER_S, JobRow, Journal
 from omni_batch.limiter import Pressure
 from omni_batch.policy import Policy, retried
 from omni_batch.submit import Submitting
@@ -211,6 +212,16 @@ class Engine(Submitting):
             _, _, flight = heapq.heappop(self.heap)
             await self.polls.put((flight,))
 
+    async def committer(self) -> None:
+        """Commits deferred `completed` transitions within DEFER_S when nothing else does."""
+        while True:
+            await asyncio.sleep(DEFER_S)
+            try:
+                self.journal.commit()
+            except OmniBatchError as exc:  # e.g. the disk filled up
+                self._fail_fatal(exc)
+                return
+
     async def pool_worker(
         self, queue: asyncio.Queue[Any], handle: Callable[..., Awaitable[None]]
     ) -> None:
@@ -362,7 +373,10 @@ class Engine(Submitting):
 
     async def run(self, stop: asyncio.Event) -> None:
         settle, downloads = self.resume()
-        workers: list[asyncio.Task[Any]] = [asyncio.create_task(self.dispatcher())]
+        workers: list[asyncio.Task[Any]] = [
+            asyncio.create_task(self.dispatcher()),
+            asyncio.create_task(self.committer()),
+        ]
         pools = [
             (self.polls, self.poll, self.n_poll),
             (self.downloads, self.fetch, self.n_download),

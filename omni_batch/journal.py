@@ -1,7 +1,10 @@
 """The run's single source of truth: a SQLite (WAL) journal of every job and its transitions.
 
-Each transition is one committed transaction, so a crash (kill -9 included) leaves every job in
-a state resume knows how to finish; every transition is also appended to ``events.jsonl``.
+Every transition is committed before the run goes on, except ``completed``: that one rides along
+with the next commit, or is committed within DEFER_S. So a crash (kill -9 included) leaves every
+job in a state resume knows how to finish: at worst a video on disk is downloaded once more;
+no task id is lost and no finished task is asked about again. Every transition is appended to
+``events.jsonl`` once it is committed.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 _EVENT_JSON = json.JSONEncoder(ensure_ascii=False)  # one encoder: json.dumps makes one a call
+DEFER_S = 1.0  # longest a `completed` transition waits for a commit
+DEFER_MAX = 256  # ... or this many of them
 STATES = ("pending", "submitting", "running", "downloading", "completed", "failed")
 
 _SCHEMA = """
@@ -129,12 +134,17 @@ class Journal:
         self._events = (
             (folder / "events.jsonl").open("a", encoding="utf-8", buffering=1) if events else None
         )
+        self._deferred: list[str] = []  # event lines of transitions made, not yet committed
+        self._deferred_since = 0.0
 
     def close(self) -> None:
-        if self._events:
-            self._events.close()
-        self.db.close()
-        self._lock.close()  # releases the folder for the next run
+        try:
+            self.commit()
+        finally:
+            if self._events:
+                self._events.close()
+            self.db.close()
+            self._lock.close()  # releases the folder for the next run
 
     def _add_new_columns(self) -> None:
         """A folder run by an older version gains the columns added since (all nullable)."""
@@ -167,12 +177,19 @@ class Journal:
 
     # -- events -------------------------------------------------------------------------------
     def event(self, kind: str, **fields: Any) -> None:
-        if self._events is None:
-            return
+        if self._events is not None:
+            self._write_events([self._event_line(kind, fields)])
+
+    @staticmethod
+    def _event_line(kind: str, fields: dict[str, Any]) -> str:
         record = {"t": round(time.time(), 3), "event": kind}
         record.update({k: v for k, v in fields.items() if v is not None})
+        return _EVENT_JSON.encode(record) + "\n"
+
+    def _write_events(self, lines: list[str]) -> None:
+        assert self._events is not None
         try:
-            self._events.write(_EVENT_JSON.encode(record) + "\n")
+            self._events.write("".join(lines))
         except OSError as exc:
             raise OutputError(f"{self.folder}: cannot write events.jsonl: {exc.strerror}") from None
 
@@ -327,7 +344,7 @@ class Journal:
             self.event("state", job_id=job_id, state="downloading", reason="video lost on disk")
         return len(lost)
 
-    # -- transitions (each one commit, then one event) ------------------------------------------
+    # -- transitions (a commit, or one deferred: see the module docstring; then one event) -----
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
         """A failed journal write (full disk, removed folder) is a clear error, not a traceback."""
@@ -337,27 +354,63 @@ class Journal:
             path = self.folder / self.FILE
             raise OutputError(f"{path}: cannot write the journal: {exc}") from None
 
+    def commit(self) -> None:
+        """Commit the transitions still waiting (see DEFER_S); a no-op when there are none."""
+        if self.db.in_transaction:
+            with self._writing():
+                self.db.commit()
+        self._committed()
+
+    def _committed(self) -> None:
+        """After a commit: the deferred transitions' event lines are true now; write them."""
+        if self._deferred:
+            lines, self._deferred = self._deferred, []
+            if self._events is not None:
+                self._write_events(lines)
+
     def _update(
-        self, job_id: str, state: str, event: dict[str, Any] | None = None, **fields: Any
+        self,
+        job_id: str,
+        state: str,
+        event: dict[str, Any] | None = None,
+        *,
+        deferred: bool = False,
+        **fields: Any,
     ) -> None:
         fields["state"] = state
         fields["updated_at"] = time.time()
         sets = ", ".join(f"{k} = ?" for k in fields)
-        with self._writing(), self.db:
-            self.db.execute(f"UPDATE jobs SET {sets} WHERE job_id = ?", (*fields.values(), job_id))
+        line = self._event_line("state", {"job_id": job_id, "state": state, **(event or {})})
+        with self._writing():
+            db = self.db
+            if not db.in_transaction:
+                db.execute("BEGIN")
+            db.execute(f"UPDATE jobs SET {sets} WHERE job_id = ?", (*fields.values(), job_id))
             crash.point("in_commit")  # the UPDATE is made, not yet committed
-        self.event("state", job_id=job_id, state=state, **(event or {}))
+            if deferred:
+                now = time.monotonic()
+                if not self._deferred:
+                    self._deferred_since = now
+                self._deferred.append(line)
+                if len(self._deferred) < DEFER_MAX and now - self._deferred_since < DEFER_S:
+                    return
+            db.commit()
+        self._committed()
+        if not deferred and self._events is not None:
+            self._write_events([line])
 
     def mark_submitting(
         self, job_id: str, business_id: str | None, possible_duplicate: bool
     ) -> None:
-        """Committed before the POST: a crash after this point leaves an ambiguous job."""
+        """Committed before the POST (with any transitions waiting): a crash after this point
+        leaves an ambiguous job."""
         with self._writing(), self.db:
             self.db.execute(
                 "UPDATE jobs SET state = 'submitting', attempts = attempts + 1, business_id = ?, "
                 "possible_duplicate = max(possible_duplicate, ?), updated_at = ? WHERE job_id = ?",
                 (business_id, int(possible_duplicate), time.time(), job_id),
             )
+        self._committed()  # any deferred transitions were committed with it
         self.event(
             "state",
             job_id=job_id,
@@ -405,7 +458,7 @@ class Journal:
                 video_height=check.height, video_duration_s=check.duration_s,
             )  # fmt: skip
             event.update(verified=check.ok, verify=check.message or None)
-        self._update(job_id, "completed", event, **fields)
+        self._update(job_id, "completed", event, deferred=True, **fields)
 
     def mark_failed(
         self,

@@ -127,9 +127,10 @@ class _ReportWriter:
         call = functools.partial(fn, *args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(self.thread, call)
 
-    async def refresh_every(self, seconds: float) -> None:
+    async def refresh_every(self, seconds: float, journal: Journal) -> None:
         while True:
             await asyncio.sleep(seconds)
+            journal.commit()  # the report thread reads the journal through its own connection
             await self._call(refresh_reports, self.folder)
 
     async def finish(self, title: str, posters: bool) -> pd.DataFrame:
@@ -203,7 +204,9 @@ async def run_async(
                     )
                 if on_start:
                     on_start(engine.stats, engine)
-                refresher = asyncio.create_task(reports.refresh_every(options.report_every))
+                refresher = asyncio.create_task(
+                    reports.refresh_every(options.report_every, journal)
+                )
                 try:
                     with _interrupts(stop):
                         await engine.run(stop)

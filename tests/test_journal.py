@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,39 @@ def test_csv_cells_that_look_like_formulas_are_neutralised():
     )
     assert list(neutralise(frame).prompt) == ["'=HYPERLINK(1)", "'+1", "'-x", "'@y", "fine"]
     assert frame.prompt[0] == "=HYPERLINK(1)"  # the original (Parquet) keeps raw text
+
+
+def test_a_completed_transition_waits_for_the_next_commit_and_its_event_with_it(tmp_path):
+    """`completed` is the one deferred transition: another reader (status, the report thread)
+    sees it, and events.jsonl names it, only once it is committed; the next money transition
+    (a submit) or commit() carries it, and nothing else is ever left uncommitted."""
+    folder = tmp_path / "out"
+    journal = Journal(folder)
+    journal.sync(manifest(tmp_path))
+    a, b = "a-16x9-6s-r1", "b-16x9-6s-r1"
+    journal.mark_submitting(a, None, False)
+    journal.mark_running(a, "task-a", None)
+    journal.mark_downloading(a, "http://127.0.0.1:1/a.mp4", None, None, 1)
+    journal.mark_completed(a, "videos/a.mp4", 10)
+    reader = sqlite3.connect(folder / Journal.FILE)
+
+    def seen() -> tuple[str, list[str]]:
+        state = reader.execute("SELECT state FROM jobs WHERE job_id = ?", (a,)).fetchone()[0]
+        lines = (folder / "events.jsonl").read_text(encoding="utf-8").splitlines()
+        return state, [json.loads(x)["state"] for x in lines if '"job_id": "a-' in x]
+
+    assert seen() == ("downloading", ["submitting", "running", "downloading"])
+    journal.mark_submitting(b, None, False)  # committed before its POST, and `a` with it
+    assert seen() == ("completed", ["submitting", "running", "downloading", "completed"])
+
+    journal.mark_running(b, "task-b", None)
+    journal.mark_downloading(b, "http://127.0.0.1:1/b.mp4", None, None, 1)
+    journal.mark_completed(b, "videos/b.mp4", 10)
+    assert reader.execute("SELECT state FROM jobs WHERE job_id = ?", (b,)).fetchone()[0] == (
+        "downloading"
+    )
+    journal.close()  # commits what waits
+    assert reader.execute("SELECT state FROM jobs WHERE job_id = ?", (b,)).fetchone()[0] == (
+        "completed"
+    )
+    reader.close()
