@@ -351,6 +351,8 @@ class Journal:
         try:
             yield
         except sqlite3.Error as exc:
+            if not self.db.in_transaction:  # rolled back: the deferred transitions never were
+                self._deferred = []
             path = self.folder / self.FILE
             raise OutputError(f"{path}: cannot write the journal: {exc}") from None
 
