@@ -31,13 +31,22 @@ POSTERS_PER_SLICE = 256
 
 def _text(value: object) -> str:
     """A cell as display text: '' for missing values (NaN, None, NA)."""
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
+    if isinstance(value, str):
+        return value
+    if value is None or pd.isna(value):
         return ""
     return str(value)
 
 
 def _e(value: object) -> str:
-    return escape(_text(value), quote=True)
+    return escape(value if isinstance(value, str) else _text(value), quote=True)
+
+
+def _cells(column: pd.Series) -> Iterator[object]:
+    """A column's values as Python objects, taken out a slice at a time (iterating a text
+    column took each value out of Arrow alone, and a whole column at once costs memory)."""
+    for start in range(0, len(column), RECORDS_PER_SLICE):
+        yield from column.iloc[start : start + RECORDS_PER_SLICE].tolist()
 
 
 def _ratio(aspect_ratio: str) -> float | None:
@@ -69,13 +78,51 @@ def _poster_file(folder: Path, job: str) -> str:
     return os.path.join(folder, POSTERS, f"{job}.jpg")
 
 
-def _href(folder: Path, path: str) -> str:
-    """A URL relative to the page, so the folder works from disk, a web server or a zip."""
-    inside = os.path.join(folder, "")
+def _url(relative: str) -> str:
+    """A relative path as a URL path, normalised as ``Path(relative).as_posix()`` does."""
+    parts = relative.split("/")
+    if "" in parts or "." in parts:  # only then does Path change it (~3 µs a Path, a tile)
+        relative = Path(relative).as_posix()
+    return quote(relative, safe="/")
+
+
+def _href(inside: str, path: str) -> str:
+    """A URL relative to the page, so the folder works from disk, a web server or a zip.
+
+    ``inside`` is the page's folder with a trailing separator (``os.path.join(folder, "")``).
+    """
     # files under the folder (every video and poster of a run) need no relpath, which
     # resolved both paths for each tile
-    relative = path[len(inside) :] if path.startswith(inside) else os.path.relpath(path, folder)
-    return quote(Path(relative).as_posix(), safe="/")
+    relative = path[len(inside) :] if path.startswith(inside) else os.path.relpath(path, inside)
+    return _url(relative)
+
+
+def _files_in(directory: str) -> set[str]:
+    """The names of the directory's files (following links); none when it cannot be listed."""
+    try:
+        with os.scandir(directory or ".") as entries:
+            return {entry.name for entry in entries if entry.is_file()}
+    except OSError:
+        return set()
+
+
+def _videos(folder: Path, frame: pd.DataFrame) -> dict[str, str]:
+    """Job id → video file, for the completed jobs whose video is there."""
+    listed: dict[str, set[str]] = {}  # a listing per directory instead of a stat per video
+    videos: dict[str, str] = {}
+    for job, status, path in zip(
+        _cells(frame["job_id"]), _cells(frame["status"]), _cells(frame["video_path"]), strict=True
+    ):
+        video = _video_file(folder, _text(path))
+        if status != "completed" or video is None:
+            continue
+        directory, name = os.path.split(video)
+        if directory not in listed:
+            listed[directory] = _files_in(directory)
+        # not listed: a stat still decides (a name the file system spells otherwise)
+        if name in listed[directory] or os.path.isfile(video):
+            videos[_text(job)] = video
+    return videos
 
 
 def _poster_once(video: str, target: str, extract: bool) -> bool:
@@ -90,8 +137,11 @@ def _poster_once(video: str, target: str, extract: bool) -> bool:
 def _posters(folder: Path, videos: dict[str, str], extract: bool) -> set[str]:
     """The job ids whose video's first frame is at ``_poster_file`` (extracted now when missing,
     unless not ``extract``)."""
-    jobs = [job for job in videos if Path(job).name == job]
+    # the ids that are a file name alone (Path(job).name == job, without a Path for each)
+    jobs = [job for job in videos if "/" not in job and job != "."]
     if not extract:  # only a look at what is there: no thread pool needed
+        if not os.path.exists(os.path.join(folder, POSTERS)):
+            return set()  # no poster yet: not a failed stat per video
         return {job for job in jobs if _poster_once(videos[job], _poster_file(folder, job), False)}
     made: set[str] = set()
     # PyAV decodes with the GIL released, so a couple of threads help on a big first gallery;
@@ -128,36 +178,40 @@ def _verified(frame: pd.DataFrame, videos: dict[str, str]) -> pd.DataFrame:
 
 
 def _tile(
-    row: pd.Series,
-    folder: Path,
+    row: dict,
+    inside: str,
     videos: dict[str, str],
     posters: set[str],
     tag_columns: list[str],
     show_model: bool,
 ) -> str:
+    """One job's tile; ``inside`` is the page's folder with a trailing separator."""
     job = _text(row["job_id"])
+    job_e = _e(job)
     status = _text(row["status"]) or "pending"
+    status_e = _e(status)
     width, height = _box(_text(row["aspect_ratio"]))
-    flagged = _text(row.get("verified")).lower() == "false"
-    attrs = [f'data-status="{_e(status)}"', f'data-flag="{int(flagged)}"']
+    verified = _text(row.get("verified")).lower()
+    flagged = verified == "false"
+    attrs = [f'data-status="{status_e}"', f'data-flag="{int(flagged)}"']
     attrs += [f'data-t{i}="{_e(row.get(c))}"' for i, c in enumerate(tag_columns)]
-    classes = f"tile s-{_e(status)}" + (" flagged" if flagged else "")
+    classes = f"tile s-{status_e}" + (" flagged" if flagged else "")
     video = videos.get(job)
     if status == "completed" and video is not None:
-        poster_file = _poster_file(folder, job)
-        poster_attr = f' poster="{_e(_href(folder, poster_file))}"' if job in posters else ""
+        # the poster is _poster_file(folder, job), under the folder by its name alone
+        poster_attr = f' poster="{_e(_url(f"{POSTERS}/{job}.jpg"))}"' if job in posters else ""
         picture = (
-            f'<video controls preload="metadata"{poster_attr} src="{_e(_href(folder, video))}" '
+            f'<video controls preload="metadata"{poster_attr} src="{_e(_href(inside, video))}" '
             f'width="{width}" height="{height}"></video>'
         )
     else:
         word = "file missing" if status == "completed" else _text(row.get("state")) or status
         picture = f'<div class="slot" style="width:{width}px;height:{height}px">{_e(word)}</div>'
-    meta = [f'<span class="badge {_e(status)}">{_e(status)}</span>', f"r{_e(row.get('repeat'))}"]
+    meta = [f'<span class="badge {status_e}">{status_e}</span>', f"r{_e(row.get('repeat'))}"]
     latency = row.get("latency_s")
     if status == "completed" and latency is not None and not pd.isna(latency):
         meta.append(f"{float(latency):.1f} s")
-    if _text(row.get("verified")).lower() == "true":
+    if verified == "true":
         meta.append(
             '<span class="vok" title="decodes; duration and size as asked">✓ verified</span>'
         )
@@ -176,10 +230,10 @@ def _tile(
             lines.append(f'<div class="dim">request {_e(row.get("request_id"))}</div>')
     if show_model:
         lines.append(f'<div class="dim">{_e(row.get("model"))} · {_e(row.get("resolution"))}</div>')
-    lines.append(f'<div class="dim">{_e(job)}</div>')
+    lines.append(f'<div class="dim">{job_e}</div>')
     attrs.append(f'style="width:{max(width, CAPTION_MIN)}px"')
     return (
-        f'<figure class="{classes}" id="job-{_e(job)}" {" ".join(attrs)}>'
+        f'<figure class="{classes}" id="job-{job_e}" {" ".join(attrs)}>'
         f"{picture}<figcaption>{''.join(lines)}</figcaption></figure>"
     )
 
@@ -206,7 +260,7 @@ def _prompt_id(row: dict) -> str:
 
 def _page_order(frame: pd.DataFrame) -> np.ndarray:
     """Row positions for the page: prompt rows in manifest order, repeats side by side."""
-    first_seen = {pid: n for n, pid in enumerate(dict.fromkeys(frame["prompt_id"]))}
+    first_seen = {pid: n for n, pid in enumerate(dict.fromkeys(_cells(frame["prompt_id"])))}
     keys = pd.DataFrame(
         {"group": frame["prompt_id"].map(first_seen).to_numpy(), "repeat": frame["repeat"]}
     ).reset_index(drop=True)
@@ -228,8 +282,13 @@ def _records(frame: pd.DataFrame, order: np.ndarray) -> Iterator[dict]:
     """The rows in ``order`` as plain dicts, a slice at a time: per-group pandas work cost a
     millisecond a job, and every row as a dict at once ~100 MB at 20,000 jobs."""
     shown = frame[[c for c in frame.columns if c in TILE_COLUMNS or c.startswith(("var_", "tag_"))]]
+    names = shown.columns.tolist()
     for start in range(0, len(order), RECORDS_PER_SLICE):
-        yield from shown.take(order[start : start + RECORDS_PER_SLICE]).to_dict("records")
+        part = shown.take(order[start : start + RECORDS_PER_SLICE])
+        # a column at a time: to_dict("records") took each text cell out of Arrow one by one
+        columns = [part.iloc[:, i].tolist() for i in range(len(names))]
+        for values in zip(*columns, strict=True):
+            yield dict(zip(names, values, strict=True))
 
 
 def _matrix(
@@ -242,18 +301,17 @@ def _matrix(
     var_columns = [c for c in frame.columns if c.startswith("var_")]
     tag_columns = [c for c in frame.columns if c.startswith("tag_")]
     show_model = frame["model"].nunique() > 1 or frame["resolution"].nunique() > 1
-    keys = sorted(
-        {(_text(r), int(d)) for r, d in zip(frame["aspect_ratio"], frame["duration"], strict=True)},
-        key=_column_key,
-    )
+    pairs = zip(_cells(frame["aspect_ratio"]), _cells(frame["duration"]), strict=True)
+    keys = sorted({(_text(r), int(d)) for r, d in pairs}, key=_column_key)
     head = "".join(f"<th>{_e(r)} · {d} s</th>" for r, d in keys)
     yield f'<table class="matrix"><thead><tr><th>prompt</th>{head}</tr></thead><tbody>'
+    inside = os.path.join(folder, "")
     rows_in_order = _records(frame, _page_order(frame))
     for prompt_id, group in itertools.groupby(rows_in_order, key=_prompt_id):
         rows = list(group)
         cells: dict[tuple[str, int], list[str]] = {key: [] for key in keys}
         for row in rows:
-            tile = _tile(row, folder, videos, posters, tag_columns, show_model)
+            tile = _tile(row, inside, videos, posters, tag_columns, show_model)
             cells[(_text(row["aspect_ratio"]), int(row["duration"]))].append(tile)
         tds = "".join(f'<td><div class="cell">{"".join(cells[k])}</div></td>' for k in keys)
         header = _row_header(rows[0], var_columns, tag_columns)
@@ -264,7 +322,7 @@ def _matrix(
 def _tag_filters(frame: pd.DataFrame) -> str:
     selects = []
     for i, column in enumerate(c for c in frame.columns if c.startswith("tag_")):
-        values = sorted({_text(v) for v in frame[column]})
+        values = sorted({_text(v) for v in _cells(frame[column])})
         options = "".join(f'<option value="={_e(v)}">{_e(v) or "(none)"}</option>' for v in values)
         selects.append(
             f'<label>{_e(label(column))} <select data-tag="{i}" id="f-tag-{i}">'
@@ -295,13 +353,7 @@ def _counts(frame: pd.DataFrame) -> str:
 
 def _page(folder: Path, frame: pd.DataFrame, title: str | None, posters: bool) -> Iterator[str]:
     """The page in pieces, so a big run's page is written without being held whole."""
-    videos: dict[str, str] = {}
-    for job, status, path in zip(
-        frame["job_id"], frame["status"], frame["video_path"], strict=True
-    ):
-        video = _video_file(folder, _text(path))
-        if status == "completed" and video is not None and os.path.isfile(video):
-            videos[_text(job)] = video
+    videos = _videos(folder, frame)
     made = _posters(folder, videos, extract=posters)
     frame = _verified(frame, videos)
     before, after = tpl.PAGE.split("{matrix}")

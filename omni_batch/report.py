@@ -178,13 +178,20 @@ def build_report(folder: str | Path) -> pd.DataFrame:
     return _concat([frame for frame, _ in _report_slices(folder)])
 
 
+def _formula_like(values: pd.Series) -> pd.Series:
+    """Which cells are text starting as a formula would (False for missing values)."""
+    if isinstance(values.dtype, pd.StringDtype):  # only text: compared a column at a time
+        return values.str.startswith(_FORMULA_START).fillna(False).astype(bool)
+    return values.map(lambda v: isinstance(v, str) and v.startswith(_FORMULA_START))
+
+
 def neutralise(frame: pd.DataFrame) -> pd.DataFrame:
     """Text a spreadsheet would run as a formula gets a leading apostrophe (CSV only)."""
     out = frame.copy(deep=False)  # columns are replaced, never changed in place
     for column in out.columns:
         values = out[column]
         if values.dtype == object or pd.api.types.is_string_dtype(values):
-            risky = values.map(lambda v: isinstance(v, str) and v.startswith(_FORMULA_START))
+            risky = _formula_like(values)
             if risky.any():
                 out[column] = values.where(~risky, "'" + values.astype(str))
     return out
