@@ -142,3 +142,24 @@ def test_a_completed_transition_waits_for_the_next_commit_and_its_event_with_it(
         "completed"
     )
     reader.close()
+
+
+def test_an_older_journal_loses_the_state_index_every_transition_paid_for(tmp_path):
+    folder = tmp_path / "out"
+    Journal(folder).close()
+    with sqlite3.connect(folder / Journal.FILE) as db:  # as versions before it made it
+        db.execute("DROP INDEX jobs_seq")
+        db.execute("CREATE INDEX jobs_state ON jobs (state, seq)")
+    db.close()
+    journal = Journal(folder)
+    names = {r[0] for r in journal.db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert "jobs_state" not in names and "jobs_seq" in names
+    journal.sync(manifest(tmp_path))
+    plan = journal.db.execute(
+        "EXPLAIN QUERY PLAN SELECT job_id FROM jobs "
+        "WHERE active = 1 AND state = 'pending' AND seq > ? ORDER BY seq LIMIT 64",
+        (-1,),
+    ).fetchall()
+    assert "jobs_seq" in str(plan)  # pending pages walk seq, no sort and no full scan
+    assert [r.job_id for r in journal.pending_page(-1, 10)] == ["a-16x9-6s-r1", "b-16x9-6s-r1"]
+    journal.close()
