@@ -351,7 +351,8 @@ def meta(quick: bool, repeat: int, pairs: int) -> dict[str, Any]:
 
 
 def _median_run(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run with the median CPU per 1k jobs, plus every run's CPU per 1k (``cpu_all``)."""
+    """The run with the median CPU per 1k jobs (the lower middle one of an even count), plus
+    every run's CPU per 1k (``cpu_all``)."""
     ok = sorted(
         (r for r in results if isinstance(r.get("cpu_s_per_1k"), int | float)),
         key=lambda r: r["cpu_s_per_1k"],

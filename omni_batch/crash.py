@@ -14,6 +14,7 @@ POINTS = (
     "after_task_id",  # the task id is committed
     "mid_download",  # part of the video is in the temporary file
     "before_rename",  # the whole video is in the temporary file
+    "after_rename",  # the video is in place, its `completed` not yet committed
     "mid_report",  # report.csv is half written (to its temporary file)
     "in_commit",  # inside a journal transaction, before COMMIT
 )

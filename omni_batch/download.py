@@ -63,6 +63,15 @@ class LocalStore:
         """``path`` (in this store) as the report names it: relative to the output folder."""
         return f"{self._resolved.name}/{path.name}"
 
+    def on_disk(self, job_id: str) -> Downloaded | None:
+        """The job's video if it is in place: only a whole download is renamed there."""
+        try:
+            path = self.final_path(job_id)
+            size = path.stat().st_size
+        except (OSError, OutputError):
+            return None
+        return Downloaded(path, size) if size > 0 else None
+
     def poster_path(self, job_id: str) -> Path:
         """Where the video's first frame goes; the gallery (gallery.POSTERS) reads it there."""
         return self.folder.parent / "posters" / f"{job_id}.jpg"
@@ -141,6 +150,7 @@ async def download(
         crash.point("before_rename")
         os.replace(temp, final)  # atomic: a video file is either whole or absent
         renamed = True
+        crash.point("after_rename")
         return Downloaded(final, size)
     except (aiohttp.TooManyRedirects, aiohttp.InvalidURL) as exc:
         raise DownloadError(f"bad video link: {type(exc).__name__}") from None

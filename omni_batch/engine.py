@@ -21,7 +21,13 @@ from typing import Any, TypeVar
 import aiohttp
 
 from omni_batch.client import TaskState, ToapisClient
-from omni_batch.download import DownloadError, LocalStore, RetryableDownload, download
+from omni_batch.download import (
+    Downloaded,
+    DownloadError,
+    LocalStore,
+    RetryableDownload,
+    download,
+)
 from omni_batch.errors import (
     ApiError,
     AuthError,
@@ -52,6 +58,7 @@ class Flight:
     state: str = "running"  # the journal state it is in: running or downloading
     refreshed: bool = False  # a fresh link was already asked for once
     asked: tuple[str, int] = ("", 0)  # (aspect ratio, duration) the video must match
+    on_disk: Downloaded | None = None  # resume found its video whole in place: no download
 
 
 @dataclass
@@ -313,6 +320,8 @@ class Engine(Submitting):
 
     # -- downloading ------------------------------------------------------------------------------
     async def fetch(self, flight: Flight, url: str) -> None:
+        if flight.on_disk is not None:
+            return await self._completed(flight, flight.on_disk)
         p = self.policy
         try:
             got = await retried(
@@ -342,6 +351,9 @@ class Engine(Submitting):
                     return await self.fetch(flight, state.video_url)
             kind = "link_expired" if exc.expired else "download_failed"
             return await self._fail(flight, "downloading", kind, exc.message, exc.status, None)
+        await self._completed(flight, got)
+
+    async def _completed(self, flight: Flight, got: Downloaded) -> None:
         relative = self.store.relative(got.path)
         check = None
         if self.verify:  # decode it and check it is what was asked; a mismatch is flagged
@@ -365,7 +377,11 @@ class Engine(Submitting):
                 continue
             flight = self._flight(row, row.task_id or "", polls=row.polls, state=row.state)
             fresh = row.video_url and (row.expires_at or 0) > time.time()
-            if row.state == "downloading" and fresh:
+            if row.state == "downloading" and (found := self.store.on_disk(row.job_id)):
+                # renamed into place whole, its `completed` lost to a crash: nothing to fetch
+                flight.on_disk = found
+                downloads.append((flight, row.video_url or ""))
+            elif row.state == "downloading" and fresh:
                 downloads.append((flight, row.video_url))  # no status call on a finished task
             else:
                 self.schedule(flight, 0)  # running, or a link that needs refreshing

@@ -2,9 +2,10 @@
 
 Every transition is committed before the run goes on, except ``completed``: that one rides along
 with the next commit, or is committed within DEFER_S. So a crash (kill -9 included) leaves every
-job in a state resume knows how to finish: at worst a video on disk is downloaded once more;
-no task id is lost and no finished task is asked about again. Every transition is appended to
-``events.jsonl`` once it is committed.
+job in a state resume knows how to finish: no task id is lost, and a job whose `completed` was
+lost is `downloading` with its whole video already in place, which resume records without a
+download or a status call (Engine.resume). Every transition is appended to ``events.jsonl``
+once it is committed.
 """
 
 from __future__ import annotations
@@ -137,8 +138,8 @@ class Journal:
         self._events = (
             (folder / "events.jsonl").open("a", encoding="utf-8", buffering=1) if events else None
         )
-        self._deferred: list[str] = []  # event lines of transitions made, not yet committed
-        self._deferred_since = 0.0
+        self._waiting: list[str] = []  # event lines of transitions made, not yet committed
+        self._waiting_since = 0.0
 
     def close(self) -> None:
         try:
@@ -332,12 +333,16 @@ class Journal:
             "SELECT job_id, video_path, bytes FROM jobs "
             "WHERE active = 1 AND state = 'completed' AND video_path IS NOT NULL"
         ):
+            video = self.folder / path
             try:
-                whole = (self.folder / path).stat().st_size == size
+                whole = video.stat().st_size == size
             except OSError:
                 whole = False
             if not whole:
                 lost.append(job_id)
+                # a cut-short file must not pass for the whole video resume looks for
+                with contextlib.suppress(OSError):
+                    video.unlink(missing_ok=True)
         with self._writing(), self.db:
             self.db.executemany(
                 "UPDATE jobs SET state = 'downloading', updated_at = ? WHERE job_id = ?",
@@ -354,8 +359,8 @@ class Journal:
         try:
             yield
         except sqlite3.Error as exc:
-            if not self.db.in_transaction:  # rolled back: the deferred transitions never were
-                self._deferred = []
+            if not self.db.in_transaction:  # rolled back: the waiting transitions never were
+                self._waiting = []
             path = self.folder / self.FILE
             raise OutputError(f"{path}: cannot write the journal: {exc}") from None
 
@@ -367,11 +372,32 @@ class Journal:
         self._committed()
 
     def _committed(self) -> None:
-        """After a commit: the deferred transitions' event lines are true now; write them."""
-        if self._deferred:
-            lines, self._deferred = self._deferred, []
+        """After a commit: the committed transitions' event lines are true now; write them."""
+        if self._waiting:
+            lines, self._waiting = self._waiting, []
             if self._events is not None:
                 self._write_events(lines)
+
+    def _transition(
+        self, sql: str, params: tuple, event: dict[str, Any], deferred: bool = False
+    ) -> None:
+        """One UPDATE, committed (with any waiting before it) unless ``deferred``; its event
+        line is written once it is committed, after theirs."""
+        line = self._event_line("state", event)
+        with self._writing():
+            db = self.db
+            if not db.in_transaction:
+                db.execute("BEGIN")
+            db.execute(sql, params)
+            crash.point("in_commit")  # the UPDATE is made, not yet committed
+            now = time.monotonic()
+            if not self._waiting:
+                self._waiting_since = now
+            self._waiting.append(line)
+            if deferred and len(self._waiting) < DEFER_MAX and now - self._waiting_since < DEFER_S:
+                return
+            db.commit()
+        self._committed()
 
     def _update(
         self,
@@ -385,42 +411,27 @@ class Journal:
         fields["state"] = state
         fields["updated_at"] = time.time()
         sets = ", ".join(f"{k} = ?" for k in fields)
-        line = self._event_line("state", {"job_id": job_id, "state": state, **(event or {})})
-        with self._writing():
-            db = self.db
-            if not db.in_transaction:
-                db.execute("BEGIN")
-            db.execute(f"UPDATE jobs SET {sets} WHERE job_id = ?", (*fields.values(), job_id))
-            crash.point("in_commit")  # the UPDATE is made, not yet committed
-            if deferred:
-                now = time.monotonic()
-                if not self._deferred:
-                    self._deferred_since = now
-                self._deferred.append(line)
-                if len(self._deferred) < DEFER_MAX and now - self._deferred_since < DEFER_S:
-                    return
-            db.commit()
-        self._committed()
-        if not deferred and self._events is not None:
-            self._write_events([line])
+        self._transition(
+            f"UPDATE jobs SET {sets} WHERE job_id = ?",
+            (*fields.values(), job_id),
+            {"job_id": job_id, "state": state, **(event or {})},
+            deferred,
+        )
 
     def mark_submitting(
         self, job_id: str, business_id: str | None, possible_duplicate: bool
     ) -> None:
         """Committed before the POST (with any transitions waiting): a crash after this point
         leaves an ambiguous job."""
-        with self._writing(), self.db:
-            self.db.execute(
-                "UPDATE jobs SET state = 'submitting', attempts = attempts + 1, business_id = ?, "
-                "possible_duplicate = max(possible_duplicate, ?), updated_at = ? WHERE job_id = ?",
-                (business_id, int(possible_duplicate), time.time(), job_id),
-            )
-        self._committed()  # any deferred transitions were committed with it
-        self.event(
-            "state",
-            job_id=job_id,
-            state="submitting",
-            possible_duplicate=possible_duplicate or None,
+        self._transition(
+            "UPDATE jobs SET state = 'submitting', attempts = attempts + 1, business_id = ?, "
+            "possible_duplicate = max(possible_duplicate, ?), updated_at = ? WHERE job_id = ?",
+            (business_id, int(possible_duplicate), time.time(), job_id),
+            {
+                "job_id": job_id,
+                "state": "submitting",
+                "possible_duplicate": possible_duplicate or None,
+            },
         )
 
     def mark_running(

@@ -181,7 +181,8 @@ def build_report(folder: str | Path) -> pd.DataFrame:
 def _formula_like(values: pd.Series) -> pd.Series:
     """Which cells are text starting as a formula would (False for missing values)."""
     if isinstance(values.dtype, pd.StringDtype):  # only text: compared a column at a time
-        return values.str.startswith(_FORMULA_START).fillna(False).astype(bool)
+        # the first character (a tuple in str.startswith needs pandas 2.2 with Arrow strings)
+        return values.str[:1].isin(_FORMULA_START)
     return values.map(lambda v: isinstance(v, str) and v.startswith(_FORMULA_START))
 
 

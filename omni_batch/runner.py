@@ -127,10 +127,9 @@ class _ReportWriter:
         call = functools.partial(fn, *args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(self.thread, call)
 
-    async def refresh_every(self, seconds: float, journal: Journal) -> None:
+    async def refresh_every(self, seconds: float) -> None:
         while True:
             await asyncio.sleep(seconds)
-            journal.commit()  # the report thread reads the journal through its own connection
             await self._call(refresh_reports, self.folder)
 
     async def finish(self, title: str, posters: bool) -> pd.DataFrame:
@@ -204,9 +203,7 @@ async def run_async(
                     )
                 if on_start:
                     on_start(engine.stats, engine)
-                refresher = asyncio.create_task(
-                    reports.refresh_every(options.report_every, journal)
-                )
+                refresher = asyncio.create_task(reports.refresh_every(options.report_every))
                 try:
                     with _interrupts(stop):
                         await engine.run(stop)
@@ -217,9 +214,16 @@ async def run_async(
                 finally:
                     refresher.cancel()
                     await asyncio.gather(refresher, return_exceptions=True)
-                    journal.event("run_end", counts=journal.counts())
+                    try:
+                        journal.commit()  # the last completions (and their events) first
+                        journal.event("run_end", counts=journal.counts())
+                    except OmniBatchError as exc:
+                        ended = ended or exc
         finally:
-            journal.close()
+            try:
+                journal.close()
+            except OmniBatchError as exc:  # the first error is the one to report
+                ended = ended or exc
         report = await reports.finish(manifest.name, posters=options.verify)
         if ended is not None:
             raise ended

@@ -8,6 +8,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -53,6 +54,7 @@ def agree(out: Path) -> pd.DataFrame:
         "after_task_id:2",
         "mid_download:2",
         "before_rename:2",
+        "after_rename:2",
         "mid_report:1",
         "in_commit:6",
     ],
@@ -78,8 +80,12 @@ def test_kill_9_at_each_point_then_resume_finishes_every_job_once(tmp_path, cras
 
 def _count_running(out: Path) -> int:
     """Jobs the journal holds as running: their last status answer may have died unread."""
+    return _count(out, "running")
+
+
+def _count(out: Path, state: str) -> int:
     with contextlib.closing(sqlite3.connect(out / "journal.sqlite")) as db:
-        return db.execute("SELECT count(*) FROM jobs WHERE state = 'running'").fetchone()[0]
+        return db.execute("SELECT count(*) FROM jobs WHERE state = ?", (state,)).fetchone()[0]
 
 
 def test_without_a_lookup_a_crash_after_the_post_is_resent_and_flagged(tmp_path):
@@ -95,6 +101,27 @@ def test_without_a_lookup_a_crash_after_the_post_is_resent_and_flagged(tmp_path)
     assert set(rows.status) == {"completed"}
     assert stats["submits"] == JOBS + 1  # the one task whose id was lost, sent again...
     assert rows.possible_duplicate.sum() == 1  # ...and flagged in the report
+
+
+def test_a_video_in_place_whose_completion_a_crash_lost_is_not_fetched_or_asked_about(tmp_path):
+    """Killed after the rename (and with `completed` still waiting for its commit): resume
+    finds the whole video in place, even once its link has expired, and neither downloads it
+    nor asks the API about the finished task."""
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(MANIFEST, encoding="utf-8")
+    out = tmp_path / "out"
+    with sim(gen_min=0.2, gen_max=0.4, link_ttl=1.0) as server:
+        crashed = run(manifest, out, server, "after_rename:3")
+        waiting = _count(out, "downloading")
+        time.sleep(1.5)  # every link handed out so far has expired
+        resumed = run(manifest, out, server, None)
+        stats = server.stats()
+    assert crashed.returncode == -9 and resumed.returncode == 0, resumed.stderr
+    assert waiting >= 1  # at least the job killed right after its rename
+    rows = agree(out)
+    assert set(rows.status) == {"completed"}
+    assert stats["downloads"] == JOBS and stats["downloads_expired"] == 0
+    assert stats["polls_after_terminal"] == 0 and stats["submits"] == JOBS
 
 
 def test_videos_lost_on_disk_are_fetched_again_without_a_new_submit(tmp_path):

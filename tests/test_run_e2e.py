@@ -93,10 +93,11 @@ def test_happy_path_downloads_every_video_and_writes_the_report(manifest, tmp_pa
     assert rows.verified.all() and (rows.latency_s > 0).all()
     assert (out / "gallery.html").stat().st_size > 1000
     assert len(pd.read_csv(out / "failures.csv")) == 0
-    states = [
-        json.loads(line).get("state") for line in (out / "events.jsonl").read_text().splitlines()
-    ]
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    states = [e.get("state") for e in events]
     assert states.count("completed") == JOBS and states.count("submitting") == JOBS
+    # the log closes with the run's end, after the last (deferred) completion was committed
+    assert events[-1]["event"] == "run_end" and events[-1]["counts"]["completed"] == JOBS
     # the key is in no output file (the journal's bytes included) and not on the terminal
     for path in out.rglob("*"):
         if path.is_file():

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from omni_batch.client import ToapisClient
 from omni_batch.download import LocalStore
 from omni_batch.errors import OutputError
 from omni_batch.journal import Journal
+from tests.test_crash_matrix import _count_running
 from tests.test_run_e2e import JOBS, MANIFEST, _subprocess_run, _wait_for, cli, report, sim
 
 
@@ -131,11 +134,21 @@ def test_resumed_downloads_are_not_polled_again(tmp_path):
         _wait_for(out / "events.jsonl", "downloading", 3)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
+        running = _count_running(out)
+        with contextlib.closing(sqlite3.connect(out / "journal.sqlite")) as db:
+            fetching = [
+                r[0] for r in db.execute("SELECT task_id FROM jobs WHERE state != 'running'")
+            ]
+        polled = {task: server.state.tasks[task].polls for task in fetching if task}
         resumed = _subprocess_run(manifest, out, server, "--max-in-flight", "1")
         _, stderr = resumed.communicate(timeout=90)
         stats = server.stats()
     assert resumed.returncode == 0, stderr
-    assert stats["polls_after_terminal"] == 0
+    assert len(polled) >= 3  # the downloads the kill interrupted (or finished)
+    assert {task: server.state.tasks[task].polls for task in polled} == polled  # never again
+    # a job killed while its `completed` status answer was being read is still `running`, and is
+    # rightly asked again
+    assert stats["polls_after_terminal"] <= running
     assert stats["submits"] == JOBS
     rows = pd.read_csv(out / "report.csv")
     assert set(rows.status) == {"completed"}
