@@ -386,17 +386,24 @@ class Journal:
         line = self._event_line("state", event)
         with self._writing():
             db = self.db
-            if not db.in_transaction:
+            # nothing waits and nothing will: one autocommitted statement, no BEGIN and COMMIT
+            autocommit = not (deferred or db.in_transaction)
+            if not (autocommit or db.in_transaction):
                 db.execute("BEGIN")
             db.execute(sql, params)
-            crash.point("in_commit")  # the UPDATE is made, not yet committed
-            now = time.monotonic()
-            if not self._waiting:
-                self._waiting_since = now
             self._waiting.append(line)
-            if deferred and len(self._waiting) < DEFER_MAX and now - self._waiting_since < DEFER_S:
-                return
-            db.commit()
+            if not autocommit:
+                crash.point("in_commit")  # the UPDATE is made, not yet committed
+                now = time.monotonic()
+                if len(self._waiting) == 1:
+                    self._waiting_since = now
+                if (
+                    deferred
+                    and len(self._waiting) < DEFER_MAX
+                    and now - self._waiting_since < DEFER_S
+                ):
+                    return
+                db.commit()
         self._committed()
 
     def _update(
