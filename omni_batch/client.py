@@ -19,11 +19,13 @@ from omni_batch.errors import (
     AuthError,
     BadResponse,
     GatewayError,
+    NotAccepted,
     NotSent,
     QuotaError,
     RateLimited,
     RequestRejected,
     ServerError,
+    UnrecognisedAnswer,
 )
 
 DEFAULT_BASE_URL = "https://toapis.com"
@@ -37,6 +39,11 @@ REQUEST_ID_HEADERS = (
     "X-Amzn-RequestId",
 )
 FINAL = frozenset({"completed", "failed"})
+# a proxy or CDN in front of the API lost the upstream's answer (Cloudflare's 52x included)
+GATEWAY_STATUSES = frozenset({502, 504, *range(520, 528), 530})
+# error types of a 5xx that refused the request before any work was done
+NOT_ACCEPTED_TYPES = frozenset({"rate_limit_unavailable"})
+RAW_KEPT = 1000  # characters of an unrecognised submit answer kept for the record
 
 
 def api_root(base_url: str) -> str:
@@ -94,6 +101,18 @@ def _error_fields(body: Any, fallback: str) -> tuple[str, str | None]:
     return fallback, None
 
 
+def _not_accepted(body: Any) -> bool:
+    """Does a 503's error say the request was refused before any work (the submit limiter is
+    down)? Only such an answer proves a submit created nothing; any other 5xx does not."""
+    err = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(err, dict):
+        return False
+    return any(
+        isinstance(err.get(name), str) and err[name].strip().lower() in NOT_ACCEPTED_TYPES
+        for name in ("type", "code")
+    )
+
+
 def _retry_after(headers: Any) -> float | None:
     try:
         value = float(headers.get("Retry-After", ""))
@@ -114,12 +133,18 @@ def _raise_for_status(status: int, headers: Any, body: Any, text: str) -> None:
         raise QuotaError(message, **kw)
     if status == 429:
         raise RateLimited(message, retry_after=_retry_after(headers), **kw)
-    if status in (502, 504):
+    if status in GATEWAY_STATUSES:
         raise GatewayError(message, **kw)
+    if status == 503 and _not_accepted(body):
+        raise NotAccepted(message, **kw)
     if status >= 500:
         raise ServerError(message, **kw)
     if 400 <= status < 500:
-        raise RequestRejected(message, **kw)
+        rejected = RequestRejected(message, **kw)
+        if status == 409 and isinstance(body, dict):  # "already used for task X": which task
+            holder = body.get("error") if isinstance(body.get("error"), dict) else body
+            rejected.task_id = parse_submit(holder) or parse_submit(body)
+        raise rejected
     raise BadResponse(f"unexpected HTTP {status}: {message}", **kw)
 
 
@@ -258,15 +283,32 @@ class ToapisClient:
     async def submit(
         self, body: dict[str, Any], client_business_id: str | None = None
     ) -> Submitted:
-        """POST one generation. Raises ApiError subclasses, NotSent or Ambiguous."""
+        """POST one generation. Raises ApiError subclasses, NotSent or Ambiguous; a 2xx (or any
+        non-error answer) without a task id we recognise raises UnrecognisedAnswer: the task
+        may exist and be billed, so it must never be sent again unflagged."""
         payload = dict(body)
         if client_business_id:
             payload["client_business_id"] = client_business_id
-        answer, request_id = await self._call("POST", self._root + GENERATIONS, payload)
+        try:
+            answer, request_id = await self._call("POST", self._root + GENERATIONS, payload)
+        except UnrecognisedAnswer:
+            raise
+        except BadResponse as exc:
+            raise UnrecognisedAnswer(
+                f"submit answer we cannot read: {exc.message}",
+                raw=exc.message[:RAW_KEPT],
+                status=exc.status,
+                request_id=exc.request_id,
+            ) from None
         task_id = parse_submit(answer)
         if task_id is None:
-            # 2xx without a task id: the task may exist, so this is not a clean failure
-            raise BadResponse("submit answer has no task id", status=200, request_id=request_id)
+            raw = json.dumps(answer, ensure_ascii=False)[:RAW_KEPT]
+            raise UnrecognisedAnswer(
+                f"submit answer without a task id we recognise: {raw}",
+                raw=raw,
+                status=200,
+                request_id=request_id,
+            )
         inner = _first(answer.get("data")) if "status" not in answer else answer
         status = inner.get("status") if isinstance(inner, dict) else None
         return Submitted(task_id=task_id, status=str(status or "queued"), request_id=request_id)

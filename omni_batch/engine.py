@@ -40,7 +40,7 @@ from omni_batch.errors import (
 from omni_batch.journal import DEFER_S, JobRow, Journal
 from omni_batch.limiter import Pressure
 from omni_batch.policy import Policy, retried
-from omni_batch.submit import Submitting
+from omni_batch.submit import LookupProof, Submitting
 from omni_batch.verify import probe
 
 T = TypeVar("T")
@@ -124,7 +124,10 @@ class Engine(Submitting):
         self.feeding = True
         self.stopping = False  # Ctrl-C: send nothing new, and stop polling
         self.halt = asyncio.Event()  # no new submit may leave (Ctrl-C, 402, a fatal error)
-        self.quota_hit: QuotaError | None = None
+        self.quota_hit: OmniBatchError | None = None  # why submitting stopped (402, ...)
+        self.proof = LookupProof()
+        self.background: set[asyncio.Task[None]] = set()  # lookup probes; cancelled at the end
+        self.unrecognised_streak = 0  # submit answers in a row without a task id
         self.fatal: BaseException | None = None
         self.run_key = journal.meta("run_key") or "run"
 
@@ -433,9 +436,9 @@ class Engine(Submitting):
             await asyncio.gather(*submitters, return_exceptions=True)
             # a submit already under way finishes and is recorded (it sends nothing new)
             await asyncio.gather(*list(self.critical), return_exceptions=True)
-            for task in [*workers, *waits]:
+            for task in [*workers, *waits, *self.background]:
                 task.cancel()
-            await asyncio.gather(*workers, *waits, feeder, return_exceptions=True)
+            await asyncio.gather(*workers, *waits, *self.background, feeder, return_exceptions=True)
             self.prober.shutdown()  # at most one probe was still decoding
         if self.fatal is not None:
             raise self.fatal

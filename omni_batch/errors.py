@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,9 +91,14 @@ class OutputError(OmniBatchError):
 
 
 class ApiError(OmniBatchError):
-    """The API answered with an error; carries what the report needs to say why."""
+    """The API answered with an error; carries what the report needs to say why.
+
+    ``created_nothing`` says whether the answer proves that a submit created no task (and so
+    cost nothing): only then may the same submit be sent again without a flag.
+    """
 
     exit_code = 1
+    created_nothing = False
 
     def __init__(
         self,
@@ -107,6 +113,7 @@ class ApiError(OmniBatchError):
         self.status = status
         self.error_type = error_type
         self.request_id = request_id
+        self.task_id: str | None = None  # a 409 "already used" may name the existing task
 
     def __str__(self) -> str:
         head = f"HTTP {self.status}" if self.status else "API error"
@@ -119,16 +126,20 @@ class AuthError(ApiError):
     """401: the key is missing or wrong; the whole run stops at once."""
 
     exit_code = 3
+    created_nothing = True
 
 
 class QuotaError(ApiError):
     """402: the balance is exhausted; submitting stops, in-flight tasks are still polled."""
 
     exit_code = 4
+    created_nothing = True
 
 
 class RateLimited(ApiError):
     """429: slow down; ``retry_after`` is the server's hint in seconds, if it gave one."""
+
+    created_nothing = True
 
     def __init__(self, message: str, *, retry_after: float | None = None, **kw):
         super().__init__(message, **kw)
@@ -136,19 +147,45 @@ class RateLimited(ApiError):
 
 
 class RequestRejected(ApiError):
-    """400/403/404/422 and other 4xx: this request will never succeed as it is."""
+    """400/403/404/422 and other 4xx: this request will never succeed as it is (and a submit
+    refused this way created nothing)."""
+
+    created_nothing = True
 
 
 class ServerError(ApiError):
-    """5xx: a transient upstream error; the request did not succeed."""
+    """5xx: a transient upstream error. On a submit it proves nothing: the task may exist."""
 
 
 class GatewayError(ServerError):
-    """502/504: a proxy lost the upstream's answer; on a submit the task may exist."""
+    """502/504 (and the 52x of CDNs): a proxy lost the upstream's answer."""
+
+
+class NotAccepted(ServerError):
+    """A 5xx whose error type says the request was refused before any work (e.g. 503
+    ``rate_limit_unavailable``: the submit limiter is down): nothing was created."""
+
+    created_nothing = True
 
 
 class BadResponse(ApiError):
     """A 2xx whose body we cannot use (not JSON, missing fields, too large)."""
+
+
+class UnrecognisedAnswer(BadResponse):
+    """A 2xx to a submit without a task id we recognise: the task may exist and be billed.
+    ``raw`` keeps the answer's text (bounded, key redacted) for the record."""
+
+    def __init__(self, message: str, *, raw: str = "", **kw: Any):
+        super().__init__(message, **kw)
+        self.raw = raw
+
+
+class ApiChanged(OmniBatchError):
+    """Several submit answers in a row had no task id we recognise: the API's answers changed
+    shape. Submitting stops; tasks in flight are finished."""
+
+    exit_code = 1
 
 
 class TransportError(OmniBatchError):
@@ -161,9 +198,13 @@ class TransportError(OmniBatchError):
         self.error_type = "transport"
         self.request_id = None
 
+    created_nothing = False
+
 
 class NotSent(TransportError):
     """The connection was never made (refused, DNS): the request provably did not arrive."""
+
+    created_nothing = True
 
 
 class Ambiguous(TransportError):

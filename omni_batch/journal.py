@@ -296,6 +296,15 @@ class Journal:
         for r in cur:
             yield self._row(r)
 
+    def known_task(self) -> tuple[str, str] | None:
+        """(task id, client_business_id) of the job most recently given a task through a submit
+        that carried a business id: what proves the lookup before crash-left jobs are settled."""
+        row = self.db.execute(
+            "SELECT task_id, business_id FROM jobs WHERE task_id IS NOT NULL "
+            "AND business_id IS NOT NULL ORDER BY submitted_at DESC LIMIT 1"
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(STATES, 0)
         for state, n in self.db.execute(
@@ -492,10 +501,13 @@ class Journal:
         http_status: int | None = None,
         request_id: str | None = None,
         polls: int | None = None,
+        possible_duplicate: bool = False,
     ) -> None:
         fields: dict[str, Any] = {
             "error_type": error_type, "error_message": message[:1000], "http_status": http_status,
         }  # fmt: skip
+        if possible_duplicate:  # sticky: never cleared here
+            fields["possible_duplicate"] = 1
         if request_id:
             fields["request_id"] = request_id
         if polls is not None:
@@ -508,6 +520,7 @@ class Journal:
                 "http_status": http_status,
                 "message": message[:300],
                 "request_id": request_id,
+                "possible_duplicate": possible_duplicate or None,
             },
             **fields,
         )

@@ -18,19 +18,19 @@ from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception_type,
-    retry_if_not_exception_type,
     stop_after_attempt,
     wait_exponential,
     wait_random,
 )
 
-from omni_batch.errors import Ambiguous, BadResponse, GatewayError, NotSent, ServerError
+from omni_batch.errors import Ambiguous, BadResponse, NotAccepted, NotSent, ServerError
 
 T = TypeVar("T")
 
-# Safe to send again: the request provably never arrived, or the server itself answered
-# "failed" (500/503; a 502/504 from a proxy is not proof, see submit_retrying).
-SUBMIT_RETRYABLE = (NotSent, ServerError)
+# Safe to send again as it is: the request provably created nothing (no connection was made,
+# or a 503 said the submit limiter refused it). Any other 5xx, a timeout or a lost answer may
+# hide a created task: the submitter settles those (reconcile, or resend flagged), never here.
+SUBMIT_RETRYABLE = (NotSent, NotAccepted)
 # A status call changes nothing upstream, so any transient failure may be retried.
 POLL_RETRYABLE = (NotSent, ServerError, Ambiguous, BadResponse)
 
@@ -48,6 +48,13 @@ class Policy:
     retry_initial: float = 0.5
     retry_max: float = 4.0
     max_rate_limited: int = 50  # 429s tolerated for one call before its job fails
+    # after an ambiguous submit (5xx, timeout, lost answer) that no proven lookup can settle:
+    # how many times it is sent again, flagged possible_duplicate, before the job fails
+    ambiguous_resends: int = 1
+    # a client_business_id lookup that answers 404 is trusted only this long after the POST
+    # (the lookup may lag behind the create); it is asked again before anything is resent
+    lookup_grace: float = 10.0
+    unrecognised_in_a_row: int = 3  # submit answers without a task id before the run stops
     download_retries: int = 3
     request_timeout: float = 30.0
     download_timeout: float = 300.0
@@ -66,12 +73,7 @@ class Policy:
         )
 
     def submit_retrying(self) -> Retrying:
-        # a 502/504 may hide a created task: the engine settles it, never a blind resend
-        retrying = self._retrying(SUBMIT_RETRYABLE, self.retries)
-        retrying.retry = retry_if_exception_type(SUBMIT_RETRYABLE) & retry_if_not_exception_type(
-            GatewayError
-        )
-        return retrying
+        return self._retrying(SUBMIT_RETRYABLE, self.retries)
 
     def poll_retrying(self) -> Retrying:
         return self._retrying(POLL_RETRYABLE, self.retries)
@@ -81,7 +83,13 @@ class Policy:
 
 
 FAST = Policy(
-    first_poll=0.3, poll_interval=0.3, jitter=0.1, max_wait=120.0, retry_initial=0.05, retry_max=0.3
+    first_poll=0.3,
+    poll_interval=0.3,
+    jitter=0.1,
+    max_wait=120.0,
+    retry_initial=0.05,
+    retry_max=0.3,
+    lookup_grace=1.0,
 )
 """Timings for the embedded simulator, whose generations take about a second."""
 

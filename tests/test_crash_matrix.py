@@ -113,6 +113,12 @@ def test_a_video_in_place_whose_completion_a_crash_lost_is_not_fetched_or_asked_
     with sim(gen_min=0.2, gen_max=0.4, link_ttl=1.0) as server:
         crashed = run(manifest, out, server, "after_rename:3")
         waiting = _count(out, "downloading")
+        with contextlib.closing(sqlite3.connect(out / "journal.sqlite")) as db:
+            downloading = {
+                r[0]
+                for r in db.execute("SELECT job_id FROM jobs WHERE state = ?", ("downloading",))
+            }
+        in_place = {p.stem for p in (out / "videos").glob("*.mp4")} & downloading
         time.sleep(1.5)  # every link handed out so far has expired
         resumed = run(manifest, out, server, None)
         stats = server.stats()
@@ -120,8 +126,14 @@ def test_a_video_in_place_whose_completion_a_crash_lost_is_not_fetched_or_asked_
     assert waiting >= 1  # at least the job killed right after its rename
     rows = agree(out)
     assert set(rows.status) == {"completed"}
-    assert stats["downloads"] == JOBS and stats["downloads_expired"] == 0
-    assert stats["polls_after_terminal"] == 0 and stats["submits"] == JOBS
+    assert in_place  # at least the job killed right after its rename
+    # a video in place is neither fetched again nor asked about; only jobs that were still
+    # mid-download at the kill (under load there can be some) are fetched a second time,
+    # after one status call for a fresh link
+    mid_download = len(downloading - in_place)
+    assert JOBS <= stats["downloads"] <= JOBS + mid_download
+    assert stats["downloads_expired"] == 0
+    assert stats["polls_after_terminal"] <= mid_download and stats["submits"] == JOBS
 
 
 def test_videos_lost_on_disk_are_fetched_again_without_a_new_submit(tmp_path):

@@ -146,8 +146,8 @@ def failure(out: Path) -> pd.Series:
 @pytest.mark.parametrize(
     ("mode", "error_type", "says"),
     [
-        ("malformed_submit", "BadResponse", "not a JSON object"),
-        ("giant_submit", "BadResponse", "larger than 1 MiB"),
+        ("malformed_submit", "unrecognised_answer", "not a JSON object"),
+        ("giant_submit", "unrecognised_answer", "larger than 1 MiB"),
         ("html_500", "ServerError", "502 Bad Gateway"),
         ("status_missing_fields", "wait_timeout", "not finished"),
         ("status_html", "wait_timeout", "not finished"),
@@ -165,11 +165,19 @@ def test_each_malformed_answer_is_a_recorded_failure(tmp_path, mode, error_type,
     assert not list((out / "videos").iterdir())
 
 
-def test_an_unparseable_submit_answer_is_sent_again_only_flagged(tmp_path):
+def test_an_unparseable_submit_answer_is_never_sent_again_and_is_flagged(tmp_path):
     with hostile("malformed_submit") as server:
         _, out = run(tmp_path, server)
     row = failure(out)
-    assert bool(row.possible_duplicate) and server.submits == row.attempts == 4
+    assert bool(row.possible_duplicate) and server.submits == row.attempts == 1
+    assert "possibly billed" in row.error_message
+
+
+def test_a_5xx_on_submit_without_a_lookup_is_resent_once_flagged(tmp_path):
+    with hostile("html_500") as server:
+        _, out = run(tmp_path, server)
+    row = failure(out)
+    assert bool(row.possible_duplicate) and server.submits == row.attempts == 2
 
 
 def test_a_video_over_the_size_cap_is_refused(tmp_path):

@@ -6,7 +6,15 @@ import asyncio
 
 import pytest
 
-from omni_batch.errors import Ambiguous, GatewayError, NotSent, RequestRejected, ServerError
+from omni_batch.errors import (
+    Ambiguous,
+    BadResponse,
+    GatewayError,
+    NotAccepted,
+    NotSent,
+    RequestRejected,
+    ServerError,
+)
 from omni_batch.policy import Policy, retried
 
 QUICK = Policy(retries=3, retry_initial=0.001, retry_max=0.002)
@@ -38,7 +46,7 @@ def test_a_first_success_is_returned_after_one_call():
 
 
 def test_retryable_failures_are_tried_again_until_one_succeeds():
-    outcomes = [NotSent("refused"), ServerError("500"), "done"]
+    outcomes = [NotSent("refused"), NotAccepted("503 rate_limit_unavailable"), "done"]
     assert run_with(QUICK.submit_retrying, outcomes) == ("done", 3)
 
 
@@ -50,7 +58,15 @@ def test_after_retries_plus_one_attempts_the_last_error_itself_is_raised():
 
 @pytest.mark.parametrize(
     "error",
-    [RequestRejected("422", status=422), GatewayError("502", status=502), Ambiguous("timeout")],
+    [
+        RequestRejected("422", status=422),
+        GatewayError("502", status=502),
+        GatewayError("524", status=524),
+        ServerError("500", status=500),
+        ServerError("503", status=503),
+        Ambiguous("timeout"),
+        BadResponse("no task id", status=200),
+    ],
 )
 def test_a_submit_failure_that_may_have_landed_or_is_final_is_never_sent_again(error):
     result, calls = run_with(QUICK.submit_retrying, [error, "a second task"])

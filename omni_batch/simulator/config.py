@@ -20,6 +20,7 @@ ResultShape = Literal["result", "url", "video_url", "mixed"]
 QueuedWord = Literal["queued", "submitted", "mixed"]
 ErrorCode = Literal["int", "string", "mixed"]
 DuplicateCbid = Literal["conflict", "existing"]
+CbidSupport = Literal["on", "lookup_only", "no_lookup", "ignored"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,6 +75,17 @@ class SimConfig:
 
     clip_fps: int = 6
 
+    # Money-safety faults (issue #13, submit path). Each draws from its own seeded stream.
+    p_5xx_after_create: float = 0.0  # submit: create the task, then answer a 5xx anyway
+    after_create_status: int = 0  # that 5xx; 0 cycles 500 502 503 504 520 522 524
+    p_unrecognised: float = 0.0  # submit: create the task, answer 200 without a known task id
+    p_limiter_down: float = 0.0  # submit: 503 rate_limit_unavailable, nothing created
+    # client_business_id: "on" (409 on reuse, status by it), "lookup_only" (status by it, a
+    # reuse creates another task: the contract's "a lookup, not an idempotency key"),
+    # "no_lookup" (409 on reuse only), "ignored" (the field is dropped)
+    cbid: CbidSupport = "on"
+    cbid_lag: float = 0.0  # the status lookup by it finds a task only this long after create
+
     def __post_init__(self) -> None:
         problem = _problem(self)
         if problem:
@@ -107,7 +119,8 @@ def _problem(c: SimConfig) -> str | None:
         if name.startswith("p_") and not 0.0 <= value <= 1.0:
             return f"{name} must be between 0 and 1, not {value}"
     hints = get_type_hints(SimConfig)
-    for name in ("submit_shape", "result_shape", "queued_word", "error_code", "duplicate_cbid"):
+    literals = ("submit_shape", "result_shape", "queued_word", "error_code", "duplicate_cbid")
+    for name in (*literals, "cbid"):
         allowed = get_args(hints[name])
         if getattr(c, name) not in allowed:
             return f"{name} must be one of {', '.join(allowed)}, not {getattr(c, name)!r}"
@@ -123,7 +136,9 @@ def _problem(c: SimConfig) -> str | None:
         value = getattr(c, name)
         if value is not None and value < 0:
             return f"{name} must be 0 or more, or none"
-    nonneg = ("latency", "slow_delay", "storm_s", "link_ttl")
+    if c.after_create_status and not 500 <= c.after_create_status <= 599:
+        return f"after_create_status must be a 5xx status or 0, not {c.after_create_status}"
+    nonneg = ("latency", "slow_delay", "storm_s", "link_ttl", "cbid_lag")
     if c.burst < 1 or c.retry_after < 1 or c.clip_fps < 1 or any(getattr(c, n) < 0 for n in nonneg):
         return "burst, retry_after and clip_fps must be >= 1; times must be >= 0"
     return None

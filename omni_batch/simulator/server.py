@@ -51,6 +51,9 @@ _STRING_CODES = {
 }
 
 
+_AFTER_CREATE = (500, 502, 503, 504, 520, 522, 524)
+
+
 class _Reject(Exception):
     """An error answer: rendered by the middleware in the contract's error body."""
 
@@ -81,6 +84,9 @@ class Simulator:
         # downloads never shift which API request gets a fault.
         self._cdn = CdnHost(self.state)
         self._rng = random.Random(f"omni-sim-requests/{self.config.seed}")
+        # the submit path's money faults draw from their own stream (see SimConfig)
+        self._money_rng = random.Random(f"omni-sim-money/{self.config.seed}")
+        self._after_create = 0
         self._runners: list[web.AppRunner] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: int | None = None
@@ -233,11 +239,11 @@ class Simulator:
             raise _Reject(403, f"model {model} is not allowed for this API key")
         if cfg.p_reject and self._rng.random() < cfg.p_reject:
             raise _Reject(422, "the prompt was rejected by the content policy")
-        cbid = body.get("client_business_id")
+        cbid = body.get("client_business_id") if cfg.cbid != "ignored" else None
         if cbid is not None and (not isinstance(cbid, str) or not 1 <= len(cbid) <= 128):
             raise _Reject(400, "client_business_id: must be a string of 1-128 characters")
         ks = state.keys[key]
-        if cbid is not None and cbid in ks.cbids:
+        if cbid is not None and cbid in ks.cbids and cfg.cbid != "lookup_only":
             state.counts["duplicate_cbids"] += 1
             existing = state.tasks[ks.cbids[cbid]]
             if cfg.duplicate_cbid == "existing":
@@ -246,6 +252,14 @@ class Simulator:
                 409,
                 f"client_business_id {cbid!r} was already used for task {existing.id}",
                 task_id=existing.id,
+            )
+        r_down, r_after, r_shape = (self._money_rng.random() for _ in range(3))
+        if r_down < cfg.p_limiter_down:
+            state.counts["limiter_down"] += 1
+            raise _Reject(
+                503,
+                "the rate limiter is unavailable; nothing was accepted",
+                type="rate_limit_unavailable",
             )
         if cfg.quota_after is not None and ks.created >= cfg.quota_after:
             raise _Reject(402, "insufficient quota: top up your balance to create more tasks")
@@ -265,6 +279,14 @@ class Simulator:
         if ambiguous:
             state.counts["ambiguous"] += 1
             raise _Drop
+        if r_after < cfg.p_5xx_after_create:
+            state.counts["5xx_after_create"] += 1
+            status = cfg.after_create_status or _AFTER_CREATE[self._after_create % 7]
+            self._after_create += 1
+            raise _Reject(status, "upstream error, please retry")
+        if r_shape < cfg.p_unrecognised:
+            state.counts["unrecognised"] += 1
+            return web.json_response({"code": 0, "result": {"job": {"uuid": task.id}}})
         return web.json_response(self._submitted(task))
 
     def _submitted(self, task: Task) -> dict[str, Any]:

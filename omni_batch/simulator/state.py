@@ -199,10 +199,14 @@ class SimState:
         return task
 
     def find(self, key: str, ident: str) -> Task | None:
-        """A task of ``key`` by task id or client_business_id; other keys' tasks are unseen."""
+        """A task of ``key`` by task id or client_business_id (unless the config turns that
+        lookup off, or makes it lag behind the create); other keys' tasks are unseen."""
         task = self.tasks.get(ident)
-        if task is None and (task_id := self.keys[key].cbids.get(ident)):
-            task = self.tasks.get(task_id)
+        if task is None and self.config.cbid in ("on", "lookup_only"):
+            task_id = self.keys[key].cbids.get(ident)
+            found = self.tasks.get(task_id) if task_id else None
+            if found is not None and self.clock() - found.created >= self.config.cbid_lag:
+                task = found
         return task if task is not None and task.key == key else None
 
     def record_poll(self, task: Task, terminal: bool) -> None:
@@ -238,6 +242,9 @@ class SimState:
             "peak_active": self.peak_active,
             "dropped": c["dropped"],
             "ambiguous_submits": c["ambiguous"],
+            "5xx_after_create": c["5xx_after_create"],
+            "unrecognised_submits": c["unrecognised"],
+            "limiter_down": c["limiter_down"],
             "slow_responses": c["slow"],
             "limited_rate": c["limited_rate"],
             "limited_active": c["limited_active"],

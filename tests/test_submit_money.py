@@ -1,0 +1,149 @@
+"""The submit path's money rules against hostile servers, end to end through the CLI.
+
+What counts as "provably created nothing" (a refused connection, a 429, a 503 whose error type
+says the limiter refused it, a 4xx) and what does not (every other 5xx — 500, 502, 503, 504,
+520–524 — sent after the task was created, a lost answer, a 2xx without a task id). Each test
+judges the client by the simulator's own counts: tasks created vs jobs, and whether every extra
+task belongs to a job flagged ``possible_duplicate``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from omni_batch.cli import main
+from omni_batch.simulator import SimConfig, serve_in_thread
+
+JOBS = 12
+MANIFEST = f"""
+name: money
+vars:
+  n: [{", ".join(str(n) for n in range(JOBS))}]
+prompts:
+  - id: "m-{{n}}"
+    prompt: "money shot {{n}}"
+"""
+
+
+def sim(**knobs):
+    return serve_in_thread(SimConfig.from_profile("fast", **{"seed": 11, **knobs}))
+
+
+def run(tmp_path: Path, server, *extra: str, jobs_manifest: str = MANIFEST):
+    manifest = tmp_path / "money.yaml"
+    manifest.write_text(jobs_manifest, encoding="utf-8")
+    out = tmp_path / "out"
+    args = ["run", str(manifest), "--out", str(out), "--base-url", server.base_url, "--yes"]
+    args += ["--poll-interval", "0.2", "--rate", "200", "--no-progress", *extra]
+    result = CliRunner(env={"TOAPIS_API_KEY": server.key}).invoke(main, args)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    return result, pd.read_csv(out / "report.csv")
+
+
+def unflagged_extra(stats: dict, rows: pd.DataFrame) -> int:
+    """Tasks created beyond one per job that no possible_duplicate flag accounts for."""
+    flagged = rows[rows.possible_duplicate.astype(bool)]
+    allowed = int((flagged.attempts - 1).clip(lower=0).sum())
+    return max(0, stats["submits"] - len(rows) - allowed)
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 520, 522, 524])
+def test_a_5xx_sent_after_the_task_was_created_is_adopted_never_paid_twice(tmp_path, status):
+    # the lookup works, but a reuse of the business id is not refused: a blind resend would
+    # create (and bill) a second task
+    with sim(p_5xx_after_create=0.5, after_create_status=status, cbid="lookup_only") as server:
+        result, rows = run(tmp_path, server, "--reconcile")
+        stats = server.stats()
+    assert stats["5xx_after_create"] > 0
+    assert result.exit_code == 0, result.output
+    assert stats["submits"] == JOBS and set(rows.status) == {"completed"}
+    assert not rows.possible_duplicate.any()
+
+
+def test_without_a_lookup_every_5xx_after_create_is_resent_only_flagged(tmp_path):
+    with sim(p_5xx_after_create=0.5) as server:
+        _, rows = run(tmp_path, server, "--no-reconcile")
+        stats = server.stats()
+    assert stats["5xx_after_create"] > 0 and stats["submits"] > JOBS
+    assert unflagged_extra(stats, rows) == 0
+    # every POST is counted, and an ambiguous job is sent at most twice (one flagged resend)
+    assert rows.attempts.sum() == stats["submit_requests"]
+    assert rows.attempts.max() <= 2
+    assert (rows[rows.attempts > 1].possible_duplicate.astype(bool)).all()
+
+
+def test_a_server_that_ignores_the_business_id_is_never_trusted(tmp_path):
+    # the server creates the task, answers 500, and drops client_business_id (no lookup, no
+    # 409 on reuse): a 404 from a lookup never seen to work proves nothing, so each resend
+    # is flagged
+    with sim(p_5xx_after_create=0.5, cbid="ignored") as server:
+        _, rows = run(tmp_path, server, "--reconcile")
+        stats = server.stats()
+    assert stats["submits"] > JOBS
+    assert unflagged_extra(stats, rows) == 0
+    assert (rows[rows.attempts > 1].possible_duplicate.astype(bool)).all()
+
+
+def test_a_409_naming_the_existing_task_adopts_it(tmp_path):
+    # no lookup by business id, but a resend under the same id is refused with a 409 that
+    # names the task the first POST created: that task is polled, not abandoned
+    with sim(p_5xx_after_create=0.5, cbid="no_lookup") as server:
+        result, rows = run(tmp_path, server, "--reconcile")
+        stats = server.stats()
+    assert result.exit_code == 0, result.output
+    assert stats["submits"] == JOBS and stats["duplicate_client_business_ids"] > 0
+    assert set(rows.status) == {"completed"}
+
+
+def test_a_lagging_lookup_is_asked_again_after_its_grace_period(tmp_path):
+    # the lookup finds a task only 0.4 s after its create (FAST's grace is 1 s): a first 404
+    # right after the 5xx must not be believed
+    with sim(p_5xx_after_create=0.5, cbid_lag=0.4, cbid="lookup_only") as server:
+        result, rows = run(tmp_path, server, "--reconcile")
+        stats = server.stats()
+    assert stats["submits"] == JOBS and set(rows.status) == {"completed"}, result.output
+    assert not rows.possible_duplicate.any()
+
+
+def test_a_503_limiter_unavailable_is_resent_unflagged_and_every_send_counted(tmp_path):
+    with sim(p_limiter_down=0.4) as server:
+        result, rows = run(tmp_path, server, "--no-reconcile")
+        stats = server.stats()
+    assert result.exit_code == 0, result.output
+    assert stats["limiter_down"] > 0 and stats["submits"] == JOBS
+    assert not rows.possible_duplicate.any()
+    assert rows.attempts.sum() == stats["submit_requests"] == JOBS + stats["limiter_down"]
+
+
+def test_a_2xx_without_a_known_task_id_is_never_resent_and_is_flagged(tmp_path):
+    with sim(p_unrecognised=0.25) as server:
+        result, rows = run(tmp_path, server, "--reconcile")
+        stats = server.stats()
+    odd = rows[rows.error_type == "unrecognised_answer"]
+    assert len(odd) == stats["unrecognised_submits"] > 0
+    assert stats["submits"] == JOBS  # none of them sent again
+    assert (odd.attempts == 1).all() and odd.possible_duplicate.astype(bool).all()
+    assert odd.error_message.str.contains("uuid").all()  # the raw answer is kept
+    assert result.exit_code == 1
+
+
+def test_answers_that_changed_shape_stop_submitting_after_a_few(tmp_path):
+    many = MANIFEST.replace(
+        f"n: [{', '.join(str(n) for n in range(JOBS))}]",
+        f"n: [{', '.join(str(n) for n in range(40))}]",
+    )
+    with sim(p_unrecognised=1.0) as server:
+        result, rows = run(tmp_path, server, "--reconcile", jobs_manifest=many)
+        stats = server.stats()
+    assert result.exit_code == 1
+    assert "submit answers changed shape" in result.output
+    # a few in a row (and the submits already under way), not four paid sends for each of 40
+    assert stats["submits"] <= 12
+    assert (rows.status == "pending").sum() >= 40 - 12
+    sent = rows[rows.status != "pending"]
+    assert (sent.error_type == "unrecognised_answer").all() and (sent.attempts == 1).all()
