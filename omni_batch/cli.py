@@ -51,6 +51,9 @@ def plan(manifest: str, fmt: str, catalog: str | None, max_jobs: int | None) -> 
 
     result = make_plan(manifest, catalog, max_jobs=max_jobs)
     out = sys.stdout
+    if fmt != "table":  # the table shows them; stdout stays the jobs alone
+        for note in result.manifest.notes:
+            click.echo(str(note), err=True)
     if fmt == "json":
         result.write_json(out)
     elif fmt == "csv":

@@ -74,6 +74,7 @@ class Manifest:
     tag_names: tuple[str, ...]
     budget: Budget
     catalog: Catalog = field(repr=False)
+    notes: tuple[Problem, ...] = ()  # guesses made while reading (a CSV's delimiter), to show
 
     def jobs(self) -> Iterator[Job]:
         """Every job in expansion order, lazily."""
@@ -167,7 +168,9 @@ class _Reader:
         else:
             manifest = self.read_yaml_manifest(text)
         if self.problems:
-            items = self.problems.items  # this file's problems first, then by line
+            # this file's problems first, then by line; a note (a guessed delimiter) may explain
+            # them, so it goes with them
+            items = self.problems.items + self.problems.notes
             items.sort(key=lambda p: (p.where.path != self.name, p.where.line or p.where.row or 0))
             raise ManifestError(items)
         assert manifest is not None
@@ -390,6 +393,7 @@ class _Reader:
             tag_names=tag_names,
             budget=budget,
             catalog=self.catalog,
+            notes=tuple(self.problems.notes),
         )
         # count first (a product of list lengths): a manifest over a job limit is refused before
         # a single job is made, so ten million jobs cost milliseconds, not minutes and gigabytes
