@@ -178,15 +178,16 @@ def run(
     Exit 0 when every job completed, 1 when some failed, 2 on bad input, 3 when the API key is
     refused, 4 when the quota ran out, 130 when interrupted (run again to resume).
     """
+    from omni_batch.plan import plan as make_plan
+
+    result = make_plan(manifest, catalog, max_jobs=max_jobs)  # a bad manifest: before the rest
     import asyncio
 
     from omni_batch.display import plan_summary
-    from omni_batch.plan import plan as make_plan
     from omni_batch.policy import FAST, Policy
     from omni_batch.progress import Progress, final_table
     from omni_batch.runner import RunOptions, output_folder, run_async
 
-    result = make_plan(manifest, catalog, max_jobs=max_jobs)
     console = _console()
     err = _console(err=True)
     console.print(plan_summary(result, console.width, first=5))
