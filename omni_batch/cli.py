@@ -19,6 +19,15 @@ def main() -> None:
     """Run batches of text-to-video generations against the ToAPIs video task API."""
 
 
+MAX_JOBS_OPTION = click.option(
+    "--max-jobs",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Refuse a manifest that expands to more than N jobs, counted before any is made "
+    "[default: its budget.max_jobs, else 1,000,000].",
+)
+
+
 @main.command()
 @click.argument("manifest", type=click.Path(dir_okay=True, path_type=str))
 @click.option(
@@ -34,13 +43,17 @@ def main() -> None:
     type=click.Path(path_type=str),
     help="A model catalog file that adds or overrides models.",
 )
+@MAX_JOBS_OPTION
 @reports_errors
-def plan(manifest: str, fmt: str, catalog: str | None) -> None:
+def plan(manifest: str, fmt: str, catalog: str | None, max_jobs: int | None) -> None:
     """Validate MANIFEST and show the jobs it expands to. No network; exit 2 when invalid."""
     from omni_batch.plan import plan as make_plan
 
-    result = make_plan(manifest, catalog)
+    result = make_plan(manifest, catalog, max_jobs=max_jobs)
     out = sys.stdout
+    if fmt != "table":  # the table shows them; stdout stays the jobs alone
+        for note in result.manifest.notes:
+            click.echo(str(note), err=True)
     if fmt == "json":
         result.write_json(out)
     elif fmt == "csv":
@@ -139,6 +152,7 @@ def _console(err: bool = False):
 @click.option(
     "--no-progress", is_flag=True, help="Plain summary lines instead of the live display."
 )
+@MAX_JOBS_OPTION
 @reports_errors
 def run(
     manifest,
@@ -157,21 +171,23 @@ def run(
     verify,
     yes,
     no_progress,
+    max_jobs,
 ) -> None:
     """Submit every job of MANIFEST, poll, download the videos and write the report.
 
     Exit 0 when every job completed, 1 when some failed, 2 on bad input, 3 when the API key is
     refused, 4 when the quota ran out, 130 when interrupted (run again to resume).
     """
+    from omni_batch.plan import plan as make_plan
+
+    result = make_plan(manifest, catalog, max_jobs=max_jobs)  # a bad manifest: before the rest
     import asyncio
 
     from omni_batch.display import plan_summary
-    from omni_batch.plan import plan as make_plan
     from omni_batch.policy import FAST, Policy
     from omni_batch.progress import Progress, final_table
     from omni_batch.runner import RunOptions, output_folder, run_async
 
-    result = make_plan(manifest, catalog)
     console = _console()
     err = _console(err=True)
     console.print(plan_summary(result, console.width, first=5))

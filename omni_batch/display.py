@@ -39,6 +39,8 @@ def plan_summary(plan: Plan, width: int = 100, first: int = 10) -> Group:
         ]
         budget = Text(f"within budget ({', '.join(x for x in limits if x)})", style="green")
     table.add_row("budget", budget)
+    for note in plan.manifest.notes:
+        table.add_row("note", Text(f"{note.where}: {note.message}", style="yellow"))
 
     jobs = Table(title=f"first {min(first, s.jobs)} of {s.jobs:,} jobs", title_justify="left")
     shown = list(islice(plan.jobs(), first))

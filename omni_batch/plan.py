@@ -64,7 +64,16 @@ class Plan:
         writer.writerows(self.rows())
 
 
-def plan(manifest: str | Path, catalog: Catalog | str | Path | None = None) -> Plan:
-    """Load and validate ``manifest``; raise ManifestError (every problem) when it is wrong."""
-    loaded = load_manifest(manifest, catalog)
+def plan(
+    manifest: str | Path,
+    catalog: Catalog | str | Path | None = None,
+    *,
+    max_jobs: int | None = None,
+) -> Plan:
+    """Load and validate ``manifest``; raise ManifestError (every problem) when it is wrong.
+
+    ``max_jobs``: refuse a manifest expanding to more jobs (default: its `budget.max_jobs`,
+    else DEFAULT_MAX_JOBS); counted before any job is made.
+    """
+    loaded = load_manifest(manifest, catalog, max_jobs=max_jobs)
     return Plan(loaded, loaded.summary())

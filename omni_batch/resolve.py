@@ -40,11 +40,19 @@ def text_of(value: Any) -> str | None:
 
 @dataclass
 class Problems:
-    """Every problem found so far, each once; ``raised`` also counts repeats."""
+    """Every problem found so far, each once; ``raised`` also counts repeats.
+
+    ``notes`` are not problems: guesses made on the user's behalf (a CSV delimiter), shown
+    beside the plan, and beside the problems when there are some (they may explain them).
+    """
 
     items: list[Problem] = field(default_factory=list)
     raised: int = 0
+    notes: list[Problem] = field(default_factory=list)
     _seen: set[tuple[str, str, str]] = field(default_factory=set)
+
+    def note(self, where: Where, message: str) -> None:
+        self.notes.append(Problem(where, "note", message))
 
     def add(self, where: Where, name: str, message: str) -> None:
         self.raised += 1

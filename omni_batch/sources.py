@@ -1,6 +1,7 @@
 """Reading users' files: UTF-8 text with errors that name the file, and CSV rows as raw entries.
 
 A CSV row becomes the same {field: Field} entry a YAML prompt item does; other columns are tags.
+Cells are separated by `,`, `;` (Excel in much of Europe) or tabs, told apart by the header.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import Counter
+from itertools import islice
 from pathlib import Path
 
 from omni_batch.errors import ManifestError, Problem, Where
@@ -17,6 +19,9 @@ CSV_COLUMNS = ("id", "prompt", "model", "aspect_ratio", "duration", "resolution"
 MAX_CELL = 64 << 20  # Python's csv stops at 128 KiB per cell; a long prompt is still a prompt
 csv.field_size_limit(MAX_CELL)
 Entry = tuple[Where, dict[str, Field]]
+DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab"}  # in order of preference
+SNIFF_ROWS = 200  # rows looked at when the header alone cannot tell
+SNIFF_CHARS = 256 << 10  # ... within the file's first 256 KiB
 
 
 def read_text(path: Path) -> str:
@@ -42,9 +47,71 @@ def read_text(path: Path) -> str:
         raise ManifestError([Problem(where, "", msg)]) from None
 
 
+def _split_rows(text: str, delimiter: str, limit: int | None = None) -> list[list[str]]:
+    return list(islice(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), limit))
+
+
+def sniff_delimiter(text: str) -> tuple[str, str | None]:
+    """The cell delimiter of a CSV manifest, and a note saying so when it is a guess.
+
+    The header decides: the one delimiter that splits it into columns, one of them `prompt`.
+    Only a header that splits several ways, or not at all (one column), leaves a guess: then
+    the first rows decide (the delimiter that gives them the header's width), and the note says
+    which one was assumed. Quoted cells may hold any delimiter.
+    """
+    cut = len(text) > SNIFF_CHARS
+    sample = text[:SNIFF_CHARS]
+    samples: dict[str, list[list[str]]] = {}
+    for delimiter in DELIMITERS:
+        try:
+            rows = _split_rows(sample, delimiter, SNIFF_ROWS + 1)
+        except csv.Error:
+            rows = []
+        if cut and 1 < len(rows) <= SNIFF_ROWS:
+            rows.pop()  # the sample ended inside it
+        samples[delimiter] = rows[:SNIFF_ROWS]
+
+    def header(d: str) -> list[str]:
+        return [cell.strip().lower() for cell in samples[d][0]] if samples[d] else []
+
+    def fit(d: str) -> int:  # rows that have the header's width, for a tie
+        width = len(header(d))
+        return sum(len(row) == width for row in samples[d][1:] if any(c.strip() for c in row))
+
+    split = [d for d in DELIMITERS if len(header(d)) > 1]
+    named = [d for d in split if "prompt" in header(d)]
+    if len(named) == 1:
+        return named[0], None
+    if named:  # e.g. `prompt;id,prompt`: let the rows tell
+        best = max(named, key=fit)  # max keeps the first of equals: the preferred one
+        others = " and ".join(repr(d) for d in named if d != best)
+        return best, (
+            f"the header splits on {others} too; assumed {DELIMITERS[best]}-separated ({best!r})"
+        )
+    if split:  # no `prompt` column either way: the widest reading names the columns best
+        return max(split, key=lambda d: len(header(d))), None
+    # one column: the rows must have one cell each, so pick the delimiter that splits none
+    # (a one-column file from a `;` Excel keeps its commas unquoted)
+    splits = {
+        d: sum(len(row) > 1 for row in samples[d][1:] if any(c.strip() for c in row))
+        for d in DELIMITERS
+    }
+    best = min(DELIMITERS, key=lambda d: splits[d])
+    if not any(splits.values()):
+        return best, None  # no row holds any delimiter: the choice changes nothing
+    guess = "the header has a single column, so the delimiter is a guess: "
+    if splits[best]:
+        return best, guess + f"assumed {DELIMITERS[best]}-separated ({best!r})"
+    kept = " and ".join(f"{DELIMITERS[d]}s" for d in DELIMITERS if splits[d])
+    return best, guess + f"assumed none; each row is one cell, its {kept} kept"
+
+
 def csv_entries(problems: Problems, text: str, path: str) -> list[Entry]:
+    delimiter, note = sniff_delimiter(text)
+    if note:
+        problems.note(Where(path, row=1), note)
     try:
-        rows = list(csv.reader(io.StringIO(text, newline="")))
+        rows = _split_rows(text, delimiter)
     except csv.Error as exc:
         problems.add(Where(path), "", f"not a readable CSV file: {exc}")
         return []
