@@ -154,6 +154,9 @@ class Simulator:
             if request.transport is not None:
                 request.transport.close()
             return web.Response()  # never written: aiohttp sees the closed transport
+        except ConnectionResetError:  # the client went away mid-request (killed, timed out)
+            counts["client_gone"] += 1
+            return web.Response()
         except _Reject as exc:
             response = self._error(exc, rid, number)
         except web.HTTPException as exc:  # unknown path, wrong method
