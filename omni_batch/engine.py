@@ -11,6 +11,7 @@ import contextlib
 import functools
 import heapq
 import itertools
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -35,12 +36,14 @@ from omni_batch.errors import (
     QuotaError,
     RateLimited,
     RequestRejected,
+    ThrottledTooLong,
     TransportError,
 )
 from omni_batch.journal import DEFER_S, JobRow, Journal
 from omni_batch.limiter import Pressure
+from omni_batch.netguard import VideoGuard
 from omni_batch.policy import Policy, retried
-from omni_batch.submit import Submitting
+from omni_batch.submit import Stopping, Submitting
 from omni_batch.verify import probe
 
 T = TypeVar("T")
@@ -127,6 +130,9 @@ class Engine(Submitting):
         self.quota_hit: QuotaError | None = None
         self.fatal: BaseException | None = None
         self.run_key = journal.meta("run_key") or "run"
+        self.video_guard = VideoGuard(client.root)  # videos: public hosts, or the API's own
+        self.throttled_since: float | None = None  # first 429 since the last other answer
+        self.cap_logged = -math.inf  # when a capped Retry-After was last logged
 
     # -- bookkeeping ----------------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -176,20 +182,50 @@ class Engine(Submitting):
             except RateLimited as exc:
                 self.key_proven.set()
                 self.stats.rate_limited += 1
-                self.pressure.throttled(exc.retry_after)
+                self._still_throttled(submit)
+                self.pressure.throttled(self._capped(exc.retry_after))
                 last = exc
                 continue
             except (AuthError, QuotaError):
                 raise
             except ApiError:
                 self.key_proven.set()
+                self.throttled_since = None
                 self.pressure.succeeded()
                 raise
             self.key_proven.set()
+            self.throttled_since = None
             self.pressure.succeeded()
             return result
         assert last is not None
         raise last
+
+    def _capped(self, retry_after: float | None) -> float | None:
+        """Retry-After, but never longer than the policy allows (logged when that bites)."""
+        cap = self.policy.max_retry_after
+        if retry_after is None or retry_after <= cap:
+            return retry_after
+        now = time.monotonic()
+        if now - self.cap_logged >= cap:  # once per capped pause, not once per caller
+            self.cap_logged = now
+            self.log(f"429 asked to wait {retry_after:.0f} s (Retry-After); waiting {cap:g} s")
+        return cap
+
+    def _still_throttled(self, submit: bool) -> None:
+        """After a 429: end the run when the API has answered nothing else for too long."""
+        now = time.monotonic()
+        if self.throttled_since is None:
+            self.throttled_since = now
+        elif now - self.throttled_since >= self.policy.max_throttled_s:
+            waited = now - self.throttled_since
+            ended = ThrottledTooLong(
+                f"the API at {self.client.root} answered only 429 (too many requests) for "
+                f"{waited:.0f} s: stopped; submitted tasks are kept in the journal, "
+                "run the same command again later to resume"
+            )
+            self._fail_fatal(ended)
+            # a refused submit created nothing: its job goes back to pending
+            raise Stopping() if submit else ended
 
     async def _status_call(self, task_id: str) -> TaskState:
         return await retried(
@@ -333,6 +369,7 @@ class Engine(Submitting):
                     flight.job_id,
                     max_bytes=p.max_download_bytes,
                     time_limit=p.download_timeout,
+                    guard=self.video_guard,
                 ),
             )
         except DownloadError as exc:
@@ -349,8 +386,9 @@ class Engine(Submitting):
                     )
                 if state is not None and state.video_url:
                     return await self.fetch(flight, state.video_url)
-            kind = "link_expired" if exc.expired else "download_failed"
-            return await self._fail(flight, "downloading", kind, exc.message, exc.status, None)
+            kind = exc.kind or ("link_expired" if exc.expired else "download_failed")
+            message = self.client.redact(exc.message)  # it may quote the video host's headers
+            return await self._fail(flight, "downloading", kind, message, exc.status, None)
         await self._completed(flight, got)
 
     async def _completed(self, flight: Flight, got: Downloaded) -> None:

@@ -48,6 +48,8 @@ class Policy:
     retry_initial: float = 0.5
     retry_max: float = 4.0
     max_rate_limited: int = 50  # 429s tolerated for one call before its job fails
+    max_retry_after: float = 60.0  # a longer Retry-After is cut to this (and logged)
+    max_throttled_s: float = 600.0  # only 429s for this long, no other answer: the run stops
     download_retries: int = 3
     request_timeout: float = 30.0
     download_timeout: float = 300.0
@@ -81,7 +83,14 @@ class Policy:
 
 
 FAST = Policy(
-    first_poll=0.3, poll_interval=0.3, jitter=0.1, max_wait=120.0, retry_initial=0.05, retry_max=0.3
+    first_poll=0.3,
+    poll_interval=0.3,
+    jitter=0.1,
+    max_wait=120.0,
+    retry_initial=0.05,
+    retry_max=0.3,
+    max_retry_after=2.0,
+    max_throttled_s=5.0,
 )
 """Timings for the embedded simulator, whose generations take about a second."""
 

@@ -1,0 +1,113 @@
+"""Keeping the API key out of everything we store or print: ``Redactor`` finds it in text a
+server sent back, whatever the encoding (plain, JSON-escaped, URL-encoded, HTML entities,
+base64), and replaces it with ``[redacted]``.
+
+Every piece of server text passes through it before it is stored: the raw body (for error
+snippets), every string of the decoded JSON body, the headers we read (request ids).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Any
+
+REDACTED = "[redacted]"
+_SHORT_ESCAPES = {'"': '"', "/": "/", "\b": "b", "\f": "f", "\n": "n", "\r": "r", "\t": "t"}
+_HTML_NAMES = {'"': "quot", "&": "amp", "<": "lt", ">": "gt", "'": "apos"}
+_MIN_BASE64 = 8  # a shorter base64 core would match innocent text
+
+
+def _hex(value: int, width: int) -> str:
+    """A pattern for ``value`` in hex, either case, with at least ``width`` digits."""
+    digits = f"{value:0{width}x}"
+    return "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in digits)
+
+
+def _char(c: str) -> str:
+    """Every way one character of the key can appear in text a server wrote."""
+    cp = ord(c)
+    alts = [re.escape(c)]
+    # JSON: \uXXXX (any case; a surrogate pair beyond the BMP), short escapes, and any depth
+    # of nesting (a JSON string inside a JSON string doubles the backslashes)
+    if cp < 0x10000:
+        alts.append(r"\\+u" + _hex(cp, 4))
+    else:
+        high, low = 0xD800 + ((cp - 0x10000) >> 10), 0xDC00 + ((cp - 0x10000) & 0x3FF)
+        alts.append(r"\\+u" + _hex(high, 4) + r"\\+u" + _hex(low, 4))
+    if c == "\\":
+        alts = [r"\\+"]
+    elif c in _SHORT_ESCAPES:
+        alts.append(r"\\+" + re.escape(_SHORT_ESCAPES[c]))
+    # URL encoding (%XX of each UTF-8 byte, any case; '+' for a space)
+    alts.append("".join("%" + _hex(b, 2) for b in c.encode("utf-8")))
+    if c == " ":
+        alts.append(r"\+")
+    # HTML character references
+    alts.append(f"&#0*{cp};")
+    alts.append(f"&#[xX]0*{_hex(cp, 1)};")
+    if c in _HTML_NAMES:
+        alts.append(f"&{_HTML_NAMES[c]};")
+    return "(?:" + "|".join(alts) + ")"
+
+
+def base64_cores(secret: bytes) -> set[str]:
+    """The base64 text that encodes ``secret`` wherever it sits in a longer encoded string.
+
+    Base64 turns 3 bytes into 4 characters, so the secret's encoding depends on where it
+    starts (3 alignments); only the characters made entirely of the secret's bits are kept.
+    """
+    cores: set[str] = set()
+    for offset in range(3):
+        encoded = base64.b64encode(b"\0" * offset + secret).decode("ascii")
+        first = -(-8 * offset // 6)  # the first character with no prefix bit in it
+        last = 8 * (offset + len(secret)) // 6  # one past the last with no padding bit
+        core = encoded[first:last]
+        if len(core) >= _MIN_BASE64:
+            cores.add(core)
+            cores.add(core.translate(str.maketrans("+/", "-_")))
+    return cores
+
+
+class Redactor:
+    """``redactor(text)`` is ``text`` with every form of the secret replaced by [redacted]."""
+
+    def __init__(self, secret: str):
+        self.secret = secret
+        self._pattern: re.Pattern[str] | None = None
+        if secret:
+            forms = ["".join(_char(c) for c in secret)]
+            forms += sorted(map(re.escape, base64_cores(secret.encode("utf-8"))), key=len)[::-1]
+            self._pattern = re.compile("|".join(forms))
+
+    def __call__(self, text: str) -> str:
+        if self._pattern is None:
+            return text
+        return self._pattern.sub(REDACTED, text)
+
+    def found_in(self, text: str) -> bool:
+        return self._pattern is not None and self._pattern.search(text) is not None
+
+    def scrub(self, value: Any) -> Any:
+        """A decoded JSON value with every string (keys included) redacted."""
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, dict):
+            return {self.scrub(k): self.scrub(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.scrub(v) for v in value]
+        return value
+
+    def json_text(self, text: str, body: Any) -> tuple[str, Any]:
+        """(raw text, decoded body) with the secret redacted in both.
+
+        The usual answer carries no escapes and no trace of the key: one scan of the raw text
+        proves every decoded string clean (each appears verbatim in it), so only an answer
+        with backslashes or a match is walked string by string.
+        """
+        if self._pattern is None or ("\\" not in text and not self.found_in(text)):
+            return text, body
+        return self(text), self.scrub(body)
+
+
+__all__ = ["REDACTED", "Redactor", "base64_cores"]
