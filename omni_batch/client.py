@@ -170,8 +170,8 @@ def _error_fields(body: Any, fallback: str) -> tuple[str, str | None]:
     return fallback, None
 
 
-_DELTA_SECONDS = re.compile(r"\s*(\d{1,12})(\.\d*)?\s*$")
-MAX_RETRY_AFTER = 7 * 86_400.0  # what a header may say at most; Policy.max_retry_after caps it
+_DELTA_SECONDS = re.compile(r"\s*(\d+)(\.\d*)?\s*$")
+MAX_RETRY_AFTER = 1e9  # seconds (30 years): finite; Policy.max_retry_after is the real cap
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:

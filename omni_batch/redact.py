@@ -27,7 +27,7 @@ def _hex(value: int, width: int) -> str:
 def _char(c: str) -> str:
     """Every way one character of the key can appear in text a server wrote."""
     cp = ord(c)
-    alts = [re.escape(c)]
+    alts = [r"\\+" if c == "\\" else re.escape(c)]  # a backslash, however often escaped
     # JSON: \uXXXX (any case; a surrogate pair beyond the BMP), short escapes, and any depth
     # of nesting (a JSON string inside a JSON string doubles the backslashes)
     if cp < 0x10000:
@@ -35,9 +35,7 @@ def _char(c: str) -> str:
     else:
         high, low = 0xD800 + ((cp - 0x10000) >> 10), 0xDC00 + ((cp - 0x10000) & 0x3FF)
         alts.append(r"\\+u" + _hex(high, 4) + r"\\+u" + _hex(low, 4))
-    if c == "\\":
-        alts = [r"\\+"]
-    elif c in _SHORT_ESCAPES:
+    if c in _SHORT_ESCAPES:
         alts.append(r"\\+" + re.escape(_SHORT_ESCAPES[c]))
     # URL encoding (%XX of each UTF-8 byte, any case; '+' for a space)
     alts.append("".join("%" + _hex(b, 2) for b in c.encode("utf-8")))
@@ -69,15 +67,27 @@ def base64_cores(secret: bytes) -> set[str]:
     return cores
 
 
+def _leading(parts: list[str]) -> str:
+    """A pattern for ``parts`` in sequence, or any leading run of at least half of them (8
+    at least): a server that cuts a message short must not leave most of the key behind."""
+    need = min(len(parts), max(_MIN_BASE64, -(-len(parts) // 2)))
+    tail = ""
+    for part in reversed(parts[need:]):
+        tail = f"(?:{part}{tail})?"
+    return "".join(parts[:need]) + tail
+
+
 class Redactor:
-    """``redactor(text)`` is ``text`` with every form of the secret replaced by [redacted]."""
+    """``redactor(text)`` is ``text`` with every form of the secret replaced by [redacted]
+    (a form cut short after at least half of it counts too)."""
 
     def __init__(self, secret: str):
         self.secret = secret
         self._pattern: re.Pattern[str] | None = None
         if secret:
-            forms = ["".join(_char(c) for c in secret)]
-            forms += sorted(map(re.escape, base64_cores(secret.encode("utf-8"))), key=len)[::-1]
+            forms = [_leading([_char(c) for c in secret])]
+            cores = sorted(base64_cores(secret.encode("utf-8")), key=len, reverse=True)
+            forms += [_leading([re.escape(c) for c in core]) for core in cores]
             self._pattern = re.compile("|".join(forms))
 
     def __call__(self, text: str) -> str:
