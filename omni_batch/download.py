@@ -111,7 +111,8 @@ async def _follow(
     for hop in range(MAX_REDIRECTS + 1):
         if why := await guard.problem(target):
             raise DownloadError(
-                why if hop == 0 else f"redirected to {target.raw_host}: {why}", kind=UNSAFE_KIND
+                why if hop == 0 else f"the video link redirected to {target.raw_host}; {why}",
+                kind=UNSAFE_KIND,
             )
         left = max(0.001, deadline - time.monotonic())
         timeout = aiohttp.ClientTimeout(total=left, sock_read=60)

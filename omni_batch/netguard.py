@@ -71,58 +71,102 @@ class UnsafeAddress(OSError):
 
 class VideoGuard:
     """The rule for video links: http(s) only, and a public address unless the host is the
-    API's own (the embedded simulator serves videos from 127.0.0.1, like its API)."""
+    API's own (the embedded simulator serves videos from 127.0.0.1, like its API).
+
+    "The API's own host" is its name, or an address written out that its name resolves to:
+    an API at http://localhost:8700 may hand out links on http://127.0.0.1:…, which exposes
+    nothing the name did not already. Any other name is another host, whatever it resolves
+    to (an API at 127.0.0.1 may not send us to http://localhost:…)."""
 
     def __init__(self, api_root: str | None):
         try:
             self.api_host = host_key(URL(api_root).raw_host) if api_root else ""
         except ValueError:  # not a URL: the client refuses it with a clear message
             self.api_host = ""
+        literal = parse_address(self.api_host)
+        self.api_addresses: frozenset[Address] | None = (
+            frozenset({literal}) if literal is not None else None if self.api_host else frozenset()
+        )
 
     def trusted(self, host: str | None) -> bool:
         return bool(self.api_host) and host_key(host) == self.api_host
 
-    def literal_problem(self, url: URL) -> str | None:
-        """What is wrong with ``url`` before any lookup: scheme, missing host, an internal
-        address written out."""
+    def _why(self, address: Address, literal: bool) -> str | None:
+        if literal and address in (self.api_addresses or ()):
+            return None
+        return address_problem(address)
+
+    async def _learn_api_addresses(self) -> None:
+        """Look the API's host name up once (kept only when the lookup works)."""
+        if self.api_addresses is not None:
+            return
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                self.api_host, 0, type=socket.SOCK_STREAM
+            )
+        except (OSError, UnicodeError):
+            return
+        found = (parse_address(str(info[4][0])) for info in infos)
+        self.api_addresses = frozenset(a for a in found if a is not None)
+
+    @staticmethod
+    def form_problem(url: URL) -> str | None:
+        """A link we never fetch whatever its host: another scheme, or no host."""
         scheme = (url.scheme or "").lower()
         if scheme not in ("http", "https"):
             return f"refusing to download a {scheme or 'relative'}: URL"
-        host = url.raw_host
-        if not host:
+        if not url.raw_host:
             return "refusing a video link with no host"
-        if self.trusted(host):
-            return None
-        address = parse_address(host)
-        if address is not None and (why := address_problem(address)):
-            return f"refusing to download from {host}: a {why} address"
         return None
 
-    def resolved_problem(self, host: str, addresses: list[str]) -> str | None:
-        """What is wrong with a host name given the addresses it resolved to."""
+    def literal_problem(self, url: URL) -> str | None:
+        """What is wrong with ``url`` before any lookup: its form, or an internal address
+        written out."""
+        if why := self.form_problem(url):
+            return why
+        host = url.raw_host or ""
+        address = parse_address(host)
+        if self.trusted(host) or address is None:
+            return None
+        return self.resolved_problem(host, [host], literal=True)
+
+    def resolved_problem(
+        self, host: str, addresses: list[str], literal: bool = False
+    ) -> str | None:
+        """What is wrong with a host given the addresses it stands for (``literal``: the
+        host is an address written out)."""
         if self.trusted(host):
             return None
         for text in addresses:
             address = parse_address(text)
-            if address is not None and (why := address_problem(address)):
+            if address is not None and (why := self._why(address, literal)):
+                if literal:
+                    return f"refusing to download from {host}: a {why} address"
                 return f"refusing to download from {host}: it resolves to {text}, a {why} address"
         return None
 
     async def problem(self, url: URL) -> str | None:
         """Why ``url`` may not be fetched, or None. A name that does not resolve is left to
         the connection attempt (a transient DNS failure is retried like any network error)."""
-        if why := self.literal_problem(url):
+        if why := self.form_problem(url):
             return why
         host = url.raw_host or ""
-        if self.trusted(host) or parse_address(host) is not None:
+        if self.trusted(host):
             return None
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host, url.port or 0, type=socket.SOCK_STREAM
-            )
-        except (OSError, UnicodeError):
-            return None
-        return self.resolved_problem(host, [str(info[4][0]) for info in infos])
+        literal = parse_address(host) is not None
+        if literal:
+            addresses = [host]
+        else:
+            try:
+                infos = await asyncio.get_running_loop().getaddrinfo(
+                    host, url.port or 0, type=socket.SOCK_STREAM
+                )
+            except (OSError, UnicodeError):
+                return None
+            addresses = [str(info[4][0]) for info in infos]
+        if literal and self.api_addresses is None and self.resolved_problem(host, addresses, True):
+            await self._learn_api_addresses()  # internal: is it where the API itself lives?
+        return self.resolved_problem(host, addresses, literal)
 
 
 class GuardedResolver(AbstractResolver):

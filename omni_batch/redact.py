@@ -67,10 +67,15 @@ def base64_cores(secret: bytes) -> set[str]:
     return cores
 
 
+def _need(length: int) -> int:
+    """How much of a form must be there to count: half of it, 8 at least (all of a short one)."""
+    return min(length, max(_MIN_BASE64, -(-length // 2)))
+
+
 def _leading(parts: list[str]) -> str:
     """A pattern for ``parts`` in sequence, or any leading run of at least half of them (8
     at least): a server that cuts a message short must not leave most of the key behind."""
-    need = min(len(parts), max(_MIN_BASE64, -(-len(parts) // 2)))
+    need = _need(len(parts))
     tail = ""
     for part in reversed(parts[need:]):
         tail = f"(?:{part}{tail})?"
@@ -84,19 +89,34 @@ class Redactor:
     def __init__(self, secret: str):
         self.secret = secret
         self._pattern: re.Pattern[str] | None = None
+        # Without a backslash, '%' or '&' in a text, only the literal forms can be in it:
+        # the key itself or a base64 core, each starting with one of these needles.
+        self._needles: tuple[str, ...] = ()
+        self._plus = " " in secret  # a space may come back as '+'
         if secret:
             forms = [_leading([_char(c) for c in secret])]
             cores = sorted(base64_cores(secret.encode("utf-8")), key=len, reverse=True)
             forms += [_leading([re.escape(c) for c in core]) for core in cores]
             self._pattern = re.compile("|".join(forms))
+            literal = [secret, *cores]
+            self._needles = tuple(form[: _need(len(form))] for form in literal)
+
+    def _clean(self, text: str) -> bool:
+        """True when ``text`` surely holds no form of the secret (a few substring scans, far
+        cheaper than the pattern; nearly every answer is decided here)."""
+        if "\\" in text or "%" in text or "&" in text or (self._plus and "+" in text):
+            return False
+        return not any(needle in text for needle in self._needles)
 
     def __call__(self, text: str) -> str:
-        if self._pattern is None:
+        if self._pattern is None or self._clean(text):
             return text
         return self._pattern.sub(REDACTED, text)
 
     def found_in(self, text: str) -> bool:
-        return self._pattern is not None and self._pattern.search(text) is not None
+        if self._pattern is None or self._clean(text):
+            return False
+        return self._pattern.search(text) is not None
 
     def scrub(self, value: Any) -> Any:
         """A decoded JSON value with every string (keys included) redacted."""
@@ -111,12 +131,14 @@ class Redactor:
     def json_text(self, text: str, body: Any) -> tuple[str, Any]:
         """(raw text, decoded body) with the secret redacted in both.
 
-        The usual answer carries no escapes and no trace of the key: one scan of the raw text
-        proves every decoded string clean (each appears verbatim in it), so only an answer
-        with backslashes or a match is walked string by string.
+        Without escapes every decoded string appears verbatim in the raw text, so a raw text
+        with no backslash and no match proves the body clean; only an answer with
+        backslashes or a match is walked string by string.
         """
-        if self._pattern is None or ("\\" not in text and not self.found_in(text)):
+        if self._pattern is None or self._clean(text):
             return text, body
+        if "\\" not in text and self._pattern.search(text) is None:
+            return text, body  # '%' or '&' in it, but no form of the key
         return self(text), self.scrub(body)
 
 

@@ -332,6 +332,17 @@ def test_a_redirect_from_the_api_host_to_an_internal_address_is_refused(manifest
     assert stats["downloads_with_auth"] == 0
 
 
+def test_an_api_named_localhost_may_send_videos_from_its_own_address(manifest, tmp_path):
+    out = tmp_path / "out"
+    with sim() as server:  # links on http://127.0.0.1:…, the API reached as localhost
+        local = server.base_url.replace("127.0.0.1", "localhost")
+        env = {"TOAPIS_API_KEY": server.key}
+        args = ["run", str(manifest), "--out", str(out), "--base-url", local, "--yes"]
+        result = CliRunner(env=env).invoke(main, [*args, "--poll-interval", "0.1"])
+    assert result.exit_code == 0, result.output
+    assert set(report(out).status) == {"completed"}
+
+
 def test_a_redirect_on_the_api_host_is_followed_and_never_carries_the_key(manifest, tmp_path):
     out = tmp_path / "out"
     with sim(cdn_redirect="127.0.0.1") as server:
