@@ -131,7 +131,10 @@ class Engine(Submitting):
         self.fatal: BaseException | None = None
         self.run_key = journal.meta("run_key") or "run"
         self.video_guard = VideoGuard(client.root)  # videos: public hosts, or the API's own
-        self.throttled_since: float | None = None  # first 429 since the last other answer
+        # per kind of call (submit: True, status: False), the first 429 since another answer;
+        # the API budgets the two apart, so one may be shut while the other flows
+        self.throttled_since: dict[bool, float | None] = {True: None, False: None}
+        self.submits_throttled: ThrottledTooLong | None = None
         self.cap_logged = -math.inf  # when a capped Retry-After was last logged
 
     # -- bookkeeping ----------------------------------------------------------------------------
@@ -190,11 +193,11 @@ class Engine(Submitting):
                 raise
             except ApiError:
                 self.key_proven.set()
-                self.throttled_since = None
+                self.throttled_since[submit] = None
                 self.pressure.succeeded()
                 raise
             self.key_proven.set()
-            self.throttled_since = None
+            self.throttled_since[submit] = None
             self.pressure.succeeded()
             return result
         assert last is not None
@@ -212,20 +215,30 @@ class Engine(Submitting):
         return cap
 
     def _still_throttled(self, submit: bool) -> None:
-        """After a 429: end the run when the API has answered nothing else for too long."""
+        """After a 429: give up on a kind of call the API has answered with nothing but 429
+        for too long. Submits: no new ones, the tasks in flight finish, the run then ends.
+        Status calls: the run ends now, every task kept in the journal for a later run."""
         now = time.monotonic()
-        if self.throttled_since is None:
-            self.throttled_since = now
-        elif now - self.throttled_since >= self.policy.max_throttled_s:
-            waited = now - self.throttled_since
-            ended = ThrottledTooLong(
-                f"the API at {self.client.root} answered only 429 (too many requests) for "
-                f"{waited:.0f} s: stopped; submitted tasks are kept in the journal, "
-                "run the same command again later to resume"
-            )
+        since = self.throttled_since[submit]
+        if since is None:
+            self.throttled_since[submit] = now
+            return
+        if now - since < self.policy.max_throttled_s:
+            return
+        calls = "submit" if submit else "status call"
+        ended = ThrottledTooLong(
+            f"the API at {self.client.root} answered every {calls} with 429 (too many "
+            f"requests) for {now - since:.0f} s: stopped; every submitted task is kept in "
+            "the journal, run the same command again later to resume"
+        )
+        if not submit:
             self._fail_fatal(ended)
-            # a refused submit created nothing: its job goes back to pending
-            raise Stopping() if submit else ended
+            raise ended
+        if self.submits_throttled is None:
+            self.submits_throttled = ended
+            self.log(f"{ended}; finishing {self.active} in flight")
+        self.halt.set()  # like a 402: nothing new is sent, what is in flight is finished
+        raise Stopping()  # a refused submit created nothing: its job goes back to pending
 
     async def _status_call(self, task_id: str) -> TaskState:
         return await retried(
@@ -477,3 +490,5 @@ class Engine(Submitting):
             self.prober.shutdown()  # at most one probe was still decoding
         if self.fatal is not None:
             raise self.fatal
+        if self.submits_throttled is not None and not stop.is_set():
+            raise self.submits_throttled

@@ -561,10 +561,76 @@ def test_429_forever_stops_the_run_and_keeps_every_submitted_task(manifest, tmp_
     )
     assert child.code == 5, child.stderr
     line = child.stderr.strip().splitlines()[-1]
-    assert line.startswith("the API at http://127.0.0.1:") and "only 429" in line
+    assert line.startswith("the API at http://127.0.0.1:") and "every status call with 429" in line
     assert "Traceback" not in child.stderr
     assert child.seconds < 30  # FAST.max_throttled_s is 5 s
     rows = report(out)
     assert sorted(rows.state) == ["pending"] * (JOBS - 2) + ["running"] * 2
     assert rows[rows.state == "running"].task_id.str.len().gt(0).all()
     assert (rows.possible_duplicate.astype(str) == "False").all()
+
+
+# -- the simulator's hostile knobs themselves ---------------------------------------------------
+
+
+def test_the_simulator_sends_retry_after_as_an_http_date_or_seconds(sim_run):
+    async def scenario(client):
+        first = await client.submit()  # request 1: forced 429
+        second = await client.submit()  # request 2: accepted, and early (before the date)
+        stats = client.sim.stats()
+        return first, second, stats
+
+    first, second, stats = sim_run(
+        scenario, limit_first=1, retry_after_form="http-date", retry_after_value=30
+    )
+    assert first.status == 429 and second.status == 200
+    assert 29 <= retry_after_seconds(first.headers["Retry-After"]) <= 31
+    assert first.headers["Retry-After"].endswith(" GMT")
+    assert stats["limited_forced"] == 1 and stats["early_after_429"] == 1
+
+
+def test_the_simulator_echoes_the_key_where_asked(sim_run):
+    async def scenario(client):
+        rejected = await client.submit(model="veo3.1-fast", duration=8)
+        return rejected, client.sim.key
+
+    rejected, key = sim_run(scenario, echo_key=("header", "error"), blocked_models=("veo3.1-fast",))
+    assert rejected.status == 403 and rejected.headers["X-Request-Id"].endswith(key)
+    assert key in rejected.body["error"]["message"]
+    assert quote(key, safe="") in rejected.body["error"]["message"]
+
+
+def test_the_simulator_refuses_unknown_hostile_settings():
+    for bad in ({"echo_key": ("everywhere",)}, {"video_host": "a/b"}, {"limit_first": -1}):
+        with pytest.raises(UsageError):
+            SimConfig(**bad)
+
+
+def test_a_gzip_bomb_is_valid_gzip_of_the_size_it_claims():
+    import zlib
+
+    from omni_batch.simulator.hostile import gzip_bomb
+
+    length, pieces = gzip_bomb(64, tail=b'{"ok": true}')
+    data = b"".join(pieces)
+    assert len(data) == length < 64 * MB // 500
+    inflated = zlib.decompressobj(31)
+    size, tail = 0, b""
+    while data:
+        chunk = inflated.decompress(data, 4 * MB)
+        size, tail = size + len(chunk), (tail + chunk)[-12:]
+        data = inflated.unconsumed_tail
+    assert size == 64 * MB + 12 and tail == b'{"ok": true}' and inflated.eof
+
+
+def test_submits_refused_with_429_forever_stop_and_the_tasks_in_flight_finish(manifest, tmp_path):
+    out = tmp_path / "out"
+    sets = ["--sim-set", "limit_only=submits", "--sim-set", "limit_after=2"]
+    args = ["run", str(manifest), "--out", str(out), "--simulate", "fast", *sets]
+    child = run_child(*args, "--max-in-flight", "2", timeout=60)
+    assert child.code == 5, child.stderr
+    line = child.stderr.strip().splitlines()[-1]
+    assert line.startswith("the API at http://127.0.0.1:") and "every submit with 429" in line
+    assert child.seconds < 30
+    rows = report(out)
+    assert sorted(rows.status) == ["completed"] * 2 + ["pending"] * (JOBS - 2)

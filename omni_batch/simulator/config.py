@@ -23,6 +23,7 @@ DuplicateCbid = Literal["conflict", "existing"]
 EchoJson = Literal["ascii", "utf8", "unicode"]
 VideoEncoding = Literal["identity", "gzip", "deflate"]
 RetryAfterForm = Literal["seconds", "http-date"]
+LimitOnly = Literal["all", "submits", "polls"]
 ECHO_PLACES = ("error", "header", "text", "url")
 
 
@@ -95,6 +96,7 @@ class SimConfig:
     retry_after_value: int | None = None  # every 429's Retry-After, in seconds (e.g. 999999)
     limit_first: int = 0  # the first N API requests answer 429
     limit_after: int | None = None  # every API request after the first N answers 429, forever
+    limit_only: LimitOnly = "all"  # limit_first/limit_after count and refuse only these
 
     def __post_init__(self) -> None:
         problem = _problem(self)
@@ -130,7 +132,7 @@ def _problem(c: SimConfig) -> str | None:
             return f"{name} must be between 0 and 1, not {value}"
     hints = get_type_hints(SimConfig)
     literals = ("submit_shape", "result_shape", "queued_word", "error_code", "duplicate_cbid")
-    for name in (*literals, "echo_json", "video_encoding", "retry_after_form"):
+    for name in (*literals, "echo_json", "video_encoding", "retry_after_form", "limit_only"):
         allowed = get_args(hints[name])
         if getattr(c, name) not in allowed:
             return f"{name} must be one of {', '.join(allowed)}, not {getattr(c, name)!r}"

@@ -251,7 +251,7 @@ class Simulator:
             raise _Reject(401, "invalid API key")
         return token
 
-    async def _gate(self, request: web.Request) -> tuple[str, bool]:
+    async def _gate(self, request: web.Request, kind: str = "") -> tuple[str, bool]:
         """What every API call passes: latency, auth, limits, then the seeded request faults.
 
         Returns the caller's key and whether a submit should turn out ambiguous."""
@@ -263,10 +263,12 @@ class Simulator:
         now = state.clock()
         if now < self._not_before.get(key, 0.0) - 0.05:
             state.counts["early_after_429"] += 1  # came back before Retry-After said
-        number = state.counts["requests"]
-        if number <= cfg.limit_first or (cfg.limit_after is not None and number > cfg.limit_after):
-            state.counts["limited_forced"] += 1
-            raise _Reject(429, "too many requests", cfg.retry_after)
+        if cfg.limit_only in ("all", kind):  # counted among the requests it limits
+            counter = "requests" if cfg.limit_only == "all" else f"{kind[:-1]}_requests"
+            number, after = state.counts[counter], cfg.limit_after
+            if number <= cfg.limit_first or (after is not None and number > after):
+                state.counts["limited_forced"] += 1
+                raise _Reject(429, "too many requests", cfg.retry_after)
         if now < ks.storm_until:
             state.counts["limited_injected"] += 1
             raise _Reject(429, "too many requests", retry_after(ks.storm_until - now))
@@ -295,7 +297,7 @@ class Simulator:
     async def _submit(self, request: web.Request) -> web.StreamResponse:
         cfg, state = self.config, self.state
         state.counts["submit_requests"] += 1
-        key, ambiguous = await self._gate(request)
+        key, ambiguous = await self._gate(request, "submits")
         try:
             body = await request.json()
         except ValueError:
@@ -367,7 +369,7 @@ class Simulator:
     async def _status(self, request: web.Request) -> web.StreamResponse:
         state = self.state
         state.counts["poll_requests"] += 1
-        key, _ = await self._gate(request)
+        key, _ = await self._gate(request, "polls")
         ident = request.match_info["task_id"]
         task = state.find(key, ident)
         if task is None:
