@@ -146,6 +146,12 @@ class _Headers:
         value = self._headers.get(name)
         return default if value is None else self._redact(value)
 
+    def __getitem__(self, name: str) -> str:
+        return self._redact(self._headers[name])
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._headers
+
 
 def _request_id(headers: Any, body: Any) -> str | None:
     for name in REQUEST_ID_HEADERS:
@@ -179,8 +185,8 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     all three date formats); None when absent or unreadable. A date in the past means 0."""
     if not value:
         return None
-    if match := _DELTA_SECONDS.match(value):
-        seconds = float(match.group(1) + (match.group(2) or ""))
+    if match := _DELTA_SECONDS.match(value):  # a string of 400 digits is inf: the most
+        seconds = min(float(match.group(1) + (match.group(2) or "")), MAX_RETRY_AFTER)
     else:
         try:
             when = email.utils.parsedate_to_datetime(value.strip())

@@ -516,7 +516,7 @@ def test_retry_after_is_read_in_both_forms():
     assert retry_after_seconds("0", now) == 0.0
     for bad in (None, "", "-1", "soon", "inf", "nan", "1e3", "0x10"):
         assert retry_after_seconds(bad, now) is None, bad
-    assert retry_after_seconds("9" * 40, now) == MAX_RETRY_AFTER
+    assert retry_after_seconds("9" * 40, now) == retry_after_seconds("9" * 400) == MAX_RETRY_AFTER
     date = formatdate(now + 30, usegmt=True)  # IMF-fixdate
     assert retry_after_seconds(date, now) == 30.0
     assert retry_after_seconds("Tuesday, 14-Nov-23 22:13:50 GMT", now) == 30.0  # RFC 850
