@@ -182,12 +182,18 @@ def run(
 
     result = make_plan(manifest, catalog, max_jobs=max_jobs)  # a bad manifest: before the rest
     import asyncio
+    import os
 
+    from omni_batch.client import check_base_url
     from omni_batch.display import plan_summary
     from omni_batch.policy import FAST, Policy
     from omni_batch.progress import Progress, final_table
-    from omni_batch.runner import RunOptions, output_folder, run_async
+    from omni_batch.runner import BASE_URL_ENV, RunOptions, output_folder, run_async
 
+    if base_url is not None:  # a URL that cannot be the API root: one line, exit 2
+        check_base_url(base_url)
+    elif simulate_profile is None and (from_env := os.environ.get(BASE_URL_ENV, "").strip()):
+        check_base_url(from_env, BASE_URL_ENV)
     console = _console()
     err = _console(err=True)
     console.print(plan_summary(result, console.width, first=5))

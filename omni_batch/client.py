@@ -6,10 +6,15 @@ HTTP status (then ``error.type``) decides the error class; transport failures ar
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import json
+import math
+import re
+import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 
@@ -26,7 +31,9 @@ from omni_batch.errors import (
     RequestRejected,
     ServerError,
     UnrecognisedAnswer,
+    UsageError,
 )
+from omni_batch.redact import Redactor
 
 DEFAULT_BASE_URL = "https://toapis.com"
 GENERATIONS = "/v1/videos/generations"
@@ -50,6 +57,62 @@ def api_root(base_url: str) -> str:
     """``https://toapis.com``, ``…/`` and ``…/v1`` all mean the same API root."""
     root = base_url.strip().rstrip("/")
     return root[: -len("/v1")] if root.endswith("/v1") else root
+
+
+_HOSTNAME = re.compile(r"(?i)^(?!-)[a-z0-9_-]{1,63}(?<!-)(\.(?!-)[a-z0-9_-]{1,63}(?<!-))*\.?$")
+
+
+def check_base_url(base_url: str, name: str = "--base-url") -> str:
+    """The API root of ``base_url``, or a UsageError saying in one line why it cannot be one.
+
+    ``name`` says where the value came from (an option, an environment variable). A URL that
+    carries credentials is never repeated back: its user:password part is masked.
+    """
+    text = base_url.strip()
+    # shown without what may hold a secret: user:password@, a query, a fragment
+    shown = re.sub(r"[?#].*", "?…", re.sub(r"//[^/?#]*@", "//***@", text), flags=re.S)
+
+    def refuse(why: str) -> UsageError:
+        return UsageError(f"{name} {shown!r}: {why}")
+
+    if not text:
+        raise UsageError(f"{name} is empty; give the API root, e.g. https://toapis.com")
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in text):
+        raise refuse("contains spaces or control characters")
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        if "port" in str(exc).lower():
+            raise refuse("the port must be a number from 1 to 65535") from None
+        raise refuse(f"not a URL ({exc})") from None
+    scheme = parts.scheme.lower()
+    if not scheme or not parts.netloc:
+        raise refuse("no scheme or host; write it in full, e.g. https://toapis.com")
+    if scheme not in ("http", "https"):
+        raise refuse(f"the API is reached over https:// (or http://), not {scheme}://")
+    if "@" in parts.netloc:
+        raise refuse(
+            "credentials in the URL (user:password@) are never sent; "
+            "put the API key in TOAPIS_API_KEY"
+        )
+    host = parts.hostname or ""
+    if not host:
+        raise refuse("no host")
+    if ":" not in host and not _HOSTNAME.match(_idna(host)):
+        raise refuse(f"{host!r} is not a host name")
+    if port is not None and not 1 <= port <= 65535:
+        raise refuse(f"port {port} is out of range (1-65535)")
+    if parts.query or parts.fragment or "?" in text or "#" in text:
+        raise refuse("an API root has no query (?…) or fragment (#…)")
+    return api_root(text)
+
+
+def _idna(host: str) -> str:
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +139,25 @@ class TaskState:
     @property
     def final(self) -> bool:
         return self.status in FINAL
+
+
+class _Headers:
+    """The answer's headers as we read them: each value redacted when it is looked up."""
+
+    __slots__ = ("_headers", "_redact")
+
+    def __init__(self, headers: Any, redact: Redactor):
+        self._headers, self._redact = headers, redact
+
+    def get(self, name: str, default: Any = None) -> Any:
+        value = self._headers.get(name)
+        return default if value is None else self._redact(value)
+
+    def __getitem__(self, name: str) -> str:
+        return self._redact(self._headers[name])
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._headers
 
 
 def _request_id(headers: Any, body: Any) -> str | None:
@@ -113,12 +195,32 @@ def _not_accepted(body: Any) -> bool:
     )
 
 
-def _retry_after(headers: Any) -> float | None:
-    try:
-        value = float(headers.get("Retry-After", ""))
-    except ValueError:
+_DELTA_SECONDS = re.compile(r"\s*(\d+)(\.\d*)?\s*$")
+MAX_RETRY_AFTER = 1e9  # seconds (30 years): finite; Policy.max_retry_after is the real cap
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` in seconds from ``now``: delta-seconds or an HTTP-date (RFC 9110 §10.2.3,
+    all three date formats); None when absent or unreadable. A date in the past means 0."""
+    if not value:
         return None
-    return min(max(value, 0.0), 3600.0)
+    if match := _DELTA_SECONDS.match(value):  # a string of 400 digits is inf: the most
+        seconds = min(float(match.group(1) + (match.group(2) or "")), MAX_RETRY_AFTER)
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(value.strip())
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:  # asctime and "-0000" dates carry no zone: HTTP dates are GMT
+            when = when.replace(tzinfo=datetime.UTC)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def _retry_after(headers: Any) -> float | None:
+    return retry_after_seconds(headers.get("Retry-After"))
 
 
 def _raise_for_status(status: int, headers: Any, body: Any, text: str) -> None:
@@ -149,16 +251,25 @@ def _raise_for_status(status: int, headers: Any, body: Any, text: str) -> None:
 
 
 async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
-    """The whole body, however many pieces it arrives in, but never more than MAX_BODY + 1."""
+    """The whole decoded body, however many pieces it arrives in, but never much more than
+    MAX_BODY: reading stops once MAX_BODY + 1 decoded bytes are in.
+
+    Content-Length counts the bytes on the wire: for a compressed answer (Content-Encoding)
+    it says nothing about the decoded size (1 MiB of gzip inflates to 1 GiB), so only an
+    uncompressed answer may be read whole. aiohttp (>= 3.13.3) inflates in bounded steps as
+    we read, so streaming keeps memory at the cap.
+    """
     declared = resp.content_length
-    if declared is not None and declared <= MAX_BODY:
+    encoding = resp.headers.get("Content-Encoding")
+    if declared is not None and declared <= MAX_BODY and encoding in (None, "", "identity"):
         return await resp.read()  # the usual answer: aiohttp stops at the declared length
     chunks, size = [], 0
-    async for chunk in resp.content.iter_chunked(1 << 16):
+    while size <= MAX_BODY:
+        chunk = await resp.content.read(min(1 << 16, MAX_BODY + 1 - size))
+        if not chunk:
+            break
         chunks.append(chunk)
         size += len(chunk)
-        if size > MAX_BODY:
-            break
     return b"".join(chunks)
 
 
@@ -230,9 +341,9 @@ class ToapisClient:
         self, session: aiohttp.ClientSession, base_url: str, api_key: str, timeout: float = 30.0
     ):
         self._session = session
-        self._root = api_root(base_url)
+        self._root = check_base_url(base_url, "base URL")
         self._auth = {"Authorization": f"Bearer {api_key}"}
-        self._key = api_key
+        self.redact = Redactor(api_key)  # every piece of server text passes through it
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 10.0))
 
     @property
@@ -250,7 +361,7 @@ class ToapisClient:
                 allow_redirects=False,
             ) as resp:
                 raw = await _read_capped(resp)
-                status, headers = resp.status, resp.headers
+                status, headers = resp.status, _Headers(resp.headers, self.redact)
         except aiohttp.ClientConnectorError as exc:  # no connection: nothing was sent
             raise NotSent(f"cannot connect to {self._root}: {exc.os_error or exc}") from None
         except aiohttp.ConnectionTimeoutError:
@@ -262,12 +373,16 @@ class ToapisClient:
         except (aiohttp.ClientError, OSError) as exc:
             raise Ambiguous(f"connection to {self._root} lost: {type(exc).__name__}") from None
         text = raw[:MAX_BODY].decode("utf-8", "replace")
-        if self._key and self._key in text:  # a server that echoes the key must not put it
-            text = text.replace(self._key, "[redacted]")  # into our reports and logs
         try:
             body = json.loads(text) if text.strip() else None
-        except ValueError:
+        except (ValueError, RecursionError):
             body = None
+        # A server may echo the key (plain, JSON-escaped, URL-encoded, base64...) in any
+        # field; nothing it sent reaches a report, log or message without this pass.
+        try:
+            text, body = self.redact.json_text(text, body)
+        except RecursionError:  # nested too deep to walk: unusable anyway
+            text, body = self.redact(text), None
         _raise_for_status(status, headers, body, text)
         request_id = _request_id(headers, body)
         if len(raw) > MAX_BODY:

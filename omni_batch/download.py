@@ -1,20 +1,28 @@
-"""Fetch a finished video: streamed to a temporary file, size-capped, type-checked, renamed
-atomically into ``videos/<job_id>.mp4``. Never sends the API key; refuses non-http URLs.
+"""Fetch a finished video: streamed to a temporary file, size-capped (in decoded bytes),
+type-checked, renamed atomically into ``videos/<job_id>.mp4``. Never sends the API key;
+follows redirects itself, refusing non-http links and internal addresses at every hop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+from yarl import URL
 
 from omni_batch import crash
 from omni_batch.errors import OmniBatchError, OutputError
+from omni_batch.netguard import UNSAFE_KIND, VideoGuard, unsafe_cause
 
 CHUNK = 1 << 16
 VIDEO_TYPES = ("video/", "application/octet-stream", "binary/octet-stream")
+MAX_REDIRECTS = 5
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 class DownloadError(OmniBatchError):
@@ -27,12 +35,14 @@ class DownloadError(OmniBatchError):
         status: int | None = None,
         retryable: bool = False,
         expired: bool = False,
+        kind: str | None = None,
     ):
         super().__init__(message)
         self.message = message
         self.status = status
         self.retryable = retryable
         self.expired = expired
+        self.kind = kind  # the job's error type when it is not the usual download_failed
 
 
 class RetryableDownload(DownloadError):
@@ -88,6 +98,36 @@ class LocalStore:
             ) from None
 
 
+@contextlib.asynccontextmanager
+async def _follow(
+    session: aiohttp.ClientSession, url: str, guard: VideoGuard, time_limit: float
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """The response at the end of ``url``'s redirects, each hop vetted by ``guard`` first."""
+    deadline = time.monotonic() + time_limit
+    try:
+        target = URL(url)
+    except ValueError:
+        raise DownloadError("bad video link: not a URL") from None
+    for hop in range(MAX_REDIRECTS + 1):
+        if why := await guard.problem(target):
+            raise DownloadError(
+                why if hop == 0 else f"the video link redirected to {target.raw_host}; {why}",
+                kind=UNSAFE_KIND,
+            )
+        left = max(0.001, deadline - time.monotonic())
+        timeout = aiohttp.ClientTimeout(total=left, sock_read=60)
+        async with session.get(target, timeout=timeout, allow_redirects=False) as resp:
+            location = resp.headers.get("Location") if resp.status in REDIRECTS else None
+            if location is None:
+                yield resp
+                return
+            try:
+                target = target.join(URL(location))
+            except ValueError:
+                raise DownloadError("bad video link: unreadable redirect") from None
+    raise DownloadError(f"bad video link: TooManyRedirects (more than {MAX_REDIRECTS})")
+
+
 async def download(
     session: aiohttp.ClientSession,
     url: str,
@@ -96,19 +136,20 @@ async def download(
     *,
     max_bytes: int,
     time_limit: float,
+    guard: VideoGuard | None = None,
 ) -> Downloaded:
-    """One attempt. Raises RetryableDownload (network, 5xx) or DownloadError (final)."""
-    scheme, colon, _ = url.partition(":")
-    scheme = scheme.lower() if colon and scheme.isalnum() else ""  # else a relative link
-    if scheme not in ("http", "https"):
-        raise DownloadError(f"refusing to download a {scheme or 'relative'}: URL")
+    """One attempt. Raises RetryableDownload (network, 5xx) or DownloadError (final).
+
+    ``guard`` says which hosts may serve it (default: public addresses only). ``max_bytes``
+    counts decoded bytes: a gzip-encoded answer is inflated (in bounded steps, by aiohttp)
+    as it is written, and reading stops once it passes the cap.
+    """
+    guard = guard or VideoGuard(None)
     final, temp = store.final_path(job_id), store.temp_path(job_id)
     size = 0
     renamed = False
     try:
-        async with session.get(
-            url, timeout=aiohttp.ClientTimeout(total=time_limit, sock_read=60), max_redirects=5
-        ) as resp:
+        async with _follow(session, url, guard, time_limit) as resp:
             if resp.status in (401, 403, 404, 410):
                 raise DownloadError(
                     f"video link answered HTTP {resp.status} (expired?)",
@@ -124,15 +165,18 @@ async def download(
             ctype = resp.headers.get("Content-Type", "").lower()
             if ctype and not ctype.startswith(VIDEO_TYPES):
                 raise DownloadError(
-                    f"video link served {ctype.split(';')[0]!r}, not a video", status=200
+                    f"video link served {ctype.split(';')[0][:80]!r}, not a video", status=200
                 )
-            declared = resp.content_length
+            # Content-Length counts bytes on the wire; only without Content-Encoding is that
+            # the file's size (a compressed answer's end is checked by aiohttp itself)
+            encoded = resp.headers.get("Content-Encoding", "identity").lower() != "identity"
+            declared = None if encoded else resp.content_length
             if declared is not None and declared > max_bytes:
                 raise DownloadError(
                     f"video is {declared} bytes, over the {max_bytes}-byte cap", status=200
                 )
             with temp.open("wb") as fh:
-                async for chunk in resp.content.iter_chunked(CHUNK):
+                while chunk := await resp.content.read(min(CHUNK, max_bytes + 1 - size)):
                     size += len(chunk)
                     if size > max_bytes:
                         raise DownloadError(f"video passed the {max_bytes}-byte cap", status=200)
@@ -152,9 +196,11 @@ async def download(
         renamed = True
         crash.point("after_rename")
         return Downloaded(final, size)
-    except (aiohttp.TooManyRedirects, aiohttp.InvalidURL) as exc:
+    except aiohttp.InvalidURL as exc:
         raise DownloadError(f"bad video link: {type(exc).__name__}") from None
     except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+        if unsafe := unsafe_cause(exc):  # the connector's resolver refused the address
+            raise DownloadError(unsafe.message, kind=UNSAFE_KIND) from None
         raise RetryableDownload(
             f"download interrupted: {type(exc).__name__}", retryable=True
         ) from None

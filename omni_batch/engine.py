@@ -11,6 +11,7 @@ import contextlib
 import functools
 import heapq
 import itertools
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -35,12 +36,14 @@ from omni_batch.errors import (
     QuotaError,
     RateLimited,
     RequestRejected,
+    ThrottledTooLong,
     TransportError,
 )
 from omni_batch.journal import DEFER_S, JobRow, Journal
 from omni_batch.limiter import Pressure
+from omni_batch.netguard import VideoGuard
 from omni_batch.policy import Policy, retried
-from omni_batch.submit import LookupProof, Submitting
+from omni_batch.submit import LookupProof, Stopping, Submitting
 from omni_batch.verify import probe
 
 T = TypeVar("T")
@@ -130,6 +133,12 @@ class Engine(Submitting):
         self.unrecognised_streak = 0  # submit answers in a row without a task id
         self.fatal: BaseException | None = None
         self.run_key = journal.meta("run_key") or "run"
+        self.video_guard = VideoGuard(client.root)  # videos: public hosts, or the API's own
+        # per kind of call (submit: True, status: False), the first 429 since another answer;
+        # the API budgets the two apart, so one may be shut while the other flows
+        self.throttled_since: dict[bool, float | None] = {True: None, False: None}
+        self.submits_throttled: ThrottledTooLong | None = None
+        self.cap_logged = -math.inf  # when a capped Retry-After was last logged
 
     # -- bookkeeping ----------------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -179,20 +188,60 @@ class Engine(Submitting):
             except RateLimited as exc:
                 self.key_proven.set()
                 self.stats.rate_limited += 1
-                self.pressure.throttled(exc.retry_after)
+                self._still_throttled(submit)
+                self.pressure.throttled(self._capped(exc.retry_after))
                 last = exc
                 continue
             except (AuthError, QuotaError):
                 raise
             except ApiError:
                 self.key_proven.set()
+                self.throttled_since[submit] = None
                 self.pressure.succeeded()
                 raise
             self.key_proven.set()
+            self.throttled_since[submit] = None
             self.pressure.succeeded()
             return result
         assert last is not None
         raise last
+
+    def _capped(self, retry_after: float | None) -> float | None:
+        """Retry-After, but never longer than the policy allows (logged when that bites)."""
+        cap = self.policy.max_retry_after
+        if retry_after is None or retry_after <= cap:
+            return retry_after
+        now = time.monotonic()
+        if now - self.cap_logged >= cap:  # once per capped pause, not once per caller
+            self.cap_logged = now
+            self.log(f"429 asked to wait {retry_after:.0f} s (Retry-After); waiting {cap:g} s")
+        return cap
+
+    def _still_throttled(self, submit: bool) -> None:
+        """After a 429: give up on a kind of call the API has answered with nothing but 429
+        for too long. Submits: no new ones, the tasks in flight finish, the run then ends.
+        Status calls: the run ends now, every task kept in the journal for a later run."""
+        now = time.monotonic()
+        since = self.throttled_since[submit]
+        if since is None:
+            self.throttled_since[submit] = now
+            return
+        if now - since < self.policy.max_throttled_s:
+            return
+        calls = "submit" if submit else "status call"
+        ended = ThrottledTooLong(
+            f"the API at {self.client.root} answered every {calls} with 429 (too many "
+            f"requests) for {now - since:.0f} s: stopped; every submitted task is kept in "
+            "the journal, run the same command again later to resume"
+        )
+        if not submit:
+            self._fail_fatal(ended)
+            raise ended
+        if self.submits_throttled is None:
+            self.submits_throttled = ended
+            self.log(f"{ended}; finishing {self.active} in flight")
+        self.halt.set()  # like a 402: nothing new is sent, what is in flight is finished
+        raise Stopping()  # a refused submit created nothing: its job goes back to pending
 
     async def _status_call(self, task_id: str) -> TaskState:
         return await retried(
@@ -336,6 +385,7 @@ class Engine(Submitting):
                     flight.job_id,
                     max_bytes=p.max_download_bytes,
                     time_limit=p.download_timeout,
+                    guard=self.video_guard,
                 ),
             )
         except DownloadError as exc:
@@ -352,8 +402,9 @@ class Engine(Submitting):
                     )
                 if state is not None and state.video_url:
                     return await self.fetch(flight, state.video_url)
-            kind = "link_expired" if exc.expired else "download_failed"
-            return await self._fail(flight, "downloading", kind, exc.message, exc.status, None)
+            kind = exc.kind or ("link_expired" if exc.expired else "download_failed")
+            message = self.client.redact(exc.message)  # it may quote the video host's headers
+            return await self._fail(flight, "downloading", kind, message, exc.status, None)
         await self._completed(flight, got)
 
     async def _completed(self, flight: Flight, got: Downloaded) -> None:
@@ -442,3 +493,5 @@ class Engine(Submitting):
             self.prober.shutdown()  # at most one probe was still decoding
         if self.fatal is not None:
             raise self.fatal
+        if self.submits_throttled is not None and not stop.is_set():
+            raise self.submits_throttled

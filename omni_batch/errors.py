@@ -146,6 +146,13 @@ class RateLimited(ApiError):
         self.retry_after = retry_after
 
 
+class ThrottledTooLong(OmniBatchError):
+    """The API answered nothing but 429 for longer than ``Policy.max_throttled_s``: the run
+    stops submitting and ends; every task already submitted stays in the journal."""
+
+    exit_code = 5
+
+
 class RequestRejected(ApiError):
     """400/403/404/422 and other 4xx: this request will never succeed as it is (and a submit
     refused this way created nothing)."""

@@ -55,6 +55,8 @@ class Policy:
     # (the lookup may lag behind the create); it is asked again before anything is resent
     lookup_grace: float = 10.0
     unrecognised_in_a_row: int = 3  # submit answers without a task id before the run stops
+    max_retry_after: float = 60.0  # a longer Retry-After is cut to this (and logged)
+    max_throttled_s: float = 600.0  # only 429s for this long, no other answer: the run stops
     download_retries: int = 3
     request_timeout: float = 30.0
     download_timeout: float = 300.0
@@ -90,6 +92,8 @@ FAST = Policy(
     retry_initial=0.05,
     retry_max=0.3,
     lookup_grace=1.0,
+    max_retry_after=2.0,
+    max_throttled_s=5.0,
 )
 """Timings for the embedded simulator, whose generations take about a second."""
 

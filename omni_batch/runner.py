@@ -30,6 +30,7 @@ from omni_batch.gallery import write_gallery
 from omni_batch.journal import Journal
 from omni_batch.limiter import Pressure
 from omni_batch.manifest import Manifest, load_manifest
+from omni_batch.netguard import GuardedResolver, VideoGuard
 from omni_batch.policy import FAST, Policy
 from omni_batch.report import refresh_reports, write_reports
 
@@ -176,7 +177,12 @@ async def run_async(
             lost = journal.requeue_lost_videos()
             store = LocalStore(folder)
             store.prepare()
-            connector = aiohttp.TCPConnector(limit=max(16, options.max_in_flight // 2 + 8))
+            # the resolver refuses names (other than the API's) that resolve to internal
+            # addresses, on the very lookup a video download connects with
+            resolver = GuardedResolver(VideoGuard(base_url))
+            connector = aiohttp.TCPConnector(
+                limit=max(16, options.max_in_flight // 2 + 8), resolver=resolver
+            )
             async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
                 client = ToapisClient(session, base_url, key, timeout=policy.request_timeout)
                 engine: Engine | None = None

@@ -151,7 +151,7 @@ def failure(out: Path) -> pd.Series:
         ("html_500", "ServerError", "502 Bad Gateway"),
         ("status_missing_fields", "wait_timeout", "not finished"),
         ("status_html", "wait_timeout", "not finished"),
-        ("file_url", "download_failed", "refusing to download a file: URL"),
+        ("file_url", "unsafe_video_url", "refusing to download a file: URL"),
         ("redirect_loop", "download_failed", "bad video link"),
         ("wrong_type", "download_failed", "not a video"),
     ],

@@ -9,6 +9,7 @@ import random
 
 from aiohttp import web
 
+from omni_batch.simulator.hostile import encode_video, gzip_bomb, send_stream
 from omni_batch.simulator.state import SimState, Task
 
 
@@ -24,6 +25,7 @@ class CdnHost:
         self.state = state
         self.config = state.config
         self._rng = random.Random(f"omni-sim-cdn/{state.config.seed}")
+        self.redirect_to: str | None = None  # cdn_redirect: answer 302 to this root
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -37,6 +39,11 @@ class CdnHost:
         counts["downloads"] += 1
         if "Authorization" in request.headers:
             counts["downloads_with_auth"] += 1
+        if self.redirect_to is not None and "hop" not in request.query:
+            counts["downloads_redirected"] += 1
+            return web.Response(
+                status=302, headers={"Location": f"{self.redirect_to}{request.path_qs}&hop=1"}
+            )
         task = state.tasks.get(request.match_info["task_id"])
         now = state.clock()
         if task is None or not task.completed(now):
@@ -51,13 +58,22 @@ class CdnHost:
         if now * 1000 >= exp:
             counts["downloads_expired"] += 1
             return web.Response(status=403, text="link expired\n")
+        if cfg.video_bomb_mb:  # a "video" of zeros that inflates past any sane cap
+            length, pieces = await asyncio.to_thread(gzip_bomb, cfg.video_bomb_mb, b"", b"\0")
+            counts["downloads_ok"] += 1
+            headers = {"Content-Type": "video/mp4", "Content-Encoding": "gzip"}
+            return await send_stream(request, headers, length, pieces)
         data = await asyncio.to_thread(_clip_bytes, task, cfg.clip_fps)
+        headers = {"Content-Type": "video/mp4"}
+        if cfg.video_encoding != "identity":
+            data = encode_video(data, cfg.video_encoding)
+            headers["Content-Encoding"] = cfg.video_encoding
         truncate = self._rng.random() < cfg.p_truncate
         counts["downloads_ok"] += 1  # answered 200, truncated or not
         if not truncate and (cfg.download_rate is None or request.method == "HEAD"):
             counts["download_bytes"] += len(data)
-            return web.Response(body=data, content_type="video/mp4")
-        response = web.StreamResponse(headers={"Content-Type": "video/mp4"})
+            return web.Response(body=data, headers=headers)
+        response = web.StreamResponse(headers=headers)
         response.content_length = len(data)
         await response.prepare(request)
         end = len(data) // 2 if truncate else len(data)

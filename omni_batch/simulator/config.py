@@ -21,6 +21,11 @@ QueuedWord = Literal["queued", "submitted", "mixed"]
 ErrorCode = Literal["int", "string", "mixed"]
 DuplicateCbid = Literal["conflict", "existing"]
 CbidSupport = Literal["on", "lookup_only", "no_lookup", "ignored"]
+EchoJson = Literal["ascii", "utf8", "unicode"]
+VideoEncoding = Literal["identity", "gzip", "deflate"]
+RetryAfterForm = Literal["seconds", "http-date"]
+LimitOnly = Literal["all", "submits", "polls"]
+ECHO_PLACES = ("error", "header", "text", "url")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,6 +91,25 @@ class SimConfig:
     cbid: CbidSupport = "on"
     cbid_lag: float = 0.0  # the status lookup by it finds a task only this long after create
 
+    # A hostile server (issue #13 items 7-10, h-http); every knob off by default.
+    # Echo the caller's key back: in error messages and failed tasks' messages ("error": plain,
+    # base64 and URL-encoded), in X-Request-Id ("header"), in text/plain error bodies ("text"),
+    # in video links' query ("url"); JSON answers then encode it as echo_json says: ascii
+    # (json's default: \" \\ \u00e9), utf8 (raw) or unicode (every character \uXXXX).
+    echo_key: tuple[str, ...] = ()
+    echo_json: EchoJson = "ascii"
+    video_host: str | None = None  # video links name this host (127.0.0.2, localhost, ...)
+    cdn_redirect: str | None = None  # the CDN answers each download with a 302 to this host
+    status_redirect: bool = False  # status calls answer 307 to the video link
+    status_bomb_mb: int = 0  # status answers: gzip inflating to this many MiB of whitespace
+    video_encoding: VideoEncoding = "identity"  # the CDN sends videos gzip- or deflate-encoded
+    video_bomb_mb: int = 0  # the CDN sends, as the video, gzip inflating to this many MiB
+    retry_after_form: RetryAfterForm = "seconds"  # the form of every Retry-After
+    retry_after_value: int | None = None  # every 429's Retry-After, in seconds (e.g. 999999)
+    limit_first: int = 0  # the first N API requests answer 429
+    limit_after: int | None = None  # every API request after the first N answers 429, forever
+    limit_only: LimitOnly = "all"  # limit_first/limit_after count and refuse only these
+
     def __post_init__(self) -> None:
         problem = _problem(self)
         if problem:
@@ -120,7 +144,14 @@ def _problem(c: SimConfig) -> str | None:
             return f"{name} must be between 0 and 1, not {value}"
     hints = get_type_hints(SimConfig)
     literals = ("submit_shape", "result_shape", "queued_word", "error_code", "duplicate_cbid")
-    for name in (*literals, "cbid"):
+    for name in (
+        *literals,
+        "cbid",
+        "echo_json",
+        "video_encoding",
+        "retry_after_form",
+        "limit_only",
+    ):
         allowed = get_args(hints[name])
         if getattr(c, name) not in allowed:
             return f"{name} must be one of {', '.join(allowed)}, not {getattr(c, name)!r}"
@@ -141,6 +172,21 @@ def _problem(c: SimConfig) -> str | None:
     nonneg = ("latency", "slow_delay", "storm_s", "link_ttl", "cbid_lag")
     if c.burst < 1 or c.retry_after < 1 or c.clip_fps < 1 or any(getattr(c, n) < 0 for n in nonneg):
         return "burst, retry_after and clip_fps must be >= 1; times must be >= 0"
+    return _hostile_problem(c)
+
+
+def _hostile_problem(c: SimConfig) -> str | None:
+    if unknown := [p for p in c.echo_key if p not in ECHO_PLACES]:
+        return f"echo_key: unknown place {unknown[0]!r} (known: {', '.join(ECHO_PLACES)})"
+    for name in ("video_host", "cdn_redirect"):
+        host = getattr(c, name)
+        if host is not None and (not host or any(ch in host for ch in "/?#@ \t")):
+            return f"{name} must be a bare host name or address, not {host!r}"
+    counts = ("status_bomb_mb", "video_bomb_mb", "limit_first", "retry_after_value", "limit_after")
+    for name in counts:
+        value = getattr(c, name)
+        if value is not None and value < 0:
+            return f"{name} must be 0 or more"
     return None
 
 

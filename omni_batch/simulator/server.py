@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import ipaddress
 import random
 import socket
 import sys
@@ -19,6 +21,14 @@ from omni_batch.catalog import BODY_FIELDS, Catalog, load_catalog
 from omni_batch.errors import UsageError
 from omni_batch.simulator.cdn import CdnHost, video_url
 from omni_batch.simulator.config import SimConfig
+from omni_batch.simulator.hostile import (
+    echo_query,
+    echo_text,
+    gzip_bomb,
+    json_text,
+    retry_after_header,
+    send_stream,
+)
 from omni_batch.simulator.state import FAIL_MESSAGE, SimState, Task, retry_after
 
 SUBMIT_PATH = "/v1/videos/generations"
@@ -69,6 +79,15 @@ class _Drop(Exception):
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+_RID: contextvars.ContextVar[str] = contextvars.ContextVar("rid", default="")
+
+
+def _bearer(request: web.Request) -> str:
+    """The token the caller sent (valid or not), or ""."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
 class Simulator:
     """One running simulator: its URLs, its key(s), its counters."""
 
@@ -80,6 +99,9 @@ class Simulator:
         self.key: str = self.keys[0]
         self.base_url = ""
         self.cdn_url = ""
+        self.cdn_urls: dict[str, str] = {}  # extra CDN listeners (video_host, cdn_redirect)
+        self.video_base = ""  # where video links point: the CDN, or video_host
+        self._not_before: dict[str, float] = {}  # key → when its last 429 said to come back
         # API faults come in request arrival order; the CDN draws from its own stream, so
         # downloads never shift which API request gets a fault.
         self._cdn = CdnHost(self.state)
@@ -115,9 +137,29 @@ class Simulator:
         try:
             self.base_url = await self._listen(api, host, port)
             self.cdn_url = await self._listen(cdn, host, cdn_port)
+            await self._hostile_hosts(host)
         except BaseException:
             await self.stop()
             raise
+
+    async def _hostile_hosts(self, host: str) -> None:
+        """Extra CDN listeners where video_host / cdn_redirect name an address we can bind
+        (127.0.0.2 is loopback too on Linux); a name or a foreign address gets none."""
+        cfg = self.config
+        port = self.cdn_url.rpartition(":")[2]
+        for extra in dict.fromkeys((cfg.video_host, cfg.cdn_redirect)):
+            if extra is None or extra == host:
+                continue
+            with contextlib.suppress(UsageError, ValueError):
+                ipaddress.ip_address(extra)  # only addresses: a name is not bound
+                self.cdn_urls[extra] = await self._listen(self._cdn.app(), extra, 0)
+        self.video_base = self.cdn_url
+        if cfg.video_host is not None:
+            self.video_base = self.cdn_urls.get(cfg.video_host, f"http://{cfg.video_host}:{port}")
+        if cfg.cdn_redirect is not None:
+            self._cdn.redirect_to = self.cdn_urls.get(
+                cfg.cdn_redirect, f"http://{cfg.cdn_redirect}:{port}"
+            )
 
     async def stop(self) -> None:
         for runner in reversed(self._runners):
@@ -147,6 +189,10 @@ class Simulator:
         counts["requests"] += 1
         number = counts["requests"]
         rid = f"req_{self.config.seed}_{number:08d}"
+        token = _bearer(request)
+        if "header" in self.config.echo_key and token:
+            rid = f"{rid}-{token}"  # a gateway that traces requests by their credentials
+        _RID.set(rid)
         try:
             response = await handler(request)
         except _Drop:
@@ -158,22 +204,52 @@ class Simulator:
             counts["client_gone"] += 1
             return web.Response()
         except _Reject as exc:
-            response = self._error(exc, rid, number)
+            response = self._error(exc, rid, number, token)
         except web.HTTPException as exc:  # unknown path, wrong method
-            response = self._error(_Reject(exc.status, exc.reason), rid, number)
-        response.headers["X-Request-Id"] = rid
+            response = self._error(_Reject(exc.status, exc.reason), rid, number, token)
+        if not response.prepared:  # a streamed answer sent its own
+            response.headers["X-Request-Id"] = rid
         counts[f"status_{response.status}"] += 1
         return response
 
-    def _error(self, exc: _Reject, rid: str, number: int) -> web.Response:
-        style = self.config.error_code
+    def _error(self, exc: _Reject, rid: str, number: int, token: str = "") -> web.Response:
+        cfg = self.config
+        style = cfg.error_code
         as_string = style == "string" or (style == "mixed" and number % 2 == 0)
         status = exc.status
         code: int | str = _STRING_CODES.get(status, str(status)) if as_string else status
-        error = {"code": code, "message": exc.message, "type": _TYPES.get(status, "internal_error")}
-        headers = {"Retry-After": str(exc.retry)} if exc.retry is not None else None
+        message = exc.message
+        if token and ("error" in cfg.echo_key or "text" in cfg.echo_key):
+            message = f"{message} ({echo_text(token)})"
+        retry = exc.retry
+        if status == 429 and cfg.retry_after_value is not None:
+            retry = cfg.retry_after_value
+        headers = None
+        if retry is not None:
+            value, until = retry_after_header(retry, cfg.retry_after_form, self.state.clock())
+            headers = {"Retry-After": value}
+            if status == 429 and token in self.state.keys:
+                self._not_before[token] = until
+        if "text" in cfg.echo_key:  # a proxy's plain-text error page
+            return web.Response(status=status, text=f"error {status}: {message}\n", headers=headers)
+        error = {"code": code, "message": message, "type": _TYPES.get(status, "internal_error")}
         body = {"error": {**error, **exc.extra}, "request_id": rid}
-        return web.json_response(body, status=status, headers=headers)
+        return self._json(body, status, headers, token)
+
+    def _json(
+        self,
+        body: Any,
+        status: int = 200,
+        headers: dict[str, str] | None = None,
+        token: str | None = None,
+    ) -> web.Response:
+        style = self.config.echo_json
+        if not self.config.echo_key or style == "ascii":
+            return web.json_response(body, status=status, headers=headers)
+        text = json_text(body, style, token)
+        return web.Response(
+            text=text, status=status, headers=headers, content_type="application/json"
+        )
 
     def _authorize(self, request: web.Request) -> str:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -184,7 +260,7 @@ class Simulator:
             raise _Reject(401, "invalid API key")
         return token
 
-    async def _gate(self, request: web.Request) -> tuple[str, bool]:
+    async def _gate(self, request: web.Request, kind: str = "") -> tuple[str, bool]:
         """What every API call passes: latency, auth, limits, then the seeded request faults.
 
         Returns the caller's key and whether a submit should turn out ambiguous."""
@@ -194,6 +270,14 @@ class Simulator:
         key = self._authorize(request)
         ks = state.keys[key]
         now = state.clock()
+        if now < self._not_before.get(key, 0.0) - 0.05:
+            state.counts["early_after_429"] += 1  # came back before Retry-After said
+        if cfg.limit_only in ("all", kind):  # counted among the requests it limits
+            counter = "requests" if cfg.limit_only == "all" else f"{kind[:-1]}_requests"
+            number, after = state.counts[counter], cfg.limit_after
+            if number <= cfg.limit_first or (after is not None and number > after):
+                state.counts["limited_forced"] += 1
+                raise _Reject(429, "too many requests", cfg.retry_after)
         if now < ks.storm_until:
             state.counts["limited_injected"] += 1
             raise _Reject(429, "too many requests", retry_after(ks.storm_until - now))
@@ -222,7 +306,7 @@ class Simulator:
     async def _submit(self, request: web.Request) -> web.StreamResponse:
         cfg, state = self.config, self.state
         state.counts["submit_requests"] += 1
-        key, ambiguous = await self._gate(request)
+        key, ambiguous = await self._gate(request, "submits")
         try:
             body = await request.json()
         except ValueError:
@@ -250,7 +334,7 @@ class Simulator:
             state.counts["duplicate_cbids"] += 1
             existing = state.tasks[ks.cbids[cbid]]
             if cfg.duplicate_cbid == "existing":
-                return web.json_response(self._submitted(existing))
+                return self._json(self._submitted(existing), token=key)
             raise _Reject(
                 409,
                 f"client_business_id {cbid!r} was already used for task {existing.id}",
@@ -289,8 +373,8 @@ class Simulator:
             raise _Reject(status, "upstream error, please retry")
         if r_shape < cfg.p_unrecognised:
             state.counts["unrecognised"] += 1
-            return web.json_response({"code": 0, "result": {"job": {"uuid": task.id}}})
-        return web.json_response(self._submitted(task))
+            return self._json({"code": 0, "result": {"job": {"uuid": task.id}}}, token=key)
+        return self._json(self._submitted(task), token=key)
 
     def _submitted(self, task: Task) -> dict[str, Any]:
         if task.submit_shape == "legacy":
@@ -310,7 +394,7 @@ class Simulator:
     async def _status(self, request: web.Request) -> web.StreamResponse:
         state = self.state
         state.counts["poll_requests"] += 1
-        key, _ = await self._gate(request)
+        key, _ = await self._gate(request, "polls")
         ident = request.match_info["task_id"]
         task = state.find(key, ident)
         if task is None:
@@ -319,7 +403,26 @@ class Simulator:
         now = state.clock()
         status = task.status(now)
         state.record_poll(task, status in ("completed", "failed"))
-        return web.json_response(self._view(task, status, now))
+        cfg = self.config
+        if cfg.status_redirect:  # following it would carry the key to the video host
+            return web.Response(status=307, headers={"Location": self._video_url(task)})
+        view = self._view(task, status, now)
+        if cfg.status_bomb_mb:  # valid JSON, after a gigabyte of whitespace
+            tail = json_text(view, cfg.echo_json, key).encode("utf-8")
+            length, pieces = await asyncio.to_thread(gzip_bomb, cfg.status_bomb_mb, tail)
+            headers = {
+                "Content-Type": "application/json",
+                "Content-Encoding": "gzip",
+                "X-Request-Id": _RID.get(),
+            }
+            return await send_stream(request, headers, length, pieces)
+        return self._json(view, token=key)
+
+    def _video_url(self, task: Task) -> str:
+        url = video_url(self.video_base or self.cdn_url, task)
+        if "url" in self.config.echo_key:  # a signed link that carries the caller's key
+            url = f"{url}&{echo_query(task.key)}"
+        return url
 
     def _view(self, task: Task, status: str, now: float) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -338,12 +441,15 @@ class Simulator:
         elif status == "failed":
             out["progress"] = 100
             out["completed_at"] = int(task.done)
-            out["error"] = {"code": "generation_failed", "message": FAIL_MESSAGE}
+            message = FAIL_MESSAGE
+            if "error" in self.config.echo_key:
+                message = f"{message} ({echo_text(task.key)})"
+            out["error"] = {"code": "generation_failed", "message": message}
         elif status == "completed":
             if now >= task.expiry and self.config.refresh_links:
                 task.expiry = now + self.config.link_ttl
                 self.state.counts["links_refreshed"] += 1
-            url = video_url(self.cdn_url, task)
+            url = self._video_url(task)
             out.update(progress=100, completed_at=int(task.done), expires_at=int(task.expiry))
             if task.result_shape == "result":
                 out["result"] = {"type": "video", "data": [{"url": url, "format": "mp4"}]}

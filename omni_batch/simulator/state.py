@@ -254,6 +254,9 @@ class SimState:
             "downloads_expired": c["downloads_expired"],
             "downloads_with_auth": c["downloads_with_auth"],
             "downloads_truncated": c["downloads_truncated"],
+            "downloads_redirected": c["downloads_redirected"],
+            "limited_forced": c["limited_forced"],
+            "early_after_429": c["early_after_429"],
             "download_bytes": c["download_bytes"],
         }
         for status in (400, 401, 402, 404, 409, 429):
