@@ -110,7 +110,7 @@ def soak(args: argparse.Namespace) -> dict:
                 runs += 1
                 _, err = proc.communicate(timeout=900)
                 codes.append(proc.returncode)
-                if proc.returncode not in (0, 1):
+                if proc.returncode not in (0, 1) or not (out / "report.csv").exists():
                     print(err, file=sys.stderr)
                     break
             wall = time.perf_counter() - start
