@@ -70,10 +70,13 @@ def test_state_survives_reopening_and_in_flight_jobs_are_found_for_resume(tmp_pa
 def test_timeouts_are_polled_again_and_failures_only_requeued_when_asked(tmp_path):
     journal = Journal(tmp_path / "out")
     journal.sync(manifest(tmp_path))
-    for job_id, kind in (("a-16x9-6s-r1", "wait_timeout"), ("b-16x9-6s-r1", "generation_failed")):
+    for job_id, kind, task in (
+        ("a-16x9-6s-r1", "wait_timeout", None),
+        ("b-16x9-6s-r1", "generation_failed", "failed"),
+    ):
         journal.mark_submitting(job_id, None, False)
         journal.mark_running(job_id, f"task-{job_id}", None)
-        journal.mark_failed(job_id, error_type=kind, message="x")
+        journal.mark_failed(job_id, error_type=kind, message="x", task=task)
     assert journal.reopen(retry_failed=False) == (1, 0)
     assert journal.counts()["running"] == 1 and journal.counts()["failed"] == 1
     assert journal.reopen(retry_failed=True) == (0, 1)
