@@ -210,8 +210,9 @@ class Journal:
         return db
 
     def _open(self) -> sqlite3.Connection:
+        """The journal, made whole first if it is gone, unreadable or behind (see _recover)."""
         path = self.folder / self.FILE
-        self._replayed = 0
+        self._replayed = 0  # the highest counter a replay saw
         try:
             how = "empty" if path.stat().st_size == 0 else None
         except FileNotFoundError:
@@ -226,19 +227,27 @@ class Journal:
             if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF not in _DAMAGED:
                 raise StateError(f"{path}: not a usable journal: {exc}") from None
             damage, how = str(exc), f"unreadable ({exc})"
-        if damage is None and db.execute("SELECT 1 FROM jobs LIMIT 1").fetchone():
-            self._catch_up(db)
-            return db
-        # no jobs: a new folder, or one whose journal is gone (deleted, emptied, unreadable)
-        how = how or "without jobs"
-        if not replay.has_transitions(self.folder):
-            seen = replay.evidence(self.folder)
-            if damage is None and not seen:
-                return db  # a new folder
+        try:
+            if damage is None and db.execute("SELECT 1 FROM jobs LIMIT 1").fetchone():
+                self._catch_up(db)
+                return db
+            return self._recover(None if damage else db, how or "without jobs", made)
+        except BaseException:
             if damage is None:
                 db.close()
-                if made:  # the empty journal just made: leave the folder as it was found
-                    _set_aside(path, "")
+            raise
+
+    def _recover(self, db: sqlite3.Connection | None, how: str, made: bool) -> sqlite3.Connection:
+        """A journal without jobs (``db``; None: unreadable, ``how`` says why): a new folder, or
+        one whose journal is gone, to rebuild from events.jsonl or else refuse to run."""
+        path = self.folder / self.FILE
+        damage = db is None
+        if not replay.has_transitions(self.folder):
+            seen = replay.evidence(self.folder)
+            if db is not None and not seen:
+                return db  # a new folder
+            if db is not None and made:  # the journal just made: leave the folder as found
+                _set_aside(path, "")
             raise StateError(
                 f"{path}: the journal is {how} and events.jsonl holds no transitions to rebuild "
                 f"it from, though {', '.join(seen) or 'the folder'} shows an earlier run; "
@@ -246,14 +255,18 @@ class Journal:
                 "use a new --out folder"
             )
         kept = ""
-        if damage is not None:
-            kept = _set_aside(path, "corrupt")
-            kept = f"; the unreadable file is kept as {kept}"
+        if db is None:
+            kept = f"; the unreadable file is kept as {_set_aside(path, 'corrupt')}"
             try:
                 db = self._connect(path)
             except sqlite3.Error as exc:
                 raise StateError(f"{path}: cannot make a new journal: {exc}") from None
-        done = self._replay(db, 0, fresh=True)
+        try:
+            done = self._replay(db, 0, fresh=True)
+        except BaseException:
+            if damage:
+                db.close()
+            raise
         jobs, tasks, completed = db.execute(
             "SELECT count(*), count(task_id), count(*) FILTER (WHERE state = 'completed') FROM jobs"
         ).fetchone()

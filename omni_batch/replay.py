@@ -57,7 +57,8 @@ _SET = {
     "completed": (
         "state = 'completed', video_path = :video_path, bytes = :bytes, "
         "verified = coalesce(:verified, verified), "
-        "verify_message = CASE WHEN :verified IS NULL THEN verify_message ELSE :verify END, "
+        "verify_message = CASE WHEN :verified IS NULL THEN verify_message "
+        "ELSE coalesce(:verify, '') END, "
         "video_width = coalesce(:width, video_width), "
         "video_height = coalesce(:height, video_height), "
         "video_duration_s = coalesce(:duration_s, video_duration_s)"

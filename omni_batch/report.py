@@ -51,6 +51,11 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 def _connect(folder: Path) -> sqlite3.Connection:
     path = folder / "journal.sqlite"
+    if not path.is_file() and (folder / "events.jsonl").is_file():
+        raise StateError(
+            f"{folder}: no journal.sqlite here; the same `omni-batch run` command rebuilds it "
+            "from events.jsonl"
+        )
     if not path.is_file():
         raise StateError(f"{folder}: no journal.sqlite here; is this an omni-batch output folder?")
     try:

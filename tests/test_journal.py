@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 
@@ -166,3 +167,194 @@ def test_an_older_journal_loses_the_state_index_every_transition_paid_for(tmp_pa
     assert "jobs_seq" in str(plan)  # pending pages walk seq, no sort and no full scan
     assert [r.job_id for r in journal.pending_page(-1, 10)] == ["a-16x9-6s-r1", "b-16x9-6s-r1"]
     journal.close()
+
+
+A, B = "a-16x9-6s-r1", "b-16x9-6s-r1"
+_COMPARED = (
+    "job_id, seq, active, body_hash, state, task_id, task_ids, task_status, business_id, "
+    "attempts, polls, possible_duplicate, http_status, error_type, error_message, request_id, "
+    "video_url, expires_at, video_path, bytes, verified, verify_message, video_width, "
+    "video_height, video_duration_s, ev, submitted_at, completed_at"
+)
+
+
+class At:
+    """A timestamp equal to another within the 10 ms an event line's time may differ by."""
+
+    def __init__(self, t: float | None):
+        self.t = t
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, At) or None in (self.t, other.t):
+            return isinstance(other, At) and self.t is other.t is None
+        return abs(self.t - other.t) <= 0.01
+
+    def __repr__(self) -> str:
+        return f"At({self.t})"
+
+
+def rows(folder: Path) -> list[tuple]:
+    with sqlite3.connect(folder / Journal.FILE) as db:
+        found = db.execute(f"SELECT {_COMPARED} FROM jobs ORDER BY job_id").fetchall()
+    db.close()
+    return [(*r[:-2], At(r[-2]), At(r[-1])) for r in found]
+
+
+def every_kind_of_transition(tmp_path: Path, folder: Path) -> None:
+    """a: sent flagged, failed, sent again, completed, its video lost; b: failed with its task
+    (polled again), then completed and verified."""
+    from omni_batch.verify import Probe
+
+    journal = Journal(folder)
+    journal.sync(manifest(tmp_path))
+    journal.mark_submitting(A, "ob-1-a", True)
+    journal.mark_pending(A, "stopped before sending")
+    journal.mark_submitting(A, "ob-1-a", True)
+    journal.mark_running(A, "task-a1", "rid-1")
+    journal.mark_failed(A, error_type="generation_failed", message="no", polls=3, task="failed")
+    journal.mark_submitting(B, "ob-1-b", False)
+    journal.mark_running(B, "task-b", None)
+    journal.mark_downloading(B, "http://cdn/b.mp4", 2e9, None, polls=2)
+    journal.mark_failed(B, error_type="download_failed", message="cut", http_status=200)
+    journal.close()
+    journal = Journal(folder)
+    assert journal.reopen(retry_failed=True) == (1, 1)  # b polled again, a sent again
+    journal.mark_submitting(A, "ob-2-a", False)
+    journal.mark_running(A, "task-a2", "rid-2", adopted=True)
+    journal.mark_downloading(A, "http://cdn/a.mp4", None, None, polls=1)
+    journal.mark_completed(A, "videos/a.mp4", 7)
+    journal.mark_downloading(B, "http://cdn/b2.mp4", 3e9, None, polls=4)
+    journal.mark_completed(B, "videos/b.mp4", 9, Probe(True, 1280, 720, 6.0))
+    journal.close()
+    journal = Journal(folder)
+    assert journal.requeue_lost_videos() == 2  # neither file exists
+    journal.close()
+
+
+def test_task_ids_are_kept_and_a_possible_duplicate_stays_flagged_when_sent_again(tmp_path):
+    folder = tmp_path / "out"
+    every_kind_of_transition(tmp_path, folder)
+    found = {r[0]: r for r in rows(folder)}
+    assert json.loads(found[A][6]) == ["task-a1", "task-a2"] and found[A][5] == "task-a2"
+    assert found[A][11] == 1 and found[A][9] == 3  # still flagged; three POSTs
+    assert json.loads(found[B][6]) == ["task-b"] and found[B][7] is None
+
+
+@pytest.mark.parametrize("how", ["deleted", "emptied", "random bytes"])
+def test_a_lost_journal_is_rebuilt_from_its_events_exactly(tmp_path, how):
+    folder = tmp_path / "out"
+    every_kind_of_transition(tmp_path, folder)
+    lost = rows(folder)
+    journal = folder / Journal.FILE
+    if how == "deleted":
+        journal.unlink()
+    else:
+        journal.write_bytes(b"" if how == "emptied" else bytes(range(256)) * 64)
+    rebuilt = Journal(folder)
+    assert rebuilt.recovered and "rebuilt from events.jsonl" in rebuilt.recovered
+    assert rows(folder) != lost  # bodies and order come from the manifest...
+    rebuilt.sync(manifest(tmp_path))
+    assert rows(folder) == lost  # ...and then nothing differs
+    rebuilt.mark_submitting(B, None, False)  # the counter goes on from the events'
+    assert rebuilt.db.execute("SELECT ev FROM jobs WHERE job_id = ?", (B,)).fetchone()[0] > max(
+        r[25] for r in lost
+    )
+    rebuilt.close()
+
+
+def test_a_journal_behind_its_events_catches_up_and_one_ahead_is_never_moved_back(tmp_path):
+    folder = tmp_path / "out"
+    journal = Journal(folder)
+    journal.sync(manifest(tmp_path))
+    journal.close()
+    behind = (folder / Journal.FILE).read_bytes()  # as a lost -wal would leave it
+    every_kind_of_transition(tmp_path, folder)
+    final = rows(folder)
+    (folder / Journal.FILE).write_bytes(behind)
+    caught_up = Journal(folder)
+    assert caught_up.recovered and "behind events.jsonl" in caught_up.recovered
+    assert rows(folder) == final
+    caught_up.close()
+    # events lacking the journal's last transition (a kill between its commit and its line)
+    events = folder / "events.jsonl"
+    lines = events.read_text(encoding="utf-8").splitlines(keepends=True)
+    events.write_text("".join(lines[:5]), encoding="utf-8")
+    with sqlite3.connect(folder / Journal.FILE) as db:
+        db.execute("DELETE FROM meta WHERE key = 'events_size'")  # replay it all
+    db.close()
+    again = Journal(folder)
+    assert again.recovered is None and rows(folder) == final
+    again.close()
+
+
+def test_events_without_counters_from_an_older_version_still_rebuild_a_lost_journal(tmp_path):
+    folder = tmp_path / "out"
+    journal = Journal(folder)
+    journal.sync(manifest(tmp_path))
+    journal.mark_submitting(A, "ob-a", False)
+    journal.mark_running(A, "task-a", "rid")
+    journal.close()
+    events = folder / "events.jsonl"
+    old = [
+        {k: v for k, v in json.loads(line).items() if k not in ("n", "body", "attempts")}
+        for line in events.read_text(encoding="utf-8").splitlines()
+    ]
+    events.write_text("".join(json.dumps(r) + "\n" for r in old) + '{"cut short', "utf-8")
+    (folder / Journal.FILE).unlink()
+    rebuilt = Journal(folder)
+    rebuilt.sync(manifest(tmp_path, "a changed prompt"))  # its body unknown: not refused
+    row = next(r for r in rebuilt.in_flight() if r.job_id == A)
+    assert (row.state, row.task_id, row.business_id, row.attempts) == (
+        "running",
+        "task-a",
+        "ob-a",
+        1,
+    )
+    rebuilt.close()
+
+
+def test_a_rebuilt_journal_still_refuses_a_changed_manifest(tmp_path):
+    folder = tmp_path / "out"
+    journal = Journal(folder)
+    journal.sync(manifest(tmp_path))
+    journal.mark_submitting(A, None, False)
+    journal.close()
+    (folder / Journal.FILE).unlink()
+    rebuilt = Journal(folder)
+    with pytest.raises(StateError, match="was already submitting with other parameters"):
+        rebuilt.sync(manifest(tmp_path, "alpha shot, changed"))
+    rebuilt.close()
+
+
+def test_the_task_id_and_the_submitting_mark_are_on_disk_before_the_journal_returns(
+    tmp_path, monkeypatch
+):
+    """`submitting` (before the POST) and `running` (the task id) fdatasync the -wal, so a
+    power loss cannot take them back; the other transitions need not, and do not."""
+    synced: list[str] = []
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    folder = tmp_path / "out"
+    journal = Journal(folder)
+    journal.sync(manifest(tmp_path))
+    calls = []
+    for step in (
+        lambda: journal.mark_submitting(A, None, False),
+        lambda: journal.mark_running(A, "task-a", None),
+        lambda: journal.mark_downloading(A, "http://cdn/a.mp4", None, None, 1),
+        lambda: journal.mark_completed(A, "videos/a.mp4", 5),
+        lambda: journal.mark_submitting(B, None, False),  # commits `completed` with it
+        lambda: journal.mark_running(B, "task-b", None),
+        lambda: journal.mark_failed(B, error_type="x", message="y"),
+    ):
+        before = len(synced)
+        step()
+        calls.append(len(synced) - before)
+    journal.close()
+    assert calls == [1, 1, 0, 0, 1, 1, 0]
+    assert set(synced) == {str((folder / "journal.sqlite-wal").resolve())}
