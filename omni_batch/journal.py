@@ -62,7 +62,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     submitted_at REAL, completed_at REAL, updated_at REAL,
     verified INTEGER, verify_message TEXT, video_width INTEGER, video_height INTEGER,
     video_duration_s REAL,
-    task_ids TEXT,  -- every task id the job ever had (a JSON array, appended to, never cleared)
+    task_ids TEXT,  -- every task id the job ever had, oldest first, separated by spaces
     task_status TEXT,  -- what the API last said of task_id: 'failed', 'gone' (404) or NULL
     ev INTEGER NOT NULL DEFAULT 0  -- the counter `n` of the last transition (event line) held
 );
@@ -173,6 +173,9 @@ class Journal:
         self._waiting: list[str] = []  # event lines of transitions made, not yet committed
         self._waiting_since = 0.0
         self._wal: int | None = None  # the -wal file, for _sync
+        # body hashes of the jobs handed out to be sent (a page, a queue: bounded), for the
+        # `submitting` event: a rebuilt journal refuses a changed manifest as this one does
+        self._bodies: dict[str, str] = {}
         top = self.db.execute("SELECT max(ev) FROM jobs").fetchone()[0] or 0
         self._n = max(top, self._replayed) + 1  # the next transition's counter
 
@@ -419,7 +422,7 @@ class Journal:
     _ROW = (
         "SELECT job_id, seq, state, model, prompt, aspect_ratio, duration, resolution, task_id, "
         "business_id, attempts, polls, possible_duplicate, video_url, expires_at, submitted_at, "
-        "error_type FROM jobs"
+        "error_type, body_hash FROM jobs"
     )
 
     @staticmethod
@@ -443,6 +446,7 @@ class Journal:
             f"{self._ROW} WHERE active = 1 AND state = 'pending' AND seq > ? ORDER BY seq LIMIT ?",
             (after_seq, limit),
         ).fetchall()
+        self._bodies.update((r[0], r[17]) for r in rows)
         return [self._row(r) for r in rows]
 
     def in_flight(self) -> Iterator[JobRow]:
@@ -452,6 +456,8 @@ class Journal:
             "ORDER BY seq"
         )
         for r in cur:
+            if r[2] == "submitting":
+                self._bodies[r[0]] = r[17]
             yield self._row(r)
 
     def counts(self) -> dict[str, int]:
@@ -574,20 +580,16 @@ class Journal:
         event: dict[str, Any],
         deferred: bool = False,
         durable: bool = False,
-        returning: tuple[str, ...] = (),
     ) -> None:
         """One UPDATE, committed (with any waiting before it) unless ``deferred``, and fsync'ed
-        when ``durable``; its event line is written once it is committed, after theirs.
-        ``returning``: event fields the UPDATE returns (``RETURNING`` those columns)."""
+        when ``durable``; its event line is written once it is committed, after theirs."""
         with self._writing():
             db = self.db
             # nothing waits and nothing will: one autocommitted statement, no BEGIN and COMMIT
             autocommit = not (deferred or db.in_transaction)
             if not (autocommit or db.in_transaction):
                 db.execute("BEGIN")
-            cursor = db.execute(sql, params)
-            if returning and (returned := cursor.fetchall()):  # read to the end: an
-                event.update(zip(returning, returned[0], strict=True))  # autocommit ends there
+            db.execute(sql, params)
             self._waiting.append(self._event_line("state", event))
             if not autocommit:
                 crash.point("in_commit")  # the UPDATE is made, not yet committed
@@ -658,7 +660,7 @@ class Journal:
         self._transition(
             "UPDATE jobs SET state = 'submitting', attempts = attempts + 1, business_id = ?, "
             "possible_duplicate = max(possible_duplicate, ?), updated_at = ?, ev = ? "
-            "WHERE job_id = ? RETURNING attempts, body_hash",
+            "WHERE job_id = ?",
             (business_id, int(possible_duplicate), time.time(), n, job_id),
             {
                 "n": n,
@@ -666,9 +668,9 @@ class Journal:
                 "state": "submitting",
                 "business_id": business_id,
                 "possible_duplicate": possible_duplicate or None,
+                "body": self._bodies.pop(job_id, None),  # its first POST's line has it
             },
             durable=True,
-            returning=("attempts", "body"),
         )
 
     def mark_running(
@@ -681,7 +683,7 @@ class Journal:
         now = time.time()
         self._transition(
             "UPDATE jobs SET state = 'running', task_id = ?, request_id = ?, submitted_at = ?, "
-            "task_ids = json_insert(coalesce(task_ids, '[]'), '$[#]', ?), task_status = NULL, "
+            "task_ids = coalesce(task_ids || ' ', '') || ?, task_status = NULL, "
             "updated_at = ?, ev = ? WHERE job_id = ?",
             (task_id, request_id, now, task_id, now, n, job_id),
             {

@@ -32,14 +32,14 @@ _CLEARED = (
 )
 _SET = {
     "submitting": (
-        "state = 'submitting', attempts = coalesce(:attempts, attempts + 1), "
+        "state = 'submitting', attempts = attempts + 1, "  # each line is applied once
         "business_id = :business_id, "
         "possible_duplicate = max(possible_duplicate, :possible_duplicate), "
         "body_hash = CASE WHEN body_hash = '' THEN coalesce(:body, '') ELSE body_hash END"
     ),
     "running": (
         "state = 'running', task_id = :task_id, request_id = :request_id, submitted_at = :t, "
-        "task_ids = json_insert(coalesce(task_ids, '[]'), '$[#]', :task_id), "
+        "task_ids = coalesce(task_ids || ' ', '') || :task_id, "
         "task_status = NULL"
     ),
     "running again": (  # Journal.reopen: a failed job's task polled again
@@ -114,7 +114,6 @@ def _params(record: dict[str, Any], job_id: str) -> dict[str, Any]:
         "job_id": job_id,
         "n": _int(record.get("n")),
         "t": _num(record.get("t")),
-        "attempts": _int(record.get("attempts")),
         "business_id": _text(record.get("business_id")),
         "possible_duplicate": int(record.get("possible_duplicate") is True),
         "body": _text(record.get("body"), 64),

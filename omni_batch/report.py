@@ -40,10 +40,6 @@ COLUMNS = [
 ]  # fmt: skip
 SLICE_ROWS = 1000  # journal rows read, converted and written at a time (a Parquet row group)
 _RAW = [c for c in COLUMNS if c not in ("status", "latency_s")] + ["vars", "tags"]
-# every task id the job ever had, oldest first, separated by spaces (a JSON array in the journal)
-_SQL = {c: c for c in _RAW} | {
-    "task_ids": "(SELECT group_concat(value, ' ') FROM json_each(task_ids))"
-}
 _TIMES = ("expires_at", "submitted_at", "completed_at")
 _FILES = ("report.csv", "report.parquet", "failures.csv")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -95,7 +91,7 @@ def _sample(column: str, sql: str) -> str:
 def _selected(db: sqlite3.Connection) -> dict[str, str]:
     """Report column → SQL; NULL for a column a journal of an older version does not have."""
     have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
-    return {c: sql if c in have else "NULL" for c, sql in _SQL.items()}
+    return {c: c if c in have else "NULL" for c in _RAW}
 
 
 def _shape(db: sqlite3.Connection, sql: dict[str, str]) -> _Shape:

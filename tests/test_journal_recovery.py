@@ -236,3 +236,16 @@ def test_the_rebuilt_journal_matches_the_one_that_was_lost(tmp_path):
             pd.testing.assert_series_equal(
                 original[column], after[column], check_dtype=False, obj=column
             )
+
+
+def test_a_rebuilt_journal_refuses_a_changed_manifest_like_the_lost_one(manifest, tmp_path):
+    out = tmp_path / "out"
+    with sim() as server:
+        assert cli(server, manifest, out).exit_code == 0
+        damage(out, "deleted")
+        manifest.write_text(MANIFEST.replace("alpha shot", "alpha shot, new"), encoding="utf-8")
+        result = cli(server, manifest, out)
+        stats = server.stats()
+    assert result.exit_code == 2
+    assert "job 'alpha-16x9-6s-r1'" in result.stderr and "changed" in result.stderr
+    assert stats["submits"] == JOBS
