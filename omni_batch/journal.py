@@ -201,8 +201,11 @@ class Journal:
     def _connect(self, path: Path) -> sqlite3.Connection:
         db = sqlite3.connect(path, isolation_level=None, timeout=10)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")  # money transitions: _sync
+            # where WAL is not to be had (a filesystem without shared memory), every commit
+            # is fsync'ed instead
+            self._wal_mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+            sync = "NORMAL" if self._wal_mode else "FULL"
+            db.execute(f"PRAGMA synchronous={sync}")  # money transitions: _sync
             db.executescript(_SCHEMA)
             self._add_new_columns(db)
             self._meta_defaults(db)
@@ -488,7 +491,10 @@ class Journal:
                     "AND state = 'failed' AND (task_id IS NULL OR task_status IS NOT NULL)",
                     (time.time(), n_queued),
                 ).rowcount
-                self._events_for(n_queued, state="pending", reason="retry-failed", requeued=True)
+                if queued:
+                    self._events_for(
+                        n_queued, state="pending", reason="retry-failed", requeued=True
+                    )
             n_polled = self._n
             self._n += 1
             polled = self.db.execute(
@@ -497,7 +503,8 @@ class Journal:
                 "AND task_id IS NOT NULL AND task_status IS NOT 'failed'",
                 (time.time(), n_polled),
             ).rowcount
-            self._events_for(n_polled, state="running", reason="polled again")
+            if polled:
+                self._events_for(n_polled, state="running", reason="polled again")
         return polled, queued
 
     def _events_for(self, n: int, **event: Any) -> None:
@@ -613,6 +620,8 @@ class Journal:
         Ours rather than synchronous=FULL: that can only change outside a transaction, and a
         durable transition usually commits waiting `completed` ones with it (and FULL would
         sync the commits that need no sync too)."""
+        if not self._wal_mode:
+            return
         try:
             if self._wal is None:
                 self._wal = os.open(self.folder / f"{self.FILE}-wal", os.O_RDONLY)

@@ -82,7 +82,9 @@ def _text(value: Any, limit: int = 1000) -> str | None:
 
 
 def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 1 << 62:
+        return value
+    return None
 
 
 def _num(value: Any) -> float | None:
@@ -107,8 +109,9 @@ def _kind(record: dict[str, Any]) -> str | None:
 
 
 def _params(record: dict[str, Any], job_id: str) -> dict[str, Any]:
-    """Every named parameter any statement uses, from the line (a wrong type reads as absent)."""
-    video_path = _text(record.get("video_path")) or f"videos/{job_id}.mp4"
+    """Every named parameter any statement uses, from the line (a wrong type reads as absent).
+    The video's path is the store's for the job id, whatever the line says: a path from a file
+    anyone can edit must never name a file the run would replace or delete."""
     task = record.get("task")
     return {
         "job_id": job_id,
@@ -122,7 +125,7 @@ def _params(record: dict[str, Any], job_id: str) -> dict[str, Any]:
         "video_url": _text(record.get("video_url"), 10_000),
         "expires_at": _num(record.get("expires_at")),
         "polls": _int(record.get("polls")),
-        "video_path": video_path,
+        "video_path": f"videos/{job_id}.mp4",  # LocalStore.relative
         "bytes": _int(record.get("bytes")),
         "verified": _flag(record.get("verified")),
         "verify": _text(record.get("verify")),
@@ -144,7 +147,7 @@ def _counter(line: bytes) -> int | None:
     start = at + len(_N)
     end = line.find(b",", start)
     try:
-        return int(line[start:end])
+        return _int(int(line[start:end]))
     except ValueError:
         return None
 

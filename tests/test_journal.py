@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from omni_batch.errors import StateError
-from omni_batch.journal import Journal
+from omni_batch.journal import STATES, Journal
 from omni_batch.manifest import load_manifest
 from omni_batch.report import build_report, neutralise
 
@@ -222,9 +222,9 @@ def every_kind_of_transition(tmp_path: Path, folder: Path) -> None:
     journal.mark_submitting(A, "ob-2-a", False)
     journal.mark_running(A, "task-a2", "rid-2", adopted=True)
     journal.mark_downloading(A, "http://cdn/a.mp4", None, None, polls=1)
-    journal.mark_completed(A, "videos/a.mp4", 7)
+    journal.mark_completed(A, f"videos/{A}.mp4", 7)
     journal.mark_downloading(B, "http://cdn/b2.mp4", 3e9, None, polls=4)
-    journal.mark_completed(B, "videos/b.mp4", 9, Probe(True, 1280, 720, 6.0))
+    journal.mark_completed(B, f"videos/{B}.mp4", 9, Probe(True, 1280, 720, 6.0))
     journal.close()
     journal = Journal(folder)
     assert journal.requeue_lost_videos() == 2  # neither file exists
@@ -354,3 +354,70 @@ def test_the_task_id_and_the_submitting_mark_are_on_disk_before_the_journal_retu
     journal.close()
     assert calls == [1, 1, 0, 0, 1, 1, 0]
     assert set(synced) == {str((folder / "journal.sqlite-wal").resolve())}
+
+
+def test_a_video_in_place_whose_lines_were_lost_with_the_journal_is_kept_not_bought_again(
+    tmp_path,
+):
+    folder = tmp_path / "out"
+    journal = Journal(folder)
+    journal.sync(manifest(tmp_path))
+    journal.mark_submitting(B, None, False)
+    journal.close()
+    (folder / "videos").mkdir()
+    (folder / "videos" / f"{A}.mp4").write_bytes(b"x" * 100)  # A's lines are not in the events
+    (folder / "videos" / ".b.mp4.part").write_bytes(b"x")  # a partial download is no video
+    (folder / Journal.FILE).unlink()
+    rebuilt = Journal(folder)
+    rebuilt.sync(manifest(tmp_path))
+    assert rebuilt.recovered and "1 of them from videos in place" in rebuilt.recovered
+    assert rebuilt.counts() == {**dict.fromkeys(STATES, 0), "completed": 1, "submitting": 1}
+    assert [r.job_id for r in rebuilt.pending_page(-1, 10)] == []
+    rebuilt.close()
+    assert build_report(folder).set_index("job_id").loc[A, "bytes"] == 100
+
+
+def test_the_report_reads_a_journal_of_an_older_version_without_the_new_columns(tmp_path):
+    folder = tmp_path / "out"
+    journal = Journal(folder)
+    journal.sync(manifest(tmp_path))
+    journal.close()
+    with sqlite3.connect(folder / Journal.FILE) as db:  # as versions before task_ids made it
+        for column in ("task_ids", "task_status", "ev"):
+            db.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
+    db.close()
+    frame = build_report(folder)
+    assert len(frame) == 2 and frame.task_ids.isna().all()
+    Journal(folder).close()  # a run adds them back
+    assert build_report(folder).task_ids.isna().all()
+
+
+def test_hostile_event_lines_rebuild_what_they_can_and_touch_no_file_outside(tmp_path):
+    folder = tmp_path / "out"
+    journal = Journal(folder)
+    journal.sync(manifest(tmp_path))
+    journal.close()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    lines = [
+        {"t": 1.0, "event": "state", "n": 2, "job_id": A, "state": "completed", "bytes": 1,
+         "video_path": "../victim.txt"},
+        {"t": [], "event": "state", "n": 10**30, "job_id": B, "state": "running", "task_id": 5},
+        {"t": 1.0, "event": "state", "n": 3, "job_id": {"x": 1}, "state": "running"},
+        {"t": 1.0, "event": "state", "n": 4, "job_id": B, "state": "exploded"},
+        {"t": 1.0, "event": "state", "n": 5, "job_id": B, "state": "failed", "http_status": "x",
+         "task": "maybe", "polls": True, "message": None},
+    ]  # fmt: skip
+    text = (
+        "".join(json.dumps(r) + "\n" for r in lines) + "\x00\xff not json\n" + '{"event": "state"'
+    )
+    (folder / "events.jsonl").write_text(text, encoding="utf-8")
+    (folder / Journal.FILE).unlink()
+    rebuilt = Journal(folder)
+    rebuilt.sync(manifest(tmp_path))
+    assert rebuilt.requeue_lost_videos() == 1  # A's video is not where the store keeps it
+    rebuilt.close()
+    assert victim.read_text() == "keep me"
+    found = {r[0]: r for r in rows(folder)}
+    assert found[A][18] == f"videos/{A}.mp4"
+    assert found[B][4:8] == ("failed", None, None, None) and found[B][12:14] == (None, "unknown")
