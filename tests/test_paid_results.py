@@ -32,16 +32,11 @@ PLAIN, RETRY = (), ("--retry-failed",)
         ({"no_url_answers": 1}, (), "no_video_url", PLAIN),
         ({"no_url_answers": 1}, (), "no_video_url", RETRY),
         ({"stale_link_answers": 2}, (), "link_expired", PLAIN),  # the answer and its refresh
-        ({"stale_link_answers": 2}, (), "link_expired", RETRY),
         ({"unknown_polls": 1}, (), 404, PLAIN),  # a lagging upstream (a 404 on --retry-failed
         # is a task gone: sent again, see test_retry_failed_resends_a_task_the_api_no_longer_knows)
-        ({}, ("--max-video-mb", "0.001"), "download_failed", PLAIN),  # refused on our side
-        ({}, ("--max-video-mb", "0.001"), "download_failed", RETRY),
+        ({}, ("--max-video-mb", "0.001"), "download_failed", RETRY),  # refused on our side
     ],
-    ids=[
-        "no-url", "no-url-retry-failed", "expired-link", "expired-link-retry-failed", "404",
-        "over-the-cap", "over-the-cap-retry-failed",
-    ],
+    ids=["no-url", "no-url-retry-failed", "expired-link", "404", "over-the-cap-retry-failed"],
 )  # fmt: skip
 def test_a_task_with_no_saved_video_is_polled_again_and_its_video_saved_without_a_new_submit(
     manifest, tmp_path, knobs, first_args, why, second_args
