@@ -132,3 +132,12 @@ def test_the_simulator_knobs_hold_a_video_back_for_a_counted_number_of_answers(s
         assert (await api.fetch(fresh))[0] == 200
 
     sim_run(scenario, unknown_polls=1, no_url_answers=1, stale_link_answers=1)
+
+
+@pytest.mark.parametrize("knob", ["unknown_polls", "no_url_answers", "stale_link_answers"])
+def test_the_new_knobs_refuse_a_negative_count_in_one_line(knob):
+    from omni_batch.errors import UsageError
+    from omni_batch.simulator import SimConfig
+
+    with pytest.raises(UsageError, match=f"{knob} must be 0 or more"):
+        SimConfig(**{knob: -1})

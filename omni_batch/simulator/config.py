@@ -76,7 +76,7 @@ class SimConfig:
 
     # Issue #13 item 5 (a paid video is never abandoned): answers that keep a task's video from
     # the client for a while. Each is counted per task, so a later run gets the video.
-    unknown_polls: int = 0  # a task's first N status calls answer 404 (a lagging upstream)
+    unknown_polls: int = 0  # a task's first N status calls (lookups too) answer 404
     no_url_answers: int = 0  # a completed task's first N answers carry no video URL
     stale_link_answers: int = 0  # ... and its next N hand out a link that already expired
 
