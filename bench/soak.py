@@ -124,7 +124,7 @@ def soak(args: argparse.Namespace) -> dict:
             dup_jobs = {j for j, n in by_job.items() if j is not None and n > 1}
             unflagged = len(dup_jobs - set(flagged.job_id))
         else:
-            extra = stats["submits"] - args.jobs
+            extra = stats["duplicate_bodies"]  # tasks beyond the first for one job's body
             unflagged = max(0, extra - int((flagged.attempts - 1).sum()))
         known = {}
         for job_id, status, ids in zip(

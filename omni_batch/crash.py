@@ -17,6 +17,7 @@ POINTS = (
     "after_rename",  # the video is in place, its `completed` not yet committed
     "mid_report",  # report.csv is half written (to its temporary file)
     "in_commit",  # inside a journal transaction, before COMMIT
+    "mid_rebuild",  # a lost journal half rebuilt from events.jsonl, before its COMMIT
 )
 
 _target: tuple[str, int] | None = None

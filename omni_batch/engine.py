@@ -300,8 +300,9 @@ class Engine(Submitting):
             state = await self._status_call(flight.task_id)
         except RequestRejected as exc:
             kind = exc.error_type or f"http_{exc.status}"
+            gone = "gone" if exc.status == 404 else None  # another 4xx: the task may be fine
             return await self._fail(
-                flight, flight.state, kind, exc.message, exc.status, exc.request_id
+                flight, flight.state, kind, exc.message, exc.status, exc.request_id, gone
             )
         except (ApiError, TransportError) as exc:
             if isinstance(exc, AuthError):
@@ -335,7 +336,9 @@ class Engine(Submitting):
         if state.status == "failed":
             message = state.error_message or "generation failed"
             kind = state.error_code or "generation_failed"
-            return await self._fail(flight, flight.state, kind, message, 200, state.request_id)
+            return await self._fail(
+                flight, flight.state, kind, message, 200, state.request_id, "failed"
+            )
         await self._next_poll(flight)
 
     async def _next_poll(self, flight: Flight) -> None:
@@ -358,7 +361,10 @@ class Engine(Submitting):
         message: str,
         status: int | None,
         request_id: str | None,
+        task: str | None = None,
     ) -> None:
+        """``task``: "failed" when the API said the generation failed (refunded), "gone" on a
+        404; None when the task may still hold a paid video (the next run polls it again)."""
         self.journal.mark_failed(
             flight.job_id,
             error_type=kind,
@@ -366,6 +372,7 @@ class Engine(Submitting):
             http_status=status,
             request_id=request_id,
             polls=flight.polls,
+            task=task,
         )
         self._moved(old, "failed")
         await self._release()

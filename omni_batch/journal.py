@@ -5,7 +5,12 @@ with the next commit, or is committed within DEFER_S. So a crash (kill -9 includ
 job in a state resume knows how to finish: no task id is lost, and a job whose `completed` was
 lost is `downloading` with its whole video already in place, which resume records without a
 download or a status call (Engine.resume). Every transition is appended to ``events.jsonl``
-once it is committed.
+once it is committed, with the counter ``n`` that makes it replayable: a journal that is
+missing, empty, unreadable or behind its events (a lost ``-wal``) is rebuilt from them
+(omni_batch.replay) before anything runs; a folder that shows an earlier run but has neither
+is refused rather than run, and paid for, again. ``submitting`` and ``running`` (the task id)
+are made durable (the -wal fsync'ed) before the run goes on; the other transitions only need
+to survive a process crash (synchronous=NORMAL): a power loss costs a poll at most.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import os
 import secrets
 import sqlite3
 import time
@@ -22,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from omni_batch import crash
+from omni_batch import crash, replay
 from omni_batch.errors import OutputError, StateError
 from omni_batch.jobs import Job
 
@@ -34,6 +40,7 @@ _EVENT_JSON = json.JSONEncoder(ensure_ascii=False)  # one encoder: json.dumps ma
 DEFER_S = 1.0  # longest a `completed` transition waits for a commit
 DEFER_MAX = 256  # ... or this many of them
 STATES = ("pending", "submitting", "running", "downloading", "completed", "failed")
+_DAMAGED = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB: the file holds no journal we can read
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -54,7 +61,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     video_url TEXT, expires_at REAL, video_path TEXT, bytes INTEGER,
     submitted_at REAL, completed_at REAL, updated_at REAL,
     verified INTEGER, verify_message TEXT, video_width INTEGER, video_height INTEGER,
-    video_duration_s REAL
+    video_duration_s REAL,
+    task_ids TEXT,  -- every task id the job ever had, oldest first, separated by spaces
+    task_status TEXT,  -- what the API last said of task_id: 'failed', 'gone' (404) or NULL
+    ev INTEGER NOT NULL DEFAULT 0  -- the counter `n` of the last transition (event line) held
 );
 -- by seq alone: an index holding the state cost every transition ~9 µs (40% of its UPDATE);
 -- pending jobs are found by walking seq forward from the last page, so the walk is linear
@@ -64,7 +74,8 @@ DROP INDEX IF EXISTS jobs_state;
 
 _ADDED_COLUMNS = (
     ("verified", "INTEGER"), ("verify_message", "TEXT"), ("video_width", "INTEGER"),
-    ("video_height", "INTEGER"), ("video_duration_s", "REAL"),
+    ("video_height", "INTEGER"), ("video_duration_s", "REAL"), ("task_ids", "TEXT"),
+    ("task_status", "TEXT"), ("ev", "INTEGER NOT NULL DEFAULT 0"),
 )  # fmt: skip
 
 _JOB_COLUMNS = (
@@ -85,6 +96,25 @@ def _lock_folder(folder: Path) -> IO[str]:
             "(`omni-batch status` works alongside it)"
         ) from None
     return handle
+
+
+def _set_aside(path: Path, label: str) -> str:
+    """Move a damaged journal's files out of the way (``label`` "": remove them). A -shm file
+    is only a cache and an empty -wal holds nothing: those go. Returns the kept file's name."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    kept = ""
+    for suffix in ("", "-wal", "-shm"):
+        part = path.with_name(path.name + suffix)
+        try:
+            if not label or suffix == "-shm" or (suffix and part.stat().st_size == 0):
+                part.unlink(missing_ok=True)
+            elif suffix or label != "orphan":
+                target = part.with_name(f"{part.name}.{label}-{stamp}")
+                part.rename(target)
+                kept = kept or target.name
+        except FileNotFoundError:
+            continue
+    return kept
 
 
 def body_hash(body: dict[str, Any]) -> str:
@@ -119,57 +149,190 @@ class Journal:
 
     def __init__(self, folder: Path, events: bool = True):
         self.folder = folder
+        self.recovered: str | None = None  # what opening had to repair, said once in the log
         try:
             folder.mkdir(parents=True, exist_ok=True)
             self._lock = _lock_folder(folder)
-            self.db = sqlite3.connect(folder / self.FILE, isolation_level=None, timeout=10)
-        except (OSError, sqlite3.Error) as exc:
+        except OSError as exc:
             raise OutputError(
                 f"{folder}: cannot create the output folder or journal: {exc}"
             ) from None
         try:
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL+NORMAL survives a process crash
-            self.db.executescript(_SCHEMA)
-            self._add_new_columns()
-            self._meta_defaults()
-        except sqlite3.DatabaseError as exc:
-            raise StateError(f"{folder / self.FILE}: not a usable journal: {exc}") from None
-        self._events = (
-            (folder / "events.jsonl").open("a", encoding="utf-8", buffering=1) if events else None
-        )
+            self.db = self._open()
+            self._events = (
+                (folder / replay.EVENTS).open("a", encoding="utf-8", buffering=1)
+                if events
+                else None
+            )
+        except OSError as exc:
+            self._lock.close()
+            raise OutputError(f"{folder}: cannot open the journal or events.jsonl: {exc}") from None
+        except BaseException:
+            self._lock.close()
+            raise
         self._waiting: list[str] = []  # event lines of transitions made, not yet committed
         self._waiting_since = 0.0
+        self._wal: int | None = None  # the -wal file, for _sync
+        # body hashes of the jobs handed out to be sent (a page, a queue: bounded), for the
+        # `submitting` event: a rebuilt journal refuses a changed manifest as this one does
+        self._bodies: dict[str, str] = {}
+        top = self.db.execute("SELECT max(ev) FROM jobs").fetchone()[0] or 0
+        self._n = max(top, self._replayed) + 1  # the next transition's counter
 
     def close(self) -> None:
         try:
             self.commit()
+            if self._events is not None:  # a next run replays from here only if this run's
+                self._events.flush()  # last commits go missing (see _catch_up)
+                size = os.fstat(self._events.fileno()).st_size
+                with self._writing():
+                    self.db.execute(
+                        "INSERT OR REPLACE INTO meta VALUES ('events_size', ?)", (str(size),)
+                    )
         finally:
             if self._events:
                 self._events.close()
+            if self._wal is not None:
+                os.close(self._wal)
             self.db.close()
             self._lock.close()  # releases the folder for the next run
 
-    def _add_new_columns(self) -> None:
-        """A folder run by an older version gains the columns added since (all nullable)."""
-        have = {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}
+    # -- opening: a journal that is gone, unreadable or behind is rebuilt from events.jsonl ----
+    def _connect(self, path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(path, isolation_level=None, timeout=10)
+        try:
+            # where WAL is not to be had (a filesystem without shared memory), every commit
+            # is fsync'ed instead
+            self._wal_mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+            sync = "NORMAL" if self._wal_mode else "FULL"
+            db.execute(f"PRAGMA synchronous={sync}")  # money transitions: _sync
+            db.executescript(_SCHEMA)
+            self._add_new_columns(db)
+            self._meta_defaults(db)
+            db.execute("SELECT max(ev) FROM jobs").fetchone()  # reads every row once
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _open(self) -> sqlite3.Connection:
+        """The journal, made whole first if it is gone, unreadable or behind (see _recover)."""
+        path = self.folder / self.FILE
+        self._replayed = 0  # the highest counter a replay saw
+        try:
+            how = "empty" if path.stat().st_size == 0 else None
+        except FileNotFoundError:
+            how = "missing"
+        made = how is not None  # the journal opened below is a new one
+        if made:  # a -wal without its database is not a journal: never let SQLite apply it
+            _set_aside(path, "orphan")
+        damage = None
+        try:
+            db = self._connect(path)
+        except sqlite3.DatabaseError as exc:
+            if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF not in _DAMAGED:
+                raise StateError(f"{path}: not a usable journal: {exc}") from None
+            damage, how = str(exc), f"unreadable ({exc})"
+        try:
+            if damage is None and db.execute("SELECT 1 FROM jobs LIMIT 1").fetchone():
+                self._catch_up(db)
+                return db
+            return self._recover(None if damage else db, how or "without jobs", made)
+        except BaseException:
+            if damage is None:
+                db.close()
+            raise
+
+    def _recover(self, db: sqlite3.Connection | None, how: str, made: bool) -> sqlite3.Connection:
+        """A journal without jobs (``db``; None: unreadable, ``how`` says why): a new folder, or
+        one whose journal is gone, to rebuild from events.jsonl or else refuse to run."""
+        path = self.folder / self.FILE
+        damage = db is None
+        if not replay.has_transitions(self.folder):
+            seen = replay.evidence(self.folder)
+            if db is not None and not seen:
+                return db  # a new folder
+            if db is not None and made:  # the journal just made: leave the folder as found
+                _set_aside(path, "")
+            raise StateError(
+                f"{path}: the journal is {how} and events.jsonl holds no transitions to rebuild "
+                f"it from, though {', '.join(seen) or 'the folder'} shows an earlier run; "
+                "running it as new could pay for every job again: restore journal.sqlite or "
+                "use a new --out folder"
+            )
+        kept = ""
+        if db is None:
+            kept = f"; the unreadable file is kept as {_set_aside(path, 'corrupt')}"
+            try:
+                db = self._connect(path)
+            except sqlite3.Error as exc:
+                raise StateError(f"{path}: cannot make a new journal: {exc}") from None
+        try:
+            done = self._replay(db, 0, fresh=True)
+        except BaseException:
+            if damage:
+                db.close()
+            raise
+        jobs, tasks, completed = db.execute(
+            "SELECT count(*), count(task_id), count(*) FILTER (WHERE state = 'completed') FROM jobs"
+        ).fetchone()
+        adopted = f", {done.adopted} of them from videos in place" if done.adopted else ""
+        self.recovered = (
+            f"{self.FILE} was {how}: rebuilt from events.jsonl ({done.applied} transitions: "
+            f"{jobs} jobs, {tasks} with a task id, {completed} completed{adopted}){kept}"
+        )
+        return db
+
+    def _catch_up(self, db: sqlite3.Connection) -> None:
+        """Replay the event lines a crashed run wrote after the last clean close that the
+        journal lacks (its last commits lost with a deleted or uncopied -wal file)."""
+        try:
+            size = (self.folder / replay.EVENTS).stat().st_size
+        except OSError:
+            return
+        row = db.execute("SELECT value FROM meta WHERE key = 'events_size'").fetchone()
+        offset = int(row[0]) if row and row[0].isdigit() else 0
+        if size <= offset:
+            return
+        done = self._replay(db, offset, fresh=False)
+        if done.applied:
+            self.recovered = (
+                f"{self.FILE} was behind events.jsonl (its last commits lost, e.g. with its "
+                f"-wal file): {done.applied} transitions replayed"
+            )
+
+    def _replay(self, db: sqlite3.Connection, offset: int, *, fresh: bool) -> replay.Replayed:
+        above = db.execute("SELECT max(ev) FROM jobs").fetchone()[0] or 0
+        size = (self.folder / replay.EVENTS).stat().st_size
+        try:
+            db.execute("BEGIN")
+            done = replay.replay(db, self.folder, offset, fresh=fresh, above=above)
+            if fresh:
+                done.adopted = replay.adopt_videos(db, self.folder)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('events_size', ?)", (str(size),))
+            db.execute("COMMIT")  # made durable by the first _sync, before any POST
+        except sqlite3.Error as exc:
+            raise StateError(
+                f"{self.folder / self.FILE}: cannot rebuild the journal from events.jsonl: {exc}"
+            ) from None
+        self._replayed = done.top
+        return done
+
+    def _add_new_columns(self, db: sqlite3.Connection) -> None:
+        """A folder run by an older version gains the columns added since."""
+        have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
         for name, kind in _ADDED_COLUMNS:
             if name not in have:
-                self.db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+                db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
 
     # -- meta ---------------------------------------------------------------------------------
-    def _meta_defaults(self) -> None:
-        with self.db:
-            self.db.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
-            )
+    @staticmethod
+    def _meta_defaults(db: sqlite3.Connection) -> None:
+        with db:
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             # a per-folder key makes client_business_ids unique across output folders
-            self.db.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('run_key', ?)", (secrets.token_hex(4),)
-            )
-            self.db.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('created_at', ?)", (str(time.time()),)
-            )
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('run_key', ?)", (secrets.token_hex(4),))
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('created_at', ?)", (str(time.time()),))
 
     def meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -234,7 +397,8 @@ class Journal:
                 total += len(rows)
         changed = db.execute(
             "SELECT i.job_id, i.source, j.state FROM incoming i JOIN jobs j USING (job_id) "
-            "WHERE i.body_hash != j.body_hash AND j.state != 'pending' ORDER BY i.seq LIMIT 5"
+            "WHERE i.body_hash != j.body_hash AND j.state != 'pending' "
+            "AND j.body_hash != '' ORDER BY i.seq LIMIT 5"  # '': rebuilt, its body unknown
         ).fetchall()
         if changed:
             first = changed[0]
@@ -252,7 +416,7 @@ class Journal:
                 "body_hash = excluded.body_hash, prompt = excluded.prompt, model = excluded.model, "
                 "aspect_ratio = excluded.aspect_ratio, duration = excluded.duration, "
                 "resolution = excluded.resolution, tags = excluded.tags, vars = excluded.vars, "
-                "source = excluded.source, prompt_id = excluded.prompt_id"
+                "source = excluded.source, prompt_id = excluded.prompt_id, repeat = excluded.repeat"
             )
             db.execute("DELETE FROM incoming")
         return total
@@ -261,7 +425,7 @@ class Journal:
     _ROW = (
         "SELECT job_id, seq, state, model, prompt, aspect_ratio, duration, resolution, task_id, "
         "business_id, attempts, polls, possible_duplicate, video_url, expires_at, submitted_at, "
-        "error_type FROM jobs"
+        "error_type, body_hash FROM jobs"
     )
 
     @staticmethod
@@ -285,6 +449,7 @@ class Journal:
             f"{self._ROW} WHERE active = 1 AND state = 'pending' AND seq > ? ORDER BY seq LIMIT ?",
             (after_seq, limit),
         ).fetchall()
+        self._bodies.update((r[0], r[17]) for r in rows)
         return [self._row(r) for r in rows]
 
     def in_flight(self) -> Iterator[JobRow]:
@@ -294,6 +459,8 @@ class Journal:
             "ORDER BY seq"
         )
         for r in cur:
+            if r[2] == "submitting":
+                self._bodies[r[0]] = r[17]
             yield self._row(r)
 
     def known_task(self) -> tuple[str, str] | None:
@@ -314,24 +481,53 @@ class Journal:
         return out
 
     def reopen(self, retry_failed: bool) -> tuple[int, int]:
-        """Before a run: timed-out tasks go back to polling; with ``retry_failed`` every other
-        failed job goes back to pending. Returns (re-polled, re-queued)."""
-        with self.db:
-            polled = self.db.execute(
-                "UPDATE jobs SET state = 'running', error_type = NULL, error_message = NULL, "
-                "http_status = NULL WHERE active = 1 AND state = 'failed' "
-                "AND error_type = 'wait_timeout' "
-                "AND task_id IS NOT NULL"
-            ).rowcount
-            queued = 0
+        """Before a run. A failed job with a task that may hold a paid video (timed out, link
+        expired, download failed, completed without a link, any 4xx on a status call) goes
+        back to polling that same task; only a task the API said failed (refunded) is left. With
+        ``retry_failed``, jobs that never got a task, or whose task failed or is gone (404), go
+        back to pending, to be sent as new tasks; their task ids stay in ``task_ids`` and a
+        ``possible_duplicate`` flag stays. Returns (re-polled, re-queued)."""
+        queued = 0
+        with self._writing():
             if retry_failed:
+                n_queued = self._n
+                self._n += 1
                 queued = self.db.execute(
                     "UPDATE jobs SET state = 'pending', task_id = NULL, business_id = NULL, "
-                    "possible_duplicate = 0, http_status = NULL, "
-                    "error_type = NULL, error_message = NULL, request_id = NULL, video_url = NULL, "
-                    "expires_at = NULL WHERE active = 1 AND state = 'failed'"
+                    "task_status = NULL, http_status = NULL, error_type = NULL, "
+                    "error_message = NULL, request_id = NULL, video_url = NULL, "
+                    "expires_at = NULL, updated_at = ?, ev = ? WHERE active = 1 "
+                    "AND state = 'failed' AND (task_id IS NULL OR task_status IS NOT NULL)",
+                    (time.time(), n_queued),
                 ).rowcount
+                if queued:
+                    self._events_for(
+                        n_queued, state="pending", reason="retry-failed", requeued=True
+                    )
+            n_polled = self._n
+            self._n += 1
+            polled = self.db.execute(
+                "UPDATE jobs SET state = 'running', error_type = NULL, error_message = NULL, "
+                "http_status = NULL, updated_at = ?, ev = ? WHERE active = 1 AND state = 'failed' "
+                "AND task_id IS NOT NULL AND task_status IS NOT 'failed'",
+                (time.time(), n_polled),
+            ).rowcount
+            if polled:
+                self._events_for(n_polled, state="running", reason="polled again")
         return polled, queued
+
+    def _events_for(self, n: int, **event: Any) -> None:
+        """The event lines of a transition made to many jobs at once (counter ``n``)."""
+        if self._events is None:
+            return
+        lines = []
+        for (job_id,) in self.db.execute("SELECT job_id FROM jobs WHERE ev = ?", (n,)):
+            lines.append(self._event_line("state", {"n": n, "job_id": job_id, **event}))
+            if len(lines) >= 1000:
+                self._write_events(lines)
+                lines = []
+        if lines:
+            self._write_events(lines)
 
     def requeue_lost_videos(self) -> int:
         """Completed jobs whose video is gone or cut short on disk (deleted by hand, or never
@@ -352,13 +548,19 @@ class Journal:
                 # a cut-short file must not pass for the whole video resume looks for
                 with contextlib.suppress(OSError):
                     video.unlink(missing_ok=True)
+        if not lost:
+            return 0
+        n = self._n
+        self._n += 1
         with self._writing(), self.db:
             self.db.executemany(
-                "UPDATE jobs SET state = 'downloading', updated_at = ? WHERE job_id = ?",
-                [(time.time(), job_id) for job_id in lost],
+                "UPDATE jobs SET state = 'downloading', updated_at = ?, ev = ? WHERE job_id = ?",
+                [(time.time(), n, job_id) for job_id in lost],
             )
         for job_id in lost:
-            self.event("state", job_id=job_id, state="downloading", reason="video lost on disk")
+            self.event(
+                "state", n=n, job_id=job_id, state="downloading", reason="video lost on disk"
+            )
         return len(lost)
 
     # -- transitions (a commit, or one deferred: see the module docstring; then one event) -----
@@ -388,11 +590,15 @@ class Journal:
                 self._write_events(lines)
 
     def _transition(
-        self, sql: str, params: tuple, event: dict[str, Any], deferred: bool = False
+        self,
+        sql: str,
+        params: tuple,
+        event: dict[str, Any],
+        deferred: bool = False,
+        durable: bool = False,
     ) -> None:
-        """One UPDATE, committed (with any waiting before it) unless ``deferred``; its event
-        line is written once it is committed, after theirs."""
-        line = self._event_line("state", event)
+        """One UPDATE, committed (with any waiting before it) unless ``deferred``, and fsync'ed
+        when ``durable``; its event line is written once it is committed, after theirs."""
         with self._writing():
             db = self.db
             # nothing waits and nothing will: one autocommitted statement, no BEGIN and COMMIT
@@ -400,7 +606,7 @@ class Journal:
             if not (autocommit or db.in_transaction):
                 db.execute("BEGIN")
             db.execute(sql, params)
-            self._waiting.append(line)
+            self._waiting.append(self._event_line("state", event))
             if not autocommit:
                 crash.point("in_commit")  # the UPDATE is made, not yet committed
                 now = time.monotonic()
@@ -413,7 +619,30 @@ class Journal:
                 ):
                     return
                 db.commit()
+        if durable:
+            self._sync()
         self._committed()
+
+    def _sync(self) -> None:
+        """Make every commit so far survive a power loss: fdatasync the -wal file.
+
+        Ours rather than synchronous=FULL: that can only change outside a transaction, and a
+        durable transition usually commits waiting `completed` ones with it (and FULL would
+        sync the commits that need no sync too)."""
+        if not self._wal_mode:
+            return
+        try:
+            if self._wal is None:
+                self._wal = os.open(self.folder / f"{self.FILE}-wal", os.O_RDONLY)
+                folder = os.open(self.folder, os.O_RDONLY)  # and the files' names, once
+                try:
+                    os.fsync(folder)
+                finally:
+                    os.close(folder)
+            os.fdatasync(self._wal)
+        except OSError as exc:
+            path = self.folder / self.FILE
+            raise OutputError(f"{path}: cannot write the journal: {exc.strerror}") from None
 
     def _update(
         self,
@@ -422,43 +651,69 @@ class Journal:
         event: dict[str, Any] | None = None,
         *,
         deferred: bool = False,
+        durable: bool = False,
         **fields: Any,
     ) -> None:
+        n = self._n
+        self._n = n + 1
         fields["state"] = state
         fields["updated_at"] = time.time()
+        fields["ev"] = n
         sets = ", ".join(f"{k} = ?" for k in fields)
         self._transition(
             f"UPDATE jobs SET {sets} WHERE job_id = ?",
             (*fields.values(), job_id),
-            {"job_id": job_id, "state": state, **(event or {})},
+            {"n": n, "job_id": job_id, "state": state, **(event or {})},
             deferred,
+            durable,
         )
 
     def mark_submitting(
         self, job_id: str, business_id: str | None, possible_duplicate: bool
     ) -> None:
-        """Committed before the POST (with any transitions waiting): a crash after this point
-        leaves an ambiguous job."""
+        """Committed and fsync'ed before the POST (with any transitions waiting): a crash or a
+        power loss after this point leaves an ambiguous job, never a pending one."""
+        n = self._n
+        self._n = n + 1
         self._transition(
             "UPDATE jobs SET state = 'submitting', attempts = attempts + 1, business_id = ?, "
-            "possible_duplicate = max(possible_duplicate, ?), updated_at = ? WHERE job_id = ?",
-            (business_id, int(possible_duplicate), time.time(), job_id),
+            "possible_duplicate = max(possible_duplicate, ?), updated_at = ?, ev = ? "
+            "WHERE job_id = ?",
+            (business_id, int(possible_duplicate), time.time(), n, job_id),
             {
+                "n": n,
                 "job_id": job_id,
                 "state": "submitting",
+                "business_id": business_id,
                 "possible_duplicate": possible_duplicate or None,
+                "body": self._bodies.pop(job_id, None),  # its first POST's line has it
             },
+            durable=True,
         )
 
     def mark_running(
         self, job_id: str, task_id: str, request_id: str | None, adopted: bool = False
     ) -> None:
-        """Committed the moment the task id is known, before anything else happens to it."""
-        self._update(
-            job_id, "running",
-            {"task_id": task_id, "request_id": request_id, "adopted": adopted or None},
-            task_id=task_id, request_id=request_id, submitted_at=time.time(),
-        )  # fmt: skip
+        """Committed and fsync'ed the moment the task id is known, before anything else happens
+        to it; the id joins ``task_ids``, the job's every task id."""
+        n = self._n
+        self._n = n + 1
+        now = time.time()
+        self._transition(
+            "UPDATE jobs SET state = 'running', task_id = ?, request_id = ?, submitted_at = ?, "
+            "task_ids = coalesce(task_ids || ' ', '') || ?, task_status = NULL, "
+            "updated_at = ?, ev = ? WHERE job_id = ?",
+            (task_id, request_id, now, task_id, now, n, job_id),
+            {
+                "n": n,
+                "job_id": job_id,
+                "state": "running",
+                "task_id": task_id,
+                "request_id": request_id,
+                "adopted": adopted or None,
+            },
+            durable=True,
+        )
 
     def mark_pending(self, job_id: str, reason: str) -> None:
         """The submit was answered with a refusal that created nothing (401/402): not sent."""
@@ -473,7 +728,8 @@ class Journal:
         polls: int,
     ) -> None:
         self._update(
-            job_id, "downloading", None,
+            job_id, "downloading",
+            {"video_url": video_url, "expires_at": expires_at, "polls": polls},
             video_url=video_url, expires_at=expires_at, completed_at=completed_at or time.time(),
             polls=polls,
         )  # fmt: skip
@@ -483,13 +739,16 @@ class Journal:
     ) -> None:
         """The video is on disk; ``check`` is what probing it found (None: not probed)."""
         fields: dict[str, Any] = {"video_path": video_path, "bytes": size}
-        event: dict[str, Any] = {"bytes": size}
+        event: dict[str, Any] = {"bytes": size, "video_path": video_path}
         if check is not None:
             fields.update(
                 verified=int(check.ok), verify_message=check.message, video_width=check.width,
                 video_height=check.height, video_duration_s=check.duration_s,
             )  # fmt: skip
-            event.update(verified=check.ok, verify=check.message or None)
+            event.update(
+                verified=check.ok, verify=check.message or None, width=check.width,
+                height=check.height, duration_s=check.duration_s,
+            )  # fmt: skip
         self._update(job_id, "completed", event, deferred=True, **fields)
 
     def mark_failed(
@@ -502,9 +761,14 @@ class Journal:
         request_id: str | None = None,
         polls: int | None = None,
         possible_duplicate: bool = False,
+        task: str | None = None,
     ) -> None:
+        """``task``: what the API said of the job's task: "failed" (a failed generation,
+        refunded: nothing to fetch) or "gone" (404); None when the failure was ours or the task
+        may still hold a paid video, which the next run then polls again (reopen)."""
         fields: dict[str, Any] = {
             "error_type": error_type, "error_message": message[:1000], "http_status": http_status,
+            "task_status": task,
         }  # fmt: skip
         if possible_duplicate:  # sticky: never cleared here
             fields["possible_duplicate"] = 1
@@ -518,9 +782,11 @@ class Journal:
             {
                 "error_type": error_type,
                 "http_status": http_status,
-                "message": message[:300],
+                "message": message[:1000],
                 "request_id": request_id,
                 "possible_duplicate": possible_duplicate or None,
+                "polls": polls,
+                "task": task,
             },
             **fields,
         )

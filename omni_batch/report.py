@@ -8,6 +8,7 @@ so writing the reports takes the same memory for any number of jobs; only `build
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -32,10 +33,10 @@ STATUS = {
 }
 COLUMNS = [
     "job_id", "prompt_id", "prompt", "model", "aspect_ratio", "duration", "resolution", "repeat",
-    "status", "state", "task_id", "attempts", "polls", "http_status", "error_type", "error_message",
-    "request_id", "video_url", "expires_at", "video_path", "bytes", "submitted_at", "completed_at",
-    "latency_s", "possible_duplicate", "verified", "verify_message", "video_width",
-    "video_height", "video_duration_s", "source",
+    "status", "state", "task_id", "task_ids", "attempts", "polls", "http_status", "error_type",
+    "error_message", "request_id", "video_url", "expires_at", "video_path", "bytes",
+    "submitted_at", "completed_at", "latency_s", "possible_duplicate", "verified",
+    "verify_message", "video_width", "video_height", "video_duration_s", "source",
 ]  # fmt: skip
 SLICE_ROWS = 1000  # journal rows read, converted and written at a time (a Parquet row group)
 _RAW = [c for c in COLUMNS if c not in ("status", "latency_s")] + ["vars", "tags"]
@@ -46,6 +47,11 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 def _connect(folder: Path) -> sqlite3.Connection:
     path = folder / "journal.sqlite"
+    if not path.is_file() and (folder / "events.jsonl").is_file():
+        raise StateError(
+            f"{folder}: no journal.sqlite here; the same `omni-batch run` command rebuilds it "
+            "from events.jsonl"
+        )
     if not path.is_file():
         raise StateError(f"{folder}: no journal.sqlite here; is this an omni-batch output folder?")
     try:
@@ -74,16 +80,22 @@ class _Shape:
     tag_names: list[str]
 
 
-def _sample(column: str) -> str:
+def _sample(column: str, sql: str) -> str:
     """SQL for one value of the column, if it has any; a timestamp with a fraction if any has."""
     if column in _TIMES:
-        fraction = f"CASE WHEN {column} != CAST({column} AS INTEGER) THEN {column} END"
-        return f"coalesce(max({fraction}), max({column}))"
-    return f"max({column})"
+        fraction = f"CASE WHEN {sql} != CAST({sql} AS INTEGER) THEN {sql} END"
+        return f"coalesce(max({fraction}), max({sql}))"
+    return f"max({sql})"
 
 
-def _shape(db: sqlite3.Connection) -> _Shape:
-    facts = ["count(*)", *(f"count({c})" for c in _RAW), *(_sample(c) for c in _RAW)]
+def _selected(db: sqlite3.Connection) -> dict[str, str]:
+    """Report column → SQL; NULL for a column a journal of an older version does not have."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    return {c: c if c in have else "NULL" for c in _RAW}
+
+
+def _shape(db: sqlite3.Connection, sql: dict[str, str]) -> _Shape:
+    facts = ["count(*)", *(f"count({sql[c]})" for c in _RAW), *(_sample(c, sql[c]) for c in _RAW)]
     row = db.execute(f"SELECT {', '.join(facts)} FROM jobs WHERE active = 1").fetchone()
     rows, present, sample = row[0], row[1 : 1 + len(_RAW)], row[1 + len(_RAW) :]
     raw = pd.DataFrame.from_records([sample], columns=_RAW)  # pandas' own inference, per value
@@ -145,8 +157,10 @@ def _report_slices(folder: str | Path) -> Iterator[tuple[pd.DataFrame, _Shape]]:
     db = _connect(Path(folder))
     try:
         db.execute("BEGIN")  # one read snapshot, even while a run writes
-        shape = _shape(db)
-        cursor = db.execute(f"SELECT {', '.join(_RAW)} FROM jobs WHERE active = 1 ORDER BY seq")
+        sql = _selected(db)
+        shape = _shape(db, sql)
+        columns = ", ".join(sql[c] for c in _RAW)
+        cursor = db.execute(f"SELECT {columns} FROM jobs WHERE active = 1 ORDER BY seq")
         rows = cursor.fetchmany(SLICE_ROWS)
         yield _report_frame(_raw_frame(rows, shape), shape), shape
         while rows := cursor.fetchmany(SLICE_ROWS):
@@ -301,7 +315,8 @@ def _write(folder: Path, keep: Callable[[pd.DataFrame], object] | None) -> None:
         raise OutputError(f"{folder}: cannot write the report: {exc.strerror or exc}") from None
     finally:
         for temp in temps:
-            temp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # e.g. a read-only folder: the error is above
+                temp.unlink(missing_ok=True)
 
 
 def write_reports(folder: str | Path) -> pd.DataFrame:
@@ -324,6 +339,9 @@ def counts(folder: str | Path) -> dict[str, int]:
         rows = db.execute(
             "SELECT state, count(*) FROM jobs WHERE active = 1 GROUP BY state"
         ).fetchall()
+    except sqlite3.Error as exc:
+        path = Path(folder) / "journal.sqlite"
+        raise StateError(f"{path}: cannot read the journal: {exc}") from None
     finally:
         db.close()
     return {state: n for state, n in rows}

@@ -201,9 +201,11 @@ async def run_async(
                     reconcile=reconcile,
                     verify=options.verify,
                 )
+                if journal.recovered:  # a journal rebuilt or caught up from events.jsonl
+                    engine.log(journal.recovered)
                 if repolled or requeued or lost:
                     engine.log(
-                        f"resume: {repolled} timed-out tasks polled again, "
+                        f"resume: {repolled} failed jobs' tasks polled again, "
                         f"{requeued} failed jobs queued again, "
                         f"{lost} videos missing on disk fetched again"
                     )

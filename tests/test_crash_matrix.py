@@ -78,6 +78,44 @@ def test_kill_9_at_each_point_then_resume_finishes_every_job_once(tmp_path, cras
     assert stats["polls_after_terminal"] <= running
 
 
+@pytest.mark.parametrize("crash_at", ["after_post:3", "after_task_id:2", "in_commit:6"])
+def test_kill_9_then_a_lost_wal_then_resume_finishes_every_job_once(tmp_path, crash_at):
+    """The -wal file deleted after the kill (or the journal copied without it): the commits it
+    held are gone from the journal, and are rebuilt from events.jsonl before anything is sent."""
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(MANIFEST, encoding="utf-8")
+    out = tmp_path / "out"
+    with sim(gen_min=0.2, gen_max=0.4) as server:
+        crashed = run(manifest, out, server, crash_at, "--reconcile")
+        for suffix in ("-wal", "-shm"):
+            (out / f"journal.sqlite{suffix}").unlink(missing_ok=True)
+        resumed = run(manifest, out, server, None, "--reconcile")
+        stats = server.stats()
+    assert crashed.returncode == -9, crashed.stderr
+    assert resumed.returncode == 0, resumed.stderr
+    assert "rebuilt from events.jsonl" in resumed.stderr
+    assert stats["submits"] == JOBS and stats["max_submits_per_body"] == 1
+    rows = agree(out)
+    assert set(rows.status) == {"completed"} and not rows.possible_duplicate.any()
+
+
+def test_kill_9_mid_rebuild_then_the_next_run_rebuilds_it_whole(tmp_path):
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(MANIFEST, encoding="utf-8")
+    out = tmp_path / "out"
+    with sim() as server:
+        first = run(manifest, out, server, None)
+        (out / "journal.sqlite").unlink()
+        crashed = run(manifest, out, server, "mid_rebuild:10")
+        resumed = run(manifest, out, server, None)
+        stats = server.stats()
+    assert first.returncode == 0 and crashed.returncode == -9, crashed.stderr
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"({4 * JOBS} transitions: {JOBS} jobs, {JOBS} with a task id" in resumed.stderr
+    assert stats["submits"] == JOBS and stats["downloads"] == JOBS
+    assert set(agree(out).status) == {"completed"}
+
+
 def _count_running(out: Path) -> int:
     """Jobs the journal holds as running: their last status answer may have died unread."""
     return _count(out, "running")

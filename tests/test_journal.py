@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from omni_batch.errors import StateError
-from omni_batch.journal import Journal
+from omni_batch.journal import STATES, Journal
 from omni_batch.manifest import load_manifest
 from omni_batch.report import build_report, neutralise
 
@@ -70,10 +71,13 @@ def test_state_survives_reopening_and_in_flight_jobs_are_found_for_resume(tmp_pa
 def test_timeouts_are_polled_again_and_failures_only_requeued_when_asked(tmp_path):
     journal = Journal(tmp_path / "out")
     journal.sync(manifest(tmp_path))
-    for job_id, kind in (("a-16x9-6s-r1", "wait_timeout"), ("b-16x9-6s-r1", "generation_failed")):
+    for job_id, kind, task in (
+        ("a-16x9-6s-r1", "wait_timeout", None),
+        ("b-16x9-6s-r1", "generation_failed", "failed"),
+    ):
         journal.mark_submitting(job_id, None, False)
         journal.mark_running(job_id, f"task-{job_id}", None)
-        journal.mark_failed(job_id, error_type=kind, message="x")
+        journal.mark_failed(job_id, error_type=kind, message="x", task=task)
     assert journal.reopen(retry_failed=False) == (1, 0)
     assert journal.counts()["running"] == 1 and journal.counts()["failed"] == 1
     assert journal.reopen(retry_failed=True) == (0, 1)
@@ -163,3 +167,257 @@ def test_an_older_journal_loses_the_state_index_every_transition_paid_for(tmp_pa
     assert "jobs_seq" in str(plan)  # pending pages walk seq, no sort and no full scan
     assert [r.job_id for r in journal.pending_page(-1, 10)] == ["a-16x9-6s-r1", "b-16x9-6s-r1"]
     journal.close()
+
+
+A, B = "a-16x9-6s-r1", "b-16x9-6s-r1"
+_COMPARED = (
+    "job_id, seq, active, body_hash, state, task_id, task_ids, task_status, business_id, "
+    "attempts, polls, possible_duplicate, http_status, error_type, error_message, request_id, "
+    "video_url, expires_at, video_path, bytes, verified, verify_message, video_width, "
+    "video_height, video_duration_s, ev, submitted_at, completed_at"
+)
+
+
+class At:
+    """A timestamp equal to another within the 10 ms an event line's time may differ by."""
+
+    def __init__(self, t: float | None):
+        self.t = t
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, At) or None in (self.t, other.t):
+            return isinstance(other, At) and self.t is other.t is None
+        return abs(self.t - other.t) <= 0.01
+
+    def __repr__(self) -> str:
+        return f"At({self.t})"
+
+
+def rows(folder: Path) -> list[tuple]:
+    with sqlite3.connect(folder / Journal.FILE) as db:
+        found = db.execute(f"SELECT {_COMPARED} FROM jobs ORDER BY job_id").fetchall()
+    db.close()
+    return [(*r[:-2], At(r[-2]), At(r[-1])) for r in found]
+
+
+def every_kind_of_transition(tmp_path: Path, folder: Path) -> None:
+    """a: sent flagged, failed, sent again, completed, its video lost; b: failed with its task
+    (polled again), then completed and verified."""
+    from omni_batch.verify import Probe
+
+    journal = Journal(folder)
+    journal.sync(manifest(tmp_path))
+    journal.mark_submitting(A, "ob-1-a", True)
+    journal.mark_pending(A, "stopped before sending")
+    journal.mark_submitting(A, "ob-1-a", True)
+    journal.mark_running(A, "task-a1", "rid-1")
+    journal.mark_failed(A, error_type="generation_failed", message="no", polls=3, task="failed")
+    journal.mark_submitting(B, "ob-1-b", False)
+    journal.mark_running(B, "task-b", None)
+    journal.mark_downloading(B, "http://cdn/b.mp4", 2e9, None, polls=2)
+    journal.mark_failed(B, error_type="download_failed", message="cut", http_status=200)
+    journal.close()
+    journal = Journal(folder)
+    assert journal.reopen(retry_failed=True) == (1, 1)  # b polled again, a sent again
+    journal.mark_submitting(A, "ob-2-a", False)
+    journal.mark_running(A, "task-a2", "rid-2", adopted=True)
+    journal.mark_downloading(A, "http://cdn/a.mp4", None, None, polls=1)
+    journal.mark_completed(A, f"videos/{A}.mp4", 7)
+    journal.mark_downloading(B, "http://cdn/b2.mp4", 3e9, None, polls=4)
+    journal.mark_completed(B, f"videos/{B}.mp4", 9, Probe(True, 1280, 720, 6.0))
+    journal.close()
+    journal = Journal(folder)
+    assert journal.requeue_lost_videos() == 2  # neither file exists
+    journal.close()
+
+
+def test_task_ids_are_kept_and_a_possible_duplicate_stays_flagged_when_sent_again(tmp_path):
+    folder = tmp_path / "out"
+    every_kind_of_transition(tmp_path, folder)
+    found = {r[0]: r for r in rows(folder)}
+    assert found[A][6] == "task-a1 task-a2" and found[A][5] == "task-a2"
+    assert found[A][11] == 1 and found[A][9] == 3  # still flagged; three POSTs
+    assert found[B][6] == "task-b" and found[B][7] is None
+
+
+@pytest.mark.parametrize("how", ["deleted", "emptied", "random bytes"])
+def test_a_lost_journal_is_rebuilt_from_its_events_exactly(tmp_path, how):
+    folder = tmp_path / "out"
+    every_kind_of_transition(tmp_path, folder)
+    lost = rows(folder)
+    journal = folder / Journal.FILE
+    if how == "deleted":
+        journal.unlink()
+    else:
+        journal.write_bytes(b"" if how == "emptied" else bytes(range(256)) * 64)
+    rebuilt = Journal(folder)
+    assert rebuilt.recovered and "rebuilt from events.jsonl" in rebuilt.recovered
+    assert rows(folder) != lost  # bodies and order come from the manifest...
+    rebuilt.sync(manifest(tmp_path))
+    assert rows(folder) == lost  # ...and then nothing differs
+    rebuilt.mark_submitting(B, None, False)  # the counter goes on from the events'
+    assert rebuilt.db.execute("SELECT ev FROM jobs WHERE job_id = ?", (B,)).fetchone()[0] > max(
+        r[25] for r in lost
+    )
+    rebuilt.close()
+
+
+def test_a_journal_behind_its_events_catches_up_and_one_ahead_is_never_moved_back(tmp_path):
+    folder = tmp_path / "out"
+    journal = Journal(folder)
+    journal.sync(manifest(tmp_path))
+    journal.close()
+    behind = (folder / Journal.FILE).read_bytes()  # as a lost -wal would leave it
+    every_kind_of_transition(tmp_path, folder)
+    final = rows(folder)
+    (folder / Journal.FILE).write_bytes(behind)
+    caught_up = Journal(folder)
+    assert caught_up.recovered and "behind events.jsonl" in caught_up.recovered
+    assert rows(folder) == final
+    caught_up.close()
+    # events lacking the journal's last transition (a kill between its commit and its line)
+    events = folder / "events.jsonl"
+    lines = events.read_text(encoding="utf-8").splitlines(keepends=True)
+    events.write_text("".join(lines[:5]), encoding="utf-8")
+    with sqlite3.connect(folder / Journal.FILE) as db:
+        db.execute("DELETE FROM meta WHERE key = 'events_size'")  # replay it all
+    db.close()
+    again = Journal(folder)
+    assert again.recovered is None and rows(folder) == final
+    again.close()
+
+
+def test_events_without_counters_from_an_older_version_still_rebuild_a_lost_journal(tmp_path):
+    folder = tmp_path / "out"
+    journal = Journal(folder)
+    journal.sync(manifest(tmp_path))
+    journal.mark_submitting(A, "ob-a", False)
+    journal.mark_running(A, "task-a", "rid")
+    journal.close()
+    events = folder / "events.jsonl"
+    old = [
+        {k: v for k, v in json.loads(line).items() if k not in ("n", "body", "business_id")}
+        for line in events.read_text(encoding="utf-8").splitlines()
+    ]
+    events.write_text("".join(json.dumps(r) + "\n" for r in old) + '{"cut short', "utf-8")
+    (folder / Journal.FILE).unlink()
+    rebuilt = Journal(folder)
+    rebuilt.sync(manifest(tmp_path, "a changed prompt"))  # its body unknown: not refused
+    row = next(r for r in rebuilt.in_flight() if r.job_id == A)
+    assert (row.state, row.task_id, row.attempts) == ("running", "task-a", 1)
+    rebuilt.close()
+
+
+def test_a_rebuilt_journal_still_refuses_a_changed_manifest(tmp_path):
+    folder = tmp_path / "out"
+    journal = Journal(folder)
+    journal.sync(manifest(tmp_path))
+    row = journal.pending_page(-1, 1)[0]  # as the engine takes a job to send
+    journal.mark_submitting(row.job_id, None, False)
+    journal.close()
+    (folder / Journal.FILE).unlink()
+    rebuilt = Journal(folder)
+    with pytest.raises(StateError, match="was already submitting with other parameters"):
+        rebuilt.sync(manifest(tmp_path, "alpha shot, changed"))
+    rebuilt.close()
+
+
+def test_the_task_id_and_the_submitting_mark_are_on_disk_before_the_journal_returns(
+    tmp_path, monkeypatch
+):
+    """`submitting` (before the POST) and `running` (the task id) fdatasync the -wal, so a
+    power loss cannot take them back; the other transitions need not, and do not."""
+    synced: list[str] = []
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    folder = tmp_path / "out"
+    journal = Journal(folder)
+    journal.sync(manifest(tmp_path))
+    calls = []
+    for step in (
+        lambda: journal.mark_submitting(A, None, False),
+        lambda: journal.mark_running(A, "task-a", None),
+        lambda: journal.mark_downloading(A, "http://cdn/a.mp4", None, None, 1),
+        lambda: journal.mark_completed(A, "videos/a.mp4", 5),
+        lambda: journal.mark_submitting(B, None, False),  # commits `completed` with it
+        lambda: journal.mark_running(B, "task-b", None),
+        lambda: journal.mark_failed(B, error_type="x", message="y"),
+    ):
+        before = len(synced)
+        step()
+        calls.append(len(synced) - before)
+    journal.close()
+    assert calls == [1, 1, 0, 0, 1, 1, 0]
+    assert set(synced) == {str((folder / "journal.sqlite-wal").resolve())}
+
+
+def test_a_video_in_place_whose_lines_were_lost_with_the_journal_is_kept_not_bought_again(
+    tmp_path,
+):
+    folder = tmp_path / "out"
+    journal = Journal(folder)
+    journal.sync(manifest(tmp_path))
+    journal.mark_submitting(B, None, False)
+    journal.close()
+    (folder / "videos").mkdir()
+    (folder / "videos" / f"{A}.mp4").write_bytes(b"x" * 100)  # A's lines are not in the events
+    (folder / "videos" / ".b.mp4.part").write_bytes(b"x")  # a partial download is no video
+    (folder / Journal.FILE).unlink()
+    rebuilt = Journal(folder)
+    rebuilt.sync(manifest(tmp_path))
+    assert rebuilt.recovered and "1 of them from videos in place" in rebuilt.recovered
+    assert rebuilt.counts() == {**dict.fromkeys(STATES, 0), "completed": 1, "submitting": 1}
+    assert [r.job_id for r in rebuilt.pending_page(-1, 10)] == []
+    rebuilt.close()
+    assert build_report(folder).set_index("job_id").loc[A, "bytes"] == 100
+
+
+def test_the_report_reads_a_journal_of_an_older_version_without_the_new_columns(tmp_path):
+    folder = tmp_path / "out"
+    journal = Journal(folder)
+    journal.sync(manifest(tmp_path))
+    journal.close()
+    with sqlite3.connect(folder / Journal.FILE) as db:  # as versions before task_ids made it
+        for column in ("task_ids", "task_status", "ev"):
+            db.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
+    db.close()
+    frame = build_report(folder)
+    assert len(frame) == 2 and frame.task_ids.isna().all()
+    Journal(folder).close()  # a run adds them back
+    assert build_report(folder).task_ids.isna().all()
+
+
+def test_hostile_event_lines_rebuild_what_they_can_and_touch_no_file_outside(tmp_path):
+    folder = tmp_path / "out"
+    journal = Journal(folder)
+    journal.sync(manifest(tmp_path))
+    journal.close()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    lines = [
+        {"t": 1.0, "event": "state", "n": 2, "job_id": A, "state": "completed", "bytes": 1,
+         "video_path": "../victim.txt"},
+        {"t": [], "event": "state", "n": 10**30, "job_id": B, "state": "running", "task_id": 5},
+        {"t": 1.0, "event": "state", "n": 3, "job_id": {"x": 1}, "state": "running"},
+        {"t": 1.0, "event": "state", "n": 4, "job_id": B, "state": "exploded"},
+        {"t": 1.0, "event": "state", "n": 5, "job_id": B, "state": "failed", "http_status": "x",
+         "task": "maybe", "polls": True, "message": None},
+    ]  # fmt: skip
+    text = (
+        "".join(json.dumps(r) + "\n" for r in lines) + "\x00\xff not json\n" + '{"event": "state"'
+    )
+    (folder / "events.jsonl").write_text(text, encoding="utf-8")
+    (folder / Journal.FILE).unlink()
+    rebuilt = Journal(folder)
+    rebuilt.sync(manifest(tmp_path))
+    assert rebuilt.requeue_lost_videos() == 1  # A's video is not where the store keeps it
+    rebuilt.close()
+    assert victim.read_text() == "keep me"
+    found = {r[0]: r for r in rows(folder)}
+    assert found[A][18] == f"videos/{A}.mp4"
+    assert found[B][4:8] == ("failed", None, None, None) and found[B][12:14] == (None, "unknown")

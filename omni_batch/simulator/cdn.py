@@ -13,9 +13,11 @@ from omni_batch.simulator.hostile import encode_video, gzip_bomb, send_stream
 from omni_batch.simulator.state import SimState, Task
 
 
-def video_url(cdn_url: str, task: Task) -> str:
-    """``{cdn}/videos/{task_id}.mp4?exp={expiry in unix ms}``; ``download`` is its reader."""
-    return f"{cdn_url}/videos/{task.id}.mp4?exp={int(task.expiry * 1000)}"
+def video_url(cdn_url: str, task: Task, expiry: float | None = None) -> str:
+    """``{cdn}/videos/{task_id}.mp4?exp={expiry in unix ms}`` (default: the task's expiry);
+    ``download`` is its reader."""
+    exp = task.expiry if expiry is None else expiry
+    return f"{cdn_url}/videos/{task.id}.mp4?exp={int(exp * 1000)}"
 
 
 class CdnHost:

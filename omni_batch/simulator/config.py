@@ -110,6 +110,12 @@ class SimConfig:
     limit_after: int | None = None  # every API request after the first N answers 429, forever
     limit_only: LimitOnly = "all"  # limit_first/limit_after count and refuse only these
 
+    # Issue #13 item 5 (a paid video is never abandoned): answers that keep a task's video from
+    # the client for a while. Each is counted per task, so a later run gets the video.
+    unknown_polls: int = 0  # a task's first N status calls (lookups too) answer 404
+    no_url_answers: int = 0  # a completed task's first N answers carry no video URL
+    stale_link_answers: int = 0  # ... and its next N hand out a link that already expired
+
     def __post_init__(self) -> None:
         problem = _problem(self)
         if problem:
@@ -169,6 +175,9 @@ def _problem(c: SimConfig) -> str | None:
             return f"{name} must be 0 or more, or none"
     if c.after_create_status and not 500 <= c.after_create_status <= 599:
         return f"after_create_status must be a 5xx status or 0, not {c.after_create_status}"
+    for name in ("unknown_polls", "no_url_answers", "stale_link_answers"):
+        if getattr(c, name) < 0:
+            return f"{name} must be 0 or more"
     nonneg = ("latency", "slow_delay", "storm_s", "link_ttl", "cbid_lag")
     if c.burst < 1 or c.retry_after < 1 or c.clip_fps < 1 or any(getattr(c, n) < 0 for n in nonneg):
         return "burst, retry_after and clip_fps must be >= 1; times must be >= 0"

@@ -397,6 +397,9 @@ class Simulator:
         key, _ = await self._gate(request, "polls")
         ident = request.match_info["task_id"]
         task = state.find(key, ident)
+        if task is not None and task.misses < self.config.unknown_polls:
+            task.misses += 1
+            task = None
         if task is None:
             state.counts["polls_unknown"] += 1
             raise _Reject(404, f"task {ident} not found")
@@ -418,8 +421,8 @@ class Simulator:
             return await send_stream(request, headers, length, pieces)
         return self._json(view, token=key)
 
-    def _video_url(self, task: Task) -> str:
-        url = video_url(self.video_base or self.cdn_url, task)
+    def _video_url(self, task: Task, expiry: float | None = None) -> str:
+        url = video_url(self.video_base or self.cdn_url, task, expiry)
         if "url" in self.config.echo_key:  # a signed link that carries the caller's key
             url = f"{url}&{echo_query(task.key)}"
         return url
@@ -449,11 +452,18 @@ class Simulator:
             if now >= task.expiry and self.config.refresh_links:
                 task.expiry = now + self.config.link_ttl
                 self.state.counts["links_refreshed"] += 1
-            url = self._video_url(task)
-            out.update(progress=100, completed_at=int(task.done), expires_at=int(task.expiry))
-            if task.result_shape == "result":
+            cfg = self.config
+            task.answers += 1
+            url, expiry = self._video_url(task), task.expiry
+            if task.answers <= cfg.no_url_answers:
+                url = None
+            elif task.answers <= cfg.no_url_answers + cfg.stale_link_answers:
+                expiry = min(expiry, now - 1.0)
+                url = self._video_url(task, expiry)
+            out.update(progress=100, completed_at=int(task.done), expires_at=int(expiry))
+            if url is not None and task.result_shape == "result":
                 out["result"] = {"type": "video", "data": [{"url": url, "format": "mp4"}]}
-            else:
+            elif url is not None:
                 out[task.result_shape] = url
         return out
 

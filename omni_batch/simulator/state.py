@@ -72,6 +72,7 @@ class Task:
     """One generation; ~16 small slots so 20,000+ tasks stay a few megabytes."""
 
     __slots__ = (
+        "answers",
         "cbid",
         "created",
         "done",
@@ -80,6 +81,7 @@ class Task:
         "failed",
         "id",
         "key",
+        "misses",
         "model",
         "polls",
         "queued_word",
@@ -109,6 +111,8 @@ class Task:
         self.expiry = self.done + ttl  # the documented link lifetime runs from completion
         self.polls = 0
         self.terminal_seen = False
+        self.misses = 0  # status calls answered 404 (SimConfig.unknown_polls)
+        self.answers = 0  # completed answers given (no_url_answers, stale_link_answers)
 
     def status(self, now: float) -> str:
         if now < self.started:
