@@ -44,6 +44,9 @@ class Submitting:
         halted = asyncio.ensure_future(self.halt.wait())
         try:
             await asyncio.wait({waiter, halted}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            waiter.cancel()  # cancelled (shutdown): leave no orphan waiting in the limiter
+            raise
         finally:
             halted.cancel()
         if not waiter.done():
