@@ -74,6 +74,10 @@ class SimConfig:
 
     clip_fps: int = 6
 
+    # Issue #13 item 6 (shutdown never hangs): a submit creates its task at once, then its
+    # answer is held back this long (a slow upstream; a client stopping meanwhile never sees it).
+    submit_answer_delay: float = 0.0
+
     def __post_init__(self) -> None:
         problem = _problem(self)
         if problem:
@@ -123,7 +127,7 @@ def _problem(c: SimConfig) -> str | None:
         value = getattr(c, name)
         if value is not None and value < 0:
             return f"{name} must be 0 or more, or none"
-    nonneg = ("latency", "slow_delay", "storm_s", "link_ttl")
+    nonneg = ("latency", "slow_delay", "storm_s", "link_ttl", "submit_answer_delay")
     if c.burst < 1 or c.retry_after < 1 or c.clip_fps < 1 or any(getattr(c, n) < 0 for n in nonneg):
         return "burst, retry_after and clip_fps must be >= 1; times must be >= 0"
     return None

@@ -265,6 +265,8 @@ class Simulator:
         if ambiguous:
             state.counts["ambiguous"] += 1
             raise _Drop
+        if cfg.submit_answer_delay:
+            await asyncio.sleep(cfg.submit_answer_delay)
         return web.json_response(self._submitted(task))
 
     def _submitted(self, task: Task) -> dict[str, Any]:
