@@ -14,7 +14,7 @@ import itertools
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -47,6 +47,36 @@ from omni_batch.submit import LookupProof, Stopping, Submitting
 from omni_batch.verify import probe
 
 T = TypeVar("T")
+
+# On a stop (a signal, a fatal error), how long a submit already sent gets to be answered and
+# recorded; one still unanswered then is cancelled and stays `submitting` (committed before its
+# POST), so the next run reconciles it. Keeps the whole shutdown well inside 10 s.
+SUBMIT_GRACE_S = 4.0
+CANCEL_WITHIN_S = 2.0  # how long cancelled tasks get to finish before shutdown goes on
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any]], within: float) -> int:
+    """Cancel ``tasks`` and wait, at most ``within`` seconds, until they are done; one that
+    swallowed the cancel (on CPython 3.11 ``asyncio.wait_for`` can, when what it waited for
+    finished at the same moment) is cancelled again. Returns how many are still running."""
+    tasks = set(tasks)
+    pending = {t for t in tasks if not t.done()}
+    deadline = time.monotonic() + within
+    while pending:
+        for task in pending:
+            task.cancel()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        _, pending = await asyncio.wait(pending, timeout=min(0.1, left))
+    for task in tasks - pending:
+        _outcome(task)  # retrieved: an error while being cancelled is no news at shutdown
+    return len(pending)
+
+
+def _outcome(task: asyncio.Future[Any]) -> BaseException | None:
+    """The exception a finished task ended with (None if it was cancelled or returned)."""
+    return None if task.cancelled() else task.exception()
 
 
 @dataclass
@@ -257,19 +287,28 @@ class Engine(Submitting):
 
     # -- polling ----------------------------------------------------------------------------------
     async def dispatcher(self) -> None:
-        """Hands tasks to poll workers when they are due; sleeps until the next one is."""
+        """Hands tasks to poll workers when they are due; sleeps until the next one is.
+
+        The sleep is a timer that sets ``heap_changed``, not ``asyncio.wait_for``: on CPython
+        3.11, a wait_for cancelled just as its event fired returned normally and swallowed the
+        cancel, so shutdown waited forever for this task (issue #13).
+        """
+        loop = asyncio.get_running_loop()
         while True:
             self.heap_changed.clear()
-            if not self.heap:
+            timer = None
+            if self.heap:
+                delay = self.heap[0][0] - time.monotonic()
+                if delay <= 0:
+                    _, _, flight = heapq.heappop(self.heap)
+                    await self.polls.put((flight,))
+                    continue
+                timer = loop.call_later(delay, self.heap_changed.set)
+            try:
                 await self.heap_changed.wait()
-                continue
-            delay = self.heap[0][0] - time.monotonic()
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.heap_changed.wait(), delay)
-                continue
-            _, _, flight = heapq.heappop(self.heap)
-            await self.polls.put((flight,))
+            finally:
+                if timer is not None:
+                    timer.cancel()
 
     async def committer(self) -> None:
         """Commits deferred `completed` transitions within DEFER_S when nothing else does."""
@@ -480,25 +519,51 @@ class Engine(Submitting):
             if stop.is_set() and self.fatal is None:
                 self.stopping = True
                 self.halt.set()
-                self.log(
+                self._say(
                     "stopping: no new submissions; the journal keeps every task for a later run"
                 )
         finally:
+            # Bounded at every step (a signal must end the process within 10 s): nothing here
+            # waits for the network beyond SUBMIT_GRACE_S, or for a task beyond CANCEL_WITHIN_S.
             self.stopping = self.stopping or self.fatal is not None
             self.halt.set()
             feeder.cancel()
             async with self.capacity:
                 self.capacity.notify_all()
-            for task in submitters:
-                task.cancel()
-            await asyncio.gather(*submitters, return_exceptions=True)
-            # a submit already under way finishes and is recorded (it sends nothing new)
-            await asyncio.gather(*list(self.critical), return_exceptions=True)
-            for task in [*workers, *waits, *self.background]:
-                task.cancel()
-            await asyncio.gather(*workers, *waits, *self.background, feeder, return_exceptions=True)
-            self.prober.shutdown()  # at most one probe was still decoding
+            under_way = set(self.critical)  # one may end while its worker is cancelled
+            await cancel_and_wait(submitters, CANCEL_WITHIN_S)
+            await self._settle_submits(under_way | self.critical, SUBMIT_GRACE_S)
+            stuck = await cancel_and_wait(
+                [*workers, *waits, *self.background, feeder], CANCEL_WITHIN_S
+            )
+            if stuck:  # pragma: no cover - a task that ignores every cancel: leave it behind
+                self._say(f"stopping: {stuck} tasks did not stop; leaving them")
+            # a probe still decoding finishes on its own thread; nothing waits for it
+            self.prober.shutdown(wait=False, cancel_futures=True)
         if self.fatal is not None:
             raise self.fatal
         if self.submits_throttled is not None and not stop.is_set():
             raise self.submits_throttled
+
+    async def _settle_submits(self, submits: set[asyncio.Task[None]], grace: float) -> None:
+        """Let submits already under way be answered and recorded (they send nothing new), for
+        at most ``grace`` seconds; then cancel them. A cancelled one stays `submitting` in the
+        journal, committed before its POST, so the next run reconciles it: its task, if one was
+        created, is neither lost nor sent again blindly."""
+        if not submits:
+            return
+        done, late = await asyncio.wait(submits, timeout=grace)
+        for task in done:  # their workers are gone: an error (a full disk) is ours to report
+            if isinstance(error := _outcome(task), Exception):
+                self._fail_fatal(error)
+        if late:
+            self._say(
+                f"stopping: {len(late)} submits unanswered after {grace:g} s are left "
+                "`submitting`; the next run settles them"
+            )
+            await cancel_and_wait(late, CANCEL_WITHIN_S)
+
+    def _say(self, message: str) -> None:
+        """log() for shutdown: a journal that cannot be written (full disk) must not stop it."""
+        with contextlib.suppress(OmniBatchError):
+            self.log(message)

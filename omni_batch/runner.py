@@ -13,7 +13,7 @@ import functools
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +24,7 @@ import aiohttp
 from omni_batch.catalog import Catalog
 from omni_batch.client import DEFAULT_BASE_URL, ToapisClient
 from omni_batch.download import LocalStore
-from omni_batch.engine import Engine, RunStats
+from omni_batch.engine import CANCEL_WITHIN_S, Engine, RunStats, cancel_and_wait
 from omni_batch.errors import Interrupted, OmniBatchError, OutputError, UsageError
 from omni_batch.gallery import write_gallery
 from omni_batch.journal import Journal
@@ -86,30 +86,75 @@ async def _target(options: RunOptions, catalog: Catalog) -> AsyncIterator[tuple[
     yield options.base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL, key
 
 
+# SIGHUP (the terminal went away) is treated like SIGTERM and Ctrl-C
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+# From the first signal to the process being gone, at most: the shutdown itself is bounded
+# (engine.SUBMIT_GRACE_S, CANCEL_WITHIN_S); this is the last resort if something still hangs.
+STOP_DEADLINE_S = 9.0
+OVERDUE = (
+    b"omni-batch: still stopping %d s after the signal; leaving now "
+    b"(the journal is consistent: run the same command again to resume)\n"
+)
+
+
+def _watchdog(armed: threading.Event, released: threading.Event) -> None:
+    armed.wait()
+    if not released.wait(STOP_DEADLINE_S):
+        os.write(2, OVERDUE % STOP_DEADLINE_S)
+        os._exit(130)  # every journal write is its own commit: as safe as kill -9
+
+
+def _restore(previous: dict[int, Any]) -> None:
+    for sig, old in previous.items():
+        signal.signal(sig, signal.SIG_DFL if old is None else old)  # None: not set from Python
+
+
 @contextlib.contextmanager
-def _interrupts(stop: asyncio.Event) -> Any:
-    """First Ctrl-C: stop submitting and settle; a second one: leave at once."""
+def _interrupts(stop: asyncio.Event) -> Iterator[None]:
+    """First SIGINT, SIGTERM or SIGHUP: stop submitting and settle (bounded, and within
+    STOP_DEADLINE_S whatever happens); a second one: leave at once, exit code 130.
+
+    The handlers are plain ``signal.signal`` ones, not the loop's: they run in the main thread
+    even while the loop is blocked (a journal write, a thread join), so a second signal always
+    works. They only set flags, schedule ``stop.set`` and exit: nothing in them takes a lock
+    the interrupted code could hold.
+    """
     loop = asyncio.get_running_loop()
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    armed, released = threading.Event(), threading.Event()
+    signalled = False
 
-    def first() -> None:
-        if stop.is_set():
+    def handler(signum: int, frame: Any) -> None:
+        nonlocal signalled
+        if signalled:
             os._exit(130)  # every journal write is its own commit: nothing half-written
-        stop.set()
+        signalled = True  # before anything that may be interrupted by the next signal
+        with contextlib.suppress(RuntimeError):  # the loop is closing: it is stopping anyway
+            loop.call_soon_threadsafe(stop.set)
+        armed.set()
 
+    previous: dict[int, Any] = {}
     try:
-        loop.add_signal_handler(signal.SIGINT, first)
-        loop.add_signal_handler(signal.SIGTERM, first)
-    except (NotImplementedError, RuntimeError):  # pragma: no cover - not on this platform
+        for sig in STOP_SIGNALS:
+            previous[sig] = signal.signal(sig, handler)
+    except (ValueError, OSError):  # pragma: no cover - not allowed here
+        _restore(previous)
         yield
         return
+    watchdog = threading.Thread(
+        target=_watchdog, args=(armed, released), name="omni-batch-stop-deadline", daemon=True
+    )
+    watchdog.start()
     try:
         yield
     finally:
-        loop.remove_signal_handler(signal.SIGINT)
-        loop.remove_signal_handler(signal.SIGTERM)
+        _restore(previous)  # first, so no handler runs while we release the watchdog
+        released.set()
+        armed.set()
 
 
 class _ReportWriter:
@@ -163,6 +208,21 @@ async def run_async(
     policy = options.policy or (FAST if options.simulate is not None else Policy())
     reconcile = options.reconcile if options.reconcile is not None else options.simulate is not None
     stop = stop or asyncio.Event()
+    # signals are handled from here to the end, the final report included: a signal at any
+    # moment of the run stops it, and a second one leaves at once
+    with _interrupts(stop):
+        return await _run(manifest, options, folder, policy, reconcile, stop, on_start)
+
+
+async def _run(
+    manifest: Manifest,
+    options: RunOptions,
+    folder: Path,
+    policy: Policy,
+    reconcile: bool,
+    stop: asyncio.Event,
+    on_start: Callable[[RunStats, Engine], None] | None,
+) -> pd.DataFrame:
     ended: OmniBatchError | None = None
     reports = _ReportWriter(folder)
     async with _target(options, manifest.catalog) as (base_url, key):
@@ -213,15 +273,13 @@ async def run_async(
                     on_start(engine.stats, engine)
                 refresher = asyncio.create_task(reports.refresh_every(options.report_every))
                 try:
-                    with _interrupts(stop):
-                        await engine.run(stop)
+                    await engine.run(stop)
                 except OmniBatchError as exc:
                     ended = exc  # the journal is consistent; still write what it holds
                 except OSError as exc:  # e.g. the disk filled up under us
                     ended = OutputError(f"{folder}: {exc.strerror or exc}")
                 finally:
-                    refresher.cancel()
-                    await asyncio.gather(refresher, return_exceptions=True)
+                    await cancel_and_wait([refresher], CANCEL_WITHIN_S)
                     try:
                         journal.commit()  # the last completions (and their events) first
                         journal.event("run_end", counts=journal.counts())
@@ -232,7 +290,10 @@ async def run_async(
                 journal.close()
             except OmniBatchError as exc:  # the first error is the one to report
                 ended = ended or exc
-        report = await reports.finish(manifest.name, posters=options.verify)
+        try:
+            report = await reports.finish(manifest.name, posters=options.verify)
+        except OmniBatchError as exc:  # e.g. the disk is still full: the first error wins
+            ended = ended or exc
         if ended is not None:
             raise ended
         if stop.is_set():

@@ -61,6 +61,9 @@ class Submitting:
         halted = asyncio.ensure_future(self.halt.wait())
         try:
             await asyncio.wait({waiter, halted}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            waiter.cancel()  # cancelled (shutdown): leave no orphan waiting in the limiter
+            raise
         finally:
             halted.cancel()
         if not waiter.done():
@@ -104,11 +107,14 @@ class Submitting:
         return max(self.policy.lookup_grace, 3 * self.proof.lag)
 
     async def _sleep_unless_halted(self, seconds: float) -> bool:
-        """Sleep, but wake when submissions close; True when the sleep ran its course."""
-        if seconds <= 0:
-            return not self.halt.is_set()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.halt.wait(), seconds)
+        """Sleep, but wake when submissions close; True when the sleep ran its course. (No
+        ``asyncio.wait_for``: on Python 3.11 it can swallow a cancel.)"""
+        if seconds > 0 and not self.halt.is_set():
+            waiter = asyncio.ensure_future(self.halt.wait())
+            try:
+                await asyncio.wait({waiter}, timeout=seconds)
+            finally:
+                waiter.cancel()
         return not self.halt.is_set()
 
     async def _reconcile(

@@ -116,6 +116,10 @@ class SimConfig:
     no_url_answers: int = 0  # a completed task's first N answers carry no video URL
     stale_link_answers: int = 0  # ... and its next N hand out a link that already expired
 
+    # Issue #13 item 6 (shutdown never hangs): a submit creates its task at once, then its
+    # answer is held back this long (a slow upstream; a client stopping meanwhile never sees it).
+    submit_answer_delay: float = 0.0
+
     def __post_init__(self) -> None:
         problem = _problem(self)
         if problem:
@@ -178,7 +182,7 @@ def _problem(c: SimConfig) -> str | None:
     for name in ("unknown_polls", "no_url_answers", "stale_link_answers"):
         if getattr(c, name) < 0:
             return f"{name} must be 0 or more"
-    nonneg = ("latency", "slow_delay", "storm_s", "link_ttl", "cbid_lag")
+    nonneg = ("latency", "slow_delay", "storm_s", "link_ttl", "cbid_lag", "submit_answer_delay")
     if c.burst < 1 or c.retry_after < 1 or c.clip_fps < 1 or any(getattr(c, n) < 0 for n in nonneg):
         return "burst, retry_after and clip_fps must be >= 1; times must be >= 0"
     return _hostile_problem(c)

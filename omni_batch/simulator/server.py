@@ -371,6 +371,8 @@ class Simulator:
             status = cfg.after_create_status or _AFTER_CREATE[self._after_create % 7]
             self._after_create += 1
             raise _Reject(status, "upstream error, please retry")
+        if cfg.submit_answer_delay:
+            await asyncio.sleep(cfg.submit_answer_delay)
         if r_shape < cfg.p_unrecognised:
             state.counts["unrecognised"] += 1
             return self._json({"code": 0, "result": {"job": {"uuid": task.id}}}, token=key)
