@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 KEY_ENV = "TOAPIS_API_KEY"
 BASE_URL_ENV = "TOAPIS_BASE_URL"
 DEFAULT_OUT = Path("outputs")
+SIMULATOR_DIR = ".simulator"  # the embedded simulator's tasks, in the output folder
 T = TypeVar("T")
 
 
@@ -66,14 +67,20 @@ def output_folder(manifest: Manifest, out: str | Path | None) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def _target(options: RunOptions, catalog: Catalog) -> AsyncIterator[tuple[str, str]]:
-    """(base URL, key): the embedded simulator's, or the real API's from options/environment."""
+async def _target(
+    options: RunOptions, catalog: Catalog, folder: Path
+) -> AsyncIterator[tuple[str, str]]:
+    """(base URL, key): the embedded simulator's, or the real API's from options/environment.
+
+    The embedded simulator keeps its tasks in ``folder/.simulator/``, so a rerun (a resume)
+    finds the tasks of the run before it as the real API would."""
     if options.simulate is not None:
         from omni_batch.simulator import SimConfig, start_simulator
 
         config = SimConfig.from_profile(options.simulate, **options.simulator_settings)
         # the simulator judges bodies by the same catalog (overlay included) as the manifest
-        async with start_simulator(config, catalog=catalog) as sim:
+        state_dir = folder / SIMULATOR_DIR
+        async with start_simulator(config, catalog=catalog, state_dir=state_dir) as sim:
             yield sim.base_url, sim.key
         return
     key = options.api_key or os.environ.get(KEY_ENV, "").strip()
@@ -164,7 +171,7 @@ async def run_async(
     stop = stop or asyncio.Event()
     ended: OmniBatchError | None = None
     reports = _ReportWriter(folder)
-    async with _target(options, manifest.catalog) as (base_url, key):
+    async with _target(options, manifest.catalog, folder) as (base_url, key):
         journal = Journal(folder)
         try:
             journal.set_meta("manifest", str(manifest.path))
