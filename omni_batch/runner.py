@@ -30,7 +30,7 @@ from omni_batch.gallery import write_gallery
 from omni_batch.journal import Journal
 from omni_batch.limiter import Pressure
 from omni_batch.manifest import Manifest, load_manifest
-from omni_batch.policy import FAST, Policy
+from omni_batch.policy import Policy
 from omni_batch.report import refresh_reports, write_reports
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ class RunOptions:
     simulator_settings: dict[str, Any] = field(default_factory=dict)
     rate: float | None = 10.0  # requests per second for every API call of the key
     max_in_flight: int = 50
-    policy: Policy | None = None  # default: documented timings (FAST against the simulator)
+    policy: Policy | None = None  # default: documented timings, or the simulator profile's
     retry_failed: bool = False
     reconcile: bool | None = None  # look ambiguous submits up by client_business_id
     report_every: float = 30.0
@@ -90,6 +90,16 @@ async def _target(
             "against the embedded simulator"
         )
     yield options.base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL, key
+
+
+def _default_policy(options: RunOptions) -> Policy:
+    """The real API's documented timings, or the ones that fit the simulator profile's tasks."""
+    if options.simulate is None:
+        return Policy()
+    from omni_batch.simulator.config import SimConfig, run_policy
+
+    config = SimConfig.from_profile(options.simulate, **options.simulator_settings)
+    return run_policy(options.simulate, config)
 
 
 @contextlib.contextmanager
@@ -166,7 +176,7 @@ async def run_async(
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest, options.catalog)
     folder = output_folder(manifest, options.out)
-    policy = options.policy or (FAST if options.simulate is not None else Policy())
+    policy = options.policy or _default_policy(options)
     reconcile = options.reconcile if options.reconcile is not None else options.simulate is not None
     stop = stop or asyncio.Event()
     ended: OmniBatchError | None = None
