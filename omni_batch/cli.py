@@ -245,11 +245,12 @@ def _run(
 ):  # fmt: skip
     """The run itself; returns the report, or None when the user declined."""
     settings: dict = {}
+    sim_config = None
     if simulate_profile is not None:  # a bad profile or knob: before anything else
-        from omni_batch.simulator.config import SimConfig, parse_settings, run_policy
+        from omni_batch.simulator.config import SimConfig, parse_settings
 
         settings = parse_settings(sim_settings)
-        policy = run_policy(simulate_profile, SimConfig.from_profile(simulate_profile, **settings))
+        sim_config = SimConfig.from_profile(simulate_profile, **settings)
     elif sim_settings:
         raise UsageError("--sim-set works with --simulate only")
     from omni_batch.plan import plan as make_plan
@@ -264,6 +265,10 @@ def _run(
 
     if simulate_profile is None:
         policy = Policy()
+    else:  # the timings that fit the profile's tasks
+        from omni_batch.simulator.config import run_policy
+
+        policy = run_policy(simulate_profile, sim_config)
     folder = output_folder(result.manifest, out)
     where["folder"] = folder
     _refuse_a_busy_folder(folder)

@@ -90,6 +90,7 @@ def test_simulate_takes_the_manifest_before_or_after_it(manifest, tmp_path, orde
         (["--simulate", "{dir}/missing.yaml"], "missing.yaml: file not found"),
         (["--simulate"], "Missing argument 'MANIFEST'"),
         (["--simulate", "chaos"], "Missing argument 'MANIFEST'"),
+        (["{m}", "--sim-set", "gen_min=1"], "--sim-set works with --simulate only"),
     ],
 )
 def test_a_wrong_profile_or_a_missing_manifest_is_a_one_line_error(manifest, tmp_path, args, words):

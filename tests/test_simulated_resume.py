@@ -7,6 +7,7 @@ the output folder (`.simulator/`), so the tasks in flight keep progressing and a
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -22,7 +23,7 @@ from omni_batch.simulator import SimConfig, start_simulator
 from omni_batch.simulator.saved import TASKS_FILE, SavedTasks
 from omni_batch.simulator.state import SimState
 
-JOBS = 10
+JOBS = 8
 
 
 def manifest(tmp_path: Path) -> Path:
@@ -35,10 +36,10 @@ def manifest(tmp_path: Path) -> Path:
     return path
 
 
-def start(path: Path, out: Path) -> subprocess.Popen:
+def start(path: Path, out: Path, *extra: str) -> subprocess.Popen:
     """The same command each time, as a user would type it again."""
     args = [sys.executable, "-m", "omni_batch", "run", str(path), "--simulate", "fast"]
-    args += ["--out", str(out), "--no-progress", "--max-in-flight", "4"]
+    args += ["--out", str(out), "--no-progress", "--max-in-flight", "4", *extra]
     args += ["--sim-set", "gen_min=1.0", "--sim-set", "gen_max=1.5"]
     env = {k: v for k, v in os.environ.items() if k != "TOAPIS_API_KEY"}
     return subprocess.Popen(
@@ -70,11 +71,15 @@ def journal_rows(out: Path) -> pd.DataFrame:
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
 def test_a_rehearsed_resume_polls_the_tasks_in_flight_and_submits_nothing_twice(tmp_path, how):
     path, out = manifest(tmp_path), tmp_path / "out"
-    first = start(path, out)
+    first = start(path, out, "--json")
     wait_running(out, 3)
     first.send_signal(how)
-    _, stderr1 = first.communicate(timeout=30)
+    stdout1, stderr1 = first.communicate(timeout=30)
     assert first.returncode == (130 if how == signal.SIGTERM else -signal.SIGKILL), stderr1
+    if how == signal.SIGTERM:  # stopped, not killed: it still says how it ended
+        said = json.loads(stdout1)
+        assert (said["exit_code"], said["exit_reason"]) == (130, "interrupted")
+        assert said["counts"]["running"] >= 3 and said["spend"]["tasks_created"] >= 3
     held = journal_rows(out)
     in_flight = held[held.state.isin(["running", "submitting"])]
     assert len(in_flight) >= 3 and (held.state != "completed").any()
