@@ -9,7 +9,7 @@ import click
 
 from omni_batch import __version__
 from omni_batch.clierrors import reports_errors
-from omni_batch.errors import OmniBatchError
+from omni_batch.errors import OmniBatchError, UsageError
 from omni_batch.simulator.command import simulate
 
 
@@ -59,22 +59,73 @@ def plan(manifest: str, fmt: str, catalog: str | None, max_jobs: int | None) -> 
     elif fmt == "csv":
         result.write_csv(out)
     else:
-        from rich.console import Console
-
         from omni_batch.display import plan_summary
 
-        console = Console()
+        console = _console()
         console.print(plan_summary(result, console.width))
 
 
+# Output that is not a terminal (a pipe, a file, CI, docker logs) has no width to fit: rich
+# would assume 80 columns and cut job ids and table cells with "…". It gets whole values.
+UNBOUNDED_WIDTH = 10_000
+
+
 def _console(err: bool = False):
+    import os
+
     from rich.console import Console
 
-    return Console(stderr=err)
+    console = Console(stderr=err)
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console = Console(stderr=err, width=UNBOUNDED_WIDTH)
+    return console
+
+
+def _value_width(console) -> int | None:
+    """Summary values are cut to fit a terminal; elsewhere they stay whole."""
+    return 32 if console.is_terminal else None
+
+
+_TIMINGS_HELP = "{real}; {fast} with --simulate default/fast/chaos"
+
+
+def _manifest_and_profile(manifest: str | None, profile: str | None) -> tuple[str, str | None]:
+    """`run --simulate m.yaml`: the optional profile took the manifest; give it back."""
+    from omni_batch.simulator.config import PROFILES
+
+    if manifest is None:
+        if profile is not None and profile not in PROFILES and _looks_like_a_path(profile):
+            return profile, "default"
+        raise click.UsageError("Missing argument 'MANIFEST'.")
+    return manifest, profile
+
+
+def _looks_like_a_path(text: str) -> bool:
+    from pathlib import Path
+
+    path = Path(text)
+    return (
+        path.exists()
+        or path.suffix.lower() in (".yaml", ".yml", ".csv", ".tsv", ".txt", ".json")
+        or "/" in text
+        or "\\" in text
+    )
+
+
+def _refuse_a_busy_folder(folder) -> None:
+    """A folder another run holds is refused before the plan is printed, not after.
+
+    (The journal takes the lock for the run itself; between this look and that, another run
+    could still start, and is then refused by the journal.)"""
+    from omni_batch.journal import _lock_folder
+
+    if folder.is_dir():
+        with contextlib.suppress(OSError):  # unreadable or unwritable: the journal says so
+            _lock_folder(folder).close()
 
 
 @main.command()
-@click.argument("manifest", type=click.Path(path_type=str))
+@click.argument("manifest", required=False, metavar="MANIFEST", type=click.Path(path_type=str))
 @click.option(
     "--out",
     type=click.Path(path_type=str),
@@ -87,7 +138,9 @@ def _console(err: bool = False):
     flag_value="default",
     default=None,
     metavar="[PROFILE]",
-    help="Run against the embedded simulator (default profile: default).",
+    help="Run against the embedded simulator: default, fast, chaos or realistic "
+    "[default: default]. Its tasks are kept in the output folder, so a rerun resumes. "
+    "Knobs: `omni-batch simulate --show`.",
 )
 @click.option(
     "--sim-set",
@@ -117,12 +170,16 @@ def _console(err: bool = False):
 @click.option(
     "--poll-interval",
     type=click.FloatRange(min=0, min_open=True),
-    help="Seconds between status calls [default: 10; 0.3 with --simulate].",
+    help="Seconds between status calls [default: "
+    + _TIMINGS_HELP.format(real="10", fast="0.3")
+    + "].",
 )
 @click.option(
     "--max-wait",
     type=click.FloatRange(min=0, min_open=True),
-    help="Give up on a task after this many seconds (its id is kept) [default: 900].",
+    help="Give up on a task after this many seconds (its id is kept) [default: "
+    + _TIMINGS_HELP.format(real="900", fast="120")
+    + ", raised to twice the longest task --sim-set knobs allow].",
 )
 @click.option(
     "--max-video-mb",
@@ -131,7 +188,13 @@ def _console(err: bool = False):
     show_default=True,
     help="Refuse a video larger than this (a failed job, not a full disk).",
 )
-@click.option("--retry-failed", is_flag=True, help="Submit failed jobs again (new, billed tasks).")
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Send again, as new billed tasks, failed jobs whose generation failed, whose task the "
+    "API no longer knows (404), or that never got a task. Other failed jobs with a task id are "
+    "polled again by every plain run.",
+)
 @click.option(
     "--reconcile/--no-reconcile",
     default=None,
@@ -152,32 +215,50 @@ def _console(err: bool = False):
 @click.option(
     "--no-progress", is_flag=True, help="Plain summary lines instead of the live display."
 )
+@click.option(
+    "--json",
+    "json_out",
+    is_flag=True,
+    help="Print one JSON object on stdout at the end (counts, exit reason and code, folder, "
+    "report paths, spend) and nothing else there; the rest goes to stderr.",
+)
 @MAX_JOBS_OPTION
 @reports_errors
-def run(
-    manifest,
-    out,
-    simulate_profile,
-    sim_settings,
-    base_url,
-    rate,
-    max_in_flight,
-    poll_interval,
-    max_wait,
-    max_video_mb,
-    retry_failed,
-    reconcile,
-    catalog,
-    verify,
-    yes,
-    no_progress,
-    max_jobs,
-) -> None:
+def run(manifest: str | None, simulate_profile: str | None, json_out: bool, **options) -> None:
     """Submit every job of MANIFEST, poll, download the videos and write the report.
 
     Exit 0 when every job completed, 1 when some failed, 2 on bad input, 3 when the API key is
     refused, 4 when the quota ran out, 130 when interrupted (run again to resume).
     """
+    manifest, simulate_profile = _manifest_and_profile(manifest, simulate_profile)
+    where: dict = {"folder": None}  # the output folder, once the manifest has named it
+    try:
+        report = _run(where, manifest, simulate_profile, json_out, **options)
+    except OmniBatchError as exc:
+        if json_out:
+            _print_json(where["folder"], None, exc, simulate_profile)
+        raise
+    if json_out:
+        _print_json(where["folder"], report, None, simulate_profile, declined=report is None)
+    if report is not None and (report["status"] != "completed").any():
+        sys.exit(1)
+
+
+def _run(
+    where: dict, manifest: str, simulate_profile: str | None, json_out: bool, *,
+    out, sim_settings, base_url, rate, max_in_flight, poll_interval, max_wait, max_video_mb,
+    retry_failed, reconcile, catalog, verify, yes, no_progress, max_jobs,
+):  # fmt: skip
+    """The run itself; returns the report, or None when the user declined."""
+    settings: dict = {}
+    sim_config = None
+    if simulate_profile is not None:  # a bad profile or knob: before anything else
+        from omni_batch.simulator.config import SimConfig, parse_settings
+
+        settings = parse_settings(sim_settings)
+        sim_config = SimConfig.from_profile(simulate_profile, **settings)
+    elif sim_settings:
+        raise UsageError("--sim-set works with --simulate only")
     from omni_batch.plan import plan as make_plan
 
     result = make_plan(manifest, catalog, max_jobs=max_jobs)  # a bad manifest: before the rest
@@ -186,7 +267,7 @@ def run(
 
     from omni_batch.client import check_base_url
     from omni_batch.display import plan_summary
-    from omni_batch.policy import FAST, Policy
+    from omni_batch.policy import Policy
     from omni_batch.progress import Progress, final_table
     from omni_batch.runner import BASE_URL_ENV, RunOptions, output_folder, run_async
 
@@ -194,15 +275,18 @@ def run(
         check_base_url(base_url)
     elif simulate_profile is None and (from_env := os.environ.get(BASE_URL_ENV, "").strip()):
         check_base_url(from_env, BASE_URL_ENV)
-    console = _console()
+    if simulate_profile is None:
+        policy = Policy()
+    else:  # the timings that fit the profile's tasks
+        from omni_batch.simulator.config import run_policy
+
+        policy = run_policy(simulate_profile, sim_config)
+    folder = output_folder(result.manifest, out)
+    where["folder"] = folder
+    _refuse_a_busy_folder(folder)
+    console = _console(err=json_out)  # with --json, stdout holds the JSON object alone
     err = _console(err=True)
     console.print(plan_summary(result, console.width, first=5))
-    settings = {}
-    if sim_settings:
-        from omni_batch.simulator import parse_settings
-
-        settings = parse_settings(sim_settings)
-    policy = FAST if simulate_profile is not None else Policy()
     if poll_interval is not None:
         policy = policy.scaled(
             poll_interval=poll_interval, first_poll=min(policy.first_poll, poll_interval)
@@ -210,14 +294,22 @@ def run(
     if max_wait is not None:
         policy = policy.scaled(max_wait=max_wait)
     policy = policy.scaled(max_download_bytes=int(max_video_mb * 1_000_000))
-    folder = output_folder(result.manifest, out)
+    console.print(
+        f"polling: first after {policy.first_poll:g} s, then every {policy.poll_interval:g} s; "
+        f"a task still unfinished after {policy.max_wait:g} s is given up, its id kept "
+        "(--max-wait)",
+        style="dim",
+        highlight=False,
+    )
     if simulate_profile is None and not yes and sys.stdin.isatty():
         s = result.summary
-        click.confirm(
+        if not click.confirm(
             f"Submit {s.jobs:,} jobs ({s.video_seconds:,} s of video) to the API, "
             f"output in {folder}?",
-            abort=True,
-        )
+            err=json_out,
+        ):
+            click.echo("nothing submitted", err=True)
+            return None
     options = RunOptions(
         out=folder, base_url=base_url, simulate=simulate_profile, simulator_settings=settings,
         rate=rate, max_in_flight=max_in_flight, policy=policy, retry_failed=retry_failed,
@@ -242,13 +334,14 @@ def run(
     from omni_batch.summary import summary_renderable, summary_tables
 
     console.print(final_table(report))
-    console.print(summary_renderable(summary_tables(report)))
+    console.print(summary_renderable(summary_tables(report), value_width=_value_width(console)))
     console.print(
         f"gallery: {folder / 'gallery.html'}  report: {folder / 'report.csv'}  "
-        f"videos: {folder / 'videos'}"
+        f"videos: {folder / 'videos'}",
+        highlight=False,
+        soft_wrap=True,
     )
-    if (report["status"] != "completed").any():
-        sys.exit(1)
+    return report
 
 
 def _finish(folder, console) -> None:
@@ -258,6 +351,16 @@ def _finish(folder, console) -> None:
 
     with contextlib.suppress(OmniBatchError):  # no journal yet: nothing to summarise
         console.print(final_table(build_report(folder)))
+
+
+def _print_json(folder, report, error, profile, declined: bool = False) -> None:
+    """`run --json`: how the run ended and what it left, one object on stdout."""
+    import json
+
+    from omni_batch.progress import run_summary
+
+    summary = run_summary(folder, report, error, simulated=profile, declined=declined)
+    click.echo(json.dumps(summary, ensure_ascii=False))
 
 
 @main.command()
@@ -291,7 +394,7 @@ def report(folder: str) -> None:
     page = write_gallery(Path(folder), frame)
     console = _console()
     console.print(final_table(frame))
-    console.print(summary_renderable(summary_tables(frame)))
+    console.print(summary_renderable(summary_tables(frame), value_width=_value_width(console)))
     click.echo(f"wrote {Path(folder) / 'report.csv'}, report.parquet, failures.csv, {page.name}")
 
 

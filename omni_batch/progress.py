@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
+from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from rich.console import Console, Group
@@ -15,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from omni_batch.engine import RunStats
+from omni_batch.errors import InputError, OmniBatchError, StateError, UsageError
 
 ORDER = ("pending", "submitting", "running", "downloading", "completed", "failed")
 
@@ -114,20 +118,108 @@ def final_table(report: pd.DataFrame) -> Group:
         for name in ("error_type", "http_status", "jobs", "example"):
             why.add_column(name, overflow="fold")
         for (kind, status), group in failed.groupby(["error_type", "http_status"], dropna=False):
-            why.add_row(
-                str(kind),
+            why.add_row(  # server text is never read as rich markup ("[redacted]", styles)
+                Text(str(kind)),
                 "" if pd.isna(status) else str(status),
                 str(len(group)),
-                str(group["error_message"].iloc[0])[:120],
+                Text(str(group["error_message"].iloc[0])[:120]),
             )
         parts.append(why)
     duplicates = int(report["possible_duplicate"].sum())
     if duplicates:
         parts.append(
             Text(
-                f"{duplicates} job(s) flagged possible_duplicate: "
-                "an ambiguous submit was sent again",
+                f"{duplicates} job(s) flagged possible_duplicate: an ambiguous submit was sent "
+                "again, or an answer without a task id may have been billed",
                 style="yellow",
             )
         )
     return Group(*parts)
+
+
+REPORT_FILES = {
+    "report_csv": "report.csv",
+    "report_parquet": "report.parquet",
+    "failures_csv": "failures.csv",
+    "gallery": "gallery.html",
+    "events": "events.jsonl",
+    "journal": "journal.sqlite",
+    "videos": "videos",
+}
+
+
+def _reason(error: BaseException) -> str:
+    """``AuthError`` → ``auth_error``: the class that ended the run, as a stable word."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(error).__name__).lower()
+
+
+def run_summary(
+    folder: Path | None,
+    report: pd.DataFrame | None,
+    error: OmniBatchError | None,
+    simulated: str | None = None,
+    declined: bool = False,
+) -> dict[str, Any]:
+    """What `run --json` prints: how the run ended and what the folder holds.
+
+    ``report`` is the run's report; without one (the run ended on an error) it is read from
+    the folder's journal, unless the error came before the run began (bad input, a busy or
+    changed folder). There is no pricing yet: ``spend`` counts tasks and seconds of video,
+    with ``cost_usd`` null.
+    """
+    if error is not None:
+        code, reason = error.exit_code, _reason(error)
+    elif declined:
+        code, reason = 0, "declined"
+    else:
+        failed = report is not None and bool((report["status"] != "completed").any())
+        code, reason = (1, "failed_jobs") if failed else (0, "completed")
+    before_the_run = isinstance(error, (InputError, UsageError, StateError)) or declined
+    if report is None and folder is not None and not before_the_run:
+        from omni_batch.report import build_report
+
+        with contextlib.suppress(OmniBatchError):  # no journal yet: nothing to count
+            report = build_report(folder)
+    out: dict[str, Any] = {
+        "exit_code": code,
+        "exit_reason": reason,
+        "message": "\n".join(error.lines()) if error is not None else None,
+        "folder": str(folder) if folder is not None else None,
+        "simulated": simulated,
+        "jobs": 0,
+        "counts": dict.fromkeys(ORDER, 0),
+        "failures": {},
+        "reports": {},
+        "spend": {
+            "tasks_created": 0,
+            "video_seconds_requested": 0,
+            "videos_completed": 0,
+            "video_seconds_completed": 0,
+            "possible_duplicates": 0,
+            "cost_usd": None,
+        },
+    }
+    if declined:
+        out["message"] = "nothing submitted"
+    if report is not None and len(report):
+        out["jobs"] = len(report)
+        for state, n in report["state"].value_counts().items():
+            out["counts"][str(state)] = int(n)
+        failed = report[report["status"] == "failed"]
+        kinds = failed["error_type"].fillna("unknown").astype(str).value_counts()
+        out["failures"] = {str(kind): int(n) for kind, n in kinds.items()}
+        has_task = report["task_id"].notna()
+        completed = report["status"] == "completed"
+        seconds = pd.to_numeric(report["duration"], errors="coerce").fillna(0)
+        out["spend"].update(
+            tasks_created=int(has_task.sum()),  # each a task the API made, and may bill
+            video_seconds_requested=int(seconds[has_task].sum()),
+            videos_completed=int(completed.sum()),
+            video_seconds_completed=int(seconds[completed].sum()),
+            possible_duplicates=int(report["possible_duplicate"].astype(bool).sum()),
+        )
+    if folder is not None and not before_the_run:
+        for name, file in REPORT_FILES.items():
+            if (folder / file).exists():
+                out["reports"][name] = str(folder / file)
+    return out

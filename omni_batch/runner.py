@@ -31,7 +31,7 @@ from omni_batch.journal import Journal
 from omni_batch.limiter import Pressure
 from omni_batch.manifest import Manifest, load_manifest
 from omni_batch.netguard import GuardedResolver, VideoGuard
-from omni_batch.policy import FAST, Policy
+from omni_batch.policy import Policy
 from omni_batch.report import refresh_reports, write_reports
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 KEY_ENV = "TOAPIS_API_KEY"
 BASE_URL_ENV = "TOAPIS_BASE_URL"
 DEFAULT_OUT = Path("outputs")
+SIMULATOR_DIR = ".simulator"  # the embedded simulator's tasks, in the output folder
 T = TypeVar("T")
 
 
@@ -54,7 +55,7 @@ class RunOptions:
     simulator_settings: dict[str, Any] = field(default_factory=dict)
     rate: float | None = 10.0  # requests per second for every API call of the key
     max_in_flight: int = 50
-    policy: Policy | None = None  # default: documented timings (FAST against the simulator)
+    policy: Policy | None = None  # default: documented timings, or the simulator profile's
     retry_failed: bool = False
     reconcile: bool | None = None  # look ambiguous submits up by client_business_id
     report_every: float = 30.0
@@ -67,14 +68,20 @@ def output_folder(manifest: Manifest, out: str | Path | None) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def _target(options: RunOptions, catalog: Catalog) -> AsyncIterator[tuple[str, str]]:
-    """(base URL, key): the embedded simulator's, or the real API's from options/environment."""
+async def _target(
+    options: RunOptions, catalog: Catalog, folder: Path
+) -> AsyncIterator[tuple[str, str]]:
+    """(base URL, key): the embedded simulator's, or the real API's from options/environment.
+
+    The embedded simulator keeps its tasks in ``folder/.simulator/``, so a rerun (a resume)
+    finds the tasks of the run before it as the real API would."""
     if options.simulate is not None:
         from omni_batch.simulator import SimConfig, start_simulator
 
         config = SimConfig.from_profile(options.simulate, **options.simulator_settings)
         # the simulator judges bodies by the same catalog (overlay included) as the manifest
-        async with start_simulator(config, catalog=catalog) as sim:
+        state_dir = folder / SIMULATOR_DIR
+        async with start_simulator(config, catalog=catalog, state_dir=state_dir) as sim:
             yield sim.base_url, sim.key
         return
     key = options.api_key or os.environ.get(KEY_ENV, "").strip()
@@ -109,6 +116,16 @@ def _watchdog(armed: threading.Event, released: threading.Event) -> None:
 def _restore(previous: dict[int, Any]) -> None:
     for sig, old in previous.items():
         signal.signal(sig, signal.SIG_DFL if old is None else old)  # None: not set from Python
+
+
+def _default_policy(options: RunOptions) -> Policy:
+    """The real API's documented timings, or the ones that fit the simulator profile's tasks."""
+    if options.simulate is None:
+        return Policy()
+    from omni_batch.simulator.config import SimConfig, run_policy
+
+    config = SimConfig.from_profile(options.simulate, **options.simulator_settings)
+    return run_policy(options.simulate, config)
 
 
 @contextlib.contextmanager
@@ -205,7 +222,7 @@ async def run_async(
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest, options.catalog)
     folder = output_folder(manifest, options.out)
-    policy = options.policy or (FAST if options.simulate is not None else Policy())
+    policy = options.policy or _default_policy(options)
     reconcile = options.reconcile if options.reconcile is not None else options.simulate is not None
     stop = stop or asyncio.Event()
     # signals are handled from here to the end, the final report included: a signal at any
@@ -225,7 +242,7 @@ async def _run(
 ) -> pd.DataFrame:
     ended: OmniBatchError | None = None
     reports = _ReportWriter(folder)
-    async with _target(options, manifest.catalog) as (base_url, key):
+    async with _target(options, manifest.catalog, folder) as (base_url, key):
         journal = Journal(folder)
         try:
             journal.set_meta("manifest", str(manifest.path))

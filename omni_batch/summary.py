@@ -129,15 +129,18 @@ def informative(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     return {n: t for n, t in tables.items() if n == OVERALL or len(t) > 1}
 
 
-def summary_renderable(tables: dict[str, pd.DataFrame], max_rows: int = 12) -> Table:
-    """One compact rich table: a section per informative dimension, ``max_rows`` values each."""
+def summary_renderable(
+    tables: dict[str, pd.DataFrame], max_rows: int = 12, value_width: int | None = 32
+) -> Table:
+    """One compact rich table: a section per informative dimension, ``max_rows`` values each,
+    values cut at ``value_width`` characters (None: whole, for output that is not a terminal)."""
     from rich.table import Table
     from rich.text import Text
 
     shown = informative(tables)
     grid = Table(title="summary", title_justify="left", show_edge=False, pad_edge=False)
     grid.add_column("by", style="bold", no_wrap=True)
-    grid.add_column("value", overflow="ellipsis", max_width=32, no_wrap=True)
+    grid.add_column("value", overflow="ellipsis", max_width=value_width, no_wrap=True)
     headers = list(formatted(next(iter(shown.values()))).columns) if shown else []
     for header in headers:
         grid.add_column(header, justify="right", no_wrap=True)

@@ -47,7 +47,7 @@ def test_from_profile_lays_overrides_over_the_profile():
         (lambda: SimConfig(keys=()), "keys"),
         (lambda: SimConfig(rate=0), "rate must be positive"),
         (lambda: parse_settings(["p_5xx"]), "KNOB=VALUE"),
-        (lambda: parse_settings(["rate=fast"]), "rate: 'fast' is not a valid"),
+        (lambda: parse_settings(["rate=fast"]), "rate: 'fast' is not a number or none"),
         (lambda: parse_settings(["refresh_links=maybe"]), "refresh_links"),
     ],
 )
@@ -111,3 +111,20 @@ def test_twenty_thousand_tasks_stay_small():
     assert per_task < 1_000, f"{per_task:.0f} bytes per task"
     stats = state.stats()
     assert (stats["submits"], stats["duplicate_bodies"]) == (20_000, 0)
+
+
+def test_every_knob_has_a_line_of_help():
+    # A knob added to SimConfig without a line in KNOB_HELP fails here: add one.
+    from omni_batch.simulator.config import KNOB_HELP, knob_help
+
+    missing = [name for name in KNOBS if not KNOB_HELP.get(name, "").strip()]
+    assert not missing, f"add these knobs to KNOB_HELP in simulator/config.py: {missing}"
+    assert not set(KNOB_HELP) - set(KNOBS), "KNOB_HELP names knobs SimConfig does not have"
+    assert all("\n" not in knob_help(name) for name in KNOBS)
+    assert "(one of: int, string, mixed)" not in knob_help("error_code")  # its help names them
+
+
+def test_every_profile_says_what_it_is_for_and_which_timings_fit_it():
+    from omni_batch.simulator.config import PROFILE_ABOUT, PROFILE_TIMINGS
+
+    assert set(PROFILE_ABOUT) == set(PROFILES) == set(PROFILE_TIMINGS)

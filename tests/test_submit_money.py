@@ -147,3 +147,24 @@ def test_answers_that_changed_shape_stop_submitting_after_a_few(tmp_path):
     assert (rows.status == "pending").sum() >= 40 - 12
     sent = rows[rows.status != "pending"]
     assert (sent.error_type == "unrecognised_answer").all() and (sent.attempts == 1).all()
+
+
+def test_server_text_in_the_final_table_is_never_read_as_markup():
+    from rich.console import Console
+
+    from omni_batch.progress import final_table
+
+    rows = pd.DataFrame(
+        {
+            "status": ["failed"],
+            "error_type": ["[bold]odd[/bold]"],
+            "http_status": [400],
+            "error_message": ["bad key [redacted] and [link=http://x]click[/link]"],
+            "possible_duplicate": [False],
+        }
+    )
+    console = Console(width=200, record=True)
+    console.print(final_table(rows))
+    text = console.export_text()
+    assert "[redacted]" in text and "[link=http://x]click[/link]" in text
+    assert "[bold]odd[/bold]" in text

@@ -6,6 +6,7 @@ Only click is imported at module level, so registering this command keeps the CL
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -38,7 +39,7 @@ from omni_batch.clierrors import reports_errors
     default=None,
     help="Model catalog overlay (YAML/JSON), as `run --catalog` takes.",
 )
-@click.option("--show", is_flag=True, help="Print the resulting knobs and exit.")
+@click.option("--show", is_flag=True, help="Print each knob's value and what it does, then exit.")
 @reports_errors
 def simulate(
     host: str,
@@ -68,8 +69,7 @@ def simulate(
         overrides["keys"] = keys
     config = SimConfig.from_profile(profile, seed=seed, **overrides)
     if show:
-        for name, value in config.knobs().items():
-            click.echo(f"{name} = {value}")
+        _show(profile, config)
         return
     catalog = load_catalog(catalog_path)
     if cdn_port is None:
@@ -93,3 +93,29 @@ def simulate(
         click.echo("simulator stopped")
 
     asyncio.run(run())
+
+
+def _show(profile: str, config: Any) -> None:
+    """``knob = value  # what it does``, one line each, under the profile and its run timings."""
+    from omni_batch.simulator.config import PROFILE_ABOUT, knob_help, run_policy
+
+    policy = run_policy(profile, config)
+    click.echo(f"# profile {profile}: {PROFILE_ABOUT.get(profile, '')}")
+    click.echo(
+        f"# run --simulate {profile} polls first after {policy.first_poll:g} s, then every "
+        f"{policy.poll_interval:g} s, and gives up on a task after {policy.max_wait:g} s"
+    )
+    knobs = config.knobs().items()
+    lines = [(f"{name} = {_text(value)}", knob_help(name)) for name, value in knobs]
+    width = max(len(left) for left, _ in lines)
+    for left, about in lines:
+        click.echo(f"{left:<{width}}  # {about}")
+
+
+def _text(value: Any) -> str:
+    """A knob's value as ``--set`` takes it."""
+    if value is None:
+        return "none"
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value).lower() if isinstance(value, bool) else str(value)

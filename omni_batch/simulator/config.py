@@ -9,9 +9,12 @@ import difflib
 import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from omni_batch.errors import UsageError
+
+if TYPE_CHECKING:
+    from omni_batch.policy import Policy
 
 DEFAULT_KEY = "sk-sim-local"
 
@@ -214,7 +217,8 @@ def _check_knob(name: str) -> None:
 
 
 def _convert(name: str, text: str) -> Any:
-    """Text from the command line → the knob's Python type (``none`` for optional knobs)."""
+    """Text from the command line → the knob's Python type (``none`` for optional knobs);
+    text that is not of that type is a UsageError saying what the knob wants."""
     hint = get_type_hints(SimConfig)[name]
     args = get_args(hint)
     optional = get_origin(hint) in (Union, types.UnionType) and type(None) in args
@@ -222,7 +226,18 @@ def _convert(name: str, text: str) -> Any:
         if text.strip().lower() in ("none", "null", ""):
             return None
         hint = next(a for a in args if a is not type(None))
+    or_none = " or none" if optional else ""
+
+    def wrong(wants: str) -> UsageError:
+        return UsageError(f"simulator knob {name}: {text!r} is not {wants}{or_none}")
+
     if get_origin(hint) is Literal:
+        allowed = get_args(hint)
+        if text not in allowed:
+            raise UsageError(
+                f"simulator knob {name}: {text!r} is not one of {', '.join(allowed)}"
+                + _hint(text, allowed)
+            )
         return text
     if get_origin(hint) is tuple:
         return tuple(part.strip() for part in text.split(",") if part.strip())
@@ -232,8 +247,11 @@ def _convert(name: str, text: str) -> Any:
             return True
         if lowered in ("0", "false", "no", "off"):
             return False
-        raise ValueError(text)
-    return hint(text)
+        raise wrong("true or false (or yes/no, on/off, 1/0)")
+    try:
+        return hint(text)
+    except ValueError:
+        raise wrong("a whole number" if hint is int else "a number") from None
 
 
 def parse_settings(pairs: Iterable[str]) -> dict[str, Any]:
@@ -243,14 +261,82 @@ def parse_settings(pairs: Iterable[str]) -> dict[str, Any]:
         name, sep, text = pair.partition("=")
         name = name.strip()
         if not sep or not name:
-            raise UsageError(f"--set wants KNOB=VALUE, got {pair!r}")
+            raise UsageError(f"a simulator setting is KNOB=VALUE, not {pair!r}")
         _check_knob(name)
-        try:
-            out[name] = _convert(name, text.strip())
-        except ValueError:
-            kind = get_type_hints(SimConfig)[name]
-            raise UsageError(f"simulator knob {name}: {text!r} is not a valid {kind}") from None
+        out[name] = _convert(name, text.strip())
     return out
+
+
+# What each knob does, one line each, for `simulate --show`. Every knob needs one (a test
+# checks): when you add a knob to SimConfig, add its line here.
+KNOB_HELP: Mapping[str, str] = {
+    "seed": "seed of every random choice: task timings, failures, faults",
+    "keys": "API keys the simulator accepts (comma-separated)",
+    "rate": "requests/s a key may make before calls answer 429 (none: no limit)",
+    "burst": "requests a key may make at once before `rate` applies",
+    "max_active": "unfinished tasks a key may have before submits answer 429 (none: no cap)",
+    "quota_after": "tasks a key may create before submits answer 402 (none: no limit)",
+    "queue_min": "shortest time a task stays queued, in seconds",
+    "queue_max": "longest time a task stays queued, in seconds",
+    "gen_min": "shortest generation time after the queue, in seconds",
+    "gen_max": "longest generation time after the queue, in seconds",
+    "p_fail": "chance a generation ends failed with a content-policy message",
+    "p_reject": "chance a submit is refused at once: 422 content policy violation",
+    "blocked_models": "models the keys may not use: submits answer 403 (comma-separated)",
+    "link_ttl": "seconds a video link works after its task completed",
+    "refresh_links": "a poll after a link expired hands out a fresh one (false: the dead one)",
+    "latency": "seconds added to every API answer",
+    "p_slow": "chance an API call is held back by slow_delay",
+    "slow_delay": "seconds a slow API call is held back",
+    "p_5xx": "chance an API call answers 500, 502 or 503 before doing anything",
+    "p_429": "chance an API call answers 429 (and starts a storm of storm_s)",
+    "storm_s": "after an injected 429, seconds during which every call of the key gets 429",
+    "retry_after": "Retry-After seconds on injected 429s",
+    "p_drop": "chance an API call's connection is closed without an answer",
+    "p_ambiguous": "chance a submit creates its task, then drops the connection",
+    "download_rate": "video download speed in bytes/s (none: all at once)",
+    "p_truncate": "chance a download promises the whole video, sends half and closes",
+    "submit_shape": "submit answer: object, legacy ({code, data: [...]}) or mixed",
+    "result_shape": "where a completed task's link is: result.data[0].url, url, video_url, mixed",
+    "queued_word": "status of a queued task: queued, submitted or mixed",
+    "error_code": "error.code of error answers: int (the status), string or mixed",
+    "duplicate_cbid": "a reused client_business_id: conflict (409) or existing (the old task)",
+    "clip_fps": "frames per second of the rendered test videos",
+    "p_5xx_after_create": "chance a submit creates its task, then answers a 5xx anyway",
+    "after_create_status": "that 5xx; 0 cycles 500 502 503 504 520 522 524",
+    "p_unrecognised": "chance a submit creates its task and answers 200 without a known task id",
+    "p_limiter_down": "chance a submit answers 503 rate_limit_unavailable, creating nothing",
+    "cbid": "client_business_id: on (409 on reuse, status by it), lookup_only (status by it; "
+    "a reuse makes another task), no_lookup (409 on reuse only), ignored",
+    "cbid_lag": "seconds after a create before the status lookup by client_business_id finds it",
+    "echo_key": "echo the caller's key back in: error, header, text, url (comma-separated)",
+    "echo_json": "how JSON answers encode an echoed key: ascii, utf8 or unicode (all \\uXXXX)",
+    "video_host": "video links name this host (e.g. 127.0.0.2, localhost, 169.254.169.254)",
+    "cdn_redirect": "the CDN answers each download with a 302 to this host",
+    "status_redirect": "status calls answer 307 to the video link",
+    "status_bomb_mb": "status answers are gzip that inflates to this many MiB (0: off)",
+    "video_encoding": "the CDN sends videos gzip- or deflate-encoded (identity: as they are)",
+    "video_bomb_mb": "the CDN sends, as the video, gzip inflating to this many MiB (0: off)",
+    "retry_after_form": "the form of every Retry-After: seconds or http-date",
+    "retry_after_value": "every 429's Retry-After in seconds (none: the simulator's own)",
+    "limit_first": "the first N API requests answer 429",
+    "limit_after": "every API request after the first N answers 429, forever (none: off)",
+    "limit_only": "which calls limit_first / limit_after count and refuse: all, submits or polls",
+    "unknown_polls": "a task's first N status calls (lookups too) answer 404",
+    "no_url_answers": "a completed task's first N answers carry no video URL",
+    "stale_link_answers": "... and its next N hand out a link that already expired",
+    "submit_answer_delay": "seconds a submit's answer is held back after its task is created",
+}
+
+
+def knob_help(name: str) -> str:
+    """The knob's line of help (its allowed values appended for a choice)."""
+    _check_knob(name)
+    text = KNOB_HELP.get(name, "")
+    hint = get_type_hints(SimConfig)[name]
+    if get_origin(hint) is Literal and not all(v in text for v in get_args(hint)):
+        text += f" (one of: {', '.join(get_args(hint))})"
+    return text
 
 
 _BASE = SimConfig()
@@ -305,3 +391,36 @@ PROFILES: Mapping[str, SimConfig] = {
         download_rate=5_000_000.0,
     ),
 }
+
+# What each profile is for (`simulate --show`, `run --help`).
+PROFILE_ABOUT: Mapping[str, str] = {
+    "default": "the quick start: tasks finish in 0.6-2.3 s, no faults",
+    "fast": "for tests: tasks finish within ~0.25 s",
+    "chaos": "every fault, often enough to be seen in a batch of a few dozen jobs",
+    "realistic": "documented upstream timings: queued 5-10 s, generation 1-5 min",
+}
+
+# The run timings (omni_batch.policy) that fit each profile's tasks: "fast" is FAST (polls
+# every 0.3 s, gives up after 120 s), "documented" the real API's Policy() (first poll after
+# 5 s, every 10 s, gives up after 900 s).
+PROFILE_TIMINGS: Mapping[str, Literal["fast", "documented"]] = {
+    "default": "fast",
+    "fast": "fast",
+    "chaos": "fast",
+    "realistic": "documented",
+}
+
+
+def run_policy(profile: str, config: SimConfig | None = None) -> Policy:
+    """The timings `run --simulate PROFILE` uses unless told otherwise: the profile's, with
+    ``max_wait`` raised to twice the longest task ``config``'s knobs allow."""
+    from omni_batch.policy import FAST, Policy
+
+    if profile not in PROFILES:
+        SimConfig.from_profile(profile)  # the one-line error, with its hint
+    policy = FAST if PROFILE_TIMINGS[profile] == "fast" else Policy()
+    if config is not None:
+        longest = config.queue_max + config.gen_max + config.latency + config.slow_delay
+        if policy.max_wait < 2 * longest:
+            policy = policy.scaled(max_wait=2 * longest)
+    return policy

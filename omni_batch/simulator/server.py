@@ -13,6 +13,7 @@ import socket
 import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -29,6 +30,7 @@ from omni_batch.simulator.hostile import (
     retry_after_header,
     send_stream,
 )
+from omni_batch.simulator.saved import SavedTasks
 from omni_batch.simulator.state import FAIL_MESSAGE, SimState, Task, retry_after
 
 SUBMIT_PATH = "/v1/videos/generations"
@@ -89,12 +91,23 @@ def _bearer(request: web.Request) -> str:
 
 
 class Simulator:
-    """One running simulator: its URLs, its key(s), its counters."""
+    """One running simulator: its URLs, its key(s), its counters.
 
-    def __init__(self, config: SimConfig | None = None, catalog: Catalog | None = None):
+    With ``saved`` (see ``saved.py``) its tasks outlive it: the tasks of an earlier simulator
+    on the same folder are known again, and it listens on that one's ports when they are free.
+    """
+
+    def __init__(
+        self,
+        config: SimConfig | None = None,
+        catalog: Catalog | None = None,
+        saved: SavedTasks | None = None,
+    ):
         self.config = config or SimConfig()
         self.catalog = catalog or load_catalog()
-        self.state = SimState(self.config)
+        self.saved = saved
+        self.state = SimState(self.config, saved=saved)
+        self._ports_claimed = saved is None
         self.keys: tuple[str, ...] = self.config.keys
         self.key: str = self.keys[0]
         self.base_url = ""
@@ -134,9 +147,13 @@ class Simulator:
         api.router.add_get(SUBMIT_PATH + "/{task_id}", self._status)
         api.router.add_get(STATS_PATH, self._stats)
         cdn = self._cdn.app()
+        # the ports a previous simulator on this folder handed out links for, when free
+        before = None
+        if self.saved is not None and not port and not cdn_port:
+            before = self.saved.ports()
         try:
-            self.base_url = await self._listen(api, host, port)
-            self.cdn_url = await self._listen(cdn, host, cdn_port)
+            self.base_url = await self._listen(api, host, port, before and before[0])
+            self.cdn_url = await self._listen(cdn, host, cdn_port, before and before[1])
             await self._hostile_hosts(host)
         except BaseException:
             await self.stop()
@@ -165,11 +182,28 @@ class Simulator:
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
+        if self.saved is not None:
+            self.saved.close()
 
-    async def _listen(self, app: web.Application, host: str, port: int) -> str:
+    def _claim_ports(self) -> None:
+        """At the first API call: this simulator is the one in use (not a refused second run
+        on a busy folder), so its ports are the ones to listen on next time."""
+        self._ports_claimed = True
+        assert self.saved is not None
+        api, cdn = (int(url.rsplit(":", 1)[1]) for url in (self.base_url, self.cdn_url))
+        with contextlib.suppress(OSError):  # a nicety: a new port only breaks old links
+            self.saved.save_ports(api, cdn)
+
+    async def _listen(
+        self, app: web.Application, host: str, port: int, preferred: int | None = None
+    ) -> str:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
-            sock = socket.create_server((host, port), family=family)
+            sock = None
+            if preferred:
+                with contextlib.suppress(OSError):  # taken since: any free port will do
+                    sock = socket.create_server((host, preferred), family=family)
+            sock = sock or socket.create_server((host, port), family=family)
         except OSError as exc:
             raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
@@ -185,6 +219,8 @@ class Simulator:
     async def _api_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path == STATS_PATH:
             return await handler(request)
+        if not self._ports_claimed:
+            self._claim_ports()
         counts = self.state.counts
         counts["requests"] += 1
         number = counts["requests"]
@@ -362,7 +398,10 @@ class Simulator:
             name: body.get(name, rules.defaults.get(name)) for name in ("model", *BODY_FIELDS)
         }
         fields = {k: sys.intern(v) if isinstance(v, str) else v for k, v in fields.items()}
-        task = state.create(key, body, {**fields, "client_business_id": cbid}, now)
+        try:
+            task = state.create(key, body, {**fields, "client_business_id": cbid}, now)
+        except OSError as exc:  # the state folder cannot be written: no task was made
+            raise _Reject(500, f"simulator: cannot save its state: {exc}") from None
         if ambiguous:
             state.counts["ambiguous"] += 1
             raise _Drop
@@ -452,8 +491,7 @@ class Simulator:
             out["error"] = {"code": "generation_failed", "message": message}
         elif status == "completed":
             if now >= task.expiry and self.config.refresh_links:
-                task.expiry = now + self.config.link_ttl
-                self.state.counts["links_refreshed"] += 1
+                self.state.new_link(task, now + self.config.link_ttl)
             cfg = self.config
             task.answers += 1
             url, expiry = self._video_url(task), task.expiry
@@ -480,9 +518,12 @@ async def start_simulator(
     port: int = 0,
     cdn_port: int = 0,
     catalog: Catalog | None = None,
+    state_dir: str | Path | None = None,
 ) -> AsyncIterator[Simulator]:
-    """Run a simulator on this loop for the ``async with`` body; port 0 picks a free port."""
-    sim = Simulator(config, catalog)
+    """Run a simulator on this loop for the ``async with`` body; port 0 picks a free port.
+
+    ``state_dir``: keep its tasks there, and know the tasks an earlier simulator kept there."""
+    sim = Simulator(config, catalog, SavedTasks(state_dir) if state_dir is not None else None)
     await sim.start(host, port, cdn_port)
     try:
         yield sim
@@ -497,6 +538,7 @@ def serve_in_thread(
     port: int = 0,
     cdn_port: int = 0,
     catalog: Catalog | None = None,
+    state_dir: str | Path | None = None,
 ) -> Iterator[Simulator]:
     """Run a simulator on its own loop in a daemon thread (for tests that run the CLI)."""
     loop = asyncio.new_event_loop()
@@ -506,7 +548,7 @@ def serve_in_thread(
 
     async def main() -> None:
         try:
-            async with start_simulator(config, host, port, cdn_port, catalog) as sim:
+            async with start_simulator(config, host, port, cdn_port, catalog, state_dir) as sim:
                 box["sim"] = sim
                 ready.set()
                 await stop.wait()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omni_batch.simulator.config import SimConfig
+from omni_batch.simulator.saved import SavedTasks, key_digest
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 FAIL_MESSAGE = "The generation was blocked by the content policy"
@@ -114,6 +115,28 @@ class Task:
         self.misses = 0  # status calls answered 404 (SimConfig.unknown_polls)
         self.answers = 0  # completed answers given (no_url_answers, stale_link_answers)
 
+    _SAVED = (
+        "id", "model", "ratio", "duration", "resolution", "cbid", "created", "started", "done",
+        "failed", "submit_shape", "result_shape", "queued_word", "expiry",
+    )  # fmt: skip
+
+    def record(self) -> dict[str, Any]:
+        """What a restarted simulator needs to know this task again (the key as a digest)."""
+        out = {name: getattr(self, name) for name in self._SAVED}
+        out["key"] = key_digest(self.key)
+        return out
+
+    @classmethod
+    def restore(cls, record: dict[str, Any], key: str) -> Task:
+        task = cls.__new__(cls)
+        for name in cls._SAVED:
+            setattr(task, name, record[name])
+        task.key = key
+        task.polls = 0
+        task.terminal_seen = False
+        task.misses = task.answers = 0  # per-process fault counters start again
+        return task
+
     def status(self, now: float) -> str:
         if now < self.started:
             return self.queued_word
@@ -165,9 +188,16 @@ def retry_after(seconds: float) -> int:
 
 
 class SimState:
-    """All tasks and counters of one simulator instance."""
+    """All tasks and counters of one simulator instance.
 
-    def __init__(self, config: SimConfig, clock: Clock | None = None):
+    With ``saved``, the tasks of earlier instances that used the same folder are loaded (they
+    keep their timings, business ids, body counts and quota use) and every new task is written
+    there before its submit is answered; the counters stay this instance's own.
+    """
+
+    def __init__(
+        self, config: SimConfig, clock: Clock | None = None, saved: SavedTasks | None = None
+    ):
         self.config = config
         self.clock = clock or Clock()
         self.tasks: dict[str, Task] = {}
@@ -177,30 +207,67 @@ class SimState:
         self.peak_active = 0
         self.polls_max = 0
         self.max_body_submits = 0
+        self.restored = 0  # tasks loaded from ``saved``
+        self.saved = saved
+        if saved is not None:
+            self._load(saved)
+
+    def _load(self, saved: SavedTasks) -> None:
+        known = {key_digest(k): k for k in self.keys}
+        now = self.clock()
+        for record in saved.records():
+            try:
+                if "task" in record:
+                    fields = record["task"]
+                    # a key this instance does not accept keeps its digest: the task is unseen
+                    task = Task.restore(fields, known.get(fields["key"], fields["key"]))
+                    self._add(task, bytes.fromhex(fields["body"]), now)
+                    self.seq = max(self.seq, int(fields["seq"]) + 1)
+                    self.restored += 1
+                elif "expiry" in record and record["expiry"]["id"] in self.tasks:
+                    self.tasks[record["expiry"]["id"]].expiry = float(record["expiry"]["at"])
+            except (KeyError, TypeError, ValueError, AttributeError):
+                continue  # a line this version cannot read: skipped, like a cut one
 
     def create(self, key: str, body: dict[str, Any], fields: dict[str, Any], now: float) -> Task:
         """Record a new task of ``key``; ``body`` as sent (for duplicate counting), ``fields``
-        with the model's defaults filled in."""
+        with the model's defaults filled in. With a saved folder the task is on disk before
+        this returns (an OSError means no task was made)."""
         plan = outcome(self.config, self.seq)
-        self.seq += 1
         task = Task(key, fields, plan, now, self.config.link_ttl)
+        digest = body_digest(body)
+        if self.saved is not None:
+            self.saved.append({"task": {**task.record(), "seq": self.seq, "body": digest.hex()}})
+        self.seq += 1
+        self._add(task, digest, now)
+        self.counts["submits"] += 1
+        if self.keys[key].bodies[digest] > 1:
+            self.counts["duplicate_bodies"] += 1
+        return task
+
+    def _add(self, task: Task, digest: bytes, now: float) -> None:
         self.tasks[task.id] = task
-        ks = self.keys[key]
+        ks = self.keys.get(task.key)
+        if ks is None:  # restored under a key this instance does not accept
+            return
         ks.created += 1
-        heapq.heappush(ks.active, task.done)
+        if task.done > now:
+            heapq.heappush(ks.active, task.done)
         # peak over all keys at once: what a client fleet held, not just its busiest key
         self.peak_active = max(
             self.peak_active, sum(k.active_count(now) for k in self.keys.values())
         )
         if task.cbid is not None:
             ks.cbids[task.cbid] = task.id
-        digest = body_digest(body)
         ks.bodies[digest] += 1
-        if ks.bodies[digest] > 1:
-            self.counts["duplicate_bodies"] += 1
         self.max_body_submits = max(self.max_body_submits, ks.bodies[digest])
-        self.counts["submits"] += 1
-        return task
+
+    def new_link(self, task: Task, expiry: float) -> None:
+        """A poll after expiry handed out a fresh link (kept, so a restart honours it)."""
+        task.expiry = expiry
+        self.counts["links_refreshed"] += 1
+        if self.saved is not None:
+            self.saved.append({"expiry": {"id": task.id, "at": expiry}})
 
     def find(self, key: str, ident: str) -> Task | None:
         """A task of ``key`` by task id or client_business_id (unless the config turns that
@@ -240,6 +307,7 @@ class SimState:
             "polls_per_task_mean": round(c["polls"] / len(self.tasks), 3) if self.tasks else 0.0,
             "polls_after_terminal": c["polls_after_terminal"],
             "links_refreshed": c["links_refreshed"],
+            "tasks_restored": self.restored,
             "tasks_completed": len(finished) - failed,
             "tasks_failed": failed,
             "active": sum(ks.active_count(now) for ks in self.keys.values()),
