@@ -135,6 +135,7 @@ class TaskState:
     error_code: str | None = None
     error_message: str | None = None
     request_id: str | None = None
+    business_id: str | None = None  # the client_business_id the answer echoes, if any
 
     @property
     def final(self) -> bool:
@@ -317,6 +318,8 @@ def parse_status(body: Any, request_id: str | None) -> TaskState:
     error = body.get("error") if isinstance(body.get("error"), dict) else {}
     progress = _number(body.get("progress"))
     task_id = body.get("id") or body.get("task_id")
+    meta = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+    cbid = body.get("client_business_id") or meta.get("client_business_id")
     return TaskState(
         status=status,
         task_id=str(task_id) if isinstance(task_id, str | int) and task_id else None,
@@ -327,6 +330,7 @@ def parse_status(body: Any, request_id: str | None) -> TaskState:
         error_code=str(error["code"]) if error.get("code") is not None else None,
         error_message=str(error.get("message"))[:500] if error.get("message") else None,
         request_id=request_id,
+        business_id=str(cbid) if isinstance(cbid, str | int) and cbid else None,
     )
 
 

@@ -21,6 +21,7 @@ from omni_batch.errors import (
     ApiChanged,
     ApiError,
     AuthError,
+    BadResponse,
     OmniBatchError,
     QuotaError,
     RequestRejected,
@@ -95,13 +96,25 @@ class Submitting:
 
     # -- reconciling by client_business_id -------------------------------------------------------
     async def _lookup(self, business_id: str) -> TaskState | None:
-        """The task a submit with ``business_id`` created, None on a 404; raises otherwise."""
+        """The task a submit with ``business_id`` created, None on a 404; raises otherwise.
+        An answer that echoes another business id is no answer about ours: the lookup is
+        marked broken (never trusted again this run) and this raises."""
         try:
-            return await self._status_call(business_id)
+            found = await self._status_call(business_id)
         except RequestRejected as exc:
             if exc.status == 404:
                 return None
             raise
+        if found.business_id is not None and found.business_id != business_id:
+            if not self.proof.broken:
+                self.proof.broken = True
+                self.log(
+                    f"a client_business_id lookup for {business_id} answered a task of "
+                    f"another id ({found.business_id}): lookups are not trusted this run; "
+                    "ambiguous submits are resent flagged possible_duplicate"
+                )
+            raise BadResponse("the lookup answered another task", status=200)
+        return found
 
     def _grace(self) -> float:
         return max(self.policy.lookup_grace, 3 * self.proof.lag)

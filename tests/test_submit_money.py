@@ -168,3 +168,18 @@ def test_server_text_in_the_final_table_is_never_read_as_markup():
     text = console.export_text()
     assert "[redacted]" in text and "[link=http://x]click[/link]" in text
     assert "[bold]odd[/bold]" in text
+
+
+def test_a_lookup_that_answers_another_task_is_never_adopted(tmp_path):
+    # the lookup by business id answers the key's first task, echoing that task's own id: no
+    # job may take another job's task (its own may exist and be paid), and nothing is trusted
+    with sim(p_5xx_after_create=0.5, cbid="wrong_task") as server:
+        _, rows = run(tmp_path, server, "--reconcile")
+        stats = server.stats()
+    assert stats["5xx_after_create"] > 0
+    ids = rows.task_id.dropna()
+    assert ids.is_unique  # no task adopted by two jobs
+    assert unflagged_extra(stats, rows) == 0
+    assert (rows[rows.attempts > 1].possible_duplicate.astype(bool)).all()
+    events = (tmp_path / "out" / "events.jsonl").read_text()
+    assert "answered a task of another id" in events

@@ -23,7 +23,7 @@ ResultShape = Literal["result", "url", "video_url", "mixed"]
 QueuedWord = Literal["queued", "submitted", "mixed"]
 ErrorCode = Literal["int", "string", "mixed"]
 DuplicateCbid = Literal["conflict", "existing"]
-CbidSupport = Literal["on", "lookup_only", "no_lookup", "ignored"]
+CbidSupport = Literal["on", "lookup_only", "no_lookup", "ignored", "wrong_task"]
 EchoJson = Literal["ascii", "utf8", "unicode"]
 VideoEncoding = Literal["identity", "gzip", "deflate"]
 RetryAfterForm = Literal["seconds", "http-date"]
@@ -90,7 +90,8 @@ class SimConfig:
     p_limiter_down: float = 0.0  # submit: 503 rate_limit_unavailable, nothing created
     # client_business_id: "on" (409 on reuse, status by it), "lookup_only" (status by it, a
     # reuse creates another task: the contract's "a lookup, not an idempotency key"),
-    # "no_lookup" (409 on reuse only), "ignored" (the field is dropped)
+    # "no_lookup" (409 on reuse only), "ignored" (the field is dropped), "wrong_task" (a
+    # lookup by it answers the key's first task instead, echoing that task's own id)
     cbid: CbidSupport = "on"
     cbid_lag: float = 0.0  # the status lookup by it finds a task only this long after create
 
@@ -307,7 +308,8 @@ KNOB_HELP: Mapping[str, str] = {
     "p_unrecognised": "chance a submit creates its task and answers 200 without a known task id",
     "p_limiter_down": "chance a submit answers 503 rate_limit_unavailable, creating nothing",
     "cbid": "client_business_id: on (409 on reuse, status by it), lookup_only (status by it; "
-    "a reuse makes another task), no_lookup (409 on reuse only), ignored",
+    "a reuse makes another task), no_lookup (409 on reuse only), ignored, wrong_task (a lookup "
+    "answers another task)",
     "cbid_lag": "seconds after a create before the status lookup by client_business_id finds it",
     "echo_key": "echo the caller's key back in: error, header, text, url (comma-separated)",
     "echo_json": "how JSON answers encode an echoed key: ascii, utf8 or unicode (all \\uXXXX)",

@@ -366,7 +366,7 @@ class Simulator:
         if cbid is not None and (not isinstance(cbid, str) or not 1 <= len(cbid) <= 128):
             raise _Reject(400, "client_business_id: must be a string of 1-128 characters")
         ks = state.keys[key]
-        if cbid is not None and cbid in ks.cbids and cfg.cbid != "lookup_only":
+        if cbid is not None and cbid in ks.cbids and cfg.cbid in ("on", "no_lookup"):
             state.counts["duplicate_cbids"] += 1
             existing = state.tasks[ks.cbids[cbid]]
             if cfg.duplicate_cbid == "existing":

@@ -273,6 +273,9 @@ class SimState:
         """A task of ``key`` by task id or client_business_id (unless the config turns that
         lookup off, or makes it lag behind the create); other keys' tasks are unseen."""
         task = self.tasks.get(ident)
+        if task is None and self.config.cbid == "wrong_task" and ident in self.keys[key].cbids:
+            first = next((t for t in self.tasks.values() if t.key == key), None)
+            return first if first is not None and first.cbid != ident else None
         if task is None and self.config.cbid in ("on", "lookup_only"):
             task_id = self.keys[key].cbids.get(ident)
             found = self.tasks.get(task_id) if task_id else None
