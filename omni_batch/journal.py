@@ -463,6 +463,13 @@ class Journal:
                 self._bodies[r[0]] = r[17]
             yield self._row(r)
 
+    def task_owner(self, task_id: str) -> str | None:
+        """The job that holds ``task_id`` as its task, if any (a lookup answering with another
+        job's task must not be adopted)."""
+        row = self.db.execute("SELECT job_id FROM jobs WHERE task_id = ? LIMIT 1", (task_id,))
+        found = row.fetchone()
+        return found[0] if found else None
+
     def known_task(self) -> tuple[str, str] | None:
         """(task id, client_business_id) of the job most recently given a task through a submit
         that carried a business id: what proves the lookup before crash-left jobs are settled."""
@@ -497,7 +504,9 @@ class Journal:
                     "task_status = NULL, http_status = NULL, error_type = NULL, "
                     "error_message = NULL, request_id = NULL, video_url = NULL, "
                     "expires_at = NULL, updated_at = ?, ev = ? WHERE active = 1 "
-                    "AND state = 'failed' AND (task_id IS NULL OR task_status IS NOT NULL)",
+                    "AND state = 'failed' AND (task_id IS NULL OR task_status IS NOT NULL) "
+                    # a 2xx without a task id we knew may hold a paid task: never resent
+                    "AND error_type IS NOT 'unrecognised_answer'",
                     (time.time(), n_queued),
                 ).rowcount
                 if queued:

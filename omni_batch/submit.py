@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import secrets
 import time
 from collections.abc import Awaitable
@@ -149,6 +150,9 @@ class Submitting:
             except OmniBatchError:
                 return None, False
             if found is not None:
+                owner = self.journal.task_owner(found.task_id) if found.task_id else None
+                if self.proof.broken or owner is not None:
+                    return None, False  # another job's task, or a lookup shown not to work
                 self.proof.proven = True  # the lookup found a task this run created
                 return found, True
             if self.proof.broken:
@@ -185,7 +189,9 @@ class Submitting:
                     return  # no verdict: a later submit probes again
                 if found is None:
                     continue
-                if found.task_id not in (None, task_id):
+                if found.task_id is None:
+                    return  # no task id to compare: no verdict
+                if found.task_id != task_id:
                     proof.broken = True
                     self.log(
                         f"a client_business_id lookup answered another task ({found.task_id}, "
@@ -309,7 +315,10 @@ class Submitting:
         business_id = row.business_id or self.new_business_id(row)
         maybe_sent = False  # some earlier POST of this job may have created a task
         moved = [row.state == "submitting"]
-        if ambiguous:  # a crash left it between "submitting" and an answer
+        if ambiguous and row.business_id is None and row.attempts > 0:
+            # sent without a business id (a run without --reconcile): nothing can look it up
+            flagged, maybe_sent = True, True
+        elif ambiguous:  # a crash left it between "submitting" and an answer
             await self._prove_from_journal()
             found, known = await self._reconcile(business_id, time.monotonic())
             if found:
@@ -345,8 +354,10 @@ class Submitting:
                     found, _ = await self._reconcile(business_id, 0.0)
                     if found:
                         return await self._adopt(row, found, business_id)
-                    if exc.task_id:  # the refusal named the task our id already created
-                        return await self._adopt_id(row, exc.task_id, exc.request_id)
+                    if exc.task_id and (named := await self._named_task(exc.task_id)):
+                        return await self._adopt(row, named, business_id)
+                    # a task exists that we cannot name: never "created nothing"
+                    return await self._give_up_submit(row, exc, True, True)
                 return await self._give_up_submit(row, exc, maybe_sent, flagged)
             except Stopping:
                 return await self._unsent(row, "stopped before sending", maybe_sent, moved[0])
@@ -400,12 +411,19 @@ class Submitting:
         self.log(f"{row.job_id}: an earlier submit did land (task {task_id}); adopted it")
         await self.on_state(self._flight(row, task_id), found)
 
-    async def _adopt_id(self, row: JobRow, task_id: str, request_id: str | None) -> None:
-        """A 409 named the task an earlier POST of this job created: poll that one."""
-        self.journal.mark_running(row.job_id, task_id, request_id, adopted=True)
-        self._moved("submitting", "running")
-        self.log(f"{row.job_id}: an earlier submit did land (task {task_id}); adopted it")
-        self.schedule(self._flight(row, task_id), 0)
+    async def _named_task(self, task_id: str) -> TaskState | None:
+        """The task a 409 named, if a status call shows it exists and no other job holds it."""
+        if self.journal.task_owner(task_id) is not None:
+            return None
+        try:
+            state = await self._status_call(task_id)
+        except AuthError:
+            raise
+        except OmniBatchError:
+            return None
+        if state.task_id not in (None, task_id):
+            return None
+        return dataclasses.replace(state, task_id=task_id)
 
     async def _unsent(self, row: JobRow, reason: str, maybe_sent: bool, moved: bool) -> None:
         """The last POST was refused or never left. If an earlier one may have landed, the

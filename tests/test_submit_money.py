@@ -183,3 +183,35 @@ def test_a_lookup_that_answers_another_task_is_never_adopted(tmp_path):
     assert (rows[rows.attempts > 1].possible_duplicate.astype(bool)).all()
     events = (tmp_path / "out" / "events.jsonl").read_text()
     assert "answered a task of another id" in events
+
+
+def test_a_409_that_names_no_task_after_a_trusted_404_leaves_the_job_flagged(tmp_path):
+    # each task's first 3 lookups answer 404: the probe proves the lookup on its 4th try
+    # (lag ~1 s, so a 3 s grace); an ambiguous job's two lookups say 404, so it is resent
+    # under the same business id, and the 409 names no task. The task exists: flagged
+    with sim(
+        p_5xx_after_create=0.5, unknown_polls=3, duplicate_cbid="conflict_bare", gen_min=0.1
+    ) as server:
+        _, rows = run(tmp_path, server, "--reconcile", "--max-wait", "20")
+    conflicts = rows[rows.http_status == 409]
+    assert len(conflicts) > 0
+    assert conflicts.possible_duplicate.astype(bool).all()
+
+
+def test_a_409_naming_a_task_that_does_not_exist_is_not_adopted(tmp_path):
+    with sim(p_5xx_after_create=0.5, cbid="no_lookup", duplicate_cbid="conflict_bogus") as server:
+        _, rows = run(tmp_path, server, "--reconcile")
+    assert not rows.task_ids.fillna("").str.contains("bogus").any()
+    conflicts = rows[rows.http_status == 409]
+    assert len(conflicts) > 0 and conflicts.possible_duplicate.astype(bool).all()
+
+
+def test_retry_failed_never_resends_an_answer_without_a_task_id(tmp_path):
+    with sim(p_unrecognised=0.3) as server:
+        run(tmp_path, server, "--reconcile")
+        before = server.stats()["submits"]
+        _, rows = run(tmp_path, server, "--reconcile", "--retry-failed")
+        after = server.stats()["submits"]
+    odd = rows[rows.error_type == "unrecognised_answer"]
+    assert len(odd) > 0 and (odd.attempts == 1).all()
+    assert after == before  # nothing else had failed: nothing sent again

@@ -22,7 +22,7 @@ SubmitShape = Literal["object", "legacy", "mixed"]
 ResultShape = Literal["result", "url", "video_url", "mixed"]
 QueuedWord = Literal["queued", "submitted", "mixed"]
 ErrorCode = Literal["int", "string", "mixed"]
-DuplicateCbid = Literal["conflict", "existing"]
+DuplicateCbid = Literal["conflict", "existing", "conflict_bare", "conflict_bogus"]
 CbidSupport = Literal["on", "lookup_only", "no_lookup", "ignored", "wrong_task"]
 EchoJson = Literal["ascii", "utf8", "unicode"]
 VideoEncoding = Literal["identity", "gzip", "deflate"]
@@ -301,7 +301,8 @@ KNOB_HELP: Mapping[str, str] = {
     "result_shape": "where a completed task's link is: result.data[0].url, url, video_url, mixed",
     "queued_word": "status of a queued task: queued, submitted or mixed",
     "error_code": "error.code of error answers: int (the status), string or mixed",
-    "duplicate_cbid": "a reused client_business_id: conflict (409) or existing (the old task)",
+    "duplicate_cbid": "a reused client_business_id: conflict (409 naming the task), existing "
+    "(the old task), conflict_bare (409 naming none), conflict_bogus (409 naming a bogus id)",
     "clip_fps": "frames per second of the rendered test videos",
     "p_5xx_after_create": "chance a submit creates its task, then answers a 5xx anyway",
     "after_create_status": "that 5xx; 0 cycles 500 502 503 504 520 522 524",

@@ -371,10 +371,13 @@ class Simulator:
             existing = state.tasks[ks.cbids[cbid]]
             if cfg.duplicate_cbid == "existing":
                 return self._json(self._submitted(existing), token=key)
+            if cfg.duplicate_cbid == "conflict_bare":  # a 409 that names no task
+                raise _Reject(409, f"client_business_id {cbid!r} was already used")
+            named = "video_bogus" if cfg.duplicate_cbid == "conflict_bogus" else existing.id
             raise _Reject(
                 409,
-                f"client_business_id {cbid!r} was already used for task {existing.id}",
-                task_id=existing.id,
+                f"client_business_id {cbid!r} was already used for task {named}",
+                task_id=named,
             )
         r_down, r_after, r_shape = (self._money_rng.random() for _ in range(3))
         if r_down < cfg.p_limiter_down:
