@@ -191,3 +191,20 @@ def test_a_retired_job_in_flight_is_still_polled_and_downloaded(manifest, tmp_pa
     assert (out / gone.video_path).is_file()
     assert (rows.status == "completed").sum() == 6
     assert stats["submits"] == 7, stats  # the retired job was never sent again
+
+
+def test_a_retired_job_whose_task_timed_out_is_polled_again_for_its_video(manifest, tmp_path):
+    out = tmp_path / "out"
+    slow = (*QUICK, "--sim-set", "gen_min=1.5", "--sim-set", "gen_max=1.5", "--max-wait", "0.3")
+    first = run(manifest, out, "--only", "product=hat", quick=slow)
+    assert first.exit_code == 1, first.output
+    assert (report(out).error_type == "wait_timeout").sum() == 2
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(MANIFEST.replace("[shoe, bag, hat]", "[shoe, bag]"), encoding="utf-8")
+    second = run(edited, out)
+    assert second.exit_code == 0, second.output
+    rows = report(out)
+    retired = rows[rows.status == "retired"]
+    assert len(retired) == 2 and set(retired.state) == {"completed"}
+    assert all((out / p).is_file() for p in retired.video_path)
+    assert len(submits(out)) == 2 + 6, "polled again, never sent again"
