@@ -222,6 +222,22 @@ def _refuse_a_busy_folder(folder) -> None:
     help="Print one JSON object on stdout at the end (counts, exit reason and code, folder, "
     "report paths, spend) and nothing else there; the rest goes to stderr.",
 )
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Submit at most N new jobs this run (jobs resumed from an earlier run are always "
+    "finished); the rest stay pending for the next run in the same folder.",
+)
+@click.option(
+    "--only",
+    "only",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Run only the jobs whose template variable, tag, aspect_ratio or duration NAME is "
+    "VALUE (repeatable: every NAME must match, one NAME twice: either value); the rest stay "
+    "pending for the next run in the same folder.",
+)
 @MAX_JOBS_OPTION
 @reports_errors
 def run(manifest: str | None, simulate_profile: str | None, json_out: bool, **options) -> None:
@@ -232,22 +248,27 @@ def run(manifest: str | None, simulate_profile: str | None, json_out: bool, **op
     """
     manifest, simulate_profile = _manifest_and_profile(manifest, simulate_profile)
     where: dict = {"folder": None}  # the output folder, once the manifest has named it
+    sliced = options["limit"] is not None or bool(options["only"])
     try:
         report = _run(where, manifest, simulate_profile, json_out, **options)
     except OmniBatchError as exc:
         if json_out:
-            _print_json(where["folder"], None, exc, simulate_profile)
+            _print_json(where["folder"], None, exc, simulate_profile, sliced=sliced)
         raise
     if json_out:
-        _print_json(where["folder"], report, None, simulate_profile, declined=report is None)
-    if report is not None and (report["status"] != "completed").any():
+        _print_json(
+            where["folder"], report, None, simulate_profile, declined=report is None, sliced=sliced
+        )
+    from omni_batch.progress import unfinished
+
+    if report is not None and unfinished(report, sliced):
         sys.exit(1)
 
 
 def _run(
     where: dict, manifest: str, simulate_profile: str | None, json_out: bool, *,
     out, sim_settings, base_url, rate, max_in_flight, poll_interval, max_wait, max_video_mb,
-    retry_failed, reconcile, catalog, verify, yes, no_progress, max_jobs,
+    retry_failed, reconcile, catalog, verify, yes, no_progress, max_jobs, limit, only,
 ):  # fmt: skip
     """The run itself; returns the report, or None when the user declined."""
     settings: dict = {}
@@ -262,6 +283,9 @@ def _run(
     from omni_batch.plan import plan as make_plan
 
     result = make_plan(manifest, catalog, max_jobs=max_jobs)  # a bad manifest: before the rest
+    from omni_batch.slicing import parse_only
+
+    only_values = parse_only(only)
     import asyncio
     import os
 
@@ -284,9 +308,16 @@ def _run(
     folder = output_folder(result.manifest, out)
     where["folder"] = folder
     _refuse_a_busy_folder(folder)
+    sliced = None
+    if limit is not None or only_values:  # a NAME or VALUE that selects nothing: before the plan
+        from omni_batch.slicing import check as check_slice
+
+        sliced = check_slice(result.manifest, only_values, limit, folder)
     console = _console(err=json_out)  # with --json, stdout holds the JSON object alone
     err = _console(err=True)
     console.print(plan_summary(result, console.width, first=5))
+    if sliced is not None:
+        console.print(sliced.describe(only_values), highlight=False, soft_wrap=True)
     if poll_interval is not None:
         policy = policy.scaled(
             poll_interval=poll_interval, first_poll=min(policy.first_poll, poll_interval)
@@ -303,9 +334,11 @@ def _run(
     )
     if simulate_profile is None and not yes and sys.stdin.isatty():
         s = result.summary
+        what = f"{s.jobs:,} jobs ({s.video_seconds:,} s of video)"
+        if sliced is not None:
+            what = f"at most {sliced.to_submit:,} of the manifest's {s.jobs:,} jobs"
         if not click.confirm(
-            f"Submit {s.jobs:,} jobs ({s.video_seconds:,} s of video) to the API, "
-            f"output in {folder}?",
+            f"Submit {what} to the API, output in {folder}?",
             err=json_out,
         ):
             click.echo("nothing submitted", err=True)
@@ -313,7 +346,7 @@ def _run(
     options = RunOptions(
         out=folder, base_url=base_url, simulate=simulate_profile, simulator_settings=settings,
         rate=rate, max_in_flight=max_in_flight, policy=policy, retry_failed=retry_failed,
-        reconcile=reconcile, verify=verify,
+        reconcile=reconcile, verify=verify, limit=limit, only=only_values or None,
     )  # fmt: skip
     display = Progress(err, live=err.is_terminal and not no_progress)
 
@@ -335,6 +368,10 @@ def _run(
 
     console.print(final_table(report))
     console.print(summary_renderable(summary_tables(report), value_width=_value_width(console)))
+    from omni_batch.progress import LEFT_PENDING, left_pending
+
+    if left := left_pending(report, options.sliced):
+        console.print(LEFT_PENDING.format(n=left), highlight=False)
     console.print(
         f"gallery: {folder / 'gallery.html'}  report: {folder / 'report.csv'}  "
         f"videos: {folder / 'videos'}",
@@ -353,13 +390,17 @@ def _finish(folder, console) -> None:
         console.print(final_table(build_report(folder)))
 
 
-def _print_json(folder, report, error, profile, declined: bool = False) -> None:
+def _print_json(
+    folder, report, error, profile, declined: bool = False, sliced: bool = False
+) -> None:
     """`run --json`: how the run ended and what it left, one object on stdout."""
     import json
 
     from omni_batch.progress import run_summary
 
-    summary = run_summary(folder, report, error, simulated=profile, declined=declined)
+    summary = run_summary(
+        folder, report, error, simulated=profile, declined=declined, sliced=sliced
+    )
     click.echo(json.dumps(summary, ensure_ascii=False))
 
 
@@ -373,7 +414,7 @@ def status(folder: str) -> None:
 
     found = counts(folder)
     total = sum(found.values())
-    for state in ORDER:
+    for state in (*ORDER, "retired"):  # retired: no longer in the manifest, kept in the report
         click.echo(f"{state:<12}{found.get(state, 0):>8}")
     click.echo(f"{'total':<12}{total:>8}")
 

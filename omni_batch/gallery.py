@@ -110,11 +110,18 @@ def _videos(folder: Path, frame: pd.DataFrame) -> dict[str, str]:
     """Job id → video file, for the completed jobs whose video is there."""
     listed: dict[str, set[str]] = {}  # a listing per directory instead of a stat per video
     videos: dict[str, str] = {}
-    for job, status, path in zip(
-        _cells(frame["job_id"]), _cells(frame["status"]), _cells(frame["video_path"]), strict=True
+    # a retired job (no longer in the manifest) keeps its video: its state says completed
+    states = frame["state"] if "state" in frame else frame["status"]
+    for job, status, state, path in zip(
+        _cells(frame["job_id"]),
+        _cells(frame["status"]),
+        _cells(states),
+        _cells(frame["video_path"]),
+        strict=True,
     ):
         video = _video_file(folder, _text(path))
-        if status != "completed" or video is None:
+        done = status == "completed" or (status == "retired" and state == "completed")
+        if not done or video is None:
             continue
         directory, name = os.path.split(video)
         if directory not in listed:
@@ -197,7 +204,7 @@ def _tile(
     attrs += [f'data-t{i}="{_e(row.get(c))}"' for i, c in enumerate(tag_columns)]
     classes = f"tile s-{status_e}" + (" flagged" if flagged else "")
     video = videos.get(job)
-    if status == "completed" and video is not None:
+    if status in ("completed", "retired") and video is not None:
         # the poster is _poster_file(folder, job), under the folder by its name alone
         poster_attr = f' poster="{_e(_url(f"{POSTERS}/{job}.jpg"))}"' if job in posters else ""
         picture = (

@@ -78,6 +78,10 @@ _ADDED_COLUMNS = (
     ("task_status", "TEXT"), ("ev", "INTEGER NOT NULL DEFAULT 0"),
 )  # fmt: skip
 
+# a job that left the manifest is kept (in the report, as `retired`) when anything happened to
+# it: sent, or given a task; one never sent is simply dropped
+RETIRED_KEPT = "(state != 'pending' OR task_ids IS NOT NULL)"
+
 _JOB_COLUMNS = (
     "job_id, seq, body_hash, prompt_id, model, prompt, aspect_ratio, duration, resolution, "
     "repeat, tags, vars, source"
@@ -176,6 +180,13 @@ class Journal:
         # body hashes of the jobs handed out to be sent (a page, a queue: bounded), for the
         # `submitting` event: a rebuilt journal refuses a changed manifest as this one does
         self._bodies: dict[str, str] = {}
+        # the slice of the manifest this run submits (--only, --limit): see set_slice
+        self._slice_sql = ""
+        self._slice_params: tuple[Any, ...] = ()
+        self._slice_left: int | None = None  # new submits still allowed this run (None: any)
+        self.left_manifest = 0  # jobs that left the manifest at this sync (kept as retired)
+        self.left_in_flight = 0  # ... of them with a task to finish (running, downloading)
+        self.left_submitting = 0  # ... of them left mid-submit (not settled: see in_flight)
         top = self.db.execute("SELECT max(ev) FROM jobs").fetchone()[0] or 0
         self._n = max(top, self._replayed) + 1  # the next transition's counter
 
@@ -407,6 +418,15 @@ class Journal:
                 f"parameters; the manifest changed since this folder was run. Use a new --out "
                 f"folder, or restore the manifest"
             )
+        # jobs that leave the manifest now (their ids changed, e.g. a prompt edited) stay in
+        # the journal as retired (active = 0): never submitted again, kept in the report when
+        # anything happened to them; a task of theirs in flight is still finished (in_flight)
+        left = db.execute(
+            f"SELECT count(*), count(*) FILTER (WHERE state IN ('running', 'downloading')), "
+            f"count(*) FILTER (WHERE state = 'submitting') FROM jobs "
+            f"WHERE active = 1 AND {RETIRED_KEPT} AND job_id NOT IN (SELECT job_id FROM incoming)"
+        ).fetchone()
+        self.left_manifest, self.left_in_flight, self.left_submitting = left
         with db:
             db.execute("UPDATE jobs SET active = 0")
             # pending jobs simply take the manifest's current body; anything sent keeps its own
@@ -443,19 +463,68 @@ class Journal:
             expires_at=r[14], submitted_at=r[15], error_type=r[16],
         )  # fmt: skip
 
+    def set_slice(
+        self,
+        only: dict[str, list[str]] | None = None,
+        limit: int | None = None,
+        var_names: Iterable[str] = (),
+        tag_names: Iterable[str] = (),
+    ) -> None:
+        """Make pending_page hand out only the jobs that match ``only`` (NAME → values: a
+        template variable, a tag, aspect_ratio or duration; every NAME must match, any of its
+        values), and at most ``limit`` of them this run. Done in the query, on the vars/tags
+        JSON columns: nothing is held in memory."""
+        var_names, tag_names = set(var_names), set(tag_names)
+        clauses: list[str] = []
+        params: list[Any] = []
+        for name, values in (only or {}).items():
+            marks = ",".join("?" * len(values))
+            if name in ("aspect_ratio", "duration"):
+                clauses.append(f"CAST({name} AS TEXT) IN ({marks})")
+                params += values
+                continue
+            path = '$."' + name.replace('"', '""') + '"'  # names are identifiers anyway
+            either = []
+            for column, names in (("vars", var_names), ("tags", tag_names)):
+                if name in names or not (var_names or tag_names):
+                    either.append(f"json_extract({column}, ?) IN ({marks})")
+                    params += [path, *values]
+            clauses.append(f"({' OR '.join(either) or '0'})")
+        self._slice_sql = "".join(f" AND {c}" for c in clauses)
+        self._slice_params = tuple(params)
+        self._slice_left = limit
+
     def pending_page(self, after_seq: int, limit: int) -> list[JobRow]:
-        """The next pending jobs in manifest order: the engine reads work in pages."""
+        """The next pending jobs in manifest order: the engine reads work in pages. With a
+        slice (set_slice), only its jobs, and no more than its limit over the whole run."""
+        if self._slice_left is not None:
+            limit = min(limit, self._slice_left)
+            if limit <= 0:
+                return []
         rows = self.db.execute(
-            f"{self._ROW} WHERE active = 1 AND state = 'pending' AND seq > ? ORDER BY seq LIMIT ?",
-            (after_seq, limit),
+            f"{self._ROW} WHERE active = 1 AND state = 'pending' AND seq > ?{self._slice_sql} "
+            "ORDER BY seq LIMIT ?",
+            (after_seq, *self._slice_params, limit),
         ).fetchall()
+        if self._slice_left is not None:
+            self._slice_left -= len(rows)
         self._bodies.update((r[0], r[17]) for r in rows)
         return [self._row(r) for r in rows]
 
+    def pending_count(self) -> int:
+        """Jobs of the manifest still pending (after a sliced run: left for a later one)."""
+        return self.db.execute(
+            "SELECT count(*) FROM jobs WHERE active = 1 AND state = 'pending'"
+        ).fetchone()[0]
+
     def in_flight(self) -> Iterator[JobRow]:
-        """Jobs a previous run left with the API (or mid-submit), for resume."""
+        """Jobs a previous run left with the API (or mid-submit), for resume. A task of a job
+        that has since left the manifest (retired) is still polled and its video fetched: a
+        paid video is never abandoned. A retired job left mid-submit is not settled (that
+        could send it again): it stays `submitting` until its entry is back in the manifest."""
         cur = self.db.execute(
-            f"{self._ROW} WHERE active = 1 AND state IN ('submitting', 'running', 'downloading') "
+            f"{self._ROW} WHERE (active = 1 AND state IN ('submitting', 'running', 'downloading'))"
+            " OR (active = 0 AND state IN ('running', 'downloading') AND task_id IS NOT NULL) "
             "ORDER BY seq"
         )
         for r in cur:
@@ -480,9 +549,11 @@ class Journal:
         return (row[0], row[1]) if row else None
 
     def counts(self) -> dict[str, int]:
+        """Jobs per state: the manifest's, and retired ones still in flight (being finished)."""
         out = dict.fromkeys(STATES, 0)
         for state, n in self.db.execute(
-            "SELECT state, count(*) FROM jobs WHERE active = 1 GROUP BY state"
+            "SELECT state, count(*) FROM jobs WHERE active = 1 "
+            "OR (state IN ('running', 'downloading') AND task_id IS NOT NULL) GROUP BY state"
         ):
             out[state] = n
         return out
@@ -493,7 +564,9 @@ class Journal:
         back to polling that same task; only a task the API said failed (refunded) is left. With
         ``retry_failed``, jobs that never got a task, or whose task failed or is gone (404), go
         back to pending, to be sent as new tasks; their task ids stay in ``task_ids`` and a
-        ``possible_duplicate`` flag stays. Returns (re-polled, re-queued)."""
+        ``possible_duplicate`` flag stays. Jobs no longer in the manifest (retired) are polled
+        again too (a paid video is never abandoned), never sent again. Returns (re-polled,
+        re-queued)."""
         queued = 0
         with self._writing():
             if retry_failed:
@@ -517,8 +590,8 @@ class Journal:
             self._n += 1
             polled = self.db.execute(
                 "UPDATE jobs SET state = 'running', error_type = NULL, error_message = NULL, "
-                "http_status = NULL, updated_at = ?, ev = ? WHERE active = 1 AND state = 'failed' "
-                "AND task_id IS NOT NULL AND task_status IS NOT 'failed'",
+                "http_status = NULL, updated_at = ?, ev = ? WHERE state = 'failed' "
+                "AND task_id IS NOT NULL AND task_status IS NOT 'failed'",  # retired ones too
                 (time.time(), n_polled),
             ).rowcount
             if polled:

@@ -153,12 +153,29 @@ def _reason(error: BaseException) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", type(error).__name__).lower()
 
 
+LEFT_PENDING = "{n} jobs left pending for a later run (outside --limit/--only)"
+
+
+def left_pending(report: pd.DataFrame, sliced: bool) -> int:
+    """After a run of a slice (--limit/--only): the manifest's jobs it left pending."""
+    return int((report["status"] == "pending").sum()) if sliced else 0
+
+
+def unfinished(report: pd.DataFrame, sliced: bool = False) -> bool:
+    """Whether the run leaves a job of the manifest not completed (exit 1). Retired jobs (no
+    longer in the manifest) do not count, nor, after a sliced run, the jobs it left pending."""
+    status = report["status"]
+    ignored = status.eq("retired") | (status.eq("pending") if sliced else False)
+    return bool((status.ne("completed") & ~ignored).any())
+
+
 def run_summary(
     folder: Path | None,
     report: pd.DataFrame | None,
     error: OmniBatchError | None,
     simulated: str | None = None,
     declined: bool = False,
+    sliced: bool = False,
 ) -> dict[str, Any]:
     """What `run --json` prints: how the run ended and what the folder holds.
 
@@ -172,7 +189,7 @@ def run_summary(
     elif declined:
         code, reason = 0, "declined"
     else:
-        failed = report is not None and bool((report["status"] != "completed").any())
+        failed = report is not None and unfinished(report, sliced)
         code, reason = (1, "failed_jobs") if failed else (0, "completed")
     before_the_run = isinstance(error, (InputError, UsageError, StateError)) or declined
     if report is None and folder is not None and not before_the_run:
@@ -187,7 +204,9 @@ def run_summary(
         "folder": str(folder) if folder is not None else None,
         "simulated": simulated,
         "jobs": 0,
-        "counts": dict.fromkeys(ORDER, 0),
+        "counts": dict.fromkeys(ORDER, 0),  # the manifest's jobs per state
+        "retired": 0,  # jobs no longer in the manifest, kept in the report
+        "left_pending": 0,  # jobs a sliced run (--limit/--only) left for a later run
         "failures": {},
         "reports": {},
         "spend": {
@@ -202,8 +221,11 @@ def run_summary(
     if declined:
         out["message"] = "nothing submitted"
     if report is not None and len(report):
-        out["jobs"] = len(report)
-        for state, n in report["state"].value_counts().items():
+        retired = report["status"] == "retired"
+        out["jobs"] = int((~retired).sum())
+        out["retired"] = int(retired.sum())
+        out["left_pending"] = left_pending(report, sliced)
+        for state, n in report.loc[~retired, "state"].value_counts().items():
             out["counts"][str(state)] = int(n)
         failed = report[report["status"] == "failed"]
         kinds = failed["error_type"].fillna("unknown").astype(str).value_counts()

@@ -39,7 +39,17 @@ COLUMNS = [
     "verify_message", "video_width", "video_height", "video_duration_s", "source",
 ]  # fmt: skip
 SLICE_ROWS = 1000  # journal rows read, converted and written at a time (a Parquet row group)
-_RAW = [c for c in COLUMNS if c not in ("status", "latency_s")] + ["vars", "tags"]
+_RAW = [c for c in COLUMNS if c not in ("status", "latency_s")] + ["vars", "tags", "active"]
+RETIRED = "retired"  # the status of a job no longer in the manifest (kept: sent, or paid for)
+# the report's rows: the manifest's jobs in its order, then the retired ones (journal.RETIRED_KEPT)
+_ACTIVE = "active = 1"
+
+
+def _retired(sql: dict[str, str]) -> str:
+    """The retired rows (``sql``: see _selected; an older journal has no task_ids)."""
+    return f"active = 0 AND (state != 'pending' OR {sql['task_ids']} IS NOT NULL)"
+
+
 _TIMES = ("expires_at", "submitted_at", "completed_at")
 _FILES = ("report.csv", "report.parquet", "failures.csv")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -91,12 +101,13 @@ def _sample(column: str, sql: str) -> str:
 def _selected(db: sqlite3.Connection) -> dict[str, str]:
     """Report column → SQL; NULL for a column a journal of an older version does not have."""
     have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
-    return {c: c if c in have else "NULL" for c in _RAW}
+    return {c: c if c in have else "NULL" for c in _RAW}  # `active` is in every version
 
 
 def _shape(db: sqlite3.Connection, sql: dict[str, str]) -> _Shape:
     facts = ["count(*)", *(f"count({sql[c]})" for c in _RAW), *(_sample(c, sql[c]) for c in _RAW)]
-    row = db.execute(f"SELECT {', '.join(facts)} FROM jobs WHERE active = 1").fetchone()
+    rows_sql = f"({_ACTIVE}) OR ({_retired(sql)})"
+    row = db.execute(f"SELECT {', '.join(facts)} FROM jobs WHERE {rows_sql}").fetchone()
     rows, present, sample = row[0], row[1 : 1 + len(_RAW)], row[1 + len(_RAW) :]
     raw = pd.DataFrame.from_records([sample], columns=_RAW)  # pandas' own inference, per value
     dtypes: dict[str, Any] = {}
@@ -127,7 +138,7 @@ def _raw_frame(rows: list[tuple], shape: _Shape) -> pd.DataFrame:
 
 def _report_frame(frame: pd.DataFrame, shape: _Shape) -> pd.DataFrame:
     """Journal rows (as `_raw_frame`) → report rows."""
-    frame["status"] = frame["state"].map(STATUS)
+    frame["status"] = frame["state"].map(STATUS).where(frame["active"] != 0, RETIRED)
     frame["possible_duplicate"] = frame["possible_duplicate"].astype(bool)
     frame["latency_s"] = (frame["completed_at"] - frame["submitted_at"]).round(2)
     for column in _TIMES:
@@ -160,11 +171,14 @@ def _report_slices(folder: str | Path) -> Iterator[tuple[pd.DataFrame, _Shape]]:
         sql = _selected(db)
         shape = _shape(db, sql)
         columns = ", ".join(sql[c] for c in _RAW)
-        cursor = db.execute(f"SELECT {columns} FROM jobs WHERE active = 1 ORDER BY seq")
-        rows = cursor.fetchmany(SLICE_ROWS)
-        yield _report_frame(_raw_frame(rows, shape), shape), shape
-        while rows := cursor.fetchmany(SLICE_ROWS):
-            yield _report_frame(_raw_frame(rows, shape), shape), shape
+        first = True
+        for where in (_ACTIVE, _retired(sql)):
+            cursor = db.execute(f"SELECT {columns} FROM jobs WHERE {where} ORDER BY seq")
+            while (rows := cursor.fetchmany(SLICE_ROWS)) or first:
+                first = False  # at least one slice, maybe empty
+                yield _report_frame(_raw_frame(rows, shape), shape), shape
+                if not rows:
+                    break
     except sqlite3.Error as exc:
         raise StateError(f"{path}: cannot read the journal: {exc}") from None
     finally:
@@ -333,12 +347,16 @@ def refresh_reports(folder: str | Path) -> None:
 
 
 def counts(folder: str | Path) -> dict[str, int]:
-    """Jobs per journal state (pending, submitting, running, downloading, completed, failed)."""
+    """Jobs of the manifest per journal state (pending, submitting, running, downloading,
+    completed, failed), and ``retired``: jobs no longer in the manifest, kept in the report."""
     db = _connect(Path(folder))
     try:
         rows = db.execute(
             "SELECT state, count(*) FROM jobs WHERE active = 1 GROUP BY state"
         ).fetchall()
+        where = _retired(_selected(db))
+        retired = db.execute(f"SELECT count(*) FROM jobs WHERE {where}").fetchone()[0]
+        rows.append((RETIRED, retired))
     except sqlite3.Error as exc:
         path = Path(folder) / "journal.sqlite"
         raise StateError(f"{path}: cannot read the journal: {exc}") from None

@@ -13,7 +13,7 @@ import functools
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +33,8 @@ from omni_batch.manifest import Manifest, load_manifest
 from omni_batch.netguard import GuardedResolver, VideoGuard
 from omni_batch.policy import Policy
 from omni_batch.report import refresh_reports, write_reports
+from omni_batch.slicing import check as check_slice
+from omni_batch.slicing import normalise
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -61,6 +63,15 @@ class RunOptions:
     report_every: float = 30.0
     verify: bool = True  # decode every video and check it (and make its gallery poster)
     catalog: Catalog | str | Path | None = None
+    # a slice of the manifest (the rest stays pending for a later run in the same folder):
+    limit: int | None = None  # at most this many new submits this run (resumed jobs not counted)
+    # NAME → values (a template variable, a tag, aspect_ratio or duration): only the jobs that
+    # match every NAME (any of its values), e.g. {"product": ["shoe", "bag"]}
+    only: Mapping[str, Sequence[str] | str] | None = None
+
+    @property
+    def sliced(self) -> bool:
+        return self.limit is not None or bool(self.only)
 
 
 def output_folder(manifest: Manifest, out: str | Path | None) -> Path:
@@ -222,6 +233,10 @@ async def run_async(
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest, options.catalog)
     folder = output_folder(manifest, options.out)
+    if options.limit is not None and options.limit < 0:
+        raise UsageError(f"limit must be 0 or more, not {options.limit}")
+    if options.only:  # a NAME or VALUE that selects nothing: refused before anything runs
+        check_slice(manifest, normalise(options.only), options.limit, None)
     policy = options.policy or _default_policy(options)
     reconcile = options.reconcile if options.reconcile is not None else options.simulate is not None
     stop = stop or asyncio.Event()
@@ -250,6 +265,9 @@ async def _run(
             journal.set_meta("var_names", ",".join(manifest.var_names))
             journal.set_meta("tag_names", ",".join(manifest.tag_names))
             journal.sync(manifest.jobs())
+            journal.set_slice(
+                normalise(options.only), options.limit, manifest.var_names, manifest.tag_names
+            )
             repolled, requeued = journal.reopen(options.retry_failed)
             lost = journal.requeue_lost_videos()
             store = LocalStore(folder)
@@ -280,6 +298,8 @@ async def _run(
                 )
                 if journal.recovered:  # a journal rebuilt or caught up from events.jsonl
                     engine.log(journal.recovered)
+                if journal.left_manifest:
+                    engine.log(_left_message(journal))
                 if repolled or requeued or lost:
                     engine.log(
                         f"resume: {repolled} failed jobs' tasks polled again, "
@@ -318,6 +338,22 @@ async def _run(
         if engine.quota_hit is not None:
             raise engine.quota_hit
         return report
+
+
+def _left_message(journal: Journal) -> str:
+    n = journal.left_manifest
+    text = (
+        f"{n} job{'s are' if n != 1 else ' is'} no longer in the manifest: kept in the report "
+        "as retired"
+    )
+    if journal.left_in_flight:
+        text += f"; {journal.left_in_flight} with a task under way are still finished"
+    if journal.left_submitting:
+        text += (
+            f"; {journal.left_submitting} left mid-submit are not settled (that could send "
+            "them again): put their entries back in the manifest to settle them"
+        )
+    return text
 
 
 def run(

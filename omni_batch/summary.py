@@ -85,9 +85,12 @@ def summary_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     Columns: jobs, completed, failed, success_rate (completed / (completed + failed), NaN
     while none finished), latency_p50 and latency_p90 (seconds, completed jobs), retries
     (extra submit attempts summed: attempts - 1 per job), and verify_failed (completed jobs the
-    probe flagged) when the report has a ``verified`` column. Jobs with no value for a variable
+    probe flagged) when the report has a ``verified`` column. Retired jobs (no longer in
+    the manifest) are left out. Jobs with no value for a variable
     or tag (a prompt that does not use it) are left out of that table.
     """
+    if "status" in frame:  # jobs no longer in the manifest are not part of its summary
+        frame = frame[frame["status"].ne("retired")]
     work = _work(frame)
     tables = {OVERALL: _aggregate(work, pd.Series(OVERALL, index=frame.index, name=OVERALL))}
     for column in dimensions(frame):
