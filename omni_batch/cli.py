@@ -182,6 +182,13 @@ def _refuse_a_busy_folder(folder) -> None:
     + ", raised to twice the longest task --sim-set knobs allow].",
 )
 @click.option(
+    "--lookup-grace",
+    type=click.FloatRange(min=0),
+    help="Seconds a client_business_id lookup may lag behind a create: its 404 after an "
+    "ambiguous submit is believed only when asked again this long after the POST "
+    "[default: 10; 1 with --simulate default/fast/chaos].",
+)
+@click.option(
     "--max-video-mb",
     type=click.FloatRange(min=0, min_open=True),
     default=2048,
@@ -267,7 +274,8 @@ def run(manifest: str | None, simulate_profile: str | None, json_out: bool, **op
 
 def _run(
     where: dict, manifest: str, simulate_profile: str | None, json_out: bool, *,
-    out, sim_settings, base_url, rate, max_in_flight, poll_interval, max_wait, max_video_mb,
+    out, sim_settings, base_url, rate, max_in_flight, poll_interval, max_wait, lookup_grace,
+    max_video_mb,
     retry_failed, reconcile, catalog, verify, yes, no_progress, max_jobs, limit, only,
 ):  # fmt: skip
     """The run itself; returns the report, or None when the user declined."""
@@ -324,6 +332,8 @@ def _run(
         )
     if max_wait is not None:
         policy = policy.scaled(max_wait=max_wait)
+    if lookup_grace is not None:
+        policy = policy.scaled(lookup_grace=lookup_grace)
     policy = policy.scaled(max_download_bytes=int(max_video_mb * 1_000_000))
     console.print(
         f"polling: first after {policy.first_poll:g} s, then every {policy.poll_interval:g} s; "

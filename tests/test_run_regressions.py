@@ -102,7 +102,7 @@ def test_ambiguous_submits_with_failing_lookups_never_end_as_a_409_failure(tmp_p
     for seed in (1,):  # a seed that failed a job with 409 before the fix
         out = tmp_path / f"out{seed}"
         with sim(p_ambiguous=0.5, p_5xx=0.6, seed=seed) as server:
-            cli(server, manifest, out, "--reconcile")
+            cli(server, manifest, out, "--reconcile", "--lookup-grace", "0.5")
         rows = report(out)
         assert not (rows.http_status == 409).any(), rows[["job_id", "error_type", "error_message"]]
 

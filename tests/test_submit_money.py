@@ -38,7 +38,8 @@ def run(tmp_path: Path, server, *extra: str, jobs_manifest: str = MANIFEST):
     manifest.write_text(jobs_manifest, encoding="utf-8")
     out = tmp_path / "out"
     args = ["run", str(manifest), "--out", str(out), "--base-url", server.base_url, "--yes"]
-    args += ["--poll-interval", "0.2", "--rate", "200", "--no-progress", *extra]
+    args += ["--poll-interval", "0.2", "--rate", "200", "--no-progress", "--lookup-grace", "1"]
+    args += extra
     result = CliRunner(env={"TOAPIS_API_KEY": server.key}).invoke(main, args)
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert "Traceback" not in result.output
