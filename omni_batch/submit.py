@@ -333,6 +333,8 @@ class Submitting:
             except UnrecognisedAnswer as exc:
                 return await self._unrecognised(row, exc)
             except (Ambiguous, ServerError) as exc:
+                if exc.created_nothing:  # a 503 "limiter unavailable" on every retry
+                    return await self._give_up_submit(row, exc, maybe_sent, flagged)
                 # the task may exist (and be billed): look it up, or send again flagged
                 found, known = await self._reconcile(business_id, sent_at)
                 if found:

@@ -84,3 +84,14 @@ def sim_run() -> Callable[..., Any]:
         return asyncio.run(main())
 
     return run
+
+
+def shots_manifest(folder: Any, jobs: int, name: str = "shots.yaml") -> Any:
+    """A manifest of ``jobs`` one-line prompts `shot {n}` (ids `shot-{n}`), written in folder."""
+    path = folder / name
+    values = ",".join(str(i) for i in range(jobs))
+    path.write_text(
+        f"vars: {{n: [{values}]}}\nprompts:\n  - {{id: 'shot-{{n}}', prompt: 'shot {{n}}'}}\n",
+        encoding="utf-8",
+    )
+    return path

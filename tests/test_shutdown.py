@@ -28,6 +28,7 @@ import aiohttp
 import pytest
 
 from omni_batch.simulator import SimConfig, serve_in_thread
+from tests.conftest import shots_manifest
 
 WITHIN_S = 10.0  # the promise: a signal ends the run within this long
 OVERDUE = "still stopping"  # what the last-resort deadline says when it has to act
@@ -39,13 +40,7 @@ def sim(**knobs):
 
 
 def manifest(tmp_path: Path, jobs: int) -> Path:
-    path = tmp_path / "shots.yaml"
-    values = ",".join(str(i) for i in range(jobs))
-    path.write_text(
-        f"vars: {{n: [{values}]}}\nprompts:\n  - {{id: 'shot-{{n}}', prompt: 'shot {{n}}'}}\n",
-        encoding="utf-8",
-    )
-    return path
+    return shots_manifest(tmp_path, jobs)
 
 
 def start(

@@ -22,18 +22,13 @@ import pytest
 from omni_batch.simulator import SimConfig, start_simulator
 from omni_batch.simulator.saved import TASKS_FILE, SavedTasks
 from omni_batch.simulator.state import SimState
+from tests.conftest import shots_manifest
 
 JOBS = 8
 
 
 def manifest(tmp_path: Path) -> Path:
-    path = tmp_path / "m.yaml"
-    values = ",".join(str(i) for i in range(JOBS))
-    path.write_text(
-        f"vars: {{n: [{values}]}}\nprompts:\n  - {{id: 'shot-{{n}}', prompt: 'shot {{n}}'}}\n",
-        encoding="utf-8",
-    )
-    return path
+    return shots_manifest(tmp_path, JOBS, "m.yaml")
 
 
 def start(path: Path, out: Path, *extra: str) -> subprocess.Popen:

@@ -216,3 +216,14 @@ def test_retry_failed_never_resends_an_answer_without_a_task_id(tmp_path):
     odd = rows[rows.error_type == "unrecognised_answer"]
     assert len(odd) > 0 and (odd.attempts == 1).all()
     assert after == before  # nothing else had failed: nothing sent again
+
+
+def test_a_limiter_that_stays_down_fails_the_jobs_unflagged_with_nothing_created(tmp_path):
+    # every submit answers 503 rate_limit_unavailable: retried, then failed; nothing exists,
+    # so nothing is looked up, resent as ambiguous or flagged
+    with sim(p_limiter_down=1.0) as server:
+        _, rows = run(tmp_path, server, "--reconcile")
+        stats = server.stats()
+    assert stats["submits"] == 0 and set(rows.status) == {"failed"}
+    assert not rows.possible_duplicate.astype(bool).any()
+    assert (rows.attempts == 4).all()  # the first send and Policy.retries (3) more
