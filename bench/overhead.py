@@ -7,7 +7,7 @@ peak RSS; `floor.py` is the same HTTP work with nothing else.
     .venv/bin/python bench/overhead.py [--jobs 5000] [--in-flight 50] [--pyinstrument FILE]
 
 Policy: first_poll=0, poll_interval=0.05 (a task is done when created, so one poll finds it);
-RunOptions(rate=None): no client-side limit (Pressure learns one only from a 429).
+RunOptions(rate=math.inf): no client-side limit (a 429 would still teach one).
 For a profile of every thread, run this script under py-spy (see `profile_runner.py`).
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 from pathlib import Path
 
 from _support import (
@@ -60,7 +61,7 @@ def main() -> None:
             path = write_manifest(Path(tmp), args.jobs)
             options = RunOptions(
                 out=args.keep or Path(tmp) / "out", base_url=sim.base_url, api_key=sim.key,
-                rate=None, max_in_flight=args.in_flight, policy=policy,
+                rate=math.inf, max_in_flight=args.in_flight, policy=policy,
                 verify=not args.no_verify, report_every=args.report_every,
             )  # fmt: skip
             profiler = None

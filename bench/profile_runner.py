@@ -32,7 +32,7 @@ PHASES = (  # first match wins, checked against the whole stack
     ("engine: journal", ("omni_batch/journal.py",)),
     ("engine: submit", ("Engine.submit_job",)),
     ("engine: poll", ("Engine.poll",)),
-    ("engine: other", ("omni_batch/engine.py", "omni_batch/limiter.py")),
+    ("engine: other", ("omni_batch/engine.py", "omni_batch/budgets.py")),
     ("setup: manifest + journal", ("run_async",)),
     ("event loop / aiohttp (no omni_batch frame)", ("asyncio/", "aiohttp/")),
 )

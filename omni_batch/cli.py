@@ -154,11 +154,28 @@ def _refuse_a_busy_folder(folder) -> None:
     help="API root [default: $TOAPIS_BASE_URL, else https://toapis.com]; /v1 optional.",
 )
 @click.option(
+    "--tier",
+    type=click.Choice(["default", "vip", "svip"]),
+    default="default",
+    show_default=True,
+    help="The account's published rate limits: submits 5/16.7/33.3 per s, status calls "
+    "50/167/500 per s (the API's X-RateLimit-* headers, when sent, correct them).",
+)
+@click.option(
+    "--submit-rate",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Submits per second for the account [default: the tier's].",
+)
+@click.option(
+    "--query-rate",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Status calls and lookups per second for the account [default: the tier's].",
+)
+@click.option(
     "--rate",
     type=click.FloatRange(min=0, min_open=True),
-    default=10.0,
-    show_default=True,
-    help="Requests per second, for every API call of the key.",
+    help="One budget of R requests/s shared by every API call, for a gateway with a single "
+    "limit (replaces the tier's unless --submit-rate/--query-rate are given too).",
 )
 @click.option(
     "--max-in-flight",
@@ -274,8 +291,8 @@ def run(manifest: str | None, simulate_profile: str | None, json_out: bool, **op
 
 def _run(
     where: dict, manifest: str, simulate_profile: str | None, json_out: bool, *,
-    out, sim_settings, base_url, rate, max_in_flight, poll_interval, max_wait, lookup_grace,
-    max_video_mb,
+    out, sim_settings, base_url, tier, submit_rate, query_rate, rate, max_in_flight,
+    poll_interval, max_wait, lookup_grace, max_video_mb,
     retry_failed, reconcile, catalog, verify, yes, no_progress, max_jobs, limit, only,
 ):  # fmt: skip
     """The run itself; returns the report, or None when the user declined."""
@@ -355,14 +372,15 @@ def _run(
             return None
     options = RunOptions(
         out=folder, base_url=base_url, simulate=simulate_profile, simulator_settings=settings,
-        rate=rate, max_in_flight=max_in_flight, policy=policy, retry_failed=retry_failed,
+        tier=tier, submit_rate=submit_rate, query_rate=query_rate, rate=rate,
+        max_in_flight=max_in_flight, policy=policy, retry_failed=retry_failed,
         reconcile=reconcile, verify=verify, limit=limit, only=only_values or None,
     )  # fmt: skip
     display = Progress(err, live=err.is_terminal and not no_progress)
 
     async def main():
         def started(stats, engine):
-            display.start(stats, lambda: engine.pressure.effective_rate)
+            display.start(stats, engine.account.rate_line)
 
         try:
             return await run_async(result.manifest, options, on_start=started)

@@ -12,12 +12,14 @@ import json
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from omni_batch.budgets import QUERY, SUBMIT, RateHeaders, parse_rate_headers
 from omni_batch.errors import (
     Ambiguous,
     ApiError,
@@ -349,12 +351,16 @@ class ToapisClient:
         self._auth = {"Authorization": f"Bearer {api_key}"}
         self.redact = Redactor(api_key)  # every piece of server text passes through it
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 10.0))
+        # told the rate-limit headers of every answer: (category of the call, what they said)
+        self.on_limits: Callable[[str, RateHeaders], None] | None = None
 
     @property
     def root(self) -> str:
         return self._root
 
-    async def _call(self, method: str, url: str, payload: dict | None = None) -> tuple[Any, Any]:
+    async def _call(
+        self, method: str, url: str, payload: dict | None = None, *, category: str = QUERY
+    ) -> tuple[Any, Any]:
         try:
             async with self._session.request(
                 method,
@@ -376,6 +382,9 @@ class ToapisClient:
             ) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise Ambiguous(f"connection to {self._root} lost: {type(exc).__name__}") from None
+        limits = parse_rate_headers(headers)
+        if self.on_limits is not None and limits.any and status != 429:
+            self.on_limits(category, limits)
         text = raw[:MAX_BODY].decode("utf-8", "replace")
         try:
             body = json.loads(text) if text.strip() else None
@@ -387,7 +396,11 @@ class ToapisClient:
             text, body = self.redact.json_text(text, body)
         except RecursionError:  # nested too deep to walk: unusable anyway
             text, body = self.redact(text), None
-        _raise_for_status(status, headers, body, text)
+        try:
+            _raise_for_status(status, headers, body, text)
+        except RateLimited as exc:
+            exc.limits, exc.category = limits, limits.category or category
+            raise
         request_id = _request_id(headers, body)
         if len(raw) > MAX_BODY:
             raise BadResponse("answer larger than 1 MiB", status=status, request_id=request_id)
@@ -409,7 +422,9 @@ class ToapisClient:
         if client_business_id:
             payload["client_business_id"] = client_business_id
         try:
-            answer, request_id = await self._call("POST", self._root + GENERATIONS, payload)
+            answer, request_id = await self._call(
+                "POST", self._root + GENERATIONS, payload, category=SUBMIT
+            )
         except UnrecognisedAnswer:
             raise
         except BadResponse as exc:

@@ -13,6 +13,7 @@ import heapq
 import itertools
 import math
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+from omni_batch.budgets import QUERY, SUBMIT, Account, RateHeaders
 from omni_batch.client import TaskState, ToapisClient
 from omni_batch.download import (
     Downloaded,
@@ -31,7 +33,9 @@ from omni_batch.download import (
 )
 from omni_batch.errors import (
     ApiError,
+    ApiUnreachable,
     AuthError,
+    NotSent,
     OmniBatchError,
     QuotaError,
     RateLimited,
@@ -40,11 +44,16 @@ from omni_batch.errors import (
     TransportError,
 )
 from omni_batch.journal import DEFER_S, JobRow, Journal
-from omni_batch.limiter import Pressure
 from omni_batch.netguard import VideoGuard
 from omni_batch.policy import Policy, retried
 from omni_batch.submit import LookupProof, Stopping, Submitting
 from omni_batch.verify import probe
+
+# a 429 whose message speaks of tasks at once, not of requests per second
+CONCURRENCY_WORDS = re.compile(
+    r"concurren|in progress|in parallel|simultaneous|at once|running tasks|active tasks", re.I
+)
+CONCURRENCY_AFTER = 3  # bare submit 429s in a row, status calls fine: a concurrency limit
 
 T = TypeVar("T")
 
@@ -120,9 +129,10 @@ class Engine(Submitting):
         client: ToapisClient,
         session: aiohttp.ClientSession,
         store: LocalStore,
-        pressure: Pressure,
+        account: Account,
         policy: Policy,
         *,
+        max_in_flight: int = 50,
         reconcile: bool = False,
         verify: bool = True,
         submit_workers: int = 8,
@@ -131,13 +141,18 @@ class Engine(Submitting):
         rng: random.Random | None = None,
     ):
         self.journal, self.client, self.session, self.store = journal, client, session, store
-        self.pressure, self.policy, self.reconcile = pressure, policy, reconcile
+        self.account, self.policy, self.reconcile = account, policy, reconcile
         self.verify = verify  # decode every download (and make its poster) before completing
         # one thread decodes: probes queue behind each other instead of fighting over the GIL
         self.prober = ThreadPoolExecutor(1, thread_name_prefix="omni-batch-probe")
         self.rng = rng or random.Random()
         self.stats = RunStats(counts=journal.counts())
-        self.cap = pressure.max_in_flight
+        # the in-flight cap: lowered to what is running when the API says a key may run no
+        # more tasks at once (a concurrency 429), raised back as tasks finish
+        self.cap = self.cap_ceiling = max(1, max_in_flight)
+        self.cap_cut_at = -math.inf  # when a concurrency 429 last lowered it
+        self.submit_429s = 0  # submit 429s in a row (no accepted submit between)
+        self.query_ok_since_429 = False  # a status call succeeded since the first of them
         self.n_submit, self.n_poll, self.n_download = submit_workers, poll_workers, download_workers
         self.active = 0  # jobs between claim and terminal state
         self.claimed = 0  # submissions taken off the queue and not yet settled
@@ -183,6 +198,11 @@ class Engine(Submitting):
     async def _release(self) -> None:
         async with self.capacity:
             self.active -= 1
+            if (
+                self.cap < self.cap_ceiling
+                and time.monotonic() - self.cap_cut_at >= self.policy.cap_calm
+            ):
+                self.cap += 1  # a task finished and no concurrency 429 for a while: probe up
             self.capacity.notify()  # one slot freed: wake one waiting submit worker, not all
         self._check_idle()
 
@@ -195,6 +215,12 @@ class Engine(Submitting):
         heapq.heappush(self.heap, (time.monotonic() + max(0.0, jittered), next(self.order), flight))
         self.heap_changed.set()
 
+    def unreachable(self, exc: NotSent) -> ApiUnreachable:
+        return ApiUnreachable(
+            f"cannot reach the API at {self.client.root} ({exc.message}); stopped: no job "
+            "was lost, run the same command again when it is reachable"
+        )
+
     def _fail_fatal(self, exc: BaseException) -> None:
         if self.fatal is None:
             self.fatal = exc
@@ -202,39 +228,102 @@ class Engine(Submitting):
             self.halt.set()
             self.idle.set()
 
-    # -- calls under pressure -------------------------------------------------------------------
+    # -- calls under the account's budgets ------------------------------------------------------
     async def _pressured(self, call: Callable[[], Awaitable[T]], *, submit: bool = False) -> T:
-        """One API call under the shared rate; 429s pause everyone and are tried again."""
+        """One API call under its budget (submit or query: they never wait on each other);
+        429s pause that budget for everyone and the call is tried again. A submit 429 that is
+        the API's cap on tasks at once lowers the in-flight cap instead of the rate."""
+        category = SUBMIT if submit else QUERY
+        account = self.account
         last: RateLimited | None = None
         for _ in range(self.policy.max_rate_limited):
-            if submit and self.pressure.submit_ready() and not self.halt.is_set():
-                await self.pressure.submit_permit()  # free now: nothing to race against halt
+            if submit and account.ready(category) and not self.halt.is_set():
+                await account.acquire(category)  # free now: nothing to race against halt
             elif submit:
-                await self._unless_halted(self.pressure.submit_permit())
+                await self._unless_halted(account.acquire(category))
             else:
-                await self.pressure.poll_permit()
+                await account.acquire(category)
             try:
                 result = await call()
             except RateLimited as exc:
                 self.key_proven.set()
                 self.stats.rate_limited += 1
-                self._still_throttled(submit)
-                self.pressure.throttled(self._capped(exc.retry_after))
                 last = exc
+                if submit and self._concurrency_limited(exc):
+                    await self._wait_for_a_slot()
+                    continue
+                self._still_throttled(submit)
+                seen = exc.limits if exc.limits is not None else RateHeaders()
+                account.throttled(
+                    exc.category or category,
+                    self._capped(exc.retry_after),
+                    seen,
+                    self.policy.max_retry_after,
+                )
                 continue
             except (AuthError, QuotaError):
                 raise
             except ApiError:
-                self.key_proven.set()
-                self.throttled_since[submit] = None
-                self.pressure.succeeded()
+                self._answered(submit)
                 raise
-            self.key_proven.set()
-            self.throttled_since[submit] = None
-            self.pressure.succeeded()
+            self._answered(submit)
             return result
         assert last is not None
         raise last
+
+    def _answered(self, submit: bool) -> None:
+        self.key_proven.set()
+        self.throttled_since[submit] = None
+        self.account.succeeded(SUBMIT if submit else QUERY)
+        if submit:
+            self.submit_429s = 0
+        else:
+            self.query_ok_since_429 = True
+
+    def _concurrency_limited(self, exc: RateLimited) -> bool:
+        """Is this submit 429 the API's cap on unfinished tasks, not its rate? It says so
+        (a message about concurrent tasks), or its headers show the submit budget has room,
+        or submits keep answering 429 at a slowed rate while status calls succeed."""
+        seen = exc.limits
+        if seen is not None and seen.category == QUERY:
+            return False
+        if CONCURRENCY_WORDS.search(exc.message or ""):
+            return True
+        if seen is not None and seen.remaining is not None and seen.remaining >= 1:
+            return True
+        if self.submit_429s == 0:
+            self.query_ok_since_429 = False
+        self.submit_429s += 1
+        # refused again and again though each 429 paused and slowed the submits, while the
+        # status calls went through: not the rate
+        return (
+            self.submit_429s >= CONCURRENCY_AFTER
+            and self.query_ok_since_429
+            and self.active > 1
+            and (seen is None or seen.limit_per_min is None)
+        )
+
+    async def _wait_for_a_slot(self) -> None:
+        """A concurrency 429: the API runs as many of our tasks as it will. Lower the cap to
+        what is running (this submit's slot given back), undo any rate cut the same 429s
+        caused, and wait until a task finishes before sending again."""
+        self.submit_429s = 0
+        async with self.capacity:
+            self.active -= 1  # this job is not running: its slot goes back
+            running = max(1, self.active)
+            if running < self.cap:
+                self.log(
+                    f"the API refuses more tasks at once: in-flight cap {self.cap} -> {running} "
+                    "(raised again as tasks finish)"
+                )
+                self.cap = running
+            self.cap_cut_at = time.monotonic()
+            if self.account.submit is not None:
+                self.account.submit.restore()
+            await self.capacity.wait_for(lambda: self.active < self.cap or self.stopping)
+            self.active += 1
+        if self.stopping:
+            raise Stopping()
 
     def _capped(self, retry_after: float | None) -> float | None:
         """Retry-After, but never longer than the policy allows (logged when that bites)."""
@@ -346,6 +435,9 @@ class Engine(Submitting):
         except (ApiError, TransportError) as exc:
             if isinstance(exc, AuthError):
                 raise
+            if isinstance(exc, NotSent):  # no connection, after a few quick tries: stop
+                self._fail_fatal(self.unreachable(exc))
+                return
             self.log(f"{flight.job_id}: status call failed ({exc}); trying again later")
             return await self._next_poll(flight)
         await self.on_state(flight, state)

@@ -144,6 +144,8 @@ class RateLimited(ApiError):
     def __init__(self, message: str, *, retry_after: float | None = None, **kw):
         super().__init__(message, **kw)
         self.retry_after = retry_after
+        self.limits: Any = None  # budgets.RateHeaders: the answer's X-RateLimit-* headers
+        self.category: str | None = None  # the budget it names (async_submit / async_query)
 
 
 class ThrottledTooLong(OmniBatchError):
@@ -193,6 +195,13 @@ class ApiChanged(OmniBatchError):
     shape. Submitting stops; tasks in flight are finished."""
 
     exit_code = 1
+
+
+class ApiUnreachable(OmniBatchError):
+    """No connection to the API could be made (refused, DNS failure) after a few quick tries:
+    the run stops; nothing was sent for the jobs still pending, so they stay pending."""
+
+    exit_code = 6
 
 
 class TransportError(OmniBatchError):

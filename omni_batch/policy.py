@@ -57,6 +57,9 @@ class Policy:
     unrecognised_in_a_row: int = 3  # submit answers without a task id before the run stops
     max_retry_after: float = 60.0  # a longer Retry-After is cut to this (and logged)
     max_throttled_s: float = 600.0  # only 429s for this long, no other answer: the run stops
+    # after a concurrency 429 lowered the in-flight cap: how long without another before each
+    # finished task raises it by one again
+    cap_calm: float = 30.0
     download_retries: int = 3
     request_timeout: float = 30.0
     download_timeout: float = 300.0
@@ -94,6 +97,7 @@ FAST = Policy(
     lookup_grace=1.0,
     max_retry_after=2.0,
     max_throttled_s=5.0,
+    cap_calm=1.0,
 )
 """Timings for the embedded simulator, whose generations take about a second."""
 

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,8 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def summary_line(stats: RunStats, rate: float | None = None) -> str:
+def summary_line(stats: RunStats, rate: str | None = None) -> str:
+    """``rate``: the budgets' current rates, e.g. `submit 5.0/s · query 50.0/s`."""
     counts = stats.counts
     total = sum(counts.values())
     done = counts.get("completed", 0) + counts.get("failed", 0)
@@ -39,7 +41,7 @@ def summary_line(stats: RunStats, rate: float | None = None) -> str:
     left = total - done
     eta = _duration(left / per_min * 60) if per_min > 0 and left else "-"
     parts = [f"{name} {counts.get(name, 0)}" for name in ORDER if counts.get(name, 0)]
-    limit = f" | {rate:.1f} req/s" if rate else ""
+    limit = f" | {rate}" if rate else ""
     return (
         f"{done}/{total} done ({', '.join(parts)}) | {per_min:.1f} jobs/min | ETA {eta}{limit}"
         f" | 429s {stats.rate_limited}"
@@ -54,9 +56,9 @@ class Progress:
         self._task: asyncio.Task[None] | None = None
         self._stats: RunStats | None = None
         self._seen = 0  # messages printed so far (RunStats.logged counts them all)
-        self._rate = lambda: None
+        self._rate: Callable[[], str | None] = lambda: None
 
-    def start(self, stats: RunStats, rate=lambda: None) -> None:
+    def start(self, stats: RunStats, rate: Callable[[], str | None] = lambda: None) -> None:
         self._stats, self._rate = stats, rate
         self._task = asyncio.create_task(self._live() if self.live else self._lines())
 

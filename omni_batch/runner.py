@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 
+from omni_batch.budgets import DEFAULT_TIER, Account, Rates
 from omni_batch.catalog import Catalog
 from omni_batch.client import DEFAULT_BASE_URL, ToapisClient
 from omni_batch.download import LocalStore
@@ -28,7 +29,6 @@ from omni_batch.engine import CANCEL_WITHIN_S, Engine, RunStats, cancel_and_wait
 from omni_batch.errors import Interrupted, OmniBatchError, OutputError, UsageError
 from omni_batch.gallery import write_gallery
 from omni_batch.journal import Journal
-from omni_batch.limiter import Pressure
 from omni_batch.manifest import Manifest, load_manifest
 from omni_batch.netguard import GuardedResolver, VideoGuard
 from omni_batch.policy import Policy
@@ -55,7 +55,14 @@ class RunOptions:
     api_key: str | None = None  # default: $TOAPIS_API_KEY
     simulate: str | None = None  # a simulator profile: run against the embedded simulator
     simulator_settings: dict[str, Any] = field(default_factory=dict)
-    rate: float | None = 10.0  # requests per second for every API call of the key
+    # Rate budgets of the account, requests per second (issue #14): by default the published
+    # limits of `tier` (submit 5/s, status calls 50/s on the default tier), corrected by the
+    # API's own X-RateLimit-* headers. `rate`: one budget shared by every call (a gateway with
+    # a single limit); it replaces the tier's unless submit_rate / query_rate are given too.
+    tier: str = DEFAULT_TIER
+    submit_rate: float | None = None
+    query_rate: float | None = None
+    rate: float | None = None
     max_in_flight: int = 50
     policy: Policy | None = None  # default: documented timings, or the simulator profile's
     retry_failed: bool = False
@@ -72,6 +79,19 @@ class RunOptions:
     @property
     def sliced(self) -> bool:
         return self.limit is not None or bool(self.only)
+
+
+def _rates(options: RunOptions) -> Rates:
+    from omni_batch.budgets import TIERS
+
+    if options.tier not in TIERS:
+        raise UsageError(f"tier: {options.tier!r} is not one of {', '.join(TIERS)}")
+    return Rates(
+        submit=options.submit_rate,
+        query=options.query_rate,
+        shared=options.rate,
+        tier=options.tier,
+    )
 
 
 def output_folder(manifest: Manifest, out: str | Path | None) -> Path:
@@ -281,18 +301,22 @@ async def _run(
             async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
                 client = ToapisClient(session, base_url, key, timeout=policy.request_timeout)
                 engine: Engine | None = None
-                pressure = Pressure(
-                    options.rate,
-                    options.max_in_flight,
+                account = Account(
+                    "account",
+                    _rates(options),
                     on_change=lambda m: engine and engine.log(m),
+                )
+                client.on_limits = functools.partial(
+                    account.observe, max_pause=policy.max_retry_after
                 )
                 engine = Engine(
                     journal,
                     client,
                     session,
                     store,
-                    pressure,
+                    account,
                     policy,
+                    max_in_flight=options.max_in_flight,
                     reconcile=reconcile,
                     verify=options.verify,
                 )

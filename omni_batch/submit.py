@@ -23,6 +23,7 @@ from omni_batch.errors import (
     ApiError,
     AuthError,
     BadResponse,
+    NotSent,
     OmniBatchError,
     QuotaError,
     RequestRejected,
@@ -369,6 +370,10 @@ class Submitting:
             except QuotaError as exc:
                 self._close_submissions(exc)
                 return await self._unsent(row, "quota exhausted", maybe_sent, moved[0])
+            except NotSent as exc:  # no connection after a few quick tries: the run stops
+                await self._unsent(row, "API unreachable", maybe_sent, moved[0])
+                self._fail_fatal(self.unreachable(exc))
+                return None
             except (ApiError, TransportError) as exc:
                 return await self._give_up_submit(row, exc, maybe_sent, flagged)
             self.unrecognised_streak = 0

@@ -275,11 +275,11 @@ def test_a_full_disk_mid_run_ends_it_with_a_one_line_error_and_the_journal_intac
 def test_the_poll_dispatcher_ends_when_cancelled_as_a_poll_is_scheduled(tmp_path, turns):
     # the race that hung shutdown on CPython 3.11: a poll is scheduled (waking the dispatcher)
     # and the dispatcher is cancelled before it runs again; `turns` loop turns apart
+    from omni_batch.budgets import Account, Rates
     from omni_batch.client import ToapisClient
     from omni_batch.download import LocalStore
     from omni_batch.engine import Engine, Flight
     from omni_batch.journal import Journal
-    from omni_batch.limiter import Pressure
     from omni_batch.policy import FAST
 
     async def main() -> bool:
@@ -288,7 +288,7 @@ def test_the_poll_dispatcher_ends_when_cancelled_as_a_poll_is_scheduled(tmp_path
             async with aiohttp.ClientSession() as session:
                 client = ToapisClient(session, "http://127.0.0.1:9", "sk-test")
                 engine = Engine(
-                    journal, client, session, LocalStore(tmp_path), Pressure(None, 4), FAST
+                    journal, client, session, LocalStore(tmp_path), Account("a", Rates()), FAST
                 )
                 flight = Flight("job", "task", deadline=time.monotonic() + 60)
                 engine.schedule(flight, 30)  # due later: the dispatcher sleeps until then
