@@ -104,6 +104,7 @@ class Spend:
         self.to_submit = Estimate()  # the jobs this run may still submit
         self.held: dict[str, float] = {}  # job → cost, while its task may still be refunded
         self.reserved: dict[str, float] = {}  # job → cost, between claim and its task id
+        self.stopped = False  # a submit did not fit under max_cost: no more are sent
 
     def cost(self, body: Mapping[str, Any]) -> float | None:
         price = price_of(self.table, body["model"], body["resolution"])
@@ -133,10 +134,9 @@ class Spend:
         refused under a max_cost: nothing can show it fits."""
         cost = self.cost(body)
         if self.max_cost is not None:
-            if cost is None:
-                return False
             committed = self.spent_usd + sum(self.reserved.values())
-            if committed + cost > self.max_cost + 1e-9:
+            if self.stopped or cost is None or committed + cost > self.max_cost + 1e-9:
+                self.stopped = True
                 return False
         self.reserved[job_id] = cost or 0.0
         return True
@@ -178,7 +178,8 @@ class Spend:
     def over_budget(self) -> BudgetReached:
         return BudgetReached(
             f"budget.max_cost {usd(self.max_cost)}: the next submit would take the spend "
-            f"(now {usd(self.spent_usd)}) over it; submitting stopped, the rest stays pending"
+            f"(now {usd(self.spent_usd + sum(self.reserved.values()))}) over it; submitting "
+            "stopped, the rest stays pending"
         )
 
 

@@ -247,7 +247,7 @@ class Submitting:
         """Reads pending jobs in pages and hands them to the submit workers."""
         after = -1
         try:
-            while not self.halt.is_set():
+            while not self.halt.is_set() and not (self.spend and self.spend.stopped):
                 page = self.journal.pending_page(after, PAGE)
                 if not page:
                     break
@@ -269,7 +269,9 @@ class Submitting:
                     continue  # still pending (or still `submitting`) in the journal
                 spend = self.spend  # budget.max_cost: stop before a submit could cross it
                 if not ambiguous and spend is not None and not spend.allows(row.job_id, row.body):
-                    self._close_submissions(spend.over_budget())
+                    if self.quota_hit is None:  # submits already allowed still go
+                        self.quota_hit = spend.over_budget()
+                        self.log(f"{self.quota_hit}; finishing {self.active} in flight")
                     continue  # still pending
                 async with self.capacity:
                     await self.capacity.wait_for(lambda: self.active < self.cap or self.stopping)
