@@ -521,6 +521,16 @@ class Journal:
             (*self._slice_params, limit),
         )
 
+    def pending_groups(self) -> Iterator[tuple[str, str, int, int]]:
+        """pending_variants counted: (model, resolution, duration, jobs)."""
+        limit = -1 if self._slice_left is None else max(self._slice_left, 0)
+        yield from self.db.execute(
+            "SELECT model, resolution, duration, count(*) FROM (SELECT model, resolution, "
+            f"duration FROM jobs WHERE active = 1 AND state = 'pending'{self._slice_sql} "
+            "ORDER BY seq LIMIT ?) GROUP BY model, resolution, duration",
+            (*self._slice_params, limit),
+        )
+
     def limit_slice(self, limit: int) -> None:
         """Submit at most ``limit`` more jobs this run (``--allow-partial``: what the balance
         pays for); a lower limit already set stays."""

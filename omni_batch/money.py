@@ -67,14 +67,15 @@ class Estimate:
     unpriced_models: set[str] = field(default_factory=set)
     models: set[str] = field(default_factory=set)
 
-    def add(self, model: str, cost: float | None) -> None:
-        self.jobs += 1
+    def add(self, model: str, cost: float | None, jobs: int = 1) -> None:
+        """``jobs`` jobs of ``model`` costing ``cost`` each (None: unknown)."""
+        self.jobs += jobs
         self.models.add(model)
         if cost is None:
-            self.unpriced += 1
+            self.unpriced += jobs
             self.unpriced_models.add(model)
         else:
-            self.cost_usd += cost
+            self.cost_usd += cost * jobs
 
     def text(self) -> str:
         """ "$4.32" / "$4.32 + 3 jobs of unknown price (veo3.1-fast)" / "price unknown"."""
@@ -122,7 +123,7 @@ class Spend:
             if state in ("submitting", "running", "downloading"):
                 spend.held[job_id] = cost
         spend.at_start = spend.spent_usd
-        spend.to_submit = estimate(journal.pending_variants(), table)
+        spend.to_submit = estimate(journal.pending_groups(), table)
         return spend
 
     @property
@@ -183,11 +184,12 @@ class Spend:
         )
 
 
-def estimate(variants: Iterable[tuple[str, str, int]], table: PriceTable) -> Estimate:
+def estimate(groups: Iterable[tuple[str, str, int, int]], table: PriceTable) -> Estimate:
+    """The cost of (model, resolution, duration, jobs) groups (journal.pending_groups)."""
     out = Estimate()
-    for model, resolution, duration in variants:
+    for model, resolution, duration, jobs in groups:
         price = price_of(table, model, resolution)
-        out.add(model, None if price is None else price * duration)
+        out.add(model, None if price is None else price * duration, jobs)
     return out
 
 
@@ -225,7 +227,7 @@ async def preflight(
     pay for the jobs still to submit (InsufficientBalance, exit 4), or with ``allow_partial``
     limit the run to what it pays for. An endpoint the API does not have (404), or that fails,
     skips its check with a note; a refused key (401) ends the run as any call would."""
-    found = Preflight(estimate=estimate(journal.pending_variants(), table))
+    found = Preflight(estimate=estimate(journal.pending_groups(), table))
     todo = found.estimate
     if not todo.jobs:
         return found

@@ -236,3 +236,25 @@ def test_submitting_stops_before_max_cost_would_be_crossed(manifest, tmp_path):
     rows = pd.read_csv(out / "report.csv")
     assert (rows.status == "completed").sum() == 2 and (rows.status == "pending").sum() == 4
     assert rows.cost_usd.sum() == pytest.approx(2 * JOB_USD)
+
+
+def test_the_progress_line_shows_spent_and_projected():
+    from omni_batch.engine import RunStats
+    from omni_batch.money import Spend, estimate
+    from omni_batch.progress import summary_line
+
+    spend = Spend({"gemini_omni": PRICE}, max_cost=3.0)
+    spend.to_submit = estimate([("gemini_omni", "720P", 6, 4)], spend.table)
+    body = {"model": "gemini_omni", "resolution": "720P", "duration": 6}
+    stats = RunStats(counts={"pending": 4}, spend=spend)
+    assert summary_line(stats).endswith("| spent $0.00, projected $2.88 (max $3.00)")
+    for job in ("a", "b"):
+        assert spend.allows(job, body)
+        spend.billed(job, body)
+    spend.refunded("b")  # its generation failed
+    assert summary_line(stats).endswith("| spent $0.72, projected $2.16 (max $3.00)")
+    # $0.72 spent; c, d, e reserved: $2.88; f would make $3.60 > $3.00
+    assert all(spend.allows(job, body) for job in "cde")
+    assert not spend.allows("f", body)
+    cheap = {**body, "duration": 1}
+    assert not spend.allows("g", cheap)  # once stopped, nothing more is sent
