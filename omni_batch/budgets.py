@@ -216,7 +216,11 @@ class Budget:
                         f"rate {was} -> {rate:.2f}/s"
                     )
         if seen.remaining is not None and seen.remaining < 1 and seen.reset_in:
-            self._pause(min(seen.reset_in, max_pause))
+            # nothing left: the next token comes in one interval (a token bucket, whose Reset
+            # says when it is full again) or at the reset (a fixed window, whose 429 then
+            # says so): wait the shorter, and let a 429's Retry-After tell the rest
+            interval = 1 / self.rate if self.rate else seen.reset_in
+            self._pause(min(seen.reset_in, interval, max_pause))
 
     def throttled(self, retry_after: float | None, seen: RateHeaders, max_pause: float) -> float:
         """A 429 for this budget: pause every caller; without published limits, also lower

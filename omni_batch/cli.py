@@ -262,13 +262,25 @@ def _refuse_a_busy_folder(folder) -> None:
     "VALUE (repeatable: every NAME must match, one NAME twice: either value); the rest stay "
     "pending for the next run in the same folder.",
 )
+@click.option(
+    "--allow-partial",
+    is_flag=True,
+    help="When the balance cannot pay for every job to submit, run the jobs it pays for (in "
+    "manifest order) instead of refusing; the rest stay pending.",
+)
+@click.option(
+    "--no-preflight",
+    is_flag=True,
+    help="Skip the balance and model-list checks before the first submit.",
+)
 @MAX_JOBS_OPTION
 @reports_errors
 def run(manifest: str | None, simulate_profile: str | None, json_out: bool, **options) -> None:
     """Submit every job of MANIFEST, poll, download the videos and write the report.
 
     Exit 0 when every job completed, 1 when some failed, 2 on bad input, 3 when the API key is
-    refused, 4 when the quota ran out, 130 when interrupted (run again to resume).
+    refused, 4 when the money ran out (a 402, a balance too short for the jobs, or
+    budget.max_cost reached), 130 when interrupted (run again to resume).
     """
     manifest, simulate_profile = _manifest_and_profile(manifest, simulate_profile)
     where: dict = {"folder": None}  # the output folder, once the manifest has named it
@@ -294,6 +306,7 @@ def _run(
     out, sim_settings, base_url, tier, submit_rate, query_rate, rate, max_in_flight,
     poll_interval, max_wait, lookup_grace, max_video_mb,
     retry_failed, reconcile, catalog, verify, yes, no_progress, max_jobs, limit, only,
+    allow_partial, no_preflight,
 ):  # fmt: skip
     """The run itself; returns the report, or None when the user declined."""
     settings: dict = {}
@@ -375,6 +388,7 @@ def _run(
         tier=tier, submit_rate=submit_rate, query_rate=query_rate, rate=rate,
         max_in_flight=max_in_flight, policy=policy, retry_failed=retry_failed,
         reconcile=reconcile, verify=verify, limit=limit, only=only_values or None,
+        allow_partial=allow_partial, preflight=not no_preflight,
     )  # fmt: skip
     display = Progress(err, live=err.is_terminal and not no_progress)
 

@@ -511,6 +511,40 @@ class Journal:
         self._bodies.update((r[0], r[17]) for r in rows)
         return [self._row(r) for r in rows]
 
+    def pending_variants(self) -> Iterator[tuple[str, str, int]]:
+        """(model, resolution, duration) of the jobs this run may still submit, in the order
+        pending_page hands them out (its slice and limit): what preflight prices (issue #15)."""
+        limit = -1 if self._slice_left is None else max(self._slice_left, 0)
+        yield from self.db.execute(
+            "SELECT model, resolution, duration FROM jobs WHERE active = 1 AND state = "
+            f"'pending'{self._slice_sql} ORDER BY seq LIMIT ?",
+            (*self._slice_params, limit),
+        )
+
+    def pending_groups(self) -> Iterator[tuple[str, str, int, int]]:
+        """pending_variants counted: (model, resolution, duration, jobs)."""
+        limit = -1 if self._slice_left is None else max(self._slice_left, 0)
+        yield from self.db.execute(
+            "SELECT model, resolution, duration, count(*) FROM (SELECT model, resolution, "
+            f"duration FROM jobs WHERE active = 1 AND state = 'pending'{self._slice_sql} "
+            "ORDER BY seq LIMIT ?) GROUP BY model, resolution, duration",
+            (*self._slice_params, limit),
+        )
+
+    def limit_slice(self, limit: int) -> None:
+        """Submit at most ``limit`` more jobs this run (``--allow-partial``: what the balance
+        pays for); a lower limit already set stays."""
+        if self._slice_left is None or limit < self._slice_left:
+            self._slice_left = limit
+
+    def billed_variants(self) -> Iterator[tuple[str, str, str, str, int]]:
+        """(job_id, state, model, resolution, duration) of every job holding a task the API
+        did not say failed (a failed generation is refunded): what it has been billed for."""
+        yield from self.db.execute(
+            "SELECT job_id, state, model, resolution, duration FROM jobs "
+            "WHERE task_id IS NOT NULL AND task_status IS NOT 'failed'"
+        )
+
     def pending_count(self) -> int:
         """Jobs of the manifest still pending (after a sliced run: left for a later one)."""
         return self.db.execute(

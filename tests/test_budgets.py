@@ -168,15 +168,17 @@ def test_a_published_limit_replaces_the_tier_but_never_raises_an_explicit_rate()
     assert explicit.rate == 1.0  # lower than asked: the server's limit wins
 
 
-def test_nothing_remaining_pauses_until_the_reset():
-    async def main() -> float:
+def test_nothing_remaining_waits_one_interval_or_the_reset_whichever_is_sooner():
+    async def main(limit: float, reset: float) -> float:
         budget = Budget("query", 100.0)
-        budget.observe(RateHeaders(limit_per_min=6000, remaining=0, reset_in=0.3), max_pause=60)
+        await budget.acquire()
+        budget.observe(RateHeaders(limit_per_min=limit, remaining=0, reset_in=reset), 60)
         start = time.monotonic()
         await budget.acquire()
         return time.monotonic() - start
 
-    assert 0.25 <= asyncio.run(main()) < 0.6
+    # a token bucket of 2/s, full again in 5 s: the next token is 0.5 s away, not 5 s
+    assert 0.45 <= asyncio.run(main(120, 5.0)) < 0.7
 
 
 def test_a_429_without_headers_pauses_and_cuts_once_per_storm_and_calm_restores():

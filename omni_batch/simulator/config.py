@@ -140,6 +140,14 @@ class SimConfig:
     concurrency_says: bool = True  # the max_active 429 names concurrent tasks (else: a rate 429)
     gen_spread: GenSpread = "uniform"
     progress_noise: float = 0.0  # status progress = true fraction +- this (0..1), monotone
+    # issue #15 spend: billing. A task costs the catalog's usd_per_second x credits_per_usd
+    # credits per second of video (a model without a price costs nothing here), taken when it
+    # is created and given back when its generation fails; a submit the balance cannot pay
+    # answers 402 insufficient_quota. None: an unlimited balance.
+    balance_credits: float | None = None
+    credits_per_usd: float = 200.0
+    balance_endpoint: bool = True  # GET /v1/balance and /v1/user/balance (off: 404)
+    models_endpoint: bool = True  # GET /v1/models (off: 404)
 
     def __post_init__(self) -> None:
         problem = _problem(self)
@@ -226,6 +234,10 @@ def _problem(c: SimConfig) -> str | None:
     nonneg = ("latency", "slow_delay", "storm_s", "link_ttl", "cbid_lag", "submit_answer_delay")
     if c.burst < 1 or c.retry_after < 1 or c.clip_fps < 1 or any(getattr(c, n) < 0 for n in nonneg):
         return "burst, retry_after and clip_fps must be >= 1; times must be >= 0"
+    if c.balance_credits is not None and not c.balance_credits >= 0:
+        return "balance_credits must be 0 or more, or none"
+    if not c.credits_per_usd > 0:
+        return "credits_per_usd must be more than 0"
     return _hostile_problem(c) or _rate_problem(c)
 
 
@@ -406,6 +418,13 @@ KNOB_HELP: Mapping[str, str] = {
     "around their geometric mean x duration/6 s, clipped to gen_min..gen_max",
     "progress_noise": "status progress = true fraction +- this (0..1); never decreases, never "
     "100 before done",
+    "balance_credits": "the account's balance in credits; a submit it cannot pay answers 402, "
+    "a failed generation is refunded (none: unlimited)",
+    "credits_per_usd": "credits per US dollar: a task costs the catalog's usd_per_second x this "
+    "per second of video",
+    "balance_endpoint": "GET /v1/balance and /v1/user/balance answer (false: 404, as an API "
+    "without them)",
+    "models_endpoint": "GET /v1/models answers (false: 404, as an API without it)",
 }
 
 

@@ -43,6 +43,9 @@ from omni_batch.simulator.state import (
 
 SUBMIT_PATH = "/v1/videos/generations"
 STATS_PATH = "/_sim/stats"
+BALANCE_PATH = "/v1/balance"  # the key's (issue #15)
+USER_BALANCE_PATH = "/v1/user/balance"  # the account's
+MODELS_PATH = "/v1/models"
 
 # Which budget each API route spends (issue #14): (method, route as registered) → category.
 # A route not listed is a query (a GET of some account resource). Add new routes here.
@@ -82,6 +85,12 @@ _STRING_CODES = {
 
 
 _AFTER_CREATE = (500, 502, 503, 504, 520, 522, 524)
+
+
+def fields_resolution(body: dict[str, Any], rules: Any) -> str:
+    """The resolution a body asks for, the model's default when it names none."""
+    value = body.get("resolution", rules.defaults.get("resolution"))
+    return value if isinstance(value, str) else ""
 
 
 class _Reject(Exception):
@@ -195,6 +204,9 @@ class Simulator:
         api.router.add_post(SUBMIT_PATH, self._submit)
         api.router.add_get(SUBMIT_PATH + "/{task_id}", self._status)
         api.router.add_get(STATS_PATH, self._stats)
+        api.router.add_get(BALANCE_PATH, self._balance)
+        api.router.add_get(USER_BALANCE_PATH, self._balance)
+        api.router.add_get(MODELS_PATH, self._models)
         cdn = self._cdn.app()
         # the ports a previous simulator on this folder handed out links for, when free
         before = None
@@ -509,6 +521,16 @@ class Simulator:
         if cfg.quota_after is not None and ks.created >= cfg.quota_after:
             raise _Reject(402, "insufficient quota: top up your balance to create more tasks")
         now = state.clock()
+        duration = body.get("duration", rules.defaults.get("duration"))
+        credits = self.credits_for(model, fields_resolution(body, rules), duration)
+        left = state.credits_left(now)
+        if left is not None and credits > left + 1e-9:
+            state.counts["balance_refused"] += 1
+            raise _Reject(
+                402,
+                f"insufficient balance: this task costs {credits:g} credits, "
+                f"{max(left, 0):g} remain; top up to create more tasks",
+            )
         if cfg.max_active is not None and account.active_count(now) >= cfg.max_active:
             state.counts["limited_active"] += 1
             call = _CALL.get()
@@ -532,7 +554,9 @@ class Simulator:
         }
         fields = {k: sys.intern(v) if isinstance(v, str) else v for k, v in fields.items()}
         try:
-            task = state.create(key, body, {**fields, "client_business_id": cbid}, now)
+            task = state.create(
+                key, body, {**fields, "client_business_id": cbid, "credits": credits}, now
+            )
         except OSError as exc:  # the state folder cannot be written: no task was made
             raise _Reject(500, f"simulator: cannot save its state: {exc}") from None
         if ambiguous:
@@ -644,6 +668,52 @@ class Simulator:
             elif url is not None:
                 out[task.result_shape] = url
         return out
+
+    # -- money (issue #15) ---------------------------------------------------------------------
+
+    def credits_for(self, model: str, resolution: str, duration: Any) -> float:
+        """Credits a task costs: the catalog's USD per second x credits_per_usd x seconds (a
+        model or resolution without a price costs nothing here)."""
+        rules = self.catalog.get(model)
+        price = rules.price(resolution) if rules is not None else None
+        if price is None or not isinstance(duration, int):
+            return 0.0
+        return round(price * self.config.credits_per_usd * duration, 6)
+
+    async def _balance(self, request: web.Request) -> web.StreamResponse:
+        """GET /v1/balance (the key's use) and /v1/user/balance (the account's)."""
+        key, _ = await self._gate(request)
+        if not self.config.balance_endpoint:
+            raise _Reject(404, f"{request.path} not found")
+        cfg, state = self.config, self.state
+        now = state.clock()
+        per_usd = cfg.credits_per_usd
+        mine = request.path == BALANCE_PATH
+        used = state.credits_used(key if mine else None, now)
+        left = state.credits_left(now)
+        data = {
+            "remain_credits": round(left, 6) if left is not None else 0,
+            "used_credits": round(used, 6),
+            "credits_per_usd": per_usd,
+            "remain_balance": round(left / per_usd, 6) if left is not None else 0,
+            "used_balance": round(used / per_usd, 6),
+            "unlimited_quota": left is None,
+        }
+        state.counts["balance_requests"] += 1
+        return self._json({"success": True, "data": data}, token=key)
+
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        """GET /v1/models?type=video: the models this key may use (no prices)."""
+        key, _ = await self._gate(request)
+        if not self.config.models_endpoint:
+            raise _Reject(404, f"{request.path} not found")
+        self.state.counts["model_requests"] += 1
+        data = [
+            {"id": name, "object": "model", "type": "video", "owned_by": "toapis"}
+            for name in self.catalog.models
+            if name not in self.config.blocked_models
+        ]
+        return self._json({"object": "list", "data": data}, token=key)
 
     async def _stats(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(self.state.stats())

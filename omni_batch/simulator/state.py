@@ -92,6 +92,7 @@ class Task:
         "answers",
         "cbid",
         "created",
+        "credits",
         "done",
         "duration",
         "expiry",
@@ -132,6 +133,7 @@ class Task:
         self.misses = 0  # status calls answered 404 (SimConfig.unknown_polls)
         self.answers = 0  # completed answers given (no_url_answers, stale_link_answers)
         self.shown = 0  # the highest progress a status answer gave (progress_noise)
+        self.credits = float(fields.get("credits") or 0.0)  # what it was charged (issue #15)
 
     _SAVED = (
         "id", "model", "ratio", "duration", "resolution", "cbid", "created", "started", "done",
@@ -142,6 +144,7 @@ class Task:
         """What a restarted simulator needs to know this task again (the key as a digest)."""
         out = {name: getattr(self, name) for name in self._SAVED}
         out["key"] = key_digest(self.key)
+        out["credits"] = self.credits
         return out
 
     @classmethod
@@ -153,6 +156,7 @@ class Task:
         task.polls = 0
         task.terminal_seen = False
         task.misses = task.answers = task.shown = 0  # per-process counters start again
+        task.credits = float(record.get("credits") or 0.0)  # older lines: not charged
         return task
 
     def status(self, now: float) -> str:
@@ -337,6 +341,11 @@ class SimState:
         self.polls_max = 0
         self.max_body_submits = 0
         self.restored = 0  # tasks loaded from ``saved``
+        # billing (issue #15): credits taken at create, given back when a generation fails
+        self.credits_charged = 0.0
+        self.credits_refunded = 0.0
+        self.key_credits: Counter[str] = Counter()  # key → credits used (net of refunds)
+        self._refunds: list[tuple[float, int, str, float]] = []  # (when, n, key, credits)
         self.saved = saved
         if saved is not None:
             self._load(saved)
@@ -392,6 +401,36 @@ class SimState:
             account.cbids[task.cbid] = task.id
         ks.bodies[digest] += 1
         self.max_body_submits = max(self.max_body_submits, ks.bodies[digest])
+        self._charge(task)
+
+    def _charge(self, task: Task) -> None:
+        if not task.credits:
+            return
+        self.credits_charged += task.credits
+        self.key_credits[task.key] += task.credits
+        if task.failed:  # refunded when the generation fails (settle)
+            heapq.heappush(self._refunds, (task.done, len(self._refunds), task.key, task.credits))
+
+    def settle(self, now: float | None = None) -> None:
+        """Give back the credits of generations that have failed by ``now``."""
+        now = self.clock() if now is None else now
+        while self._refunds and self._refunds[0][0] <= now:
+            _, _, key, credits = heapq.heappop(self._refunds)
+            self.credits_refunded += credits
+            self.key_credits[key] -= credits
+
+    def credits_used(self, key: str | None = None, now: float | None = None) -> float:
+        """Credits spent (charged minus refunded) by ``key``, or by the whole account."""
+        self.settle(now)
+        if key is not None:
+            return self.key_credits[key]
+        return self.credits_charged - self.credits_refunded
+
+    def credits_left(self, now: float | None = None) -> float | None:
+        """The account's balance in credits; None when it is unlimited."""
+        if self.config.balance_credits is None:
+            return None
+        return self.config.balance_credits - self.credits_used(now=now)
 
     def new_link(self, task: Task, expiry: float) -> None:
         """A poll after expiry handed out a fresh link (kept, so a restart honours it)."""
@@ -470,6 +509,12 @@ class SimState:
             "limited_forced": c["limited_forced"],
             "early_after_429": c["early_after_429"],
             "download_bytes": c["download_bytes"],
+            # billing (issue #15): net of refunds for failed generations
+            "credits_used": round(self.credits_used(now=now), 6),
+            "credits_charged": round(self.credits_charged, 6),
+            "credits_refunded": round(self.credits_refunded, 6),
+            "credits_left": self.credits_left(now),
+            "credits_per_usd": self.config.credits_per_usd,
         }
         for status in (400, 401, 402, 404, 409, 429):
             out[f"status_{status}"] = c[f"status_{status}"]
