@@ -39,6 +39,8 @@ MAX_BACKOFF = 30.0
 # Pace a little under the rate: a server with no burst allowance refuses a request that
 # arrives a millisecond early, and arrival gaps jitter by a few milliseconds.
 MARGIN = 0.03
+MARGIN_STEP = 0.03  # a lone 429 at the rate: the arrival jitter is larger; widen the margin
+MAX_MARGIN = 0.15
 
 
 class Pacer(AsyncLimiter):
@@ -235,14 +237,25 @@ class Budget:
         pause = min(max_pause, told) if told is not None else backoff
         if seen.limit_per_min is not None:
             self.observe(seen, max_pause)
-        elif now - self._last_429 > 0.5 or self._streak == 1:  # one cut per storm of 429s
-            if self.rate is None:
-                self.rate = 10.0
-            old = self.effective_rate
+        elif self.rate is None:  # no rate known: start from 10/s, then as below
+            self.rate = 10.0
+            self._retune()
+        elif now - self._last_429 >= self.calm_after and self.margin < MAX_MARGIN:
+            # a lone 429 while pacing at the rate: the server saw two requests closer than we
+            # sent them (jitter on the way, or our loop held up): pace a little further under
+            old = self.margin
+            self.margin = min(MAX_MARGIN, self.margin + MARGIN_STEP)
+            self._retune()
+            self._on_change(
+                f"429 from the API: pausing {pause:.1f} s, pacing {self.name} "
+                f"{100 * self.margin:.0f}% under {self.rate:.2f}/s (was {100 * old:.0f}%)"
+            )
+        else:  # 429s again soon after the last pause: the limit is lower than this rate
+            old_rate = self.effective_rate
             self.factor = max(MIN_FACTOR, self.factor * DECREASE)
             self._retune()
             self._on_change(
-                f"429 from the API: pausing {pause:.1f} s, rate {old:.2f} -> "
+                f"429 from the API: pausing {pause:.1f} s, rate {old_rate:.2f} -> "
                 f"{self.effective_rate:.2f}/s"
             )
         self._pause(pause)

@@ -88,6 +88,20 @@ class RunOptions:
         return self.limit is not None or bool(self.only)
 
 
+class _PacedQueries:
+    """The client's model-list and balance calls under the account's query budget (429s
+    honoured, as for every other call), for the preflight and the balance after the run."""
+
+    def __init__(self, engine: Engine):
+        self._engine = engine
+
+    async def models(self) -> list[str]:
+        return await self._engine._pressured(self._engine.client.models)
+
+    async def balance(self, account: bool = False) -> Any:
+        return await self._engine._pressured(lambda: self._engine.client.balance(account=account))
+
+
 def _rates(options: RunOptions) -> Rates:
     from omni_batch.budgets import TIERS
 
@@ -310,18 +324,6 @@ async def _run(
                 table = price_table(manifest.catalog)
                 journal.set_meta(PRICES_META, json.dumps(table))  # what the report prices by
                 notes: list[str] = []
-                checked = Preflight()
-                if _preflight_wanted(options):
-                    try:
-                        checked = await preflight(
-                            client,
-                            journal,
-                            table,
-                            allow_partial=options.allow_partial,
-                            say=notes.append,
-                        )
-                    except OmniBatchError as exc:  # nothing was sent; the reports are written
-                        ended = exc
                 engine: Engine | None = None
                 account = Account(
                     "account",
@@ -342,6 +344,19 @@ async def _run(
                     reconcile=reconcile,
                     verify=options.verify,
                 )
+                paced = _PacedQueries(engine)  # the preflight's calls, under the budget
+                checked = Preflight()
+                if _preflight_wanted(options):
+                    try:
+                        checked = await preflight(
+                            paced,  # type: ignore[arg-type]
+                            journal,
+                            table,
+                            allow_partial=options.allow_partial,
+                            say=notes.append,
+                        )
+                    except OmniBatchError as exc:  # nothing was sent; the reports are written
+                        ended = exc
                 if journal.recovered:  # a journal rebuilt or caught up from events.jsonl
                     engine.log(journal.recovered)
                 if journal.left_manifest:
@@ -364,7 +379,12 @@ async def _run(
                         await engine.run(stop)
                         if checked.balance is not None and not stop.is_set():
                             here = spend.spent_usd - spend.at_start
-                            await balance_after(client, checked, here, engine.log)
+                            await balance_after(
+                                paced,  # type: ignore[arg-type]
+                                checked,
+                                here,
+                                engine.log,
+                            )
                 except OmniBatchError as exc:
                     ended = exc  # the journal is consistent; still write what it holds
                 except OSError as exc:  # e.g. the disk filled up under us

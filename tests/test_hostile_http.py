@@ -223,7 +223,8 @@ def test_no_form_of_an_echoed_key_reaches_any_output(tmp_path, key, places, enco
     knobs = {"keys": (key,), "echo_key": tuple(places.split(",")), "echo_json": encoding}
     # seed 0: of the 6 tasks created, 2 fail (with the key in their message) and 4 complete
     with sim(seed=0, p_fail=0.4, blocked_models=("veo3.1-fast",), **knobs) as server:
-        child = run_child(*run_args(manifest, out, server), key=key)
+        # --no-preflight: the blocked model must reach the submit path (a 403 that echoes)
+        child = run_child(*run_args(manifest, out, server, "--no-preflight"), key=key)
         stats = server.stats()
     assert child.code == 1, child.stderr
     rows = report(out)
