@@ -145,7 +145,7 @@ def run_scenario(name: str, jobs: int) -> dict[str, Any]:
             "limited": numbers.get("limited"),
             "max_per_1s": numbers.get("max_per_1s"),
         }
-        for category, numbers in account.get("categories", account).items()
+        for category, numbers in account.items()
         if isinstance(numbers, dict) and "accepted" in numbers
     }
     result = {

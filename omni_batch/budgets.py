@@ -41,6 +41,7 @@ MAX_BACKOFF = 30.0
 MARGIN = 0.03
 MARGIN_STEP = 0.03  # a lone 429 at the rate: the arrival jitter is larger; widen the margin
 MAX_MARGIN = 0.15
+MARGIN_CALM = 60.0  # seconds without a 429 before the margin narrows a step again
 
 
 class Pacer(AsyncLimiter):
@@ -236,20 +237,22 @@ class Budget:
         told = retry_after if retry_after is not None else seen.reset_in
         pause = min(max_pause, told) if told is not None else backoff
         if seen.limit_per_min is not None:
-            self.observe(seen, max_pause)
+            self.observe(seen, max_pause)  # the published rate: no cut, only the margin below
+        if seen.limit_per_min is not None or now - self._last_429 >= self.calm_after:
+            if self.margin < MAX_MARGIN:
+                # a lone 429 while pacing at the rate: the server saw two requests closer than
+                # we sent them (jitter on the way, our loop held up): pace a little further under
+                old = self.margin
+                self.margin = min(MAX_MARGIN, self.margin + MARGIN_STEP)
+                self._retune()
+                self._on_change(
+                    f"429 from the API: pausing {pause:.1f} s, pacing {self.name} "
+                    f"{100 * self.margin:.0f}% under {self.effective_rate or 0:.2f}/s "
+                    f"(was {100 * old:.0f}%)"
+                )
         elif self.rate is None:  # no rate known: start from 10/s, then as below
             self.rate = 10.0
             self._retune()
-        elif now - self._last_429 >= self.calm_after and self.margin < MAX_MARGIN:
-            # a lone 429 while pacing at the rate: the server saw two requests closer than we
-            # sent them (jitter on the way, or our loop held up): pace a little further under
-            old = self.margin
-            self.margin = min(MAX_MARGIN, self.margin + MARGIN_STEP)
-            self._retune()
-            self._on_change(
-                f"429 from the API: pausing {pause:.1f} s, pacing {self.name} "
-                f"{100 * self.margin:.0f}% under {self.rate:.2f}/s (was {100 * old:.0f}%)"
-            )
         else:  # 429s again soon after the last pause: the limit is lower than this rate
             old_rate = self.effective_rate
             self.factor = max(MIN_FACTOR, self.factor * DECREASE)
@@ -274,9 +277,17 @@ class Budget:
     def succeeded(self) -> None:
         """A non-429 answer: after a calm period, raise a lowered rate again, step by step."""
         self._streak = 0
+        now = time.monotonic()
+        if (
+            self.margin > MARGIN
+            and now - self._last_429 >= MARGIN_CALM
+            and (now - self._last_raise >= MARGIN_CALM)
+        ):  # a long calm: pace closer to the rate again, one step at a time
+            self.margin = max(MARGIN, self.margin - MARGIN_STEP)
+            self._last_raise = now
+            self._retune()
         if self.factor >= 1.0:
             return
-        now = time.monotonic()
         if now - self._last_429 < self.calm_after or now - self._last_raise < self.calm_after:
             return
         old = self.effective_rate

@@ -7,6 +7,7 @@ Holds only in-flight jobs in memory; every state change goes through the journal
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import heapq
@@ -53,7 +54,10 @@ from omni_batch.verify import probe
 CONCURRENCY_WORDS = re.compile(
     r"concurren|in progress|in parallel|simultaneous|at once|running tasks|active tasks", re.I
 )
-CONCURRENCY_AFTER = 3  # bare submit 429s in a row, status calls fine: a concurrency limit
+# a bare submit 429 (no message, no headers) is read as the cap on tasks at once when the
+# submits accepted in the last CONCURRENCY_WINDOW s were under CONCURRENCY_SHARE of the rate
+CONCURRENCY_WINDOW = 3.0
+CONCURRENCY_SHARE = 0.3
 
 T = TypeVar("T")
 
@@ -152,8 +156,10 @@ class Engine(Submitting):
         # more tasks at once (a concurrency 429), raised back as tasks finish
         self.cap = self.cap_ceiling = max(1, max_in_flight)
         self.cap_cut_at = -math.inf  # when a concurrency 429 last lowered it
-        self.submit_429s = 0  # submit 429s in a row (no accepted submit between)
-        self.query_ok_since_429 = False  # a status call succeeded since the first of them
+        # accepted submits of the last CONCURRENCY_WINDOW s (bounded: the oldest drop off)
+        self.accepted: collections.deque[float] = collections.deque()
+        self.first_submit_at: float | None = None
+        self.last_query_ok = -math.inf
         self.n_submit, self.n_poll, self.n_download = submit_workers, poll_workers, download_workers
         self.active = 0  # jobs between claim and terminal state
         self.claimed = 0  # submissions taken off the queue and not yet settled
@@ -277,15 +283,20 @@ class Engine(Submitting):
         self.key_proven.set()
         self.throttled_since[submit] = None
         self.account.succeeded(SUBMIT if submit else QUERY)
-        if submit:
-            self.submit_429s = 0
-        else:
-            self.query_ok_since_429 = True
+        now = time.monotonic()
+        if not submit:
+            self.last_query_ok = now
+            return
+        if self.first_submit_at is None:
+            self.first_submit_at = now
+        self.accepted.append(now)
+        while self.accepted and self.accepted[0] < now - CONCURRENCY_WINDOW:
+            self.accepted.popleft()
 
     def _concurrency_limited(self, exc: RateLimited) -> bool:
         """Is this submit 429 the API's cap on unfinished tasks, not its rate? It says so
         (a message about concurrent tasks), or its headers show the submit budget has room,
-        or submits keep answering 429 at a slowed rate while status calls succeed."""
+        or it comes while submits go far slower than the rate and status calls succeed."""
         seen = exc.limits
         if seen is not None and seen.category == QUERY:
             return False
@@ -293,23 +304,25 @@ class Engine(Submitting):
             return True
         if seen is not None and seen.remaining is not None and seen.remaining >= 1:
             return True
-        if self.submit_429s == 0:
-            self.query_ok_since_429 = False
-        self.submit_429s += 1
-        # refused again and again though each 429 paused and slowed the submits, while the
-        # status calls went through: not the rate
-        return (
-            self.submit_429s >= CONCURRENCY_AFTER
-            and self.query_ok_since_429
-            and self.active > 1
-            and (seen is None or seen.limit_per_min is None)
-        )
+        if seen is not None and seen.limit_per_min is not None:
+            return False  # the budget is published: its Remaining said above
+        # submits well under the rate were accepted lately, tasks are running and status
+        # calls go through: a refusal now is about tasks at once, not requests per second
+        budget = self.account.submit
+        rate = budget.effective_rate if budget is not None else None
+        now = time.monotonic()
+        if rate is None or self.first_submit_at is None or self.active <= 1:
+            return False
+        while self.accepted and self.accepted[0] < now - CONCURRENCY_WINDOW:
+            self.accepted.popleft()
+        span = min(CONCURRENCY_WINDOW, now - self.first_submit_at)
+        slow = len(self.accepted) < CONCURRENCY_SHARE * rate * span
+        return span >= 1.0 and slow and now - self.last_query_ok < CONCURRENCY_WINDOW
 
     async def _wait_for_a_slot(self) -> None:
         """A concurrency 429: the API runs as many of our tasks as it will. Lower the cap to
         what is running (this submit's slot given back), undo any rate cut the same 429s
         caused, and wait until a task finishes before sending again."""
-        self.submit_429s = 0
         async with self.capacity:
             self.active -= 1  # this job is not running: its slot goes back
             running = max(1, self.active)
