@@ -380,7 +380,7 @@ def _run(
 
     async def main():
         def started(stats, engine):
-            display.start(stats, engine.account.rate_line)
+            display.start(stats, engine.rate_line)
 
         try:
             return await run_async(result.manifest, options, on_start=started)
