@@ -141,7 +141,8 @@ class AccountRun:
         self.name = name
         self.budgets = budgets
         self.clients = clients
-        self._turn = itertools.cycle(clients)
+        # keys used in turn, submits and queries each on their own turn (so both spread)
+        self._turns = {True: itertools.cycle(clients), False: itertools.cycle(clients)}
         # the in-flight cap: lowered to what is running when the API says the account may run
         # no more tasks at once (a concurrency 429), raised back as tasks finish
         self.cap = self.cap_ceiling = max(1, ceiling)
@@ -158,8 +159,8 @@ class AccountRun:
         self.key_proven = asyncio.Event()
         self.probe = asyncio.Lock()
 
-    def client(self) -> ToapisClient:
-        return next(self._turn)
+    def client(self, submit: bool = False) -> ToapisClient:
+        return next(self._turns[submit])
 
     @property
     def can_submit(self) -> bool:

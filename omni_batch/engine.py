@@ -347,7 +347,7 @@ class Engine(Submitting):
             else:
                 await account.acquire(category)
             try:
-                result = await call(acct.client())
+                result = await call(acct.client(submit))
             except RateLimited as exc:
                 acct.key_proven.set()
                 self.stats.rate_limited += 1

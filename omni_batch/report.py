@@ -36,7 +36,7 @@ COLUMNS = [
     "status", "state", "task_id", "task_ids", "attempts", "polls", "http_status", "error_type",
     "error_message", "request_id", "video_url", "expires_at", "video_path", "bytes",
     "submitted_at", "completed_at", "latency_s", "possible_duplicate", "verified",
-    "verify_message", "video_width", "video_height", "video_duration_s", "source",
+    "verify_message", "video_width", "video_height", "video_duration_s", "source", "account",
 ]  # fmt: skip
 SLICE_ROWS = 1000  # journal rows read, converted and written at a time (a Parquet row group)
 _RAW = [c for c in COLUMNS if c not in ("status", "latency_s")] + ["vars", "tags", "active"]
