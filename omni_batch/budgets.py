@@ -100,6 +100,12 @@ class Pacer(AsyncLimiter):
             return math.inf
         return max(0.0, (self._level + 1 - self.max_rate) / self._rate_per_sec)
 
+    def backlog_in(self, ahead: int) -> float:
+        """Seconds until ``ahead`` more acquisitions would all have passed (waiters already
+        queued here are the caller's to count in ``ahead``): how busy the bucket is."""
+        self._settle()
+        return max(0.0, (self._level + ahead - self.max_rate) / self._rate_per_sec)
+
 
 @dataclass(frozen=True, slots=True)
 class RateHeaders:

@@ -154,6 +154,13 @@ def _refuse_a_busy_folder(folder) -> None:
     help="API root [default: $TOAPIS_BASE_URL, else https://toapis.com]; /v1 optional.",
 )
 @click.option(
+    "--keys-file",
+    type=click.Path(path_type=str),
+    help="API keys of several accounts, one `KEY` or `ACCOUNT=KEY` a line (# comments); "
+    "keys of one ACCOUNT share its rate limits [default: $TOAPIS_API_KEYS, comma-separated, "
+    "else $TOAPIS_API_KEY].",
+)
+@click.option(
     "--tier",
     type=click.Choice(["default", "vip", "svip"]),
     default="default",
@@ -303,7 +310,7 @@ def run(manifest: str | None, simulate_profile: str | None, json_out: bool, **op
 
 def _run(
     where: dict, manifest: str, simulate_profile: str | None, json_out: bool, *,
-    out, sim_settings, base_url, tier, submit_rate, query_rate, rate, max_in_flight,
+    out, sim_settings, base_url, keys_file, tier, submit_rate, query_rate, rate, max_in_flight,
     poll_interval, max_wait, lookup_grace, max_video_mb,
     retry_failed, reconcile, catalog, verify, yes, no_progress, max_jobs, limit, only,
     allow_partial, no_preflight,
@@ -333,6 +340,14 @@ def _run(
     from omni_batch.progress import Progress, final_table
     from omni_batch.runner import BASE_URL_ENV, RunOptions, output_folder, run_async
 
+    if keys_file is not None:  # a bad keys file: one line per problem, exit 2, before the rest
+        from omni_batch.accounts import parse_keys_file
+
+        parse_keys_file(keys_file)
+    elif simulate_profile is None and (keys_env := os.environ.get("TOAPIS_API_KEYS", "").strip()):
+        from omni_batch.accounts import parse_keys_env
+
+        parse_keys_env(keys_env)
     if base_url is not None:  # a URL that cannot be the API root: one line, exit 2
         check_base_url(base_url)
     elif simulate_profile is None and (from_env := os.environ.get(BASE_URL_ENV, "").strip()):
@@ -385,7 +400,7 @@ def _run(
             return None
     options = RunOptions(
         out=folder, base_url=base_url, simulate=simulate_profile, simulator_settings=settings,
-        tier=tier, submit_rate=submit_rate, query_rate=query_rate, rate=rate,
+        keys_file=keys_file, tier=tier, submit_rate=submit_rate, query_rate=query_rate, rate=rate,
         max_in_flight=max_in_flight, policy=policy, retry_failed=retry_failed,
         reconcile=reconcile, verify=verify, limit=limit, only=only_values or None,
         allow_partial=allow_partial, preflight=not no_preflight,
@@ -394,7 +409,7 @@ def _run(
 
     async def main():
         def started(stats, engine):
-            display.start(stats, engine.account.rate_line)
+            display.start(stats, engine.rate_line)
 
         try:
             return await run_async(result.manifest, options, on_start=started)
@@ -410,7 +425,10 @@ def _run(
 
     console.print(final_table(report))
     console.print(summary_renderable(summary_tables(report), value_width=_value_width(console)))
-    from omni_batch.progress import LEFT_PENDING, left_pending
+    from omni_batch.progress import LEFT_PENDING, account_line, left_pending
+
+    if line := account_line(report):
+        console.print(line, highlight=False, soft_wrap=True)
 
     if left := left_pending(report, options.sliced):
         console.print(LEFT_PENDING.format(n=left), highlight=False)

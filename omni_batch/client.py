@@ -419,12 +419,20 @@ class ToapisClient:
     """
 
     def __init__(
-        self, session: aiohttp.ClientSession, base_url: str, api_key: str, timeout: float = 30.0
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        api_key: str,
+        timeout: float = 30.0,
+        *,
+        redact: Redactor | None = None,
     ):
         self._session = session
         self._root = check_base_url(base_url, "base URL")
         self._auth = {"Authorization": f"Bearer {api_key}"}
-        self.redact = Redactor(api_key)  # every piece of server text passes through it
+        # every piece of server text passes through it; with several accounts, one that knows
+        # every key (a server may echo another key than the one a request carried)
+        self.redact = redact if redact is not None else Redactor(api_key)
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 10.0))
         # told the rate-limit headers of every answer: (category of the call, what they said)
         self.on_limits: Callable[[str, RateHeaders], None] | None = None

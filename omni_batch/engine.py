@@ -7,7 +7,6 @@ Holds only in-flight jobs in memory; every state change goes through the journal
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import functools
 import heapq
@@ -23,6 +22,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+from omni_batch.accounts import AccountRun
 from omni_batch.budgets import QUERY, SUBMIT, Account, RateHeaders
 from omni_batch.client import TaskState, ToapisClient
 from omni_batch.download import (
@@ -105,6 +105,7 @@ class Flight:
     refreshed: bool = False  # a fresh link was already asked for once
     asked: tuple[str, int] = ("", 0)  # (aspect ratio, duration) the video must match
     on_disk: Downloaded | None = None  # resume found its video whole in place: no download
+    account: AccountRun | None = None  # whose key polls it (None: the first account)
 
 
 @dataclass
@@ -144,34 +145,42 @@ class Engine(Submitting):
         poll_workers: int = 8,
         download_workers: int = 4,
         rng: random.Random | None = None,
+        accounts: list[AccountRun] | None = None,
     ):
-        self.journal, self.client, self.session, self.store = journal, client, session, store
-        self.account, self.policy, self.reconcile = account, policy, reconcile
+        """``accounts``: every configured account (each with its budgets and one client per
+        key); without it, ``client`` and ``account`` make the one account."""
+        if not accounts:
+            accounts = [AccountRun("account", account, [client], max_in_flight)]
+        self.accounts = accounts
+        self.by_name = {a.name: a for a in accounts}
+        self.journal, self.client, self.session, self.store = (
+            journal,
+            accounts[0].clients[0],
+            session,
+            store,
+        )
+        self.account, self.policy, self.reconcile = accounts[0].budgets, policy, reconcile
         self.verify = verify  # decode every download (and make its poster) before completing
         # one thread decodes: probes queue behind each other instead of fighting over the GIL
         self.prober = ThreadPoolExecutor(1, thread_name_prefix="omni-batch-probe")
         self.rng = rng or random.Random()
         self.stats = RunStats(counts=journal.counts())
-        # the in-flight cap: lowered to what is running when the API says a key may run no
-        # more tasks at once (a concurrency 429), raised back as tasks finish
-        self.cap = self.cap_ceiling = max(1, max_in_flight)
-        self.cap_cut_at = -math.inf  # when a concurrency 429 last lowered it
-        # accepted submits of the last CONCURRENCY_WINDOW s (bounded: the oldest drop off)
-        self.accepted: collections.deque[float] = collections.deque()
-        self.first_submit_at: float | None = None
-        self.last_query_ok = -math.inf
+        # tasks in flight, all accounts together, at most (each account also has its own cap,
+        # lowered by the API's concurrency 429s: AccountRun.cap)
+        self.max_in_flight = max(1, max_in_flight)
+        self.job_account: dict[str, AccountRun] = {}  # each claimed job's account
+        self.queued: set[str] = set()  # jobs that chose an account and wait for its budget
+        self.quota_error: QuotaError | None = None  # the last 402 that retired an account
         self.n_submit, self.n_poll, self.n_download = submit_workers, poll_workers, download_workers
         self.active = 0  # jobs between claim and terminal state
         self.claimed = 0  # submissions taken off the queue and not yet settled
         self.critical: set[asyncio.Task[None]] = set()  # submits that must finish, even on stop
-        # until one call proves the key (and the balance), submits go one at a time, so a
-        # wrong key costs one 401, not one per worker
-        self.key_proven = asyncio.Event()
-        self.probe = asyncio.Lock()
         self.capacity = asyncio.Condition()
         self.submits: asyncio.Queue[tuple[JobRow, bool]] = asyncio.Queue(maxsize=submit_workers)
         self.polls: asyncio.Queue[tuple[Flight]] = asyncio.Queue(maxsize=poll_workers)
-        self.downloads: asyncio.Queue[tuple[Flight, str]] = asyncio.Queue(maxsize=max(1, self.cap))
+        self.downloads: asyncio.Queue[tuple[Flight, str]] = asyncio.Queue(
+            maxsize=self.max_in_flight
+        )
         self.heap: list[tuple[float, int, Flight]] = []
         self.heap_changed = asyncio.Event()
         self.order = itertools.count()
@@ -203,16 +212,99 @@ class Engine(Submitting):
     def _moved(self, old: str | None, new: str) -> None:
         self.stats.move(old, new)
 
-    async def _release(self) -> None:
+    def rate_line(self) -> str:
+        """For the progress display: each account's rates (named when there are several)."""
+        if len(self.accounts) == 1:
+            return self.accounts[0].budgets.rate_line()
+        return "  ".join(
+            f"{a.name}: {'retired' if a.retired else a.budgets.rate_line()}" for a in self.accounts
+        )
+
+    def _who(self, account: AccountRun) -> str:
+        """A log line's prefix naming the account, when there are several."""
+        return f"account {account.name}: " if len(self.accounts) > 1 else ""
+
+    def _claim(self, job_id: str, account: AccountRun) -> None:
+        self.active += 1
+        account.active += 1
+        self.job_account[job_id] = account
+
+    def _unclaim(self, job_id: str) -> AccountRun | None:
+        account = self.job_account.pop(job_id, None)
+        self.active -= 1
+        if account is not None:
+            account.active -= 1
+            if job_id in self.queued:
+                self.queued.discard(job_id)
+                account.waiting -= 1
+        return account
+
+    def account_of(self, flight: Flight) -> AccountRun:
+        return flight.account or self.job_account.get(flight.job_id) or self.accounts[0]
+
+    def account_named(self, name: str | None) -> AccountRun | None:
+        """The account a journaled job belongs to: a job with none recorded (a journal of an
+        older version) is the first account's; None when it is no longer configured."""
+        return self.accounts[0] if name is None else self.by_name.get(name)
+
+    async def _release(self, job_id: str | None = None) -> None:
         async with self.capacity:
-            self.active -= 1
+            account = self._unclaim(job_id) if job_id is not None else None
+            if job_id is None:
+                self.active -= 1
             if (
-                self.cap < self.cap_ceiling
-                and time.monotonic() - self.cap_cut_at >= self.policy.cap_calm
+                account is not None
+                and account.cap < account.cap_ceiling
+                and time.monotonic() - account.cap_cut_at >= self.policy.cap_calm
             ):
-                self.cap += 1  # a task finished and no concurrency 429 for a while: probe up
-            self.capacity.notify()  # one slot freed: wake one waiting submit worker, not all
+                account.cap += 1  # a task finished and no concurrency 429 for a while: probe up
+            # a slot freed: submit workers wait for different accounts (and a concurrency
+            # wait for its own), so all of them look; there are only a few
+            self.capacity.notify_all()
         self._check_idle()
+
+    async def _wake(self) -> None:
+        async with self.capacity:
+            self.capacity.notify_all()
+
+    async def _leave(self, flight: Flight) -> None:
+        """A task of a retired account: left as the journal has it, for a later run."""
+        await self._release(flight.job_id)
+
+    async def _retire(self, account: AccountRun, exc: AuthError) -> None:
+        """A 401 on one of the account's keys: nothing more is sent with it this run; its
+        tasks stay in the journal for a later run. All accounts retired: the run stops."""
+        if account.retired:
+            return
+        account.retired = account.no_submits = True
+        if all(a.retired for a in self.accounts):
+            self._fail_fatal(exc)
+            return
+        self.log(
+            f"401 for account {account.name} (its key is refused): account retired; its tasks "
+            "in flight stay in the journal for a later run; the other accounts go on"
+        )
+        self._check_submits_left()
+        await self._wake()
+
+    async def _out_of_quota(self, account: AccountRun, exc: QuotaError) -> None:
+        """A 402 on the account: no new submits with it; its tasks in flight are finished."""
+        self.quota_error = exc
+        if account.no_submits:
+            return
+        account.no_submits = True
+        if len(self.accounts) > 1 and any(a.can_submit for a in self.accounts):
+            self.log(
+                f"402 insufficient quota for account {account.name}: no new submits with it "
+                f"(its {account.active} in flight are finished); the other accounts go on"
+            )
+        self._check_submits_left()
+        await self._wake()
+
+    def _check_submits_left(self) -> None:
+        """No account may submit any more: submissions close (as one account's 402 did)."""
+        if not any(a.can_submit for a in self.accounts) and self.quota_error is not None:
+            self._close_submissions(self.quota_error)
 
     def _check_idle(self) -> None:
         if not self.feeding and self.active == 0 and self.claimed == 0 and self.submits.empty():
@@ -237,12 +329,20 @@ class Engine(Submitting):
             self.idle.set()
 
     # -- calls under the account's budgets ------------------------------------------------------
-    async def _pressured(self, call: Callable[[], Awaitable[T]], *, submit: bool = False) -> T:
-        """One API call under its budget (submit or query: they never wait on each other);
-        429s pause that budget for everyone and the call is tried again. A submit 429 that is
-        the API's cap on tasks at once lowers the in-flight cap instead of the rate."""
+    async def _pressured(
+        self,
+        call: Callable[[ToapisClient], Awaitable[T]],
+        *,
+        submit: bool = False,
+        acct: AccountRun | None = None,
+    ) -> T:
+        """One API call with a key of ``acct`` (the first account by default), under that
+        account's budget (submit or query: they never wait on each other); 429s pause that
+        budget for everyone and the call is tried again. A submit 429 that is the API's cap on
+        tasks at once lowers the account's in-flight cap instead of the rate."""
         category = SUBMIT if submit else QUERY
-        account = self.account
+        acct = acct or self.accounts[0]
+        account = acct.budgets
         last: RateLimited | None = None
         for _ in range(self.policy.max_rate_limited):
             if submit and account.ready(category) and not self.halt.is_set():
@@ -252,13 +352,13 @@ class Engine(Submitting):
             else:
                 await account.acquire(category)
             try:
-                result = await call()
+                result = await call(acct.client(submit))
             except RateLimited as exc:
-                self.key_proven.set()
+                acct.key_proven.set()
                 self.stats.rate_limited += 1
                 last = exc
-                if submit and self._concurrency_limited(exc):
-                    await self._wait_for_a_slot()
+                if submit and self._concurrency_limited(exc, acct):
+                    await self._wait_for_a_slot(acct)
                     continue
                 self._still_throttled(submit)
                 seen = exc.limits if exc.limits is not None else RateHeaders()
@@ -272,28 +372,28 @@ class Engine(Submitting):
             except (AuthError, QuotaError):
                 raise
             except ApiError:
-                self._answered(submit)
+                self._answered(submit, acct)
                 raise
-            self._answered(submit)
+            self._answered(submit, acct)
             return result
         assert last is not None
         raise last
 
-    def _answered(self, submit: bool) -> None:
-        self.key_proven.set()
+    def _answered(self, submit: bool, acct: AccountRun) -> None:
+        acct.key_proven.set()
         self.throttled_since[submit] = None
-        self.account.succeeded(SUBMIT if submit else QUERY)
+        acct.budgets.succeeded(SUBMIT if submit else QUERY)
         now = time.monotonic()
         if not submit:
-            self.last_query_ok = now
+            acct.last_query_ok = now
             return
-        if self.first_submit_at is None:
-            self.first_submit_at = now
-        self.accepted.append(now)
-        while self.accepted and self.accepted[0] < now - CONCURRENCY_WINDOW:
-            self.accepted.popleft()
+        if acct.first_submit_at is None:
+            acct.first_submit_at = now
+        acct.accepted.append(now)
+        while acct.accepted and acct.accepted[0] < now - CONCURRENCY_WINDOW:
+            acct.accepted.popleft()
 
-    def _concurrency_limited(self, exc: RateLimited) -> bool:
+    def _concurrency_limited(self, exc: RateLimited, acct: AccountRun) -> bool:
         """Is this submit 429 the API's cap on unfinished tasks, not its rate? It says so
         (a message about concurrent tasks), or its headers show the submit budget has room,
         or it comes while submits go far slower than the rate and status calls succeed."""
@@ -308,36 +408,38 @@ class Engine(Submitting):
             return False  # the budget is published: its Remaining said above
         # submits well under the rate were accepted lately, tasks are running and status
         # calls go through: a refusal now is about tasks at once, not requests per second
-        budget = self.account.submit
-        rate = budget.effective_rate if budget is not None else None
+        rate = acct.budgets.submit.effective_rate
         now = time.monotonic()
-        if rate is None or self.first_submit_at is None or self.active <= 1:
+        if rate is None or acct.first_submit_at is None or acct.active <= 1:
             return False
-        while self.accepted and self.accepted[0] < now - CONCURRENCY_WINDOW:
-            self.accepted.popleft()
-        span = min(CONCURRENCY_WINDOW, now - self.first_submit_at)
-        slow = len(self.accepted) < CONCURRENCY_SHARE * rate * span
-        return span >= 1.0 and slow and now - self.last_query_ok < CONCURRENCY_WINDOW
+        while acct.accepted and acct.accepted[0] < now - CONCURRENCY_WINDOW:
+            acct.accepted.popleft()
+        span = min(CONCURRENCY_WINDOW, now - acct.first_submit_at)
+        slow = len(acct.accepted) < CONCURRENCY_SHARE * rate * span
+        return span >= 1.0 and slow and now - acct.last_query_ok < CONCURRENCY_WINDOW
 
-    async def _wait_for_a_slot(self) -> None:
-        """A concurrency 429: the API runs as many of our tasks as it will. Lower the cap to
-        what is running (this submit's slot given back), undo any rate cut the same 429s
-        caused, and wait until a task finishes before sending again."""
+    async def _wait_for_a_slot(self, acct: AccountRun) -> None:
+        """A concurrency 429: the API runs as many of the account's tasks as it will. Lower its
+        cap to what it has running (this submit's slot given back), undo any rate cut the same
+        429s caused, and wait until one of its tasks finishes before sending again."""
         async with self.capacity:
             self.active -= 1  # this job is not running: its slot goes back
-            running = max(1, self.active)
-            if running < self.cap:
+            acct.active -= 1
+            running = max(1, acct.active)
+            if running < acct.cap:
                 self.log(
-                    f"the API refuses more tasks at once: in-flight cap {self.cap} -> {running} "
-                    "(raised again as tasks finish)"
+                    f"{self._who(acct)}the API refuses more tasks at once: in-flight cap "
+                    f"{acct.cap} -> {running} (raised again as tasks finish)"
                 )
-                self.cap = running
-            self.cap_cut_at = time.monotonic()
-            if self.account.submit is not None:
-                self.account.submit.restore()
-            await self.capacity.wait_for(lambda: self.active < self.cap or self.stopping)
+                acct.cap = running
+            acct.cap_cut_at = time.monotonic()
+            acct.budgets.submit.restore()
+            await self.capacity.wait_for(
+                lambda: acct.active < acct.cap or self.stopping or acct.retired
+            )
             self.active += 1
-        if self.stopping:
+            acct.active += 1
+        if self.stopping or acct.retired:
             raise Stopping()
 
     def _capped(self, retry_after: float | None) -> float | None:
@@ -377,16 +479,23 @@ class Engine(Submitting):
         self.halt.set()  # like a 402: nothing new is sent, what is in flight is finished
         raise Stopping()  # a refused submit created nothing: its job goes back to pending
 
-    async def _status_call(self, task_id: str) -> TaskState:
+    async def _status_call(self, task_id: str, acct: AccountRun | None = None) -> TaskState:
+        """A status call (or a lookup) with a key of ``acct``: tasks and business ids are per
+        account, so another account's key would not find it (and must never be used)."""
         return await retried(
             self.policy.poll_retrying,
-            lambda: self._pressured(lambda: self.client.status(task_id)),
+            lambda: self._pressured(lambda client: client.status(task_id), acct=acct),
         )
 
     def _flight(self, row: JobRow, task_id: str, **kw: Any) -> Flight:
         asked = (row.body["aspect_ratio"], row.body["duration"])
         return Flight(
-            row.job_id, task_id, time.monotonic() + self.policy.max_wait, asked=asked, **kw
+            row.job_id,
+            task_id,
+            time.monotonic() + self.policy.max_wait,
+            asked=asked,
+            account=self.job_account.get(row.job_id),
+            **kw,
         )
 
     # -- polling ----------------------------------------------------------------------------------
@@ -439,8 +548,14 @@ class Engine(Submitting):
                 queue.task_done()
 
     async def poll(self, flight: Flight) -> None:
+        acct = self.account_of(flight)
+        if acct.retired:  # its key was refused: never polled with another; left for later
+            return await self._leave(flight)
         try:
-            state = await self._status_call(flight.task_id)
+            state = await self._status_call(flight.task_id, acct)
+        except AuthError as exc:
+            await self._retire(acct, exc)
+            return await self._leave(flight)
         except RequestRejected as exc:
             kind = exc.error_type or f"http_{exc.status}"
             gone = "gone" if exc.status == 404 else None  # another 4xx: the task may be fine
@@ -448,8 +563,6 @@ class Engine(Submitting):
                 flight, flight.state, kind, exc.message, exc.status, exc.request_id, gone
             )
         except (ApiError, TransportError) as exc:
-            if isinstance(exc, AuthError):
-                raise
             if isinstance(exc, NotSent):  # no connection, after a few quick tries: stop
                 self._fail_fatal(self.unreachable(exc))
                 return
@@ -523,7 +636,7 @@ class Engine(Submitting):
             task=task,
         )
         self._moved(old, "failed")
-        await self._release()
+        await self._release(flight.job_id)
 
     # -- downloading ------------------------------------------------------------------------------
     async def fetch(self, flight: Flight, url: str) -> None:
@@ -546,10 +659,14 @@ class Engine(Submitting):
         except DownloadError as exc:
             if exc.expired and not flight.refreshed:
                 flight.refreshed = True  # one status call for a fresh link; the task stays done
+                acct = self.account_of(flight)
+                if acct.retired:  # no key of its account left: a later run asks
+                    return await self._leave(flight)
                 try:
-                    state = await self._status_call(flight.task_id)
-                except AuthError:
-                    raise
+                    state = await self._status_call(flight.task_id, acct)
+                except AuthError as err:
+                    await self._retire(acct, err)
+                    return await self._leave(flight)
                 except (ApiError, TransportError) as err:
                     state = None
                     exc = DownloadError(
@@ -572,15 +689,20 @@ class Engine(Submitting):
             )
         self.journal.mark_completed(flight.job_id, relative, got.size, check)
         self._moved("downloading", "completed")
-        await self._release()
+        await self._release(flight.job_id)
 
     # -- the run ----------------------------------------------------------------------------------
     def resume(self) -> tuple[list[tuple[JobRow, bool]], list[tuple[Flight, str]]]:
         """Re-enter what a previous process left in flight (at most its in-flight cap of jobs):
         returns (submits to settle, downloads to finish); running tasks go on the poll heap."""
         settle, downloads = [], []
+        left: dict[str, int] = {}
         for row in self.journal.in_flight():
-            self.active += 1
+            account = self.account_named(row.account)
+            if account is None:  # never polled or settled with another account's key
+                left[row.account or ""] = left.get(row.account or "", 0) + 1
+                continue
+            self._claim(row.job_id, account)
             if row.state == "submitting":
                 settle.append((row, True))
                 continue
@@ -594,6 +716,11 @@ class Engine(Submitting):
                 downloads.append((flight, row.video_url))  # no status call on a finished task
             else:
                 self.schedule(flight, 0)  # running, or a link that needs refreshing
+        for name, n in left.items():
+            self.log(
+                f"account {name} is not configured: its {n} job(s) in flight are left as they "
+                "are for a later run with its key"
+            )
         return settle, downloads
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -615,7 +742,7 @@ class Engine(Submitting):
                 for item in downloads:
                     await self.downloads.put(item)
                 for item in settle:
-                    self.active -= 1  # the submit worker claims it again
+                    self._unclaim(item[0].job_id)  # the submit worker claims it again
                     await self.submits.put(item)
                 await self.feeder()
             except Exception as exc:  # e.g. the journal became unreadable: end the run

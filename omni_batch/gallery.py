@@ -237,6 +237,8 @@ def _tile(
             lines.append(f'<div class="dim">request {_e(row.get("request_id"))}</div>')
     if show_model:
         lines.append(f'<div class="dim">{_e(row.get("model"))} · {_e(row.get("resolution"))}</div>')
+    if account := _text(row.get("account")):  # the account's name, never a key
+        lines.append(f'<div class="dim">account {_e(account)}</div>')
     lines.append(f'<div class="dim">{job_e}</div>')
     attrs.append(f'style="width:{max(width, CAPTION_MIN)}px"')
     return (

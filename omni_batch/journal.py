@@ -64,7 +64,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     video_duration_s REAL,
     task_ids TEXT,  -- every task id the job ever had, oldest first, separated by spaces
     task_status TEXT,  -- what the API last said of task_id: 'failed', 'gone' (404) or NULL
-    ev INTEGER NOT NULL DEFAULT 0  -- the counter `n` of the last transition (event line) held
+    ev INTEGER NOT NULL DEFAULT 0,  -- the counter `n` of the last transition (event line) held
+    account TEXT  -- the name of the account whose key sent its submit (never a key)
 );
 -- by seq alone: an index holding the state cost every transition ~9 µs (40% of its UPDATE);
 -- pending jobs are found by walking seq forward from the last page, so the walk is linear
@@ -75,7 +76,7 @@ DROP INDEX IF EXISTS jobs_state;
 _ADDED_COLUMNS = (
     ("verified", "INTEGER"), ("verify_message", "TEXT"), ("video_width", "INTEGER"),
     ("video_height", "INTEGER"), ("video_duration_s", "REAL"), ("task_ids", "TEXT"),
-    ("task_status", "TEXT"), ("ev", "INTEGER NOT NULL DEFAULT 0"),
+    ("task_status", "TEXT"), ("ev", "INTEGER NOT NULL DEFAULT 0"), ("account", "TEXT"),
 )  # fmt: skip
 
 # a job that left the manifest is kept (in the report, as `retired`) when anything happened to
@@ -144,6 +145,7 @@ class JobRow:
     expires_at: float | None
     submitted_at: float | None
     error_type: str | None
+    account: str | None = None  # the account its submit went to (None: an older journal)
 
 
 class Journal:
@@ -445,7 +447,7 @@ class Journal:
     _ROW = (
         "SELECT job_id, seq, state, model, prompt, aspect_ratio, duration, resolution, task_id, "
         "business_id, attempts, polls, possible_duplicate, video_url, expires_at, submitted_at, "
-        "error_type, body_hash FROM jobs"
+        "error_type, body_hash, account FROM jobs"
     )
 
     @staticmethod
@@ -460,7 +462,7 @@ class Journal:
         return JobRow(
             job_id=r[0], seq=r[1], state=r[2], body=body, task_id=r[8], business_id=r[9],
             attempts=r[10], polls=r[11], possible_duplicate=bool(r[12]), video_url=r[13],
-            expires_at=r[14], submitted_at=r[15], error_type=r[16],
+            expires_at=r[14], submitted_at=r[15], error_type=r[16], account=r[18],
         )  # fmt: skip
 
     def set_slice(
@@ -573,14 +575,15 @@ class Journal:
         found = row.fetchone()
         return found[0] if found else None
 
-    def known_task(self) -> tuple[str, str] | None:
-        """(task id, client_business_id) of the job most recently given a task through a submit
-        that carried a business id: what proves the lookup before crash-left jobs are settled."""
+    def known_task(self) -> tuple[str, str, str | None] | None:
+        """(task id, client_business_id, account) of the job most recently given a task through
+        a submit that carried a business id: what proves the lookup before crash-left jobs are
+        settled (looked up with a key of that account: lookups are per account)."""
         row = self.db.execute(
-            "SELECT task_id, business_id FROM jobs WHERE task_id IS NOT NULL "
+            "SELECT task_id, business_id, account FROM jobs WHERE task_id IS NOT NULL "
             "AND business_id IS NOT NULL ORDER BY submitted_at DESC LIMIT 1"
         ).fetchone()
-        return (row[0], row[1]) if row else None
+        return (row[0], row[1], row[2]) if row else None
 
     def counts(self) -> dict[str, int]:
         """Jobs per state: the manifest's, and retired ones still in flight (being finished)."""
@@ -785,22 +788,28 @@ class Journal:
         )
 
     def mark_submitting(
-        self, job_id: str, business_id: str | None, possible_duplicate: bool
+        self,
+        job_id: str,
+        business_id: str | None,
+        possible_duplicate: bool,
+        account: str | None = None,
     ) -> None:
         """Committed and fsync'ed before the POST (with any transitions waiting): a crash or a
-        power loss after this point leaves an ambiguous job, never a pending one."""
+        power loss after this point leaves an ambiguous job, never a pending one. ``account``:
+        the name of the account whose key sends it (its task is polled with that account)."""
         n = self._n
         self._n = n + 1
         self._transition(
             "UPDATE jobs SET state = 'submitting', attempts = attempts + 1, business_id = ?, "
-            "possible_duplicate = max(possible_duplicate, ?), updated_at = ?, ev = ? "
-            "WHERE job_id = ?",
-            (business_id, int(possible_duplicate), time.time(), n, job_id),
+            "possible_duplicate = max(possible_duplicate, ?), account = ?, updated_at = ?, "
+            "ev = ? WHERE job_id = ?",
+            (business_id, int(possible_duplicate), account, time.time(), n, job_id),
             {
                 "n": n,
                 "job_id": job_id,
                 "state": "submitting",
                 "business_id": business_id,
+                "account": account,
                 "possible_duplicate": possible_duplicate or None,
                 "body": self._bodies.pop(job_id, None),  # its first POST's line has it
             },

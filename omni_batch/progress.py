@@ -159,6 +159,29 @@ def _reason(error: BaseException) -> str:
 LEFT_PENDING = "{n} jobs left pending for a later run (outside --limit/--only)"
 
 
+def account_counts(report: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Jobs per account (its name) and status; jobs never submitted are not counted."""
+    if "account" not in report.columns:
+        return {}
+    named = report[report["account"].notna()]
+    out: dict[str, dict[str, int]] = {}
+    for (account, status), n in named.groupby(["account", "status"]).size().items():
+        out.setdefault(str(account), {})[str(status)] = int(n)
+    return dict(sorted(out.items()))
+
+
+def account_line(report: pd.DataFrame) -> str | None:
+    """`accounts: a 12 completed, 1 failed · b 13 completed` (None with one account or none)."""
+    counts = account_counts(report)
+    if len(counts) < 2:
+        return None
+    parts = []
+    for account, by_status in counts.items():
+        inner = ", ".join(f"{n} {status}" for status, n in sorted(by_status.items()))
+        parts.append(f"{account} {inner}")
+    return "accounts: " + " · ".join(parts)
+
+
 def left_pending(report: pd.DataFrame, sliced: bool) -> int:
     """After a run of a slice (--limit/--only): the manifest's jobs it left pending."""
     return int((report["status"] == "pending").sum()) if sliced else 0
@@ -212,6 +235,7 @@ def run_summary(
         "retired": 0,  # jobs no longer in the manifest, kept in the report
         "left_pending": 0,  # jobs a sliced run (--limit/--only) left for a later run
         "failures": {},
+        "accounts": {},  # account name -> jobs per status (jobs sent with its keys)
         "reports": {},
         "spend": {
             "tasks_created": 0,
@@ -249,6 +273,7 @@ def run_summary(
             cost = pd.to_numeric(report["cost_usd"], errors="coerce")
             out["spend"]["cost_usd"] = round(float(cost.sum()), 6)
             out["spend"]["cost_unknown_jobs"] = int(cost.isna().sum())
+        out["accounts"] = account_counts(report)
     if folder is not None and not before_the_run:
         for name, file in REPORT_FILES.items():
             if (folder / file).exists():

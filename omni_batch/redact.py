@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Iterable
 from typing import Any
 
 REDACTED = "[redacted]"
@@ -83,23 +84,35 @@ def _leading(parts: list[str]) -> str:
 
 
 class Redactor:
-    """``redactor(text)`` is ``text`` with every form of the secret replaced by [redacted]
-    (a form cut short after at least half of it counts too)."""
+    """``redactor(text)`` is ``text`` with every form of every secret replaced by [redacted]
+    (a form cut short after at least half of it counts too).
 
-    def __init__(self, secret: str):
-        self.secret = secret
+    Several secrets (the keys of every configured account: a server may echo key B in an
+    answer to key A) make one pattern and one set of needles, so a clean text costs a few
+    substring scans per key and a dirty one a single regex pass."""
+
+    def __init__(self, *secrets: str | Iterable[str]):
+        flat: list[str] = []
+        for item in secrets:
+            flat.extend([item] if isinstance(item, str) else item)
+        # longest first: a key that contains another is replaced whole
+        self.secrets = tuple(sorted({s for s in flat if s}, key=len, reverse=True))
+        self.secret = self.secrets[0] if self.secrets else ""
         self._pattern: re.Pattern[str] | None = None
         # Without a backslash, '%' or '&' in a text, only the literal forms can be in it:
-        # the key itself or a base64 core, each starting with one of these needles.
+        # a key itself or a base64 core, each starting with one of these needles.
         self._needles: tuple[str, ...] = ()
-        self._plus = " " in secret  # a space may come back as '+'
-        if secret:
-            forms = [_leading([_char(c) for c in secret])]
+        self._plus = any(" " in secret for secret in self.secrets)  # a space may come as '+'
+        forms: list[str] = []
+        needles: list[str] = []
+        for secret in self.secrets:
+            forms.append(_leading([_char(c) for c in secret]))
             cores = sorted(base64_cores(secret.encode("utf-8")), key=len, reverse=True)
             forms += [_leading([re.escape(c) for c in core]) for core in cores]
+            needles += [form[: _need(len(form))] for form in (secret, *cores)]
+        if forms:
             self._pattern = re.compile("|".join(forms))
-            literal = [secret, *cores]
-            self._needles = tuple(form[: _need(len(form))] for form in literal)
+            self._needles = tuple(dict.fromkeys(needles))
 
     def _clean(self, text: str) -> bool:
         """True when ``text`` surely holds no form of the secret (a few substring scans, far

@@ -33,7 +33,7 @@ _CLEARED = (
 _SET = {
     "submitting": (
         "state = 'submitting', attempts = attempts + 1, "  # each line is applied once
-        "business_id = :business_id, "
+        "business_id = :business_id, account = :account, "
         "possible_duplicate = max(possible_duplicate, :possible_duplicate), "
         "body_hash = CASE WHEN body_hash = '' THEN coalesce(:body, '') ELSE body_hash END"
     ),
@@ -119,6 +119,7 @@ def _params(record: dict[str, Any], job_id: str) -> dict[str, Any]:
         "n": _int(record.get("n")),
         "t": _num(record.get("t")),
         "business_id": _text(record.get("business_id")),
+        "account": _text(record.get("account"), 64),
         "possible_duplicate": int(record.get("possible_duplicate") is True),
         "body": _text(record.get("body"), 64),
         "task_id": _text(record.get("task_id")),

@@ -37,7 +37,7 @@ COLUMNS = [
     "status", "state", "task_id", "task_ids", "attempts", "polls", "http_status", "error_type",
     "error_message", "request_id", "video_url", "expires_at", "video_path", "bytes",
     "submitted_at", "completed_at", "latency_s", "possible_duplicate", "verified",
-    "verify_message", "video_width", "video_height", "video_duration_s", "source",
+    "verify_message", "video_width", "video_height", "video_duration_s", "source", "account",
     "usd_per_second", "cost_usd",
 ]  # fmt: skip
 # money (issue #15): usd_per_second is the price the run used (the catalog's, kept in the

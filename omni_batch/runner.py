@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 
+from omni_batch.accounts import KEYS_ENV, AccountKeys, AccountRun, parse_keys_env, parse_keys_file
 from omni_batch.budgets import DEFAULT_TIER, Account, Rates
 from omni_batch.catalog import Catalog
 from omni_batch.client import DEFAULT_BASE_URL, ToapisClient
@@ -34,6 +35,7 @@ from omni_batch.manifest import Manifest, load_manifest
 from omni_batch.money import PRICES_META, Preflight, Spend, balance_after, preflight, price_table
 from omni_batch.netguard import GuardedResolver, VideoGuard
 from omni_batch.policy import Policy
+from omni_batch.redact import Redactor
 from omni_batch.report import refresh_reports, write_reports
 from omni_batch.slicing import check as check_slice
 from omni_batch.slicing import normalise
@@ -54,7 +56,11 @@ class RunOptions:
 
     out: Path | None = None  # default: outputs/<manifest name>/
     base_url: str | None = None  # default: $TOAPIS_BASE_URL, else https://toapis.com
-    api_key: str | None = None  # default: $TOAPIS_API_KEY
+    api_key: str | None = None  # default: $TOAPIS_API_KEYS, else $TOAPIS_API_KEY
+    # several accounts (issue #14 item 8): KEY or ACCOUNT=KEY items, comma-separated (the
+    # TOAPIS_API_KEYS syntax), or a keys file with one a line; either wins over api_key
+    api_keys: str | None = None
+    keys_file: str | Path | None = None
     simulate: str | None = None  # a simulator profile: run against the embedded simulator
     simulator_settings: dict[str, Any] = field(default_factory=dict)
     # Rate budgets of the account, requests per second (issue #14): by default the published
@@ -96,10 +102,10 @@ class _PacedQueries:
         self._engine = engine
 
     async def models(self) -> list[str]:
-        return await self._engine._pressured(self._engine.client.models)
+        return await self._engine._pressured(lambda client: client.models())
 
     async def balance(self, account: bool = False) -> Any:
-        return await self._engine._pressured(lambda: self._engine.client.balance(account=account))
+        return await self._engine._pressured(lambda client: client.balance(account=account))
 
 
 def _rates(options: RunOptions) -> Rates:
@@ -119,11 +125,29 @@ def output_folder(manifest: Manifest, out: str | Path | None) -> Path:
     return Path(out) if out is not None else DEFAULT_OUT / manifest.name
 
 
+def account_keys(options: RunOptions) -> list[AccountKeys] | None:
+    """The accounts and keys a run uses: ``keys_file``, else ``api_keys``, else ``api_key``,
+    else $TOAPIS_API_KEYS, else $TOAPIS_API_KEY; None when none is given. A bare key is an
+    account of its own (``account-1``, ``account-2``... by its place among the bare keys)."""
+    if options.keys_file is not None:
+        return parse_keys_file(options.keys_file)
+    if options.api_keys:
+        return parse_keys_env(options.api_keys, "api_keys")
+    if options.api_key:  # one key, taken as it is (it may hold ',' or '=')
+        return [AccountKeys("account-1", (options.api_key.strip(),))]
+    if env := os.environ.get(KEYS_ENV, "").strip():
+        return parse_keys_env(env)
+    if key := os.environ.get(KEY_ENV, "").strip():
+        return [AccountKeys("account-1", (key,))]
+    return None
+
+
 @contextlib.asynccontextmanager
 async def _target(
     options: RunOptions, catalog: Catalog, folder: Path
-) -> AsyncIterator[tuple[str, str]]:
-    """(base URL, key): the embedded simulator's, or the real API's from options/environment.
+) -> AsyncIterator[tuple[str, list[AccountKeys]]]:
+    """(base URL, accounts): the embedded simulator's (its own key, unless keys were given
+    explicitly: a keys file or ``api_keys``), or the real API's from options/environment.
 
     The embedded simulator keeps its tasks in ``folder/.simulator/``, so a rerun (a resume)
     finds the tasks of the run before it as the real API would."""
@@ -133,16 +157,18 @@ async def _target(
         config = SimConfig.from_profile(options.simulate, **options.simulator_settings)
         # the simulator judges bodies by the same catalog (overlay included) as the manifest
         state_dir = folder / SIMULATOR_DIR
+        explicit = options.keys_file is not None or options.api_keys
+        keys = account_keys(options) if explicit else None
         async with start_simulator(config, catalog=catalog, state_dir=state_dir) as sim:
-            yield sim.base_url, sim.key
+            yield sim.base_url, keys or [AccountKeys("account-1", (sim.key,))]
         return
-    key = options.api_key or os.environ.get(KEY_ENV, "").strip()
-    if not key:
+    keys = account_keys(options)
+    if not keys:
         raise UsageError(
-            f"no API key: set {KEY_ENV}, or use --simulate to rehearse "
-            "against the embedded simulator"
+            f"no API key: set {KEY_ENV} (or {KEYS_ENV} / --keys-file for several accounts), "
+            "or use --simulate to rehearse against the embedded simulator"
         )
-    yield options.base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL, key
+    yield options.base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL, keys
 
 
 # SIGHUP (the terminal went away) is treated like SIGTERM and Ctrl-C
@@ -298,7 +324,7 @@ async def _run(
 ) -> pd.DataFrame:
     ended: OmniBatchError | None = None
     reports = _ReportWriter(folder)
-    async with _target(options, manifest.catalog, folder) as (base_url, key):
+    async with _target(options, manifest.catalog, folder) as (base_url, keys):
         journal = Journal(folder)
         try:
             journal.set_meta("manifest", str(manifest.path))
@@ -320,29 +346,24 @@ async def _run(
                 limit=max(16, options.max_in_flight // 2 + 8), resolver=resolver
             )
             async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
-                client = ToapisClient(session, base_url, key, timeout=policy.request_timeout)
                 table = price_table(manifest.catalog)
                 journal.set_meta(PRICES_META, json.dumps(table))  # what the report prices by
                 notes: list[str] = []
                 engine: Engine | None = None
-                account = Account(
-                    "account",
-                    _rates(options),
-                    on_change=lambda m: engine and engine.log(m),
-                )
-                client.on_limits = functools.partial(
-                    account.observe, max_pause=policy.max_retry_after
+                accounts = _accounts(
+                    keys, options, policy, base_url, session, lambda m: engine and engine.log(m)
                 )
                 engine = Engine(
                     journal,
-                    client,
+                    accounts[0].clients[0],
                     session,
                     store,
-                    account,
+                    accounts[0].budgets,
                     policy,
                     max_in_flight=options.max_in_flight,
                     reconcile=reconcile,
                     verify=options.verify,
+                    accounts=accounts,
                 )
                 paced = _PacedQueries(engine)  # the preflight's calls, under the budget
                 checked = Preflight()
@@ -425,6 +446,33 @@ def _preflight_wanted(options: RunOptions) -> bool:
 
     config = SimConfig.from_profile(options.simulate, **options.simulator_settings)
     return config.balance_credits is not None
+
+
+def _accounts(
+    keys: list[AccountKeys],
+    options: RunOptions,
+    policy: Policy,
+    base_url: str,
+    session: aiohttp.ClientSession,
+    log: Callable[[str], Any],
+) -> list[AccountRun]:
+    """One AccountRun per account: its budgets, and one client per key. Every client redacts
+    every key: a server may echo key B in its answer to a request made with key A."""
+    redactor = Redactor(*(key for account in keys for key in account.keys))
+    several = len(keys) > 1
+    made = []
+    for spec in keys:
+        prefix = f"account {spec.name}: " if several else ""
+        budgets = Account(spec.name, _rates(options), on_change=lambda m, p=prefix: log(p + m))
+        clients = []
+        for key in spec.keys:
+            client = ToapisClient(
+                session, base_url, key, timeout=policy.request_timeout, redact=redactor
+            )
+            client.on_limits = functools.partial(budgets.observe, max_pause=policy.max_retry_after)
+            clients.append(client)
+        made.append(AccountRun(spec.name, budgets, clients, options.max_in_flight))
+    return made
 
 
 def _left_message(journal: Journal) -> str:

@@ -14,8 +14,10 @@ import secrets
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from omni_batch import crash
+from omni_batch.accounts import AccountRun, choose
 from omni_batch.client import Submitted, TaskState
 from omni_batch.errors import (
     Ambiguous,
@@ -34,11 +36,24 @@ from omni_batch.errors import (
 from omni_batch.journal import JobRow
 from omni_batch.policy import retried
 
+if TYPE_CHECKING:
+    from omni_batch.client import ToapisClient
+
 PAGE = 64  # pending jobs read from the journal at a time
 
 
 class Stopping(Exception):
     """Raised inside a submit when the run is stopping and nothing more may be sent."""
+
+
+class AccountRefused(Exception):
+    """A submit refused for its account (401 key refused, 402 out of quota): the account is
+    retired (for submits at least). ``again``: the job went back to pending (the refused POST
+    created nothing and no earlier one may have), so another account may send it."""
+
+    def __init__(self, error: AuthError | QuotaError, again: bool):
+        super().__init__(str(error))
+        self.error, self.again = error, again
 
 
 @dataclass
@@ -78,31 +93,40 @@ class Submitting:
         waiter.result()
 
     async def _submit_call(
-        self, row: JobRow, business_id: str | None, flagged: bool, moved: list[bool]
+        self,
+        row: JobRow,
+        business_id: str | None,
+        flagged: bool,
+        moved: list[bool],
+        acct: AccountRun,
     ) -> Submitted:
-        """Send the POST, again only while every earlier try provably created nothing (no
-        connection, 429, a 503 "limiter unavailable"). Every POST is counted in `attempts`
-        and committed as `submitting` before it leaves."""
+        """Send the POST with a key of ``acct``, again only while every earlier try provably
+        created nothing (no connection, 429, a 503 "limiter unavailable"). Every POST is
+        counted in `attempts` and committed as `submitting`, with its account, before it
+        leaves."""
 
-        def send() -> Awaitable[Submitted]:
-            self.journal.mark_submitting(row.job_id, business_id, flagged)
+        def send(client: ToapisClient) -> Awaitable[Submitted]:
+            self.journal.mark_submitting(row.job_id, business_id, flagged, acct.name)
+            if row.job_id in self.queued:  # through its budget: no longer waiting on it
+                self.queued.discard(row.job_id)
+                acct.waiting -= 1
             if not moved[0]:
                 moved[0] = True
                 self._moved(row.state, "submitting")
             crash.point("before_post")
-            return self.client.submit(row.body, business_id)
+            return client.submit(row.body, business_id)
 
         return await retried(
-            self.policy.submit_retrying, lambda: self._pressured(send, submit=True)
+            self.policy.submit_retrying, lambda: self._pressured(send, submit=True, acct=acct)
         )
 
     # -- reconciling by client_business_id -------------------------------------------------------
-    async def _lookup(self, business_id: str) -> TaskState | None:
+    async def _lookup(self, business_id: str, acct: AccountRun) -> TaskState | None:
         """The task a submit with ``business_id`` created, None on a 404; raises otherwise.
         An answer that echoes another business id is no answer about ours: the lookup is
         marked broken (never trusted again this run) and this raises."""
         try:
-            found = await self._status_call(business_id)
+            found = await self._status_call(business_id, acct)
         except RequestRejected as exc:
             if exc.status == 404:
                 return None
@@ -133,7 +157,7 @@ class Submitting:
         return not self.halt.is_set()
 
     async def _reconcile(
-        self, business_id: str | None, sent_at: float
+        self, business_id: str | None, sent_at: float, acct: AccountRun
     ) -> tuple[TaskState | None, bool]:
         """Did a submit carrying ``business_id`` land? Returns (its state or None, whether we
         know). A found task is always believed (and proves the lookup). A 404 may only mean
@@ -145,7 +169,7 @@ class Submitting:
             return None, False
         for check in range(2):
             try:
-                found = await self._lookup(business_id)
+                found = await self._lookup(business_id, acct)
             except AuthError:
                 raise
             except OmniBatchError:
@@ -166,26 +190,35 @@ class Submitting:
             break
         return None, self.proof.proven
 
-    def _prove_lookup(self, task_id: str, business_id: str | None, sent_at: float) -> None:
+    def _prove_lookup(
+        self, task_id: str, business_id: str | None, sent_at: float, acct: AccountRun
+    ) -> None:
         """After a submit that got its task id: until the lookup is proven (or shown not to
         work), look the new task up by its client_business_id in the background."""
         proof = self.proof
         if not (self.reconcile and business_id) or proof.proven or proof.broken or proof.probing:
             return
         proof.probing = True
-        task = asyncio.create_task(self._probe(task_id, business_id, sent_at))
+        task = asyncio.create_task(self._probe(task_id, business_id, sent_at, acct))
         self.background.add(task)
         task.add_done_callback(self.background.discard)
 
-    async def _probe(self, task_id: str, business_id: str, sent_at: float) -> None:
+    async def _probe(
+        self, task_id: str, business_id: str, sent_at: float, acct: AccountRun
+    ) -> None:
         proof = self.proof
         try:
             for fraction in (0.0, 0.25, 0.5, 1.0):
                 wait = sent_at + fraction * self.policy.lookup_grace - time.monotonic()
                 if not await self._sleep_unless_halted(wait):
                     return
+                if acct.retired:
+                    return
                 try:
-                    found = await self._lookup(business_id)
+                    found = await self._lookup(business_id, acct)
+                except AuthError as exc:
+                    await self._retire(acct, exc)
+                    return
                 except OmniBatchError:
                     return  # no verdict: a later submit probes again
                 if found is None:
@@ -224,9 +257,12 @@ class Submitting:
             known = self.journal.known_task()
             if known is None:
                 return
-            task_id, business_id = known
+            task_id, business_id, name = known
+            acct = self.account_named(name)  # looked up with a key of the task's own account
+            if acct is None or acct.retired:
+                return
             try:
-                found = await self._lookup(business_id)
+                found = await self._lookup(business_id, acct)
             except AuthError:
                 raise
             except OmniBatchError:
@@ -261,30 +297,23 @@ class Submitting:
             self.feeding = False
             self._check_idle()
 
+    def _pick(self, fixed: AccountRun | None) -> AccountRun | None:
+        """The account a submit may go to now: ``fixed`` (a job left mid-submit is settled
+        with its own account) when it has room, else the live account whose submit budget
+        frees soonest among those with room (accounts.choose)."""
+        if fixed is not None:
+            return fixed if not fixed.retired and fixed.active < fixed.cap else None
+        if self.active >= self.max_in_flight:
+            return None
+        return choose(self.accounts)
+
     async def submit_worker(self) -> None:
         while True:
             row, ambiguous = await self.submits.get()
             self.claimed += 1
             try:
-                if self.stopping or (self.halt.is_set() and not ambiguous):
-                    continue  # still pending (or still `submitting`) in the journal
-                spend = self.spend  # budget.max_cost: stop before a submit could cross it
-                if not ambiguous and spend is not None and not spend.allows(row.job_id, row.body):
-                    if self.quota_hit is None:  # submits already allowed still go
-                        self.quota_hit = spend.over_budget()
-                        self.log(f"{self.quota_hit}; finishing {self.active} in flight")
-                    continue  # still pending
-                async with self.capacity:
-                    await self.capacity.wait_for(lambda: self.active < self.cap or self.stopping)
-                    if self.stopping:
-                        continue
-                    self.active += 1
-                if self.key_proven.is_set():
-                    await self._critical_submit(row, ambiguous)
-                else:
-                    async with self.probe:
-                        await self._critical_submit(row, ambiguous)
-            except Exception as exc:  # AuthError, or a bug: end the run rather than hang
+                await self._submit_one(row, ambiguous)
+            except Exception as exc:  # a bug (or a full disk): end the run rather than hang
                 self._fail_fatal(exc)
             finally:
                 if self.spend is not None:
@@ -293,10 +322,68 @@ class Submitting:
                 self.submits.task_done()
                 self._check_idle()
 
-    async def _critical_submit(self, row: JobRow, ambiguous: bool) -> None:
+    async def _submit_one(self, row: JobRow, ambiguous: bool) -> None:
+        """One job from the queue: choose its account, submit; when its account refused it
+        (401/402) and it went back to pending, another account sends it."""
+        spend = self.spend  # budget.max_cost: stop before a submit could cross it
+        if not ambiguous and spend is not None and not spend.allows(row.job_id, row.body):
+            if self.quota_hit is None:  # submits already allowed still go
+                self.quota_hit = spend.over_budget()
+                self.log(f"{self.quota_hit}; finishing {self.active} in flight")
+            return  # still pending
+        while True:
+            if self.stopping or (self.halt.is_set() and not ambiguous):
+                return  # still pending (or still `submitting`) in the journal
+            fixed = self.account_named(row.account) if ambiguous else None
+            if ambiguous and fixed is None:
+                return  # its account is no longer configured: left for a later run
+
+            def ready(fixed: AccountRun | None = fixed) -> bool:
+                if self.stopping or (fixed is None and self.halt.is_set()):
+                    return True
+                return (fixed is not None and fixed.retired) or self._pick(fixed) is not None
+
+            async with self.capacity:
+                await self.capacity.wait_for(ready)
+                if self.stopping or (fixed is None and self.halt.is_set()):
+                    return
+                acct = self._pick(fixed)
+                if acct is None:  # its account was retired meanwhile: left as it is
+                    return
+                self._claim(row.job_id, acct)
+                self.queued.add(row.job_id)
+                acct.waiting += 1
+            try:
+                if acct.key_proven.is_set():
+                    await self._critical_submit(row, ambiguous, acct)
+                else:
+                    async with acct.probe:
+                        await self._critical_submit(row, ambiguous, acct)
+                return
+            except AccountRefused as refused:
+                if isinstance(refused.error, AuthError):
+                    await self._retire(acct, refused.error)
+                else:
+                    await self._out_of_quota(acct, refused.error)
+                if not refused.again:
+                    return
+                # nothing was created: a new submit (new business id) through another account
+                row = dataclasses.replace(row, state="pending", business_id=None, account=None)
+                ambiguous = False
+            except AuthError as exc:  # a lookup while settling: the job stays as it is
+                await self._retire(acct, exc)
+                if row.job_id in self.job_account:
+                    await self._release(row.job_id)
+                return
+            finally:
+                if row.job_id in self.queued:
+                    self.queued.discard(row.job_id)
+                    acct.waiting -= 1
+
+    async def _critical_submit(self, row: JobRow, ambiguous: bool, acct: AccountRun) -> None:
         # once a POST may leave, the job must be recorded whatever happens: the submit runs as
         # its own task, which shutdown awaits even when this worker is cancelled
-        task = asyncio.create_task(self.submit_job(row, ambiguous))
+        task = asyncio.create_task(self.submit_job(row, ambiguous, acct))
         self.critical.add(task)
         task.add_done_callback(self.critical.discard)
         await asyncio.shield(task)
@@ -308,7 +395,7 @@ class Submitting:
             return None
         return f"ob-{self.run_key}{secrets.token_hex(3)}-{row.job_id}"[:120]
 
-    async def submit_job(self, row: JobRow, ambiguous: bool) -> None:
+    async def submit_job(self, row: JobRow, ambiguous: bool, acct: AccountRun) -> None:
         """Submit one job (or settle one a crash left mid-submit); always leaves it recorded.
 
         A POST is sent again unflagged only when every earlier one provably created nothing:
@@ -329,7 +416,7 @@ class Submitting:
             flagged, maybe_sent = True, True
         elif ambiguous:  # a crash left it between "submitting" and an answer
             await self._prove_from_journal()
-            found, known = await self._reconcile(business_id, time.monotonic())
+            found, known = await self._reconcile(business_id, time.monotonic(), acct)
             if found:
                 return await self._adopt(row, found, business_id)
             flagged, maybe_sent = flagged or not known, not known
@@ -337,7 +424,7 @@ class Submitting:
         while True:
             sent_at = time.monotonic()
             try:
-                submitted = await self._submit_call(row, business_id, flagged, moved)
+                submitted = await self._submit_call(row, business_id, flagged, moved, acct)
                 crash.point("after_post")
             except UnrecognisedAnswer as exc:
                 return await self._unrecognised(row, exc)
@@ -345,7 +432,7 @@ class Submitting:
                 if exc.created_nothing:  # a 503 "limiter unavailable" on every retry
                     return await self._give_up_submit(row, exc, maybe_sent, flagged)
                 # the task may exist (and be billed): look it up, or send again flagged
-                found, known = await self._reconcile(business_id, sent_at)
+                found, known = await self._reconcile(business_id, sent_at, acct)
                 if found:
                     return await self._adopt(row, found, business_id)
                 flagged, maybe_sent = flagged or not known, not known
@@ -362,22 +449,22 @@ class Submitting:
                 continue
             except RequestRejected as exc:
                 if exc.status == 409 and business_id:  # our id is taken: an earlier POST landed
-                    found, _ = await self._reconcile(business_id, 0.0)
+                    found, _ = await self._reconcile(business_id, 0.0, acct)
                     if found:
                         return await self._adopt(row, found, business_id)
-                    if exc.task_id and (named := await self._named_task(exc.task_id)):
+                    if exc.task_id and (named := await self._named_task(exc.task_id, acct)):
                         return await self._adopt(row, named, business_id)
                     # a task exists that we cannot name: never "created nothing"
                     return await self._give_up_submit(row, exc, True, True)
                 return await self._give_up_submit(row, exc, maybe_sent, flagged)
             except Stopping:
                 return await self._unsent(row, "stopped before sending", maybe_sent, moved[0])
-            except AuthError:
+            except AuthError as exc:  # this account's key: the worker retires the account
                 await self._unsent(row, "authentication failed", maybe_sent, moved[0])
-                raise
-            except QuotaError as exc:
-                self._close_submissions(exc)
-                return await self._unsent(row, "quota exhausted", maybe_sent, moved[0])
+                raise AccountRefused(exc, again=not maybe_sent) from None
+            except QuotaError as exc:  # this account's balance: no more submits with it
+                await self._unsent(row, "quota exhausted", maybe_sent, moved[0])
+                raise AccountRefused(exc, again=not maybe_sent) from None
             except NotSent as exc:  # no connection after a few quick tries: the run stops
                 await self._unsent(row, "API unreachable", maybe_sent, moved[0])
                 self._fail_fatal(self.unreachable(exc))
@@ -389,8 +476,9 @@ class Submitting:
             if self.spend is not None:
                 self.spend.billed(row.job_id, row.body)
             crash.point("after_task_id")
+            acct.submitted += 1
             self._moved("submitting", "running")
-            self._prove_lookup(submitted.task_id, business_id, sent_at)
+            self._prove_lookup(submitted.task_id, business_id, sent_at, acct)
             flight = self._flight(row, submitted.task_id)
             self.schedule(flight, self.policy.first_poll)
             return None
@@ -417,7 +505,7 @@ class Submitting:
                     "flagged possible_duplicate"
                 )
             )
-        await self._release()
+        await self._release(row.job_id)
 
     async def _adopt(self, row: JobRow, found: TaskState, business_id: str) -> None:
         """An earlier POST did land: take its task, and use the lookup's answer as its first
@@ -430,12 +518,12 @@ class Submitting:
         self.log(f"{row.job_id}: an earlier submit did land (task {task_id}); adopted it")
         await self.on_state(self._flight(row, task_id), found)
 
-    async def _named_task(self, task_id: str) -> TaskState | None:
+    async def _named_task(self, task_id: str, acct: AccountRun) -> TaskState | None:
         """The task a 409 named, if a status call shows it exists and no other job holds it."""
         if self.journal.task_owner(task_id) is not None:
             return None
         try:
-            state = await self._status_call(task_id)
+            state = await self._status_call(task_id, acct)
         except AuthError:
             raise
         except OmniBatchError:
@@ -450,7 +538,7 @@ class Submitting:
         if not maybe_sent and moved:
             self.journal.mark_pending(row.job_id, reason)
             self._moved("submitting", "pending")
-        await self._release()
+        await self._release(row.job_id)
 
     async def _give_up_submit(
         self, row: JobRow, exc: OmniBatchError, maybe_sent: bool, flagged: bool
@@ -466,4 +554,4 @@ class Submitting:
             possible_duplicate=flagged,
         )
         self._moved("submitting", "failed")
-        await self._release()
+        await self._release(row.job_id)

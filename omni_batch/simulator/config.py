@@ -149,6 +149,10 @@ class SimConfig:
     balance_endpoint: bool = True  # GET /v1/balance and /v1/user/balance (off: 404)
     models_endpoint: bool = True  # GET /v1/models (off: 404)
 
+    # issue #14 item 8, several accounts (h-acct): "KEY=N" entries; the key answers 401 to
+    # every request after its first N (a key revoked mid-run). Deterministic: no randomness.
+    revoke_after: tuple[str, ...] = ()
+
     def __post_init__(self) -> None:
         problem = _problem(self)
         if problem:
@@ -166,6 +170,8 @@ class SimConfig:
             _check_knob(knob)
         if "keys" in overrides and isinstance(overrides["keys"], str):
             overrides["keys"] = (overrides["keys"],)
+        if "revoke_after" in overrides and isinstance(overrides["revoke_after"], str):
+            overrides["revoke_after"] = (overrides["revoke_after"],)
         if "accounts" in overrides and isinstance(overrides["accounts"], str):
             overrides["accounts"] = tuple(
                 part.strip() for part in overrides["accounts"].split(",") if part.strip()
@@ -185,6 +191,14 @@ class SimConfig:
             account, _, key = entry.partition("=")
             named[key.strip()] = account.strip()
         return {key: named.get(key, f"key{n}") for n, key in enumerate(self.accepted_keys(), 1)}
+
+    def revoked_after(self) -> dict[str, int]:
+        """Key → requests it is answered before every later one gets 401 (revoke_after)."""
+        out = {}
+        for entry in self.revoke_after:
+            key, _, count = entry.rpartition("=")
+            out[key.strip()] = int(count)
+        return out
 
     def knobs(self) -> dict[str, Any]:
         """Knob name → value, in declaration order (for printing and stats)."""
@@ -261,6 +275,10 @@ def _rate_problem(c: SimConfig) -> str | None:
         return "gen_spread lognormal needs gen_min > 0 (its median is sqrt(gen_min * gen_max))"
     if not 0.0 <= c.progress_noise <= 1.0:
         return f"progress_noise must be between 0 and 1, not {c.progress_noise}"
+    for entry in c.revoke_after:
+        key, sep, count = (part.strip() for part in str(entry).rpartition("="))
+        if not sep or not key or not count.isdigit():
+            return "revoke_after: each entry is KEY=N (N requests answered before 401s)"
     return None
 
 
@@ -425,6 +443,8 @@ KNOB_HELP: Mapping[str, str] = {
     "balance_endpoint": "GET /v1/balance and /v1/user/balance answer (false: 404, as an API "
     "without them)",
     "models_endpoint": "GET /v1/models answers (false: 404, as an API without it)",
+    "revoke_after": "KEY=N pairs (comma-separated): the key answers 401 to every request after "
+    "its first N (a key revoked mid-run)",
 }
 
 

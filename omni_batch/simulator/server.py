@@ -13,6 +13,7 @@ import random
 import socket
 import sys
 import threading
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,8 @@ class Simulator:
         self.cdn_urls: dict[str, str] = {}  # extra CDN listeners (video_host, cdn_redirect)
         self.video_base = ""  # where video links point: the CDN, or video_host
         self._not_before: dict[str, float] = {}  # key → when its last 429 said to come back
+        self._revoked = self.config.revoked_after()  # key → requests before its 401s
+        self._key_requests: Counter[str] = Counter()  # requests of each revocable key
         # API faults come in request arrival order; the CDN draws from its own stream, so
         # downloads never shift which API request gets a fault.
         self._cdn = CdnHost(self.state)
@@ -397,6 +400,11 @@ class Simulator:
         token = token.strip()
         if token not in self.state.keys:
             raise _Reject(401, "invalid API key")
+        limit = self._revoked.get(token)
+        if limit is not None:
+            self._key_requests[token] += 1
+            if self._key_requests[token] > limit:
+                raise _Reject(401, "invalid API key: this key was revoked")
         return token
 
     async def _gate(self, request: web.Request, kind: str = "") -> tuple[str, bool]:

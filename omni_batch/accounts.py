@@ -1,0 +1,215 @@
+"""Several API accounts in one run (issue #14 item 8).
+
+Keys come from ``TOAPIS_API_KEYS`` (comma-separated) or a keys file (one per line, ``#``
+comments); ``ACCOUNT=KEY`` groups keys of one account (they share its budgets), a bare key is
+an account of its own, named ``account-1``, ``account-2``... by its place among the bare keys.
+A name is all the journal and the report ever hold: never a key, nor anything derived from one.
+
+``AccountRun`` is one account during a run: its budgets, one client per key (used in turn), its
+in-flight cap, and whether it was retired (401: nothing more with it; 402: no more submits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from omni_batch.errors import InputError, Problem, Where
+
+if TYPE_CHECKING:
+    from omni_batch.budgets import Account
+    from omni_batch.client import ToapisClient
+
+KEYS_ENV = "TOAPIS_API_KEYS"
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+BARE = "account-{n}"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountKeys:
+    """One account as configured: its name and its keys, in the order given."""
+
+    name: str
+    keys: tuple[str, ...]
+
+
+def _looks_like_key(text: str) -> bool:
+    return bool(text) and not any(c.isspace() or ord(c) < 32 for c in text)
+
+
+def parse_entries(entries: Iterable[tuple[Where, str]]) -> list[AccountKeys]:
+    """``(where, text)`` entries, each ``KEY`` or ``ACCOUNT=KEY``, into accounts in the order
+    they first appear. Every problem is reported (never quoting a key) in one InputError."""
+    named: dict[str, list[str]] = {}
+    order: list[str] = []
+    seen: set[str] = set()
+    problems: list[Problem] = []
+    bare = 0
+    for where, text in entries:
+        account, sep, key = text.partition("=")
+        account, key = account.strip(), key.strip()
+        if not sep:
+            account, key = "", text.strip()
+        if sep and not account:
+            problems.append(Problem(where, "keys", "an account name is missing before '='"))
+            continue
+        if sep and not NAME.match(account):
+            problems.append(
+                Problem(
+                    where,
+                    "keys",
+                    "an account name is letters, digits, '_', '.' or '-' (up to 64), "
+                    "starting with a letter or digit",
+                )
+            )
+            continue
+        if sep and re.fullmatch(r"account-\d+", account):
+            problems.append(
+                Problem(where, "keys", f"{account!r} is reserved for keys given without a name")
+            )
+            continue
+        if not key:
+            problems.append(Problem(where, "keys", "no key"))
+            continue
+        if not _looks_like_key(key):
+            problems.append(Problem(where, "keys", "a key has no spaces or control characters"))
+            continue
+        if key in seen:
+            problems.append(Problem(where, "keys", "this key was given before"))
+            continue
+        seen.add(key)
+        if not sep:
+            bare += 1
+            account = BARE.format(n=bare)
+        if account not in named:
+            named[account] = []
+            order.append(account)
+        named[account].append(key)
+    if problems:
+        raise InputError(problems)
+    return [AccountKeys(name, tuple(named[name])) for name in order]
+
+
+def parse_keys_env(text: str, source: str = KEYS_ENV) -> list[AccountKeys]:
+    """``TOAPIS_API_KEYS``: comma-separated ``KEY`` or ``ACCOUNT=KEY``; empty items skipped."""
+    entries = [
+        (Where(f"{source} item {n}"), part)
+        for n, part in enumerate(text.split(","), 1)
+        if part.strip()
+    ]
+    if not entries:
+        raise InputError([Problem(Where(source), "keys", "no key in it")])
+    return parse_entries(entries)
+
+
+def parse_keys_file(path: str | Path) -> list[AccountKeys]:
+    """A keys file: one ``KEY`` or ``ACCOUNT=KEY`` a line; ``#`` starts a comment (a whole
+    line, or after a space); blank lines are skipped. Errors name ``path:line``."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputError([Problem(Where(str(path)), "keys", exc.strerror or str(exc))]) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError([Problem(Where(str(path)), "keys", "not UTF-8 text")]) from None
+    entries = []
+    for number, line in enumerate(text.splitlines(), 1):
+        content = line.strip()
+        if content.startswith("#"):
+            continue
+        content = re.split(r"\s#", content, maxsplit=1)[0].strip()
+        if content:
+            entries.append((Where(str(path), line=number), content))
+    if not entries:
+        raise InputError([Problem(Where(str(path)), "keys", "no key in it")])
+    return parse_entries(entries)
+
+
+class AccountRun:
+    """One account during a run: budgets, clients (one per key, used in turn), in-flight
+    cap (per account: the API's concurrency limit is per account) and standing."""
+
+    def __init__(self, name: str, budgets: Account, clients: list[ToapisClient], ceiling: int):
+        self.name = name
+        self.budgets = budgets
+        self.clients = clients
+        # keys used in turn, submits and queries each on their own turn (so both spread)
+        self._turns = {True: itertools.cycle(clients), False: itertools.cycle(clients)}
+        # the in-flight cap: lowered to what is running when the API says the account may run
+        # no more tasks at once (a concurrency 429), raised back as tasks finish
+        self.cap = self.cap_ceiling = max(1, ceiling)
+        self.cap_cut_at = -math.inf  # when a concurrency 429 last lowered it
+        self.active = 0  # this account's jobs between claim and terminal state
+        self.waiting = 0  # submits that chose it and wait for its submit budget
+        # accepted submits of the last few seconds (engine.CONCURRENCY_WINDOW; the oldest
+        # drop off), to tell a concurrency 429 from a rate 429
+        self.accepted: collections.deque[float] = collections.deque()
+        self.first_submit_at: float | None = None
+        self.last_query_ok = -math.inf
+        self.retired = False  # 401: nothing more is sent with it this run
+        self.no_submits = False  # 402 (or retired): no new submits with it this run
+        self.submitted = 0  # tasks created with it this run
+        # until one call proves the account's key, its submits go one at a time, so a wrong
+        # key costs one 401, not one per worker
+        self.key_proven = asyncio.Event()
+        self.probe = asyncio.Lock()
+
+    def client(self, submit: bool = False) -> ToapisClient:
+        return next(self._turns[submit])
+
+    @property
+    def can_submit(self) -> bool:
+        return not (self.retired or self.no_submits)
+
+    def has_room(self) -> bool:
+        return self.can_submit and self.active < self.cap
+
+    def submit_eta(self) -> float:
+        """Seconds until a submit sent through this account would pass its budgets, counting
+        the submits that already chose it and are waiting."""
+        eta = 0.0
+        for budget in self.budgets.budgets("async_submit"):
+            pacer = budget.pacer
+            if pacer is None:
+                continue
+            ahead = self.waiting + 1
+            eta = max(eta, pacer.backlog_in(ahead))
+        return eta
+
+    def __repr__(self) -> str:  # never a key
+        return f"AccountRun({self.name!r})"
+
+
+def choose(accounts: list[AccountRun]) -> AccountRun | None:
+    """The account a new submit goes to: among those that may submit and have room in their
+    in-flight cap, the one whose submit budget frees soonest; then the one with the fewest
+    tasks in flight; then the first configured."""
+    best: tuple[float, int, int] | None = None
+    chosen = None
+    for n, account in enumerate(accounts):
+        if not account.has_room():
+            continue
+        score = (account.submit_eta(), account.active + account.waiting, n)
+        if best is None or score < best:
+            best, chosen = score, account
+    return chosen
+
+
+__all__ = [
+    "KEYS_ENV",
+    "AccountKeys",
+    "AccountRun",
+    "choose",
+    "parse_entries",
+    "parse_keys_env",
+    "parse_keys_file",
+]
