@@ -99,11 +99,13 @@ FAST = Policy(
     poll_interval=0.3,
     jitter=0.1,
     max_wait=120.0,
-    poll_min_interval=0.02,
-    poll_slack=0.05,
-    poll_max_gap=1.0,
-    gen_prior=(0.05, 0.5),
-    queue_allowance=0.1,
+    # the planner's timings at 1/100 of the real ones (tasks of the fast profile end before
+    # the first poll at 0.3 s, as they did with the fixed cadence)
+    poll_min_interval=0.05,
+    poll_slack=0.1,
+    poll_max_gap=1.8,
+    gen_prior=(0.3, 3.0),
+    queue_allowance=0.15,
     retry_initial=0.05,
     retry_max=0.3,
     lookup_grace=1.0,

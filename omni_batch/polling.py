@@ -183,6 +183,9 @@ class PollPlanner:
                 lo, hi = max(lo, two_lo), min(hi, two_hi)
             else:  # they disagree (noise, a pause): the wider of the two stays honest
                 lo, hi = min(lo, two_lo), max(hi, two_hi)
+        # an early reading allows a start just before it (an absurd rate): no task of its kind
+        # was seen quicker than the learned window's start
+        lo = min(hi, max(lo, track.submitted + self.window(track.key)[0]))
         return lo, hi
 
     def next(self, track: Track, now: float, deadline: float) -> Plan:
