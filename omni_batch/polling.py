@@ -45,8 +45,9 @@ QUEUED = frozenset({"queued", "submitted", "pending"})
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """The next poll: ``delay`` seconds from now; ``exact`` when it is aimed at a predicted
-    completion (jitter would only add detection delay)."""
+    """The next poll: ``delay`` seconds from now; ``exact`` when its moment was chosen from
+    what is known of the task (jitter would only add detection delay or blur the reading; the
+    pacer spreads polls due together), not a cadence."""
 
     delay: float
     exact: bool = False
@@ -125,7 +126,7 @@ class PollPlanner:
             return Plan(p.first_poll)
         quick = self.window(track.key)[0]
         at = track.submitted + max(p.first_poll, INFO_FRACTION * quick, p.poll_min_interval)
-        return Plan(max(0.0, min(at, deadline) - now))
+        return Plan(max(0.0, min(at, deadline) - now), exact=True)
 
     def observe(self, track: Track, now: float, status: str, progress: float | None) -> None:
         """Record one status answer (``progress`` as the API gave it, 0-100 or None)."""
@@ -194,7 +195,7 @@ class PollPlanner:
         if not p.plan_polls:  # the fixed cadence the user asked for
             return Plan(p.poll_interval * (p.queued_factor if track.queued else 1.0))
         soonest = now + p.poll_min_interval
-        exact = False
+        exact = completion = False
         window = self.bracket(track)
         if window is None:  # no progress to go by: the learned window, then the cadence
             cadence = p.poll_interval * (p.queued_factor if track.queued else 1.0)
@@ -202,16 +203,17 @@ class PollPlanner:
             at = max(now + cadence, track.submitted + INFO_FRACTION * quick)
         else:
             lo, hi = window
+            exact = True
             if hi <= now:  # it should be done: the readings misled; ask again soon
                 at = now + max(p.poll_slack, p.poll_min_interval)
             elif hi - max(lo, now) <= p.poll_slack:  # known closely enough: poll once, at the end
-                at, exact = hi, True
+                at, completion = hi, True
             else:  # a late reading narrows it
                 at = lo
         at = min(max(at, soonest), now + max(p.poll_max_gap, p.poll_min_interval))
         if at >= deadline:
-            at, exact = max(deadline, now), False
-        track.aimed = at if exact else None
+            at, exact, completion = max(deadline, now), False, False
+        track.aimed = at if completion else None
         return Plan(at - now, exact)
 
 
