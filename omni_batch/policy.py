@@ -48,7 +48,7 @@ class Policy:
     # plan_polls=False polls at first_poll, then every poll_interval (--poll-interval)
     plan_polls: bool = True
     poll_min_interval: float = 5.0  # never two status calls for one task closer than this
-    poll_slack: float = 10.0  # a completion known within this is polled once, at its end
+    poll_slack: float = 12.0  # a completion known within this is polled once, at its end
     poll_max_gap: float = 180.0  # never longer than this between two polls of a task
     # submit-to-completion times assumed before any task of a kind finished (documented
     # 1-5 min, widened down to 30 s), and how long a task may wait queued before it starts

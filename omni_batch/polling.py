@@ -38,6 +38,7 @@ Key = tuple[str, int, str]  # (model, duration, resolution)
 
 PROGRESS_ERR = 1.0  # assumed error of one progress reading, in points (whole numbers)
 INFO_FRACTION = 0.8  # a first poll at 80% of the quickest completion seen finds most tasks running
+QUEUE_MARGIN = 0.1  # a learned queue time is trusted within 10% of the longest seen
 TRUSTED = 10  # completion times of a kind needed before they replace the prior
 MEMORY = 200  # completion times kept per key (the most recent)
 QUEUED = frozenset({"queued", "submitted", "pending"})
@@ -66,6 +67,7 @@ class Track:
     queued: bool = True  # the latest answer said queued (or none came yet)
     aimed: float | None = None  # predicted completion the pending poll was aimed at
     misses: int = 0  # polls aimed at the completion that found the task still running
+    timed: bool = False  # its start was learned already
 
 
 class PollPlanner:
@@ -83,14 +85,16 @@ class PollPlanner:
     def track(self, key: Key, submitted: float) -> Track:
         return Track(key=key, submitted=submitted, not_started=submitted)
 
-    def learn(self, key: Key, total: float, start: float | None = None) -> None:
-        """A task of ``key`` completed ``total`` seconds after its submit (having started
-        ``start`` seconds after it, when known)."""
+    def learn(self, key: Key, total: float) -> None:
+        """A task of ``key`` completed ``total`` seconds after its submit."""
         if not math.isfinite(total) or total < 0:
             return
         self._totals.setdefault(key, deque(maxlen=self.memory)).append(total)
         self._window_cache.pop(key, None)
-        if start is not None and math.isfinite(start) and 0 <= start <= total:
+
+    def learn_start(self, key: Key, start: float) -> None:
+        """A task of ``key`` started generating ``start`` seconds after its submit."""
+        if math.isfinite(start) and start >= 0:
             self._starts.setdefault(key, deque(maxlen=self.memory)).append(start)
             self._queue_cache.pop(key, None)
 
@@ -135,7 +139,7 @@ class PollPlanner:
         track.last_poll = now
         if status == "completed":
             done = (previous + now) / 2 if aimed is None else min(max(aimed, previous), now)
-            self.learn(track.key, done - track.submitted, self._start(track))
+            self.learn(track.key, done - track.submitted)
             return
         if status == "failed":
             return
@@ -151,6 +155,11 @@ class PollPlanner:
         if track.first is None or reading[1] < track.first[1]:
             track.first = reading  # progress went back: measure from the lower reading
         track.last = reading
+        if not track.timed and (start := self._start(track)) is not None:
+            # two readings tell when it started: how long its kind queues, learned at once
+            # (the first tasks of a run benefit before any has finished)
+            track.timed = True
+            self.learn_start(track.key, start)
 
     def _start(self, track: Track) -> float | None:
         """When the task started (seconds after its submit), from two readings; else None."""
@@ -168,11 +177,12 @@ class PollPlanner:
         t, progress = track.last
         # one reading: the task started between the last "not started" moment and the reading
         s_lo = track.not_started
-        queue = self._queue_window(track.key)
-        allowance = self.policy.queue_allowance if queue is None else queue[1] + err
+        queue = self._queue_window(track.key)  # learned: how long tasks of its kind queue
+        margin = 0.0 if queue is None else QUEUE_MARGIN * queue[1] * 2 ** min(track.misses, 6)
+        allowance = self.policy.queue_allowance if queue is None else queue[1] + margin
         s_hi = min(t, max(s_lo, track.submitted + allowance))
         if queue is not None:
-            s_lo = min(s_hi, max(s_lo, track.submitted + queue[0] - err))
+            s_lo = min(s_hi, max(s_lo, track.submitted + queue[0] - margin))
         p_lo, p_hi = max(progress - err, 0.5), min(progress + err, 100.0)
         lo = s_hi + (t - s_hi) * 100.0 / p_hi
         hi = s_lo + (t - s_lo) * 100.0 / p_lo
