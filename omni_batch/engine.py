@@ -203,9 +203,9 @@ class Engine(Submitting):
             self.idle.set()
 
     def schedule(self, flight: Flight, delay: float | Plan) -> None:
-        """Put ``flight`` on the poll heap ``delay`` seconds from now: jittered unless the plan
-        aims at a predicted completion, then moved later if its slot of the query budget is
-        full."""
+        """Put ``flight`` on the poll heap ``delay`` seconds from now: jittered unless the
+        planner chose that moment from what it knows of the task, then moved later if its slot
+        of the query budget is full."""
         plan = delay if isinstance(delay, Plan) else Plan(delay)
         wait = plan.delay
         if not plan.exact:

@@ -102,7 +102,7 @@ FAST = Policy(
     # the planner's timings at 1/100 of the real ones (tasks of the fast profile end before
     # the first poll at 0.3 s, as they did with the fixed cadence)
     poll_min_interval=0.05,
-    poll_slack=0.1,
+    poll_slack=0.12,
     poll_max_gap=1.8,
     gen_prior=(0.3, 3.0),
     queue_allowance=0.15,
