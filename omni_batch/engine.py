@@ -379,6 +379,8 @@ class Engine(Submitting):
             if isinstance(exc, AuthError):
                 raise
             self.log(f"{flight.job_id}: status call failed ({exc}); trying again later")
+            if flight.track is not None:
+                self.planner.unanswered(flight.track)
             return await self._next_poll(flight)
         await self.on_state(flight, state)
 

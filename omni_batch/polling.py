@@ -161,6 +161,10 @@ class PollPlanner:
             track.timed = True
             self.learn_start(track.key, start)
 
+    def unanswered(self, track: Track) -> None:
+        """The status call failed (after its retries): it said nothing about the completion."""
+        track.aimed = None
+
     def _start(self, track: Track) -> float | None:
         """When the task started (seconds after its submit), from two readings; else None."""
         rate = _rate(track)

@@ -136,6 +136,10 @@ def test_a_poll_aimed_at_the_completion_that_finds_it_running_widens_the_error()
     assert aimed.exact
     planner.observe(track, 90.0 + aimed.delay, "in_progress", 97)  # slower than it said
     assert track.misses == 1
+    planner.next(track, 90.0 + aimed.delay, 900.0)
+    planner.unanswered(track)  # a failed status call is no miss
+    planner.observe(track, 200.0, "in_progress", 99)
+    assert track.misses == 1
     window = planner.bracket(track)
     assert window is not None and window[1] > 90.0 + aimed.delay
     assert planner.next(track, 90.0 + aimed.delay, 900.0).delay >= REAL.poll_min_interval
