@@ -73,9 +73,13 @@ def scaled_policy(scale: float, **changes: Any) -> Any:
     base = Policy()
     timed = (
         "first_poll", "poll_interval", "max_wait", "retry_initial", "retry_max",
+        # the poll planner's (when the code under test has it: a before/after run may not)
+        "poll_min_interval", "poll_slack", "poll_max_gap", "queue_allowance",
     )  # fmt: skip
-    values = {name: getattr(base, name) / scale for name in timed}
-    values.update(changes)
+    values = {name: getattr(base, name) / scale for name in timed if hasattr(base, name)}
+    if hasattr(base, "gen_prior"):
+        values["gen_prior"] = tuple(t / scale for t in base.gen_prior)
+    values.update({k: v for k, v in changes.items() if hasattr(base, k)})
     return base.scaled(**values)
 
 

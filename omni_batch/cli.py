@@ -194,7 +194,8 @@ def _refuse_a_busy_folder(folder) -> None:
 @click.option(
     "--poll-interval",
     type=click.FloatRange(min=0, min_open=True),
-    help="Seconds between status calls [default: "
+    help="Poll every this many seconds, a fixed cadence; without it polls are planned from "
+    "each task's progress, this cadence only for a task that reports none [default: "
     + _TIMINGS_HELP.format(real="10", fast="0.3")
     + "].",
 )
@@ -373,17 +374,25 @@ def _run(
         console.print(sliced.describe(only_values), highlight=False, soft_wrap=True)
     if poll_interval is not None:
         policy = policy.scaled(
-            poll_interval=poll_interval, first_poll=min(policy.first_poll, poll_interval)
+            poll_interval=poll_interval,
+            first_poll=min(policy.first_poll, poll_interval),
+            plan_polls=False,
         )
     if max_wait is not None:
         policy = policy.scaled(max_wait=max_wait)
     if lookup_grace is not None:
         policy = policy.scaled(lookup_grace=lookup_grace)
     policy = policy.scaled(max_download_bytes=int(max_video_mb * 1_000_000))
+    polling = (
+        f"planned from each task's progress and the generation times seen, at least "
+        f"{policy.poll_min_interval:g} s apart (every {policy.poll_interval:g} s for a task "
+        "that reports no progress; --poll-interval for a fixed cadence)"
+        if policy.plan_polls
+        else f"first after {policy.first_poll:g} s, then every {policy.poll_interval:g} s"
+    )
     console.print(
-        f"polling: first after {policy.first_poll:g} s, then every {policy.poll_interval:g} s; "
-        f"a task still unfinished after {policy.max_wait:g} s is given up, its id kept "
-        "(--max-wait)",
+        f"polling: {polling}; a task still unfinished after {policy.max_wait:g} s is given up, "
+        "its id kept (--max-wait)",
         style="dim",
         highlight=False,
     )

@@ -47,6 +47,7 @@ from omni_batch.errors import (
 from omni_batch.journal import DEFER_S, JobRow, Journal
 from omni_batch.netguard import VideoGuard
 from omni_batch.policy import Policy, retried
+from omni_batch.polling import Plan, PollPacer, PollPlanner, Track
 from omni_batch.submit import LookupProof, Stopping, Submitting
 from omni_batch.verify import probe
 
@@ -65,6 +66,9 @@ T = TypeVar("T")
 # recorded; one still unanswered then is cancelled and stays `submitting` (committed before its
 # POST), so the next run reconciles it. Keeps the whole shutdown well inside 10 s.
 SUBMIT_GRACE_S = 4.0
+# The share of a budget shared by submits and status calls that polls are planned to use at
+# most (the rest stays free for submits); a separate query budget is planned in full.
+POLL_SHARE = 0.8
 CANCEL_WITHIN_S = 2.0  # how long cancelled tasks get to finish before shutdown goes on
 
 
@@ -106,6 +110,7 @@ class Flight:
     asked: tuple[str, int] = ("", 0)  # (aspect ratio, duration) the video must match
     on_disk: Downloaded | None = None  # resume found its video whole in place: no download
     account: AccountRun | None = None  # whose key polls it (None: the first account)
+    track: Track | None = None  # what the poll planner knows of the task
 
 
 @dataclass
@@ -146,6 +151,7 @@ class Engine(Submitting):
         download_workers: int = 4,
         rng: random.Random | None = None,
         accounts: list[AccountRun] | None = None,
+        query_rate: float | None = None,
     ):
         """``accounts``: every configured account (each with its budgets and one client per
         key); without it, ``client`` and ``account`` make the one account."""
@@ -182,6 +188,12 @@ class Engine(Submitting):
             maxsize=self.max_in_flight
         )
         self.heap: list[tuple[float, int, Flight]] = []
+        # when to poll each task (from its progress and the timings learned this run), and
+        # due times spread so the polls planned never exceed what the query budget serves
+        self.planner = PollPlanner(policy)
+        if query_rate is None:
+            query_rate = self._poll_rate()
+        self.pacer = PollPacer(query_rate)
         self.heap_changed = asyncio.Event()
         self.order = itertools.count()
         self.idle = asyncio.Event()
@@ -201,6 +213,20 @@ class Engine(Submitting):
         self.submits_throttled: ThrottledTooLong | None = None
         self.cap_logged = -math.inf  # when a capped Retry-After was last logged
         self.spend: Any = None  # money.Spend (issue #15): the runner sets it
+
+    def _poll_rate(self) -> float | None:
+        """Status calls per second the accounts' query budgets serve, less a share kept for
+        lookups and balance calls (a shared `--rate` budget also serves the submits)."""
+        total = 0.0
+        for acct in self.accounts:
+            budgets = acct.budgets
+            if budgets.query.effective_rate is not None:
+                total += budgets.query.effective_rate * POLL_SHARE
+            elif budgets.shared is not None and budgets.shared.effective_rate is not None:
+                total += budgets.shared.effective_rate * POLL_SHARE
+            else:
+                return None  # an account without a query limit: nothing to spread for
+        return total or None
 
     # -- bookkeeping ----------------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -310,9 +336,17 @@ class Engine(Submitting):
         if not self.feeding and self.active == 0 and self.claimed == 0 and self.submits.empty():
             self.idle.set()
 
-    def schedule(self, flight: Flight, delay: float) -> None:
-        jittered = delay * (1 + self.policy.jitter * (2 * self.rng.random() - 1))
-        heapq.heappush(self.heap, (time.monotonic() + max(0.0, jittered), next(self.order), flight))
+    def schedule(self, flight: Flight, delay: float | Plan) -> None:
+        """Put ``flight`` on the poll heap ``delay`` seconds from now: jittered unless the
+        planner chose that moment from what it knows of the task, then moved later if its slot
+        of the query budget is full."""
+        plan = delay if isinstance(delay, Plan) else Plan(delay)
+        wait = plan.delay
+        if not plan.exact:
+            wait *= 1 + self.policy.jitter * (2 * self.rng.random() - 1)
+        now = time.monotonic()
+        due = self.pacer.place(now + max(0.0, wait), now)
+        heapq.heappush(self.heap, (due, next(self.order), flight))
         self.heap_changed.set()
 
     def unreachable(self, exc: NotSent) -> ApiUnreachable:
@@ -487,16 +521,29 @@ class Engine(Submitting):
             lambda: self._pressured(lambda client: client.status(task_id), acct=acct),
         )
 
-    def _flight(self, row: JobRow, task_id: str, **kw: Any) -> Flight:
-        asked = (row.body["aspect_ratio"], row.body["duration"])
+    def _flight(
+        self, row: JobRow, task_id: str, *, submitted: float | None = None, **kw: Any
+    ) -> Flight:
+        """``submitted``: when the task was submitted (monotonic; default now)."""
+        body = row.body
+        asked = (body["aspect_ratio"], body["duration"])
+        now = time.monotonic()
+        key = (str(body.get("model", "")), int(body["duration"]), str(body.get("resolution", "")))
+        track = self.planner.track(key, now if submitted is None else min(submitted, now))
         return Flight(
             row.job_id,
             task_id,
-            time.monotonic() + self.policy.max_wait,
+            now + self.policy.max_wait,
             asked=asked,
             account=self.job_account.get(row.job_id),
+            track=track,
             **kw,
         )
+
+    def _first_poll(self, flight: Flight) -> Plan:
+        """The first poll after a submit: planned from what tasks of its kind took."""
+        assert flight.track is not None
+        return self.planner.first(flight.track, time.monotonic(), flight.deadline)
 
     # -- polling ----------------------------------------------------------------------------------
     async def dispatcher(self) -> None:
@@ -567,6 +614,8 @@ class Engine(Submitting):
                 self._fail_fatal(self.unreachable(exc))
                 return
             self.log(f"{flight.job_id}: status call failed ({exc}); trying again later")
+            if flight.track is not None:
+                self.planner.unanswered(flight.track)
             return await self._next_poll(flight)
         await self.on_state(flight, state)
 
@@ -574,6 +623,8 @@ class Engine(Submitting):
         """What one status answer means for the job: download, fail, or poll again later."""
         flight.polls += 1
         flight.status = state.status
+        if flight.track is not None:
+            self.planner.observe(flight.track, time.monotonic(), state.status, state.progress)
         if state.status == "completed":
             if not state.video_url:
                 message = "completed without a video URL"
@@ -601,10 +652,12 @@ class Engine(Submitting):
         await self._next_poll(flight)
 
     async def _next_poll(self, flight: Flight) -> None:
-        if time.monotonic() > flight.deadline:
+        now = time.monotonic()
+        if now > flight.deadline:
             return await self._timeout(flight)
-        factor = self.policy.queued_factor if flight.status == "queued" else 1.0
-        self.schedule(flight, self.policy.poll_interval * factor)
+        if flight.track is None:  # pragma: no cover - every flight gets a track
+            flight.track = self.planner.track(("", 0, ""), now)
+        self.schedule(flight, self.planner.next(flight.track, now, flight.deadline))
 
     async def _timeout(self, flight: Flight) -> None:
         message = (
@@ -706,7 +759,15 @@ class Engine(Submitting):
             if row.state == "submitting":
                 settle.append((row, True))
                 continue
-            flight = self._flight(row, row.task_id or "", polls=row.polls, state=row.state)
+            # its age (the journal's wall-clock submit time) lets the planner place its polls
+            age = time.time() - row.submitted_at if row.submitted_at else 0.0
+            flight = self._flight(
+                row,
+                row.task_id or "",
+                submitted=time.monotonic() - max(0.0, age),
+                polls=row.polls,
+                state=row.state,
+            )
             fresh = row.video_url and (row.expires_at or 0) > time.time()
             if row.state == "downloading" and (found := self.store.on_disk(row.job_id)):
                 # renamed into place whole, its `completed` lost to a crash: nothing to fetch

@@ -44,6 +44,16 @@ class Policy:
     queued_factor: float = 1.5  # poll less often while a task is still queued
     jitter: float = 0.2  # ± fraction applied to each poll interval
     max_wait: float = 900.0  # give up on a task (keeping its id) after this long
+    # poll economy (omni_batch.polling): polls planned from progress and learned timings;
+    # plan_polls=False polls at first_poll, then every poll_interval (--poll-interval)
+    plan_polls: bool = True
+    poll_min_interval: float = 5.0  # never two status calls for one task closer than this
+    poll_slack: float = 12.0  # a completion known within this is polled once, at its end
+    poll_max_gap: float = 180.0  # never longer than this between two polls of a task
+    # submit-to-completion times assumed before any task of a kind finished (documented
+    # 1-5 min, widened down to 30 s), and how long a task may wait queued before it starts
+    gen_prior: tuple[float, float] = (30.0, 300.0)
+    queue_allowance: float = 15.0
     retries: int = 3  # for 5xx, timeouts, connection resets
     retry_initial: float = 0.5
     retry_max: float = 4.0
@@ -92,6 +102,13 @@ FAST = Policy(
     poll_interval=0.3,
     jitter=0.1,
     max_wait=120.0,
+    # the planner's timings at 1/100 of the real ones (tasks of the fast profile end before
+    # the first poll at 0.3 s, as they did with the fixed cadence)
+    poll_min_interval=0.05,
+    poll_slack=0.12,
+    poll_max_gap=1.8,
+    gen_prior=(0.3, 3.0),
+    queue_allowance=0.15,
     retry_initial=0.05,
     retry_max=0.3,
     lookup_grace=1.0,

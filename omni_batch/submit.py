@@ -480,7 +480,7 @@ class Submitting:
             self._moved("submitting", "running")
             self._prove_lookup(submitted.task_id, business_id, sent_at, acct)
             flight = self._flight(row, submitted.task_id)
-            self.schedule(flight, self.policy.first_poll)
+            self.schedule(flight, self._first_poll(flight))
             return None
 
     async def _unrecognised(self, row: JobRow, exc: UnrecognisedAnswer) -> None:

@@ -154,7 +154,8 @@ def test_a_realistic_rehearsal_polls_at_the_documented_timings(manifest, tmp_pat
             if process.poll() is None:
                 process.kill()
     said = "".join(lines)
-    assert "polling: first after 5 s, then every 10 s" in said
+    assert "polling: planned from each task's progress" in said
+    assert "at least 5 s apart (every 10 s for a task that reports no progress" in said
     assert "after 900 s is given up" in said
 
 
