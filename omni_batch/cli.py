@@ -553,3 +553,37 @@ def promote(
         f"wrote {done.path}: {len(done.winners)} winners as {done.entries} entries, "
         f"{done.jobs} jobs; next: omni-batch run {done.path}"
     )
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=str))
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8765,
+    show_default=True,
+    help="0: any free port.",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; anything but loopback needs --token.",
+)
+@click.option(
+    "--token",
+    envvar="OMNI_BATCH_REVIEW_TOKEN",
+    help="A secret (12+ characters) every request must carry: open /?token=T once "
+    "[env OMNI_BATCH_REVIEW_TOKEN].",
+)
+@reports_errors
+def review(folder: str, port: int, host: str, token: str | None) -> None:
+    """Review an output FOLDER in the browser: pick, reject, score 1-5 and note each take,
+    pivot the matrix by any variable, compare takes side by side. Every change is saved in the
+    folder's journal at once; the report files carry them. Read-only while a run uses FOLDER."""
+    from omni_batch.review import check_folder
+    from omni_batch.review_server import check_bind, serve
+
+    check_bind(host, token)
+    check_folder(folder)
+    serve(folder, host, port, token, lambda line: click.echo(line))
