@@ -11,6 +11,7 @@ moment of a save, so a run can start between saves, and saves work again once it
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -39,15 +40,23 @@ def check_folder(folder: str | Path) -> Path:
     return folder
 
 
+LOCK_WAIT_S = 3.0  # a lock held this long is a run's, not another save's or report refresh's
+
+
 @contextlib.contextmanager
-def _held(folder: Path) -> Iterator[IO[str]]:
-    """The folder's lock, or RunGoing."""
-    try:
-        handle = _lock_folder(folder)
-    except StateError:
-        raise RunGoing(folder) from None
-    except OSError as exc:
-        raise StateError(f"{folder}: cannot lock the folder: {exc.strerror or exc}") from None
+def _held(folder: Path, wait: float = LOCK_WAIT_S) -> Iterator[IO[str]]:
+    """The folder's lock (waiting up to ``wait`` s for another review's save), or RunGoing."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            handle = _lock_folder(folder)
+            break
+        except StateError:
+            if time.monotonic() >= deadline:
+                raise RunGoing(folder) from None
+            time.sleep(0.05)
+        except OSError as exc:
+            raise StateError(f"{folder}: cannot lock the folder: {exc.strerror or exc}") from None
     try:
         yield handle
     finally:
@@ -57,7 +66,7 @@ def _held(folder: Path) -> Iterator[IO[str]]:
 def run_going(folder: Path) -> bool:
     """Whether a run holds the folder now."""
     try:
-        with _held(folder):
+        with _held(folder, wait=0):
             return False
     except RunGoing:
         return True

@@ -52,7 +52,6 @@ CSS = """
 :root { color-scheme: light; --ink: #1d2330; --dim: #667085; --line: #e3e7ee; --bg: #f6f7f9;
   --ok: #12805c; --bad: #c0362c; --run: #2f6fde; --gold: #b7791f; }
 * { box-sizing: border-box; }
-html, body { max-width: 100%; overflow-x: hidden; }
 body { margin: 0; font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
   color: var(--ink); background: var(--bg); }
 [hidden] { display: none !important; }

@@ -240,7 +240,8 @@ async def _save(request: web.Request) -> web.Response:
     if wrong:
         return _json_error(400, wrong[0])
     try:
-        saved = await asyncio.to_thread(save_reviews, folder, ids, **fields)
+        async with state["writing"]:  # never alongside this server's own report refresh
+            saved = await asyncio.to_thread(save_reviews, folder, ids, **fields)
     except RunGoing as exc:
         return _json_error(409, str(exc))
     except UsageError as exc:
@@ -262,7 +263,8 @@ async def _refresher(app: web.Application) -> AsyncIterator[None]:
             if since is not None and time.monotonic() - since >= REFRESH_AFTER_S:
                 state["dirty"] = None
                 try:
-                    await asyncio.to_thread(refresh, app[_FOLDER])
+                    async with state["writing"]:
+                        await asyncio.to_thread(refresh, app[_FOLDER])
                 except OmniBatchError as exc:
                     state["refresh_error"] = " ".join(exc.lines())
 
@@ -272,7 +274,8 @@ async def _refresher(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     if state.get("dirty") is not None:
-        await asyncio.to_thread(refresh, app[_FOLDER])
+        async with state["writing"]:
+            await asyncio.to_thread(refresh, app[_FOLDER])
 
 
 def make_app(folder: str | Path, token: str | None = None) -> web.Application:
@@ -280,7 +283,7 @@ def make_app(folder: str | Path, token: str | None = None) -> web.Application:
     app = web.Application(middlewares=[_guard], client_max_size=MAX_BODY)
     app[_FOLDER] = folder
     app[_TOKEN] = token or ""
-    app[_STATE] = {"videos": {}, "posters": {}, "dirty": None}
+    app[_STATE] = {"videos": {}, "posters": {}, "dirty": None, "writing": asyncio.Lock()}
     app.router.add_get("/", _page)
     app.router.add_get("/app.js", _script)
     app.router.add_get("/app.css", _style)
