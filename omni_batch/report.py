@@ -39,11 +39,13 @@ COLUMNS = [
     "submitted_at", "completed_at", "latency_s", "possible_duplicate", "verified",
     "verify_message", "video_width", "video_height", "video_duration_s", "source", "account",
     "usd_per_second", "cost_usd",
+    "pick", "score", "note", "reviewed_at",  # the reviewer's verdict (omni-batch review / pick)
 ]  # fmt: skip
 # money (issue #15): usd_per_second is the price the run used (the catalog's, kept in the
 # journal's meta; NaN: unknown); cost_usd what the job's task is billed at that price: 0 with
 # no task or a failed generation (refunded), NaN when billed at an unknown price (never $0)
 _MONEY = ("usd_per_second", "cost_usd")
+REVIEW_COLUMNS = ("pick", "score", "note", "reviewed_at")
 SLICE_ROWS = 1000  # journal rows read, converted and written at a time (a Parquet row group)
 _RAW = [c for c in COLUMNS if c not in ("status", "latency_s", *_MONEY)] + [
     "vars",
@@ -61,7 +63,7 @@ def _retired(sql: dict[str, str]) -> str:
     return f"active = 0 AND (state != 'pending' OR {sql['task_ids']} IS NOT NULL)"
 
 
-_TIMES = ("expires_at", "submitted_at", "completed_at")
+_TIMES = ("expires_at", "submitted_at", "completed_at", "reviewed_at")
 _FILES = ("report.csv", "report.parquet", "failures.csv")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -113,7 +115,11 @@ def _sample(column: str, sql: str) -> str:
 def _selected(db: sqlite3.Connection) -> dict[str, str]:
     """Report column → SQL; NULL for a column a journal of an older version does not have."""
     have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
-    return {c: c if c in have else "NULL" for c in _RAW}  # `active` is in every version
+    sql = {c: c if c in have else "NULL" for c in _RAW}  # `active` is in every version
+    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'reviews'").fetchone():
+        for c in REVIEW_COLUMNS:  # a journal older than reviews has none
+            sql[c] = f"(SELECT r.{c} FROM reviews r WHERE r.job_id = jobs.job_id)"
+    return sql
 
 
 def _shape(db: sqlite3.Connection, sql: dict[str, str]) -> _Shape:
@@ -176,7 +182,7 @@ def _report_frame(frame: pd.DataFrame, shape: _Shape) -> pd.DataFrame:
         frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
         if shape.report is not None:
             frame[column] = frame[column].astype(shape.report[column].dtype)
-    for column in ("http_status", "bytes", "video_width", "video_height"):
+    for column in ("http_status", "bytes", "video_width", "video_height", "score"):
         frame[column] = frame[column].astype("Int64")
     frame["verified"] = frame["verified"].astype("boolean")  # NA: no video to check
     _money(frame, shape.prices)
