@@ -181,7 +181,12 @@ def main() -> None:
     for name in args.only:
         jobs = args.jobs or (QUICK_JOBS[name] if args.quick else SCENARIOS[name]["jobs"])
         results.append(run_scenario(name, jobs))
-    emit({"scenarios": results})
+    flat = {
+        f"{r['scenario']}_{key}": r[key]
+        for r in results
+        for key in ("ratio", "share_429", "engine_s", "bound_s", "polls_per_job", "completed")
+    }
+    emit({**flat, "scenarios": results})
 
 
 if __name__ == "__main__":

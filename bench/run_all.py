@@ -50,6 +50,7 @@ BENCHES = (
     Bench("scale", "overhead.py", ("--jobs", "20000"), ("--jobs", "1000")),
     Bench("alternative", "alternative.py", ("--jobs", "50"), ("--jobs", "3")),
     Bench("polling", "poll_efficiency.py", ("--jobs", "200"), ("--jobs", "20")),
+    Bench("budgets", "budgets.py", (), ("--quick",)),
 )
 
 
@@ -107,6 +108,35 @@ def _ratio(a: Any, b: Any) -> float | None:
     return round(a / b, 2) if isinstance(a, int | float) and b else None
 
 
+BUDGET_SCENARIOS = (
+    ("published", "the default tier's published limits, 20-40 s generations"),
+    ("burst1", "submit 20/s + query 50/s, no burst, no headers"),
+    ("concurrency", "8 tasks at once, its 429 like a rate 429"),
+    ("many", "10,000 jobs, submit 100/s, query 400/s"),
+)
+
+
+def _budget_rows() -> list[Row]:
+    """bench/budgets.py: engine makespan ÷ the bound the budgets allow, and the 429 share."""
+    out = []
+    for n, (name, what) in enumerate(BUDGET_SCENARIOS):
+
+        def shown(r: dict[str, dict[str, Any]], name: str = name) -> str:
+            return (
+                f"{_get(r, 'budgets', name + '_ratio')}; {_get(r, 'budgets', name + '_share_429')}"
+            )
+
+        def met(r: dict[str, dict[str, Any]], name: str = name) -> bool:
+            ratio = _get(r, "budgets", name + "_ratio")
+            return (ratio or 99) <= 1.1 and _below(_get(r, "budgets", name + "_share_429"), 0.01)
+
+        title = "1b rate budgets (bench/budgets.py)" if n == 0 else ""
+        out.append(
+            Row(title, f"{name} ({what}): engine ÷ bound; 429 share", shown, "≤ 1.1; < 0.01", met)
+        )
+    return out
+
+
 def rows(quick: bool) -> list[Row]:
     size = {b.name: (b.quick if quick else b.full) for b in BENCHES}
     jobs = {name: args[args.index("--jobs") + 1] for name, args in size.items() if "--jobs" in args}
@@ -141,6 +171,7 @@ def rows(quick: bool) -> list[Row]:
             "0",
             lambda r: g(r, "rate", "polls_after_terminal") == 0,
         ),
+        *_budget_rows(),
         Row(
             f"2 overhead: {jobs['overhead']} jobs, no rate limit, instant generation "
             "(first poll 0 s, every 0.05 s), 50 in flight",
