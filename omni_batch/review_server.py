@@ -19,6 +19,7 @@ import ipaddress
 import json
 import math
 import os
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -317,18 +318,29 @@ async def serving(
         await runner.cleanup()
 
 
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
 def serve(folder: str | Path, host: str, port: int, token: str | None, say: Callable) -> None:
     """Run the server until Ctrl-C / SIGTERM; ``say`` prints a line."""
 
     async def main() -> None:
+        # a signal ends the wait below, so the server stops between requests (a signal raised
+        # as KeyboardInterrupt inside a request handler printed a traceback on Python 3.13)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in STOP_SIGNALS:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, stop.set)
         async with serving(folder, host, port, token) as url:
             say(f"review: {url}" + ("?token=<your token>" if token else ""))
             if run_going(Path(folder)):
                 say("a run is using this folder: the page is read-only until it ends")
             say("Ctrl-C stops; report.csv, report.parquet and gallery.html carry the reviews")
-            await asyncio.Event().wait()
+            await stop.wait()
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
-    except KeyboardInterrupt:
-        say("review server stopped")
+    say("review server stopped")
