@@ -1,7 +1,7 @@
 """Rate budgets (issue #14): makespan ÷ the bound the budgets allow, and the share of 429s,
 against servers that limit in different ways. The simulator runs in its own process.
 
-Scenarios (``--only NAME``…):
+Every scenario runs with omni-batch's default in-flight cap (2,000). Scenarios (``--only NAME``…):
   published    the default tier's published limits exactly (profile `published-fast`: submit
                5/s burst 50, query 50/s, X-RateLimit-* on every answer, generation 20-40 s),
                omni-batch with its default options (tier `default`)
@@ -121,7 +121,6 @@ def run_scenario(name: str, jobs: int) -> dict[str, Any]:
                 out=Path(tmp) / "out",
                 base_url=sim.base_url,
                 api_key=sim.key,
-                max_in_flight=50,
                 policy=_policy(spec["policy"]),
                 **spec["options"],
             )

@@ -31,6 +31,10 @@ TIERS: Mapping[str, tuple[float, float]] = {
     "svip": (2000 / 60, 30_000 / 60),
 }
 DEFAULT_TIER = "default"
+# Tasks submitted and not yet finished, at most. No concurrency limit is published, and at the
+# default tier's 5 submits/s with 1-5 min generations up to 1,500 tasks are in flight at full
+# speed; a key that may run fewer says so with a 429, and the cap comes down by itself.
+MAX_IN_FLIGHT = 2000
 
 MIN_FACTOR = 0.05  # never slow below 5% of the rate
 DECREASE = 0.7  # multiply the rate by this on a 429 without headers (once per storm)

@@ -8,6 +8,7 @@ import sys
 import click
 
 from omni_batch import __version__
+from omni_batch.budgets import MAX_IN_FLIGHT
 from omni_batch.clierrors import reports_errors
 from omni_batch.errors import OmniBatchError, UsageError
 from omni_batch.simulator.command import simulate
@@ -187,9 +188,10 @@ def _refuse_a_busy_folder(folder) -> None:
 @click.option(
     "--max-in-flight",
     type=click.IntRange(min=1),
-    default=50,
+    default=MAX_IN_FLIGHT,
     show_default=True,
-    help="Tasks submitted and not yet finished, at most.",
+    help="Tasks submitted and not yet finished, at most (lowered by itself when the API "
+    "refuses more tasks at once).",
 )
 @click.option(
     "--poll-interval",

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from omni_batch.accounts import AccountRun
-from omni_batch.budgets import QUERY, SUBMIT, Account, RateHeaders
+from omni_batch.budgets import MAX_IN_FLIGHT, QUERY, SUBMIT, Account, RateHeaders
 from omni_batch.client import TaskState, ToapisClient
 from omni_batch.download import (
     Downloaded,
@@ -143,7 +143,7 @@ class Engine(Submitting):
         account: Account,
         policy: Policy,
         *,
-        max_in_flight: int = 50,
+        max_in_flight: int = MAX_IN_FLIGHT,
         reconcile: bool = False,
         verify: bool = True,
         submit_workers: int = 8,

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import aiohttp
 
 from omni_batch.accounts import KEYS_ENV, AccountKeys, AccountRun, parse_keys_env, parse_keys_file
-from omni_batch.budgets import DEFAULT_TIER, Account, Rates
+from omni_batch.budgets import DEFAULT_TIER, MAX_IN_FLIGHT, Account, Rates
 from omni_batch.catalog import Catalog
 from omni_batch.client import DEFAULT_BASE_URL, ToapisClient
 from omni_batch.download import LocalStore
@@ -71,7 +71,7 @@ class RunOptions:
     submit_rate: float | None = None
     query_rate: float | None = None
     rate: float | None = None
-    max_in_flight: int = 50
+    max_in_flight: int = MAX_IN_FLIGHT
     policy: Policy | None = None  # default: documented timings, or the simulator profile's
     retry_failed: bool = False
     reconcile: bool | None = None  # look ambiguous submits up by client_business_id
@@ -343,7 +343,9 @@ async def _run(
             # addresses, on the very lookup a video download connects with
             resolver = GuardedResolver(VideoGuard(base_url))
             connector = aiohttp.TCPConnector(
-                limit=max(16, options.max_in_flight // 2 + 8), resolver=resolver
+                # connections at once: the workers' (8 submit, 8 poll, 4 download) and lookups
+                limit=max(16, min(64, options.max_in_flight // 2 + 8)),
+                resolver=resolver,
             )
             async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
                 table = price_table(manifest.catalog)
