@@ -149,6 +149,9 @@ class AccountRun:
         self.cap = self.cap_ceiling = max(1, ceiling)
         self.cap_cut_at = -math.inf  # when a concurrency 429 last lowered it
         self.active = 0  # this account's jobs between claim and terminal state
+        self.running = 0  # of them, those with a task (a task id): what its concurrency counts
+        self.finished = 0  # its tasks finished this run (a concurrency wait waits for one)
+        self.concurrency_429s = 0  # concurrency 429s in a row (its back-off grows with them)
         self.waiting = 0  # submits that chose it and wait for its submit budget
         # accepted submits of the last few seconds (engine.CONCURRENCY_WINDOW; the oldest
         # drop off), to tell a concurrency 429 from a rate 429

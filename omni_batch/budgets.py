@@ -36,6 +36,7 @@ DEFAULT_TIER = "default"
 # speed; a key that may run fewer says so with a 429, and the cap comes down by itself.
 MAX_IN_FLIGHT = 2000
 
+MIN_PUBLISHED = 1 / 60  # requests/s: one a minute (a Limit header of 0.001/min is not believed)
 MIN_FACTOR = 0.05  # never slow below 5% of the rate
 DECREASE = 0.7  # multiply the rate by this on a 429 without headers (once per storm)
 INCREASE = 1.5  # and by this after each calm period without one
@@ -58,6 +59,7 @@ class Pacer(AsyncLimiter):
 
     def __init__(self, rate: float, burst: int = 1) -> None:
         super().__init__(burst, burst / rate)
+        self._paused_until = 0.0  # monotonic
 
     @property
     def rate(self) -> float:
@@ -75,8 +77,15 @@ class Pacer(AsyncLimiter):
 
     def set_rate(self, rate: float) -> None:
         in_loop = self._settle()  # drained at the old rate until now; the new one from now
+        # a pause is a time, not a number of tokens: it keeps its end whatever the new rate;
+        # the spacing of the last acquisition follows the new rate
+        left = self._paused_until - time.monotonic()
         self.time_period = self.max_rate / rate
         self._rate_per_sec = rate
+        if left > 0:  # paused: the pause's end alone decides the next acquisition
+            self._level = self.max_rate - 1 + left * rate
+        else:
+            self._level = min(self._level, float(self.max_rate))
         if in_loop:
             self._wake_next()
 
@@ -85,6 +94,7 @@ class Pacer(AsyncLimiter):
         in_loop = self._settle()
         if not in_loop:
             self._last_check = time.monotonic()  # asyncio's clock is time.monotonic
+        self._paused_until = max(self._paused_until, time.monotonic() + seconds)
         self._level = max(self._level, self.max_rate - 1 + seconds * self._rate_per_sec)
         if in_loop:
             self._wake_next()
@@ -92,6 +102,7 @@ class Pacer(AsyncLimiter):
     def unpause(self) -> None:
         """Forget a pause: the bucket holds at most one interval's worth again."""
         in_loop = self._settle()
+        self._paused_until = 0.0
         self._level = min(self._level, float(self.max_rate))
         if in_loop:
             self._wake_next()
@@ -169,6 +180,7 @@ class Budget:
         self.name = name
         self.rate = rate
         self.explicit = explicit
+        self.floor = MIN_PUBLISHED  # a published limit is never believed below this
         self.factor = 1.0
         self.calm_after = calm_after
         self.margin = margin
@@ -216,7 +228,8 @@ class Budget:
         """An answer (any status) carried this budget's headers: adopt the published rate,
         and when nothing remains, wait for the reset."""
         if seen.limit_per_min is not None and seen.limit_per_min > 0:
-            published = seen.limit_per_min / 60
+            # never below a floor: a Limit of 0.001/min would mean one request a day
+            published = max(seen.limit_per_min / 60, self.floor)
             rate = min(self.rate or published, published) if self.explicit else published
             if not self._told or rate != self.rate:
                 old = self.effective_rate

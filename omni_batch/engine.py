@@ -58,6 +58,7 @@ CONCURRENCY_WORDS = re.compile(
 # a bare submit 429 (no message, no headers) is read as the cap on tasks at once when the
 # submits accepted in the last CONCURRENCY_WINDOW s were under CONCURRENCY_SHARE of the rate
 CONCURRENCY_WINDOW = 3.0
+MAX_CONCURRENCY_BACKOFF = 30.0  # a concurrency wait with none of our tasks running, at most
 CONCURRENCY_SHARE = 0.3
 
 T = TypeVar("T")
@@ -175,6 +176,7 @@ class Engine(Submitting):
         # lowered by the API's concurrency 429s: AccountRun.cap)
         self.max_in_flight = max(1, max_in_flight)
         self.job_account: dict[str, AccountRun] = {}  # each claimed job's account
+        self.with_task: set[str] = set()  # claimed jobs whose task exists (AccountRun.running)
         self.queued: set[str] = set()  # jobs that chose an account and wait for its budget
         self.quota_error: QuotaError | None = None  # the last 402 that retired an account
         self.n_submit, self.n_poll, self.n_download = submit_workers, poll_workers, download_workers
@@ -260,6 +262,10 @@ class Engine(Submitting):
         self.active -= 1
         if account is not None:
             account.active -= 1
+            if job_id in self.with_task:
+                self.with_task.discard(job_id)
+                account.running -= 1
+                account.finished += 1
             if job_id in self.queued:
                 self.queued.discard(job_id)
                 account.waiting -= 1
@@ -391,10 +397,10 @@ class Engine(Submitting):
                 acct.key_proven.set()
                 self.stats.rate_limited += 1
                 last = exc
+                self._still_throttled(submit)  # only 429s for too long: stop (either kind)
                 if submit and self._concurrency_limited(exc, acct):
-                    await self._wait_for_a_slot(acct)
+                    await self._wait_for_a_slot(acct, self._capped(exc.retry_after))
                     continue
-                self._still_throttled(submit)
                 seen = exc.limits if exc.limits is not None else RateHeaders()
                 account.throttled(
                     exc.category or category,
@@ -418,6 +424,8 @@ class Engine(Submitting):
         self.throttled_since[submit] = None
         acct.budgets.succeeded(SUBMIT if submit else QUERY)
         now = time.monotonic()
+        if submit:
+            acct.concurrency_429s = 0
         if not submit:
             acct.last_query_ok = now
             return
@@ -430,12 +438,15 @@ class Engine(Submitting):
     def _concurrency_limited(self, exc: RateLimited, acct: AccountRun) -> bool:
         """Is this submit 429 the API's cap on unfinished tasks, not its rate? It says so
         (a message about concurrent tasks), or its headers show the submit budget has room,
-        or it comes while submits go far slower than the rate and status calls succeed."""
+        or it comes while submits go far slower than the rate and status calls succeed. Once a
+        cap was learned, a refusal while fewer tasks than that run is about the rate."""
         seen = exc.limits
         if seen is not None and seen.category == QUERY:
             return False
         if CONCURRENCY_WORDS.search(exc.message or ""):
             return True
+        if acct.cap < acct.cap_ceiling and acct.running < acct.cap:
+            return False  # under the cap the API taught us: not the cap
         if seen is not None and seen.remaining is not None and seen.remaining >= 1:
             return True
         if seen is not None and seen.limit_per_min is not None:
@@ -444,7 +455,7 @@ class Engine(Submitting):
         # calls go through: a refusal now is about tasks at once, not requests per second
         rate = acct.budgets.submit.effective_rate
         now = time.monotonic()
-        if rate is None or acct.first_submit_at is None or acct.active <= 1:
+        if rate is None or acct.first_submit_at is None or acct.running < 1:
             return False
         while acct.accepted and acct.accepted[0] < now - CONCURRENCY_WINDOW:
             acct.accepted.popleft()
@@ -452,27 +463,46 @@ class Engine(Submitting):
         slow = len(acct.accepted) < CONCURRENCY_SHARE * rate * span
         return span >= 1.0 and slow and now - acct.last_query_ok < CONCURRENCY_WINDOW
 
-    async def _wait_for_a_slot(self, acct: AccountRun) -> None:
+    async def _wait_for_a_slot(self, acct: AccountRun, retry_after: float | None) -> None:
         """A concurrency 429: the API runs as many of the account's tasks as it will. Lower its
-        cap to what it has running (this submit's slot given back), undo any rate cut the same
-        429s caused, and wait until one of its tasks finishes before sending again."""
-        async with self.capacity:
-            self.active -= 1  # this job is not running: its slot goes back
-            acct.active -= 1
-            running = max(1, acct.active)
-            if running < acct.cap:
-                self.log(
-                    f"{self._who(acct)}the API refuses more tasks at once: in-flight cap "
-                    f"{acct.cap} -> {running} (raised again as tasks finish)"
-                )
-                acct.cap = running
-            acct.cap_cut_at = time.monotonic()
-            acct.budgets.submit.restore()
-            await self.capacity.wait_for(
-                lambda: acct.active < acct.cap or self.stopping or acct.retired
+        cap to the tasks it has running, and wait — this submit's slot given back — until one
+        of them finishes, or for Retry-After (else 1 s, 2 s, 4 s… up to 30 s) when none of
+        them runs (the slots are another program's): never a busy loop, never forever."""
+        acct.concurrency_429s += 1
+        backoff = min(MAX_CONCURRENCY_BACKOFF, 2.0 ** (acct.concurrency_429s - 1))
+        wait = max(retry_after or 0.0, backoff if acct.running == 0 else 0.0)
+        running = max(1, acct.running)
+        if running < acct.cap:
+            self.log(
+                f"{self._who(acct)}the API refuses more tasks at once: in-flight cap "
+                f"{acct.cap} -> {running} (raised again as tasks finish)"
             )
-            self.active += 1
-            acct.active += 1
+            acct.cap = running
+        acct.cap_cut_at = time.monotonic()
+        finished, deadline = acct.finished, time.monotonic() + wait
+        waker = asyncio.get_running_loop().call_later(
+            wait, lambda: asyncio.ensure_future(self._wake())
+        )
+        try:
+            async with self.capacity:
+                self.active -= 1  # this job has no task: its slot goes back while it waits
+                acct.active -= 1
+                try:
+                    await self.capacity.wait_for(
+                        lambda: (
+                            self.stopping
+                            or acct.retired
+                            or (
+                                time.monotonic() >= deadline
+                                and (acct.finished > finished or acct.running < acct.cap)
+                            )
+                        )
+                    )
+                finally:
+                    self.active += 1
+                    acct.active += 1
+        finally:
+            waker.cancel()
         if self.stopping or acct.retired:
             raise Stopping()
 
@@ -530,6 +560,9 @@ class Engine(Submitting):
         now = time.monotonic()
         key = (str(body.get("model", "")), int(body["duration"]), str(body.get("resolution", "")))
         track = self.planner.track(key, now if submitted is None else min(submitted, now))
+        if row.job_id not in self.with_task and (acct := self.job_account.get(row.job_id)):
+            self.with_task.add(row.job_id)  # a task of this account is in flight
+            acct.running += 1
         return Flight(
             row.job_id,
             task_id,
@@ -719,6 +752,9 @@ class Engine(Submitting):
                     state = await self._status_call(flight.task_id, acct)
                 except AuthError as err:
                     await self._retire(acct, err)
+                    return await self._leave(flight)
+                except NotSent as err:  # the API is gone: stop; the task stays downloading
+                    self._fail_fatal(self.unreachable(err))
                     return await self._leave(flight)
                 except (ApiError, TransportError) as err:
                     state = None

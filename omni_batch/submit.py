@@ -28,6 +28,7 @@ from omni_batch.errors import (
     NotSent,
     OmniBatchError,
     QuotaError,
+    RateLimited,
     RequestRejected,
     ServerError,
     TransportError,
@@ -469,6 +470,8 @@ class Submitting:
                 await self._unsent(row, "API unreachable", maybe_sent, moved[0])
                 self._fail_fatal(self.unreachable(exc))
                 return None
+            except RateLimited:  # 429 on every try: nothing was created; pending for later
+                return await self._unsent(row, "429 on every try", maybe_sent, moved[0])
             except (ApiError, TransportError) as exc:
                 return await self._give_up_submit(row, exc, maybe_sent, flagged)
             self.unrecognised_streak = 0

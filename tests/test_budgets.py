@@ -233,3 +233,22 @@ def test_restore_undoes_cuts_and_pauses():
         return time.monotonic() - start
 
     assert asyncio.run(main()) < 0.1
+
+
+def test_a_pause_keeps_its_end_when_the_rate_changes():
+    async def main() -> float:
+        budget = Budget("submit", 50.0)
+        budget.throttled(0.4, RateHeaders(), max_pause=60)  # paused 0.4 s at 50/s
+        budget.observe(RateHeaders(limit_per_min=60), max_pause=60)  # then 1/s is published
+        start = time.monotonic()
+        await budget.acquire()
+        return time.monotonic() - start
+
+    # the pause ends when it said (0.4 s), not 50x later as a bucket of tokens would
+    assert 0.3 <= asyncio.run(main()) < 0.8
+
+
+def test_a_published_limit_far_too_small_is_not_believed():
+    budget = Budget("submit", 5.0)
+    budget.observe(RateHeaders(limit_per_min=0.001), max_pause=60)
+    assert budget.rate == pytest.approx(1 / 60)  # one a minute at the least, not one a day

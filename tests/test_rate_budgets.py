@@ -97,7 +97,10 @@ def test_submits_and_status_calls_never_wait_on_each_other(tmp_path):
 def _concurrency_run(tmp_path: Path, says: bool) -> tuple[object, dict, list[str]]:
     manifest = shots_manifest(tmp_path, 16)
     knobs = {"max_active": 3, "concurrency_says": says, "gen_min": 0.4, "gen_max": 0.6}
-    with sim(submit_rate=20, **knobs) as server:
+    # the disguised 429 reads like the submit bucket's, so that one needs a bucket; the other
+    # has none, so any rate cut could only come from mistaking the concurrency 429s
+    bucket = {} if says else {"submit_rate": 20}
+    with sim(**bucket, **knobs) as server:
         flags = ("--submit-rate", "20", "--max-in-flight", "10")
         result = cli(server.base_url, server.key, manifest, tmp_path / "out", *flags)
         stats = server.stats()
