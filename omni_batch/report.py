@@ -3,7 +3,8 @@ failures.csv (atomically, so a reader never sees half a file). Needs only the ou
 
 The journal is read a slice of rows at a time and the files are written as the slices come,
 so writing the reports takes the same memory for any number of jobs; only `build_report` and
-`write_reports`, which return the whole table, hold every row.
+`write_reports`, which return the whole table, hold every row (the library's, for notebooks);
+the CLI keeps a `ReportDigest` instead (`write_reports_digest`, `digest_report`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from omni_batch import crash
+from omni_batch.digest import ReportDigest
 from omni_batch.errors import OutputError, StateError
 
 STATUS = {
@@ -161,9 +163,24 @@ def _report_frame(frame: pd.DataFrame, shape: _Shape) -> pd.DataFrame:
     return pd.concat([frame[COLUMNS], pd.DataFrame(extra, index=frame.index)], axis=1)
 
 
-def _report_slices(folder: str | Path) -> Iterator[tuple[pd.DataFrame, _Shape]]:
+_TAIL = 1 << 40  # a retired row's place: after every row of the manifest (seq < 2**40)
+
+
+def _page_order(sql: dict[str, str]) -> str:
+    """ORDER BY for the gallery's order: prompt rows in report order (a prompt where its first
+    job is), its jobs by repeat (missing last), then in report order (as gallery._page_order)."""
+    place = f"(active = 0) * {_TAIL} + seq"
+    first = f"min({place}) OVER (PARTITION BY {sql['prompt_id']})"
+    repeat = sql["repeat"]
+    return f"{first}, {repeat} IS NULL, {repeat}, {place}"
+
+
+def _report_slices(
+    folder: str | Path, *, page: bool = False
+) -> Iterator[tuple[pd.DataFrame, _Shape]]:
     """The report of an output folder a slice at a time (at least one, maybe empty), in
-    manifest order, from one snapshot of the journal (works during a run)."""
+    manifest order (``page``: the gallery's order), from one snapshot of the journal (works
+    during a run)."""
     path = Path(folder) / "journal.sqlite"
     db = _connect(Path(folder))
     try:
@@ -172,8 +189,14 @@ def _report_slices(folder: str | Path) -> Iterator[tuple[pd.DataFrame, _Shape]]:
         shape = _shape(db, sql)
         columns = ", ".join(sql[c] for c in _RAW)
         first = True
-        for where in (_ACTIVE, _retired(sql)):
-            cursor = db.execute(f"SELECT {columns} FROM jobs WHERE {where} ORDER BY seq")
+        queries = [
+            f"SELECT {columns} FROM jobs WHERE {w} ORDER BY seq" for w in (_ACTIVE, _retired(sql))
+        ]
+        if page:
+            where = f"({_ACTIVE}) OR ({_retired(sql)})"
+            queries = [f"SELECT {columns} FROM jobs WHERE {where} ORDER BY {_page_order(sql)}"]
+        for query in queries:
+            cursor = db.execute(query)
             while (rows := cursor.fetchmany(SLICE_ROWS)) or first:
                 first = False  # at least one slice, maybe empty
                 yield _report_frame(_raw_frame(rows, shape), shape), shape
@@ -338,6 +361,28 @@ def write_reports(folder: str | Path) -> pd.DataFrame:
     slices: list[pd.DataFrame] = []
     _write(Path(folder), slices.append)
     return _concat(slices)
+
+
+def write_reports_digest(folder: str | Path) -> ReportDigest:
+    """`write_reports` returning the report's digest, not the table: what the CLI keeps, so its
+    memory stays flat for any number of jobs."""
+    digest = ReportDigest()
+    _write(Path(folder), digest.add)
+    return digest
+
+
+def digest_report(folder: str | Path) -> ReportDigest:
+    """The digest of an output folder's report (works during a run), read a slice at a time."""
+    digest = ReportDigest()
+    for frame, _ in _report_slices(folder):
+        digest.add(frame)
+    return digest
+
+
+def page_slices(folder: str | Path) -> Iterator[pd.DataFrame]:
+    """The report a slice at a time in the gallery's order (see gallery.write_gallery)."""
+    for frame, _ in _report_slices(folder, page=True):
+        yield frame
 
 
 def refresh_reports(folder: str | Path) -> None:

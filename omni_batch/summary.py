@@ -35,7 +35,7 @@ def _is_false(value: object) -> bool:
     return value is not None and value is not pd.NA and str(value).strip().lower() in ("false", "0")
 
 
-def _work(frame: pd.DataFrame) -> pd.DataFrame:
+def work_frame(frame: pd.DataFrame) -> pd.DataFrame:
     status = frame["status"] if "status" in frame else pd.Series("", index=frame.index)
     completed = status.eq("completed")
     attempts = pd.to_numeric(frame.get("attempts", 0), errors="coerce")
@@ -56,14 +56,39 @@ def _work(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _aggregate(work: pd.DataFrame, key: pd.Series) -> pd.DataFrame:
     grouped = work.groupby(key, sort=True)
+    verify = grouped[VERIFY_COLUMN].sum() if VERIFY_COLUMN in work else None
+    return finish_table(
+        grouped.size(),
+        grouped["completed"].sum(),
+        grouped["failed"].sum(),
+        grouped["latency"].quantile(0.5),
+        grouped["latency"].quantile(0.9),
+        grouped["retries"].sum(),
+        verify,
+        key.name,
+    )
+
+
+def finish_table(
+    jobs: pd.Series,
+    completed: pd.Series,
+    failed: pd.Series,
+    p50: pd.Series,
+    p90: pd.Series,
+    retries: pd.Series,
+    verify_failed: pd.Series | None,
+    name: object,
+) -> pd.DataFrame:
+    """One summary table from its per-group parts (Series on the same sorted index): the
+    whole-table path and the streamed one (`digest.ReportDigest`) share it."""
     table = pd.DataFrame(
         {
-            "jobs": grouped.size(),
-            "completed": grouped["completed"].sum(),
-            "failed": grouped["failed"].sum(),
-            "latency_p50": grouped["latency"].quantile(0.5),
-            "latency_p90": grouped["latency"].quantile(0.9),
-            "retries": grouped["retries"].sum(),
+            "jobs": jobs,
+            "completed": completed,
+            "failed": failed,
+            "latency_p50": p50,
+            "latency_p90": p90,
+            "retries": retries,
         }
     )
     settled = table["completed"] + table["failed"]
@@ -73,10 +98,15 @@ def _aggregate(work: pd.DataFrame, key: pd.Series) -> pd.DataFrame:
         table[column] = table[column].astype("int64")
     for column in ("latency_p50", "latency_p90"):
         table[column] = table[column].round(2)
-    if VERIFY_COLUMN in work:
-        table[VERIFY_COLUMN] = grouped[VERIFY_COLUMN].sum().astype("int64")
-    table.index.name = key.name
+    if verify_failed is not None:
+        table[VERIFY_COLUMN] = verify_failed.astype("int64")
+    table.index.name = name
     return table
+
+
+def keep_mask(values: pd.Series) -> pd.Series:
+    """The rows of a dimension's column that have a value (not missing, not blank)."""
+    return values.notna() & values.astype(str).str.strip().ne("")
 
 
 def summary_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -91,11 +121,11 @@ def summary_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """
     if "status" in frame:  # jobs no longer in the manifest are not part of its summary
         frame = frame[frame["status"].ne("retired")]
-    work = _work(frame)
+    work = work_frame(frame)
     tables = {OVERALL: _aggregate(work, pd.Series(OVERALL, index=frame.index, name=OVERALL))}
     for column in dimensions(frame):
         values = frame[column]
-        keep = values.notna() & values.astype(str).str.strip().ne("")
+        keep = keep_mask(values)
         tables[column] = _aggregate(work[keep], values[keep].rename(column))
     return tables
 
