@@ -53,13 +53,18 @@ def value_counts(counts: dict[Any, int]) -> pd.Series:
     return series.sort_values(ascending=False)
 
 
+_WIDTH = 5  # per group: jobs, completed, failed, retries, verify_failed
+
+
 @dataclass
 class _Dimension:
-    """One summary table's per-group sums, and the latencies of its completed jobs."""
+    """One summary table's per-group sums, and the latencies of its completed jobs. A group
+    costs a dict entry and five doubles (a variable with a value per job: ~150 bytes a job)."""
 
     name: str
     dtype: Any = None  # the column's dtype (the table's index)
-    groups: dict[Any, list[float]] = field(default_factory=dict)  # key → sums
+    groups: dict[Any, int] = field(default_factory=dict)  # key → group number
+    sums: array = field(default_factory=lambda: array("d"))  # _WIDTH per group number
     codes: array = field(default_factory=lambda: array("q"))  # group number per latency
     latencies: array = field(default_factory=lambda: array("d"))
 
@@ -71,30 +76,32 @@ class _Dimension:
         grouped = work.groupby(key, sort=False)
         parts = [grouped.size(), grouped["completed"].sum(), grouped["failed"].sum()]
         parts.append(grouped["retries"].sum())
-        verify = VERIFY_COLUMN in work
-        if verify:
+        if VERIFY_COLUMN in work:
             parts.append(grouped[VERIFY_COLUMN].sum())
         frame = pd.concat(parts, axis=1)
-        for value, row in zip(frame.index.tolist(), frame.to_numpy().tolist(), strict=True):
-            sums = self.groups.get(value)
-            if sums is None:
-                self.groups[value] = list(row)
+        groups, sums = self.groups, self.sums
+        for value, row in zip(
+            frame.index.tolist(), frame.to_numpy("float64").tolist(), strict=True
+        ):
+            n = groups.get(value)
+            if n is None:
+                groups[value] = len(groups)
+                sums.extend(row + [0.0] * (_WIDTH - len(row)))
             else:
+                at = n * _WIDTH
                 for i, x in enumerate(row):
-                    sums[i] += x
-        index = {value: n for n, value in enumerate(self.groups)}
+                    sums[at + i] += x
         timed = work["completed"].to_numpy() & work["latency"].notna().to_numpy()
         if timed.any():
-            self.codes.extend(index[v] for v in key[timed].tolist())
+            self.codes.extend(groups[v] for v in key[timed].tolist())
             self.latencies.extend(work["latency"].to_numpy()[timed].tolist())
 
     def table(self, verify: bool) -> pd.DataFrame:
         keys = list(self.groups)
-        order = sorted(range(len(keys)), key=lambda n: keys[n])
+        order = sorted(range(len(keys)), key=keys.__getitem__)  # group numbers by key
         index = pd.Index(pd.array([keys[n] for n in order], dtype=self.dtype), name=self.name)
-        sums = np.array([self.groups[keys[n]] for n in order], dtype="float64").reshape(
-            len(keys), -1
-        )
+        sums = np.frombuffer(self.sums, dtype="float64") if self.sums else np.zeros(0)
+        sums = sums.reshape(len(keys), _WIDTH)[order]
         codes = np.frombuffer(self.codes, dtype="int64") if self.codes else np.array([], "int64")
         latency = pd.Series(
             np.frombuffer(self.latencies, dtype="float64") if self.latencies else np.array([])
@@ -108,7 +115,7 @@ class _Dimension:
             return pd.Series(found.to_numpy(dtype="float64"), index=index)
 
         def column(i: int, dtype: str) -> pd.Series:
-            return pd.Series(sums[:, i] if len(keys) else [], index=index).astype(dtype)
+            return pd.Series(sums[:, i], index=index).astype(dtype)
 
         return finish_table(
             column(0, "int64"),

@@ -332,13 +332,14 @@ def _matrix(layout: _Layout, rows_in_order: Iterator[dict], folder: Path) -> Ite
     yield f'<table class="matrix"><thead><tr><th>prompt</th>{head}</tr></thead><tbody>'
     inside = os.path.join(folder, "")
     for prompt_id, group in itertools.groupby(rows_in_order, key=_prompt_id):
-        rows = list(group)
         cells: dict[tuple[str, int], list[str]] = {key: [] for key in keys}
-        for row in rows:
+        first = None
+        for row in group:  # each row turned into its tile at once: only the text is kept
+            first = first or row
             tile = _tile(row, inside, tag_columns, show_model)
             cells[(_text(row["aspect_ratio"]), int(row["duration"]))].append(tile)
         tds = "".join(f'<td><div class="cell">{"".join(cells[k])}</div></td>' for k in keys)
-        header = _row_header(rows[0], var_columns, tag_columns)
+        header = _row_header(first, var_columns, tag_columns)
         yield f'<tr class="group" data-prompt="{_e(prompt_id)}">{header}{tds}</tr>'
     yield "</tbody></table>"
 
