@@ -7,6 +7,8 @@ them. The manifest loader and the simulator both judge request bodies with ``Mod
 from __future__ import annotations
 
 import difflib
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -50,6 +52,30 @@ class ModelRules:
     prompt_max_chars: int | None = None
     constraints: tuple[Constraint, ...] = ()
     description: str = ""
+    # issue #15: USD per second of video, one figure or one per resolution; None: unknown
+    usd_per_second: float | Mapping[str, float] | None = None
+    price_note: str = ""  # "estimate as of 2026-08 (source)", or where a user's price came from
+
+    def price(self, resolution: str) -> float | None:
+        """USD per second of video at ``resolution``; None when the catalog has no price."""
+        price = self.usd_per_second
+        if isinstance(price, Mapping):
+            return price.get(resolution)
+        return price
+
+    def price_text(self) -> str:
+        """The price as people read it: "$0.12/s" or "720p $0.10/s, 1080p $0.15/s"."""
+        price = self.usd_per_second
+        if price is None:
+            return "price unknown"
+        if isinstance(price, Mapping):
+            text = ", ".join(f"{res} {usd(value)}/s" for res, value in price.items())
+            missing = [r for r in self.resolutions if r not in price]
+            if missing:
+                text += f"; {', '.join(missing)} price unknown"
+        else:
+            text = f"{usd(price)}/s"
+        return f"{text} ({self.price_note})" if self.price_note else text
 
     def allowed(self, name: str) -> str:
         """Human text of what ``name`` may be, for error messages."""
@@ -130,6 +156,15 @@ class Catalog:
         return f"unknown model {name!r} (known: {_list(self.models)}){hint}"
 
 
+def usd(amount: float | None, unknown: str = "price unknown") -> str:
+    """``$1.23`` (``$0.125`` below a dollar keeps its third digit); never $0 for no price."""
+    if amount is None or amount != amount:  # None or NaN
+        return unknown
+    if 0 < abs(amount) < 1 and round(amount, 3) != round(amount, 2):
+        return f"${amount:,.3f}"
+    return f"${amount:,.2f}"
+
+
 def _list(values: Any) -> str:
     return ", ".join(str(v) for v in values)
 
@@ -151,7 +186,12 @@ _MODEL_KEYS = {
     "defaults",
     "prompt_max_chars",
     "constraints",
+    "usd_per_second",
+    "price_estimate",
+    "price_as_of",
+    "price_source",
 }
+PRICE_KEYS = ("usd_per_second", "price_estimate", "price_as_of", "price_source")
 
 
 class _CatalogReader:
@@ -176,12 +216,24 @@ class _CatalogReader:
         line_of = lambda key: lines.get(key, getattr(raw, "line", None))  # noqa: E731
         before = len(self.problems)
         for key in raw:
-            if key not in _MODEL_KEYS:
+            if (
+                re.fullmatch(r"[a-z]{3}_per_(second|sec|s|video)", str(key))
+                and key not in _MODEL_KEYS
+            ):
+                self.problem(
+                    line_of(key),
+                    f"{name}.{key}",
+                    "unknown currency field: prices are USD per second of video (usd_per_second)",
+                )
+            elif key not in _MODEL_KEYS:
                 self.problem(
                     line_of(key),
                     f"{name}.{key}",
                     "unknown key" + _suggest(key, sorted(_MODEL_KEYS)),
                 )
+        if "usd_per_second" in raw and not any(k in raw for k in PRICE_KEYS[1:]):
+            # a price the user gave replaces ours, and with it our "estimate" label
+            merged = {k: v for k, v in merged.items() if k not in PRICE_KEYS[1:]}
         ratios = self.strings(
             merged.get("aspect_ratios"), line_of("aspect_ratios"), f"{name}.aspect_ratios"
         )
@@ -235,6 +287,10 @@ class _CatalogReader:
             constraints.append(
                 Constraint(dict(item["when"]), {k: tuple(v) for k, v in item["allow"].items()})
             )
+        price = self.price(
+            merged.get("usd_per_second"), line_of("usd_per_second"), name, resolutions
+        )
+        note = self.price_note(merged, line_of, name)
         if len(self.problems) > before:
             return None
         rules = ModelRules(
@@ -247,11 +303,72 @@ class _CatalogReader:
             prompt_max_chars=limit,
             constraints=tuple(constraints),
             description=str(merged.get("description") or ""),
+            usd_per_second=price,
+            price_note=note,
         )
         for key, value in rules.defaults.items():
             if msg := rules.value_problem(key, value):
                 self.problem(line_of("defaults"), f"{name}.defaults.{key}", msg)
         return rules
+
+    def price(
+        self, raw: Any, line: int | None, name: str, resolutions: tuple[str, ...]
+    ) -> float | dict[str, float] | None:
+        """``usd_per_second``: a number, or {resolution: number}; null means unknown."""
+        field_name = f"{name}.usd_per_second"
+
+        def number(value: Any, where: str, at: int | None = line) -> float | None:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                self.problem(at, where, f"{value!r} is not a number (USD per second, e.g. 0.12)")
+                return None
+            if not math.isfinite(value) or value < 0:
+                self.problem(at, where, f"{value} is not a price: it must be 0 or more")
+                return None
+            return float(value)
+
+        if raw is None:
+            return None
+        if isinstance(raw, dict):
+            out = {}
+            lines = getattr(raw, "key_lines", {})
+            for res, value in raw.items():
+                at = lines.get(res, line)
+                if resolutions and res not in resolutions:
+                    self.problem(
+                        at,
+                        f"{field_name}.{res}",
+                        f"{name} has no resolution {res!r} (resolutions: {_list(resolutions)})"
+                        + _suggest(str(res), list(resolutions)),
+                    )
+                    continue
+                if (found := number(value, f"{field_name}.{res}", at)) is not None:
+                    out[str(res)] = found
+            if not raw:
+                self.problem(line, field_name, "an empty map: give {resolution: USD per second}")
+            return out or None
+        return number(raw, field_name)
+
+    def price_note(self, merged: dict[str, Any], line_of: Any, name: str) -> str:
+        """ "estimate as of 2026-08: source" from price_estimate / price_as_of / price_source."""
+        estimate = merged.get("price_estimate", False)
+        if not isinstance(estimate, bool):
+            self.problem(
+                line_of("price_estimate"), f"{name}.price_estimate", "must be true or false"
+            )
+        parts = []
+        for key in ("price_as_of", "price_source"):
+            value = merged.get(key)
+            if value is not None and not isinstance(value, str | int | float):
+                self.problem(line_of(key), f"{name}.{key}", "must be text")
+            elif value is not None:
+                parts.append(str(value))
+        head = "estimate" if estimate is True else ""
+        if head and parts:
+            head += f" as of {parts[0]}" if merged.get("price_as_of") is not None else ""
+        rest = [str(merged["price_source"])] if merged.get("price_source") is not None else []
+        if not head and merged.get("price_as_of") is not None:
+            head = f"as of {merged['price_as_of']}"
+        return ": ".join(x for x in (head, *rest) if x)
 
     def read(
         self, text: str, base: Mapping[str, dict[str, Any]]

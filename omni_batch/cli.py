@@ -245,13 +245,25 @@ def _refuse_a_busy_folder(folder) -> None:
     "VALUE (repeatable: every NAME must match, one NAME twice: either value); the rest stay "
     "pending for the next run in the same folder.",
 )
+@click.option(
+    "--allow-partial",
+    is_flag=True,
+    help="When the balance cannot pay for every job to submit, run the jobs it pays for (in "
+    "manifest order) instead of refusing; the rest stay pending.",
+)
+@click.option(
+    "--no-preflight",
+    is_flag=True,
+    help="Skip the balance and model-list checks before the first submit.",
+)
 @MAX_JOBS_OPTION
 @reports_errors
 def run(manifest: str | None, simulate_profile: str | None, json_out: bool, **options) -> None:
     """Submit every job of MANIFEST, poll, download the videos and write the report.
 
     Exit 0 when every job completed, 1 when some failed, 2 on bad input, 3 when the API key is
-    refused, 4 when the quota ran out, 130 when interrupted (run again to resume).
+    refused, 4 when the money ran out (a 402, a balance too short for the jobs, or
+    budget.max_cost reached), 130 when interrupted (run again to resume).
     """
     manifest, simulate_profile = _manifest_and_profile(manifest, simulate_profile)
     where: dict = {"folder": None}  # the output folder, once the manifest has named it
@@ -277,6 +289,7 @@ def _run(
     out, sim_settings, base_url, rate, max_in_flight, poll_interval, max_wait, lookup_grace,
     max_video_mb,
     retry_failed, reconcile, catalog, verify, yes, no_progress, max_jobs, limit, only,
+    allow_partial, no_preflight,
 ):  # fmt: skip
     """The run itself; returns the report's digest, or None when the user declined."""
     settings: dict = {}
@@ -357,6 +370,7 @@ def _run(
         out=folder, base_url=base_url, simulate=simulate_profile, simulator_settings=settings,
         rate=rate, max_in_flight=max_in_flight, policy=policy, retry_failed=retry_failed,
         reconcile=reconcile, verify=verify, limit=limit, only=only_values or None,
+        allow_partial=allow_partial, preflight=not no_preflight,
     )  # fmt: skip
     display = Progress(err, live=err.is_terminal and not no_progress)
 
@@ -453,3 +467,140 @@ def report(folder: str) -> None:
 
 
 main.add_command(simulate)
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=str))
+@click.argument("job_ids", nargs=-1, required=True, metavar="JOB_ID...")
+@click.option("--reject", is_flag=True, help="Mark them rejected instead of picked.")
+@click.option("--clear", is_flag=True, help="Remove their pick, score and note.")
+@click.option("--score", type=click.IntRange(1, 5), metavar="N", help="Score them 1 to 5.")
+@click.option("--note", metavar="TEXT", help="Their note (replaces any earlier one).")
+@reports_errors
+def pick(
+    folder: str,
+    job_ids: tuple[str, ...],
+    reject: bool,
+    clear: bool,
+    score: int | None,
+    note: str | None,
+) -> None:
+    """Pick (or --reject) jobs of an output FOLDER, as the review page does; saved in its
+    journal at once, and report.csv / report.parquet / gallery.html rewritten with them."""
+    from omni_batch.journal import KEEP
+    from omni_batch.review import save_reviews
+
+    if clear and (reject or score is not None or note is not None):
+        raise UsageError("--clear removes the whole review; give it alone")
+    if clear:
+        saved = save_reviews(folder, job_ids, pick=None, score=None, note="", refresh=True)
+    else:
+        saved = save_reviews(
+            folder,
+            job_ids,
+            pick="rejected" if reject else "picked",
+            score=KEEP if score is None else score,
+            note=KEEP if note is None else note,
+            refresh=True,
+        )
+    for review in saved:
+        parts = [review.pick or "no pick"]
+        if review.score is not None:
+            parts.append(f"score {review.score}")
+        if review.note:
+            parts.append(f"note {review.note!r}")
+        click.echo(f"{review.job_id}: {', '.join(parts)}")
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=str))
+@click.option("--picked", is_flag=True, help="The winners are the picked jobs.")
+@click.option(
+    "--min-score",
+    type=click.IntRange(1, 5),
+    metavar="N",
+    help="The winners are the jobs scored N or more (rejected ones left out).",
+)
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Change a field of every winner: model, aspect_ratio, duration or resolution "
+    "(repeatable), e.g. --set duration=10.",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(1, 1000),
+    default=1,
+    show_default=True,
+    help="Takes of each winner in the next run.",
+)
+@click.option(
+    "-o",
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=str),
+    help="The manifest to write (YAML).",
+)
+@reports_errors
+def promote(
+    folder: str,
+    picked: bool,
+    min_score: int | None,
+    settings: tuple[str, ...],
+    repeats: int,
+    out: str,
+) -> None:
+    """Write the winners of a reviewed output FOLDER as the next round's manifest: their
+    prompts, template variable values (as tags) and settings, with where they came from."""
+    from omni_batch.promote import parse_overrides
+    from omni_batch.promote import promote as make_manifest
+
+    done = make_manifest(
+        folder,
+        out,
+        picked=picked,
+        min_score=min_score,
+        overrides=parse_overrides(settings),
+        repeats=repeats,
+    )
+    click.echo(
+        f"wrote {done.path}: {len(done.winners)} winners as {done.entries} entries, "
+        f"{done.jobs} jobs; next: omni-batch run {done.path}"
+    )
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=str))
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8765,
+    show_default=True,
+    help="0: any free port.",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; anything but loopback needs --token.",
+)
+@click.option(
+    "--token",
+    envvar="OMNI_BATCH_REVIEW_TOKEN",
+    help="A secret (12+ characters) every request must carry: open /?token=T once "
+    "[env OMNI_BATCH_REVIEW_TOKEN].",
+)
+@reports_errors
+def review(folder: str, port: int, host: str, token: str | None) -> None:
+    """Review an output FOLDER in the browser: pick, reject, score 1-5 and note each take,
+    pivot the matrix by any variable, compare takes side by side. Every change is saved in the
+    folder's journal at once; the report files carry them. Read-only while a run uses FOLDER."""
+    from omni_batch.review import check_folder
+    from omni_batch.review_server import check_bind, serve
+
+    check_bind(host, token)
+    check_folder(folder)
+    serve(folder, host, port, token, lambda line: click.echo(line))

@@ -142,6 +142,81 @@ class TaskState:
         return self.status in FINAL
 
 
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """A balance answer (`GET /v1/balance` or `/v1/user/balance`), in US dollars."""
+
+    remain_usd: float | None  # None when unlimited (or only credits without a rate came back)
+    used_usd: float | None
+    unlimited: bool
+    credits_per_usd: float | None = None
+    remain_credits: float | None = None
+    used_credits: float | None = None
+    request_id: str | None = None
+
+
+def _amount(value: Any) -> float | None:
+    """A number, or a number written as text ("12.5"); None for anything else."""
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    number = _number(value)
+    return number if number is not None and math.isfinite(number) else None
+
+
+def parse_balance(body: Any, request_id: str | None) -> Balance:
+    """A balance answer at the top level or under `data`; raises BadResponse when it says
+    neither how much is left nor that the quota is unlimited."""
+    holder = body.get("data") if isinstance(body, dict) else None
+    if not (isinstance(holder, dict) and _has_balance(holder)):
+        holder = body if isinstance(body, dict) else {}
+    per_usd = _amount(holder.get("credits_per_usd"))
+    per_usd = per_usd if per_usd and per_usd > 0 else None
+    credits = {k: _amount(holder.get(f"{k}_credits")) for k in ("remain", "used")}
+    usd = {k: _amount(holder.get(f"{k}_balance")) for k in ("remain", "used")}
+    for k in usd:
+        if usd[k] is None and credits[k] is not None and per_usd:
+            usd[k] = credits[k] / per_usd
+    unlimited = holder.get("unlimited_quota") in (True, "true", "True", 1)
+    if not unlimited and usd["remain"] is None:
+        raise BadResponse(
+            "balance answer says neither remain_balance nor remain_credits (with "
+            "credits_per_usd) nor unlimited_quota",
+            status=200,
+            request_id=request_id,
+        )
+    return Balance(
+        remain_usd=None if unlimited else usd["remain"],
+        used_usd=usd["used"],
+        unlimited=unlimited,
+        credits_per_usd=per_usd,
+        remain_credits=credits["remain"],
+        used_credits=credits["used"],
+        request_id=request_id,
+    )
+
+
+def _has_balance(holder: dict[str, Any]) -> bool:
+    return any(
+        k in holder for k in ("remain_balance", "remain_credits", "unlimited_quota", "used_credits")
+    )
+
+
+def parse_models(body: Any) -> tuple[str, ...]:
+    """Model ids from `{"data": [{"id": ...}, ...]}` (or a bare list, or plain strings)."""
+    items = body.get("data") if isinstance(body, dict) else body
+    if isinstance(items, dict):
+        items = items.get("models") or items.get("data")
+    out = []
+    for item in items if isinstance(items, list) else []:
+        ident = item.get("id") or item.get("model") if isinstance(item, dict) else item
+        if isinstance(ident, str) and ident.strip():
+            out.append(ident.strip())
+    return tuple(dict.fromkeys(out))
+
+
 class _Headers:
     """The answer's headers as we read them: each value redacted when it is looked up."""
 
@@ -439,5 +514,21 @@ class ToapisClient:
         )
         return parse_status(answer, request_id)
 
+    async def balance(self, account: bool = False) -> Balance:
+        """`GET /v1/balance` (this key's balance) or, with ``account``, `/v1/user/balance`.
+        A query call: errors as for status calls (a 404: the API has no such endpoint)."""
+        path = "/v1/user/balance" if account else "/v1/balance"
+        answer, request_id = await self._call("GET", self._root + path)
+        return parse_balance(answer, request_id)
 
-__all__ = ["ApiError", "Submitted", "TaskState", "ToapisClient", "api_root"]
+    async def models(self, kind: str = "video") -> tuple[str, ...]:
+        """`GET /v1/models?type=video`: the ids of the models this key may use (no prices);
+        raises BadResponse when the answer lists none we can read."""
+        answer, request_id = await self._call("GET", f"{self._root}/v1/models?type={kind}")
+        found = parse_models(answer)
+        if not found:
+            raise BadResponse("model list without a model id", status=200, request_id=request_id)
+        return found
+
+
+__all__ = ["ApiError", "Balance", "Submitted", "TaskState", "ToapisClient", "api_root"]

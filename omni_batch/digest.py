@@ -22,7 +22,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from omni_batch.summary import OVERALL, VERIFY_COLUMN, dimensions, finish_table, keep_mask
+from omni_batch.summary import (
+    COST_COLUMN,
+    OVERALL,
+    VERIFY_COLUMN,
+    dimensions,
+    finish_table,
+    keep_mask,
+)
 from omni_batch.summary import work_frame as _work_frame
 
 _STATUS_ORDER = ["completed", "failed", "running", "pending"]  # the gallery header's order
@@ -53,13 +60,15 @@ def value_counts(counts: dict[Any, int]) -> pd.Series:
     return series.sort_values(ascending=False)
 
 
-_WIDTH = 5  # per group: jobs, completed, failed, retries, verify_failed
+# per group: jobs, completed, failed, retries, verify_failed, cost_usd summed, jobs with a cost
+_WIDTH = 7
+_COST, _PRICED = 5, 6
 
 
 @dataclass
 class _Dimension:
     """One summary table's per-group sums, and the latencies of its completed jobs. A group
-    costs a dict entry and five doubles (a variable with a value per job: ~150 bytes a job)."""
+    costs a dict entry and seven doubles (a variable with a value per job: ~170 bytes a job)."""
 
     name: str
     dtype: Any = None  # the column's dtype (the table's index)
@@ -76,8 +85,9 @@ class _Dimension:
         grouped = work.groupby(key, sort=False)
         parts = [grouped.size(), grouped["completed"].sum(), grouped["failed"].sum()]
         parts.append(grouped["retries"].sum())
-        if VERIFY_COLUMN in work:
-            parts.append(grouped[VERIFY_COLUMN].sum())
+        parts.append(grouped[VERIFY_COLUMN].sum() if VERIFY_COLUMN in work else grouped.size() * 0)
+        if COST_COLUMN in work:
+            parts += [grouped[COST_COLUMN].sum(), grouped[COST_COLUMN].count()]
         frame = pd.concat(parts, axis=1)
         groups, sums = self.groups, self.sums
         for value, row in zip(
@@ -96,7 +106,7 @@ class _Dimension:
             self.codes.extend(groups[v] for v in key[timed].tolist())
             self.latencies.extend(work["latency"].to_numpy()[timed].tolist())
 
-    def table(self, verify: bool) -> pd.DataFrame:
+    def table(self, verify: bool, cost: bool) -> pd.DataFrame:
         keys = list(self.groups)
         order = sorted(range(len(keys)), key=keys.__getitem__)  # group numbers by key
         index = pd.Index(pd.array([keys[n] for n in order], dtype=self.dtype), name=self.name)
@@ -126,6 +136,8 @@ class _Dimension:
             column(3, "float64"),
             column(4, "int64") if verify else None,
             self.name,
+            # as sum(min_count=1): NaN for a group with no known cost
+            column(_COST, "float64").where(column(_PRICED, "int64") > 0) if cost else None,
         )
 
 
@@ -141,6 +153,8 @@ class ReportDigest:
     # (error_type, http_status) → [jobs, the first one's message, its error_type, http_status]
     failure_groups: dict[tuple[Any, Any], list[Any]] = field(default_factory=dict)
     possible_duplicates: int = 0
+    cost_usd: float = 0.0  # the report's cost_usd summed (NaN skipped)
+    cost_unknown_jobs: int = 0  # rows whose cost_usd is NaN
     tasks_created: int = 0
     video_seconds_requested: int = 0
     videos_completed: int = 0
@@ -176,6 +190,10 @@ class ReportDigest:
             group = self.failure_groups.setdefault(key, [0, message, kind, http])
             group[0] += 1
         self.possible_duplicates += int(frame["possible_duplicate"].astype(bool).sum())
+        if "cost_usd" in frame:
+            cost = pd.to_numeric(frame["cost_usd"], errors="coerce")
+            self.cost_usd += float(cost.sum())
+            self.cost_unknown_jobs += int(cost.isna().sum())
         has_task = frame["task_id"].notna()
         completed = status.eq("completed")
         seconds = pd.to_numeric(frame["duration"], errors="coerce").fillna(0)
@@ -223,7 +241,8 @@ class ReportDigest:
     def summary_tables(self) -> dict[str, pd.DataFrame]:
         """As summary.summary_tables(report)."""
         names = [OVERALL, *dimensions(pd.DataFrame(columns=self.columns))]
-        return {n: self.dims[n].table(self.verify) for n in names if n in self.dims}
+        cost = COST_COLUMN in self.columns
+        return {n: self.dims[n].table(self.verify, cost) for n in names if n in self.dims}
 
     def failure_rows(self) -> list[tuple[Any, Any, int, Any]]:
         """(error_type, http_status, jobs, first message) in the order of

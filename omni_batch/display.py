@@ -8,11 +8,31 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from omni_batch.catalog import usd
+from omni_batch.manifest import PlanSummary
 from omni_batch.plan import Plan
 
 
 def _counts(counts: dict) -> str:
     return ", ".join(f"{k}: {v}" for k, v in counts.items())
+
+
+def _money(counts: dict, money: dict) -> str:
+    """``a $2.16, b price unknown``: the estimate per value (of its priced jobs; the cost row
+    counts the jobs of unknown price), never $0 for a value without a price."""
+    return ", ".join(f"{k} {usd(money[k])}" if k in money else f"{k} price unknown" for k in counts)
+
+
+def cost_text(s: PlanSummary) -> str:
+    """The whole plan's estimate: "$12.96 (estimate at the catalog's prices)", with the jobs
+    whose price is unknown said plainly (never counted as $0)."""
+    if s.jobs and s.unpriced_jobs == s.jobs:
+        return "price unknown (no price in the catalog for these models; --catalog adds one)"
+    text = f"{usd(s.cost_usd)} estimated at the catalog's prices"
+    if s.unpriced_jobs:
+        models = ", ".join(sorted(s.unpriced_by_model))
+        text += f" + {s.unpriced_jobs:,} jobs of unknown price ({models})"
+    return text
 
 
 def plan_summary(plan: Plan, width: int = 100, first: int = 10) -> Group:
@@ -30,12 +50,29 @@ def plan_summary(plan: Plan, width: int = 100, first: int = 10) -> Group:
     table.add_row("aspect ratios", _counts(s.by_aspect_ratio))
     table.add_row("durations", _counts({f"{k}s": v for k, v in s.by_duration.items()}))
     table.add_row("resolutions", _counts(s.by_resolution))
-    if b.max_jobs is None and b.max_video_seconds is None:
+    table.add_row("cost", Text(cost_text(s), style="bold"))
+    if s.cost_usd or s.unpriced_jobs:
+        table.add_row("cost by model", _money(s.by_model, s.cost_by_model))
+        table.add_row("  by ratio", _money(s.by_aspect_ratio, s.cost_by_aspect_ratio))
+        table.add_row(
+            "  by duration",
+            _money(
+                {f"{k}s": v for k, v in s.by_duration.items()},
+                {f"{k}s": v for k, v in s.cost_by_duration.items()},
+            ),
+        )
+    catalog = plan.manifest.catalog
+    for model in s.by_model:
+        rules = catalog.get(model)
+        if rules is not None:
+            table.add_row("price", Text(f"{model}: {rules.price_text()}", style="dim"))
+    if b.max_jobs is None and b.max_video_seconds is None and b.max_cost is None:
         budget = Text("no budget set", style="dim")
     else:
         limits = [
             f"{b.max_jobs:,} jobs" if b.max_jobs else "",
             f"{b.max_video_seconds:,} s" if b.max_video_seconds else "",
+            usd(b.max_cost) if b.max_cost else "",
         ]
         budget = Text(f"within budget ({', '.join(x for x in limits if x)})", style="green")
     table.add_row("budget", budget)

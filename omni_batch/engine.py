@@ -104,6 +104,7 @@ class RunStats:
     rate_limited: int = 0
     messages: list[str] = field(default_factory=list)  # the last 20
     logged: int = 0  # messages ever logged, so a reader knows how many it missed
+    spend: Any = None  # money.Spend: spent and projected, for the display (issue #15)
 
     def move(self, old: str | None, new: str) -> None:
         if old:
@@ -169,6 +170,7 @@ class Engine(Submitting):
         self.throttled_since: dict[bool, float | None] = {True: None, False: None}
         self.submits_throttled: ThrottledTooLong | None = None
         self.cap_logged = -math.inf  # when a capped Retry-After was last logged
+        self.spend: Any = None  # money.Spend (issue #15): the runner sets it
 
     # -- bookkeeping ----------------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -404,6 +406,8 @@ class Engine(Submitting):
     ) -> None:
         """``task``: "failed" when the API said the generation failed (refunded), "gone" on a
         404; None when the task may still hold a paid video (the next run polls it again)."""
+        if task == "failed" and self.spend is not None:
+            self.spend.refunded(flight.job_id)
         self.journal.mark_failed(
             flight.job_id,
             error_type=kind,

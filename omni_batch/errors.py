@@ -218,6 +218,27 @@ class Ambiguous(TransportError):
     """The request may have arrived (timeout, dropped connection, lost answer)."""
 
 
+class InsufficientBalance(OmniBatchError):
+    """Preflight (issue #15): the balance cannot pay for the jobs still to submit; nothing
+    was submitted (``--allow-partial`` runs what it pays for)."""
+
+    exit_code = 4
+
+
+class BudgetReached(OmniBatchError):
+    """Submitting stopped before ``budget.max_cost`` would be crossed; the rest stays
+    pending, tasks in flight were finished."""
+
+    exit_code = 4
+
+
+class ModelNotAvailable(OmniBatchError):
+    """Preflight (issue #15): the API's model list does not offer a model the manifest uses
+    to this key; nothing was submitted."""
+
+    exit_code = 2
+
+
 class Interrupted(OmniBatchError):
     """The user stopped the run (Ctrl-C); the journal is consistent and the run resumable."""
 

@@ -199,7 +199,8 @@ def _tile(row: dict, inside: str, tag_columns: list[str], show_model: bool) -> s
     width, height = _box(_text(row["aspect_ratio"]))
     verified = _text(row.get("verified")).lower()
     flagged = verified == "false"
-    attrs = [f'data-status="{status_e}"', f'data-flag="{int(flagged)}"']
+    pick = _text(row.get("pick"))
+    attrs = [f'data-status="{status_e}"', f'data-flag="{int(flagged)}"', f'data-pick="{_e(pick)}"']
     attrs += [f'data-t{i}="{_e(row.get(c))}"' for i, c in enumerate(tag_columns)]
     classes = f"tile s-{status_e}" + (" flagged" if flagged else "")
     video = row[VIDEO]
@@ -224,6 +225,9 @@ def _tile(row: dict, inside: str, tag_columns: list[str], show_model: bool) -> s
     if bool(row.get("possible_duplicate", False)):
         meta.append('<span class="vbad" title="the submit may have been billed twice">dup?</span>')
     lines = [f'<div class="meta">{" ".join(meta)}</div>']
+    review = _review_line(pick, row.get("score"), _text(row.get("note")))
+    if review:
+        lines.append(review)
     if flagged:
         lines.append(f'<div class="vbad">⚠ {_e(row.get("verify_message")) or "not verified"}</div>')
     if status == "failed":
@@ -242,6 +246,21 @@ def _tile(row: dict, inside: str, tag_columns: list[str], show_model: bool) -> s
         f'<figure class="{classes}" id="job-{job_e}" {" ".join(attrs)}>'
         f"{picture}<figcaption>{''.join(lines)}</figcaption></figure>"
     )
+
+
+def _review_line(pick: str, score: object, note: str) -> str:
+    """A saved review, read-only (set in `omni-batch review` or `omni-batch pick`)."""
+    parts = []
+    if pick in ("picked", "rejected"):
+        parts.append(
+            f'<span class="pick {pick}">{"★ picked" if pick == "picked" else "✗ rejected"}</span>'
+        )
+    if score is not None and not pd.isna(score):
+        n = int(score)  # type: ignore[call-overload]
+        parts.append(f'<span class="score" title="score {n} of 5">{"●" * n}{"○" * (5 - n)}</span>')
+    if note:
+        parts.append(f'<span class="note">{_e(note)}</span>')
+    return f'<div class="review">{" ".join(parts)}</div>' if parts else ""
 
 
 def _row_header(first: pd.Series, var_columns: list[str], tag_columns: list[str]) -> str:
@@ -280,6 +299,7 @@ TILE_COLUMNS = frozenset(
         "job_id", "status", "state", "aspect_ratio", "duration", "verified", "verify_message",
         "latency_s", "repeat", "possible_duplicate", "error_type", "error_message",
         "http_status", "request_id", "model", "resolution", "prompt_id", "prompt",
+        "pick", "score", "note",
     }
 )  # fmt: skip
 

@@ -50,6 +50,12 @@ table.matrix { border-collapse: separate; border-spacing: 0; background: #fff;
 .tile.flagged video { outline: 3px solid var(--warn); outline-offset: 1px; }
 .err { color: var(--bad); overflow-wrap: anywhere; max-height: 9em; overflow: auto; }
 .dim { color: var(--dim); overflow-wrap: anywhere; }
+.review { display: flex; flex-wrap: wrap; gap: 4px 8px; align-items: baseline; }
+.pick { border-radius: 4px; padding: 0 6px; font-weight: 600; }
+.pick.picked { background: #fff3c4; color: #7a5200; }
+.pick.rejected { background: #eceef2; color: var(--dim); text-decoration: line-through; }
+.score { color: #b7791f; letter-spacing: 1px; }
+.note { font-style: italic; overflow-wrap: anywhere; white-space: pre-wrap; }
 .summary { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
 .summary table { border-collapse: collapse; background: #fff; border: 1px solid var(--line); }
 .summary caption { text-align: left; font-weight: 600; padding: 4px 0; }
@@ -75,6 +81,7 @@ SCRIPT = """
     if (want === "failed" && st !== "failed") return false;
     if (want === "other" && (st === "completed" || st === "failed")) return false;
     if (want === "flagged" && tile.dataset.flag !== "1") return false;
+    if (want === "picked" && tile.dataset.pick !== "picked") return false;
     for (var i = 0; i < tags.length; i++) {
       var value = tags[i].value;
       var mine = tile.getAttribute("data-t" + tags[i].dataset.tag) || "";
@@ -127,6 +134,7 @@ PAGE = """<!doctype html>
 <option value="all">all</option><option value="completed">completed</option>
 <option value="failed">failed</option><option value="other">pending / running</option>
 <option value="flagged">flagged by verify</option>
+<option value="picked">picked in review</option>
 </select></label>
 {tag_filters}
 <span id="shown"></span>

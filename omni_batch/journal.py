@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from omni_batch import crash, replay
-from omni_batch.errors import OutputError, StateError
+from omni_batch.errors import OutputError, StateError, UsageError
 from omni_batch.jobs import Job
 
 if TYPE_CHECKING:
@@ -70,6 +70,15 @@ CREATE TABLE IF NOT EXISTS jobs (
 -- pending jobs are found by walking seq forward from the last page, so the walk is linear
 CREATE INDEX IF NOT EXISTS jobs_seq ON jobs (seq);
 DROP INDEX IF EXISTS jobs_state;
+-- a reviewer's verdict on a job (omni-batch review / pick): written by Journal.set_review only,
+-- each change also an events.jsonl line ("event": "review"), so a rebuilt journal keeps it
+CREATE TABLE IF NOT EXISTS reviews (
+    job_id TEXT PRIMARY KEY,
+    pick TEXT,  -- 'picked', 'rejected' or NULL
+    score INTEGER,  -- 1..5 or NULL
+    note TEXT NOT NULL DEFAULT '',
+    reviewed_at REAL NOT NULL
+);
 """
 
 _ADDED_COLUMNS = (
@@ -119,6 +128,40 @@ def _set_aside(path: Path, label: str) -> str:
         except FileNotFoundError:
             continue
     return kept
+
+
+PICKS = ("picked", "rejected")
+NOTE_MAX = 2000  # characters a review note keeps
+KEEP: Any = object()  # set_review: leave this field as it is
+
+
+@dataclass(frozen=True, slots=True)
+class Review:
+    """A reviewer's verdict on one job."""
+
+    job_id: str
+    pick: str | None = None
+    score: int | None = None
+    note: str = ""
+    reviewed_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id, "pick": self.pick, "score": self.score, "note": self.note,
+            "reviewed_at": self.reviewed_at,
+        }  # fmt: skip
+
+
+def check_review(pick: Any = KEEP, score: Any = KEEP, note: Any = KEEP) -> list[str]:
+    """What is wrong with review values (none: they can be saved)."""
+    wrong = []
+    if pick is not KEEP and pick is not None and pick not in PICKS:
+        wrong.append(f"pick: {pick!r} is not one of picked, rejected or empty")
+    if score not in (KEEP, None) and (type(score) is not int or not 1 <= score <= 5):
+        wrong.append(f"score: {score!r} is not a whole number from 1 to 5")
+    if note is not KEEP and not isinstance(note, str):
+        wrong.append("note: must be text")
+    return wrong
 
 
 def body_hash(body: dict[str, Any]) -> str:
@@ -371,6 +414,63 @@ class Journal:
         except OSError as exc:
             raise OutputError(f"{self.folder}: cannot write events.jsonl: {exc.strerror}") from None
 
+    # -- reviews ------------------------------------------------------------------------------
+    def reviews(self) -> dict[str, Review]:
+        """Every job's saved review, by job id."""
+        return {
+            r[0]: Review(*r)
+            for r in self.db.execute("SELECT job_id, pick, score, note, reviewed_at FROM reviews")
+        }
+
+    def set_review(
+        self, job_id: str, *, pick: Any = KEEP, score: Any = KEEP, note: Any = KEEP
+    ) -> Review:
+        """Change a job's review (fields left at KEEP stay as they are), committed at once and
+        written to events.jsonl; returns the review now saved. An unknown job id or a value out
+        of range is a UsageError (nothing saved)."""
+        wrong = check_review(pick, score, note)
+        if wrong:
+            raise UsageError(f"{job_id}: {wrong[0]}")
+        if not self.db.execute("SELECT 1 FROM jobs WHERE job_id = ?", (job_id,)).fetchone():
+            raise UsageError(f"{self.folder}: no job {job_id!r} in this output folder")
+        old = self.reviews_of([job_id]).get(job_id, Review(job_id))
+        new = Review(
+            job_id,
+            old.pick if pick is KEEP else pick,
+            old.score if score is KEEP else score,
+            old.note if note is KEEP else note[:NOTE_MAX],
+            round(time.time(), 3),
+        )
+        self.commit()  # transitions waiting go first: the review line comes after theirs
+        with self._writing():
+            self.db.execute(
+                "INSERT OR REPLACE INTO reviews VALUES (?, ?, ?, ?, ?)",
+                (new.job_id, new.pick, new.score, new.note, new.reviewed_at),
+            )
+        review = {"pick": new.pick, "score": new.score, "note": new.note}
+        self.event("review", job_id=job_id, review=review, reviewed_at=new.reviewed_at)
+        return new
+
+    def reviews_of(self, job_ids: Iterable[str]) -> dict[str, Review]:
+        """The saved reviews of these jobs (those with none are left out)."""
+        out = {}
+        for job_id in job_ids:
+            row = self.db.execute(
+                "SELECT job_id, pick, score, note, reviewed_at FROM reviews WHERE job_id = ?",
+                (job_id,),
+            ).fetchone()
+            if row:
+                out[job_id] = Review(*row)
+        return out
+
+    def known_jobs(self, job_ids: Iterable[str]) -> list[str]:
+        """Which of these job ids the journal holds."""
+        return [
+            j
+            for j in job_ids
+            if self.db.execute("SELECT 1 FROM jobs WHERE job_id = ?", (j,)).fetchone()
+        ]
+
     # -- loading the manifest -----------------------------------------------------------------
     def sync(self, jobs: Iterable[Job], batch: int = 2000) -> int:
         """Add the manifest's jobs; refuse if a known job id now means a different body.
@@ -510,6 +610,40 @@ class Journal:
             self._slice_left -= len(rows)
         self._bodies.update((r[0], r[17]) for r in rows)
         return [self._row(r) for r in rows]
+
+    def pending_variants(self) -> Iterator[tuple[str, str, int]]:
+        """(model, resolution, duration) of the jobs this run may still submit, in the order
+        pending_page hands them out (its slice and limit): what preflight prices (issue #15)."""
+        limit = -1 if self._slice_left is None else max(self._slice_left, 0)
+        yield from self.db.execute(
+            "SELECT model, resolution, duration FROM jobs WHERE active = 1 AND state = "
+            f"'pending'{self._slice_sql} ORDER BY seq LIMIT ?",
+            (*self._slice_params, limit),
+        )
+
+    def pending_groups(self) -> Iterator[tuple[str, str, int, int]]:
+        """pending_variants counted: (model, resolution, duration, jobs)."""
+        limit = -1 if self._slice_left is None else max(self._slice_left, 0)
+        yield from self.db.execute(
+            "SELECT model, resolution, duration, count(*) FROM (SELECT model, resolution, "
+            f"duration FROM jobs WHERE active = 1 AND state = 'pending'{self._slice_sql} "
+            "ORDER BY seq LIMIT ?) GROUP BY model, resolution, duration",
+            (*self._slice_params, limit),
+        )
+
+    def limit_slice(self, limit: int) -> None:
+        """Submit at most ``limit`` more jobs this run (``--allow-partial``: what the balance
+        pays for); a lower limit already set stays."""
+        if self._slice_left is None or limit < self._slice_left:
+            self._slice_left = limit
+
+    def billed_variants(self) -> Iterator[tuple[str, str, str, str, int]]:
+        """(job_id, state, model, resolution, duration) of every job holding a task the API
+        did not say failed (a failed generation is refunded): what it has been billed for."""
+        yield from self.db.execute(
+            "SELECT job_id, state, model, resolution, duration FROM jobs "
+            "WHERE task_id IS NOT NULL AND task_status IS NOT 'failed'"
+        )
 
     def pending_count(self) -> int:
         """Jobs of the manifest still pending (after a sliced run: left for a later one)."""

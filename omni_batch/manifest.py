@@ -6,6 +6,7 @@ the user fixes a manifest in one pass; expansion is a generator and never holds 
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from omni_batch._yaml import LDict, LList, YamlSyntaxError, load_located
-from omni_batch.catalog import Catalog, load_catalog
+from omni_batch.catalog import Catalog, load_catalog, usd
 from omni_batch.errors import ManifestError, Problem, Where
 from omni_batch.jobs import Job, PromptSpec, slug
 from omni_batch.resolve import Field, Problems, Resolver, suggest, text_of
@@ -24,7 +25,7 @@ DEFAULT_MODEL = "gemini_omni"
 TOP_KEYS = ("name", "model", "defaults", "vars", "prompts", "prompts_file", "budget")
 DEFAULT_KEYS = ("aspect_ratio", "duration", "resolution", "repeats", "tags")
 PROMPT_KEYS = ("id", "prompt", "model", "aspect_ratio", "duration", "resolution", "repeats", "tags")
-BUDGET_KEYS = ("max_jobs", "max_video_seconds")
+BUDGET_KEYS = ("max_jobs", "max_video_seconds", "max_cost")
 # Jobs a manifest may expand to when neither its `budget.max_jobs` nor the caller (`--max-jobs`)
 # sets a limit. Validation holds every job id in memory: 1,000,000 jobs take 5.3 s and 159 MB
 # peak to `plan` (23 s to `plan --format json`), inside the 300 MB the README promises for
@@ -37,6 +38,7 @@ DEFAULT_MAX_JOBS = 1_000_000
 class Budget:
     max_jobs: int | None = None
     max_video_seconds: int | None = None
+    max_cost: float | None = None  # USD, by the catalog's prices (issue #15)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +55,22 @@ class PlanSummary:
     by_duration: dict[int, int]
     by_resolution: dict[str, int]
     budget: Budget
+    # money (issue #15): the estimate of the jobs whose price the catalog knows, and how many
+    # jobs it does not know a price for (never counted as $0)
+    cost_usd: float = 0.0
+    unpriced_jobs: int = 0
+    cost_by_model: dict[str, float] = field(default_factory=dict)
+    cost_by_aspect_ratio: dict[str, float] = field(default_factory=dict)
+    cost_by_duration: dict[int, float] = field(default_factory=dict)
+    unpriced_by_model: dict[str, int] = field(default_factory=dict)
 
     @property
     def within_budget(self) -> bool:
         b = self.budget
-        return (b.max_jobs is None or self.jobs <= b.max_jobs) and (
-            b.max_video_seconds is None or self.video_seconds <= b.max_video_seconds
+        return (
+            (b.max_jobs is None or self.jobs <= b.max_jobs)
+            and (b.max_video_seconds is None or self.video_seconds <= b.max_video_seconds)
+            and (b.max_cost is None or (not self.unpriced_jobs and self.cost_usd <= b.max_cost))
         )
 
 
@@ -88,11 +100,22 @@ class Manifest:
             for name, rules in self.catalog.models.items()
         }
 
+    def price(self, model: str, resolution: str) -> float | None:
+        """USD per second of video of a job, None when the catalog has no price for it."""
+        rules = self.catalog.get(model)
+        return rules.price(resolution) if rules is not None else None
+
+    def job_cost(self, job: Job) -> float | None:
+        price = self.price(job.model, job.resolution)
+        return None if price is None else round(price * job.duration, 6)
+
     def summary(self) -> PlanSummary:
         models: Counter[str] = Counter()
         ratios: Counter[str] = Counter()
         durations: Counter[int] = Counter()
         resolutions: Counter[str] = Counter()
+        money: dict[str, dict] = {"model": {}, "ratio": {}, "duration": {}}
+        unpriced: Counter[str] = Counter()
         seconds = 0
         for spec in self.prompts:
             each = spec.combo_count * spec.repeats
@@ -102,6 +125,12 @@ class Manifest:
                 durations[duration] += each
                 resolutions[resolution] += each
                 seconds += each * duration
+                price = self.price(model, resolution)
+                if price is None:
+                    unpriced[model] += each
+                    continue
+                for name, key in (("model", model), ("ratio", ratio), ("duration", duration)):
+                    money[name][key] = money[name].get(key, 0.0) + each * duration * price
         return PlanSummary(
             name=self.name,
             path=self.path,
@@ -113,6 +142,12 @@ class Manifest:
             by_duration=dict(sorted(durations.items())),
             by_resolution=dict(resolutions),
             budget=self.budget,
+            cost_usd=round(sum(money["model"].values()), 6),
+            unpriced_jobs=sum(unpriced.values()),
+            cost_by_model={k: round(v, 6) for k, v in money["model"].items()},
+            cost_by_aspect_ratio={k: round(v, 6) for k, v in money["ratio"].items()},
+            cost_by_duration={k: round(v, 6) for k, v in sorted(money["duration"].items())},
+            unpriced_by_model=dict(unpriced),
         )
 
 
@@ -305,7 +340,7 @@ class _Reader:
                 out[name], lines[name] = tuple(values), at
         return out, lines
 
-    def read_budget(self, raw: Any, where: Where) -> dict[str, tuple[int, Where]]:
+    def read_budget(self, raw: Any, where: Where) -> dict[str, tuple[Any, Where]]:
         mapping = self.mapping(raw, where, "budget")
         self.unknown_keys(mapping, BUDGET_KEYS, "budget.")
         out = {}
@@ -313,7 +348,22 @@ class _Reader:
             if key in mapping:
                 at = self.at(mapping.key_lines[key])
                 value = mapping[key]
-                if type(value) is not int or value <= 0:
+                if key == "max_cost":
+                    if (
+                        isinstance(value, bool)
+                        or not isinstance(value, int | float)
+                        or not math.isfinite(value)
+                        or value <= 0
+                    ):
+                        self.add(
+                            at,
+                            "budget.max_cost",
+                            f"{value!r} is not an amount: a positive "
+                            "number of US dollars (e.g. 25 or 12.50)",
+                        )
+                    else:
+                        out[key] = (float(value), at)
+                elif type(value) is not int or value <= 0:
                     self.add(at, f"budget.{key}", "must be a positive whole number")
                 else:
                     out[key] = (value, at)
@@ -363,7 +413,7 @@ class _Reader:
         defaults: dict[str, Field],
         vars_: dict[str, tuple[str, ...]],
         var_lines: dict[str, Where],
-        budget_fields: dict[str, tuple[int, Where]] | Budget,
+        budget_fields: dict[str, tuple[Any, Where]] | Budget,
         entries: list[tuple[Where, dict[str, Field]]],
     ) -> Manifest | None:
         used: set[str] = set()
@@ -382,6 +432,7 @@ class _Reader:
             budget = Budget(
                 max_jobs=budget_fields.get("max_jobs", (None,))[0],
                 max_video_seconds=budget_fields.get("max_video_seconds", (None,))[0],
+                max_cost=budget_fields.get("max_cost", (None,))[0],
             )
         tag_names = tuple(dict.fromkeys(t for s in specs for t in s.tags))
         manifest = Manifest(
@@ -412,7 +463,29 @@ class _Reader:
                 f"the manifest asks for {summary.video_seconds:,} s of video, over the budget of "
                 f"{budget.max_video_seconds:,} s",
             )
+        if "max_cost" in budget_fields:
+            self.check_cost(summary, budget_fields["max_cost"])
         return manifest
+
+    def check_cost(self, summary: PlanSummary, limit: tuple[float, Where]) -> None:
+        """budget.max_cost: the catalog's estimate must be within it, and every job priced."""
+        amount, at = limit
+        if summary.unpriced_jobs:
+            models = ", ".join(sorted(summary.unpriced_by_model))
+            self.add(
+                at,
+                "budget.max_cost",
+                f"{summary.unpriced_jobs:,} jobs have no price in the catalog ({models}), so the "
+                f"limit of {usd(amount)} cannot be checked; give usd_per_second with --catalog",
+            )
+        elif summary.cost_usd > amount + 1e-9:
+            self.add(
+                at,
+                "budget.max_cost",
+                f"the manifest is estimated at {usd(summary.cost_usd)} "
+                f"({summary.video_seconds:,} s of video at the catalog's prices), over the "
+                f"budget of {usd(amount)}",
+            )
 
     def over_job_limits(
         self, jobs: int, budget: Budget, budget_fields: dict[str, tuple[int, Where]]

@@ -33,7 +33,7 @@ class Plan:
         m = self.manifest
         return [
             *("job_id", "prompt_id", "model", "prompt", "aspect_ratio", "duration"),
-            *("resolution", "repeat", "source"),
+            *("resolution", "repeat", "source", "cost_usd"),
             *(f"var_{v}" for v in m.var_names),
             *(f"tag_{t}" for t in m.tag_names),
         ]
@@ -41,7 +41,9 @@ class Plan:
     def rows(self) -> Iterator[dict]:
         m = self.manifest
         for job in self.jobs():
-            yield job.to_row(m.var_names, m.tag_names)
+            row = job.to_row(m.var_names, m.tag_names)
+            row["cost_usd"] = m.job_cost(job)  # None (empty in CSV): price unknown, never 0
+            yield row
 
     def to_frame(self) -> pd.DataFrame:
         """One row per job (the CSV columns), for notebooks."""
@@ -55,7 +57,9 @@ class Plan:
         dumps = json.JSONEncoder(ensure_ascii=False).encode
         for n, job in enumerate(self.jobs()):
             out.write(",\n" if n else "\n")
-            out.write(dumps(job.to_record()))
+            record = job.to_record()
+            record["cost_usd"] = self.manifest.job_cost(job)  # null: price unknown
+            out.write(dumps(record))
         out.write("\n]\n")
 
     def write_csv(self, out: IO[str]) -> None:

@@ -41,9 +41,10 @@ def summary_line(stats: RunStats, rate: float | None = None) -> str:
     eta = _duration(left / per_min * 60) if per_min > 0 and left else "-"
     parts = [f"{name} {counts.get(name, 0)}" for name in ORDER if counts.get(name, 0)]
     limit = f" | {rate:.1f} req/s" if rate else ""
+    money = f" | {stats.spend.line()}" if stats.spend is not None else ""
     return (
         f"{done}/{total} done ({', '.join(parts)}) | {per_min:.1f} jobs/min | ETA {eta}{limit}"
-        f" | 429s {stats.rate_limited}"
+        f" | 429s {stats.rate_limited}{money}"
     )
 
 
@@ -169,6 +170,9 @@ def _digest_summary(out: dict[str, Any], digest: ReportDigest, sliced: bool) -> 
         video_seconds_completed=digest.video_seconds_completed,
         possible_duplicates=digest.possible_duplicates,
     )
+    if "cost_usd" in digest.columns:
+        out["spend"]["cost_usd"] = round(digest.cost_usd, 6)
+        out["spend"]["cost_unknown_jobs"] = digest.cost_unknown_jobs
 
 
 REPORT_FILES = {
@@ -218,9 +222,11 @@ def run_summary(
     """What `run --json` prints: how the run ended and what the folder holds.
 
     ``report`` is the run's report (or its digest, the CLI's); without one (the run ended on
-    an error) it is read from the folder's journal, unless the error came before the run began
-    (bad input, a busy or changed folder). There is no pricing yet: ``spend`` counts tasks and
-    seconds of video, with ``cost_usd`` null.
+    an error) it is read from
+    the folder's journal, unless the error came before the run began (bad input, a busy or
+    changed folder). ``spend`` counts tasks and seconds of video, and ``cost_usd``: the
+    report's cost_usd summed (the catalog's prices; failed generations refunded), null when
+    there is no report; ``cost_unknown_jobs`` counts billed jobs of unknown price (not in it).
     """
     if error is not None:
         code, reason = error.exit_code, _reason(error)
@@ -254,6 +260,7 @@ def run_summary(
             "video_seconds_completed": 0,
             "possible_duplicates": 0,
             "cost_usd": None,
+            "cost_unknown_jobs": 0,
         },
     }
     if declined:
@@ -281,6 +288,10 @@ def run_summary(
             video_seconds_completed=int(seconds[completed].sum()),
             possible_duplicates=int(report["possible_duplicate"].astype(bool).sum()),
         )
+        if "cost_usd" in report:
+            cost = pd.to_numeric(report["cost_usd"], errors="coerce")
+            out["spend"]["cost_usd"] = round(float(cost.sum()), 6)
+            out["spend"]["cost_unknown_jobs"] = int(cost.isna().sum())
     if folder is not None and not before_the_run:
         for name, file in REPORT_FILES.items():
             if (folder / file).exists():

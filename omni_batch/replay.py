@@ -180,6 +180,36 @@ class Replayed:
     skipped: int = 0  # lines that were not JSON or not a transition we know
     top: int = 0
     adopted: int = 0  # videos in place recorded by adopt_videos
+    reviews: int = 0  # review lines applied (omni-batch review / pick)
+
+
+_PICKS = ("picked", "rejected")
+
+
+def _review(db: sqlite3.Connection, line: bytes) -> int:
+    """A review line (Journal.set_review) applied as it was saved; a line whose values are
+    not what set_review writes is skipped (the file is anyone's to edit). Returns 1 if applied."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return 0
+    if not isinstance(record, dict) or record.get("event") != "review":
+        return 0
+    job_id, review, at = record.get("job_id"), record.get("review"), _num(record.get("reviewed_at"))
+    if not (isinstance(job_id, str) and job_id and isinstance(review, dict) and at is not None):
+        return 0
+    pick, score, note = review.get("pick"), review.get("score"), review.get("note")
+    if pick is not None and pick not in _PICKS:
+        return 0
+    if score is not None and (_int(score) is None or not 1 <= score <= 5):
+        return 0
+    if not isinstance(note, str):
+        return 0
+    db.execute(
+        "INSERT OR REPLACE INTO reviews VALUES (?, ?, ?, ?, ?)",
+        (job_id, pick, score, note[:2000], at),
+    )
+    return 1
 
 
 def replay(
@@ -198,6 +228,9 @@ def replay(
         handle.seek(offset)
         for line in handle:
             done.lines += 1
+            if b'"event": "review"' in line:
+                done.reviews += _review(db, line)
+                continue
             if b'"event": "state"' not in line:
                 continue
             n = _counter(line)

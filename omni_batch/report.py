@@ -14,7 +14,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,6 +24,7 @@ import pandas as pd
 from omni_batch import crash
 from omni_batch.digest import ReportDigest
 from omni_batch.errors import OutputError, StateError
+from omni_batch.money import PRICES_META, load_table, price_of
 
 STATUS = {
     "pending": "pending",
@@ -39,10 +40,22 @@ COLUMNS = [
     "error_message", "request_id", "video_url", "expires_at", "video_path", "bytes",
     "submitted_at", "completed_at", "latency_s", "possible_duplicate", "verified",
     "verify_message", "video_width", "video_height", "video_duration_s", "source",
+    "usd_per_second", "cost_usd",
+    "pick", "score", "note", "reviewed_at",  # the reviewer's verdict (omni-batch review / pick)
 ]  # fmt: skip
+# money (issue #15): usd_per_second is the price the run used (the catalog's, kept in the
+# journal's meta; NaN: unknown); cost_usd what the job's task is billed at that price: 0 with
+# no task or a failed generation (refunded), NaN when billed at an unknown price (never $0)
+_MONEY = ("usd_per_second", "cost_usd")
+REVIEW_COLUMNS = ("pick", "score", "note", "reviewed_at")
 READ_CACHE_KIB = 256  # SQLite page cache of a report's read of the journal
 SLICE_ROWS = 1000  # journal rows read, converted and written at a time (a Parquet row group)
-_RAW = [c for c in COLUMNS if c not in ("status", "latency_s")] + ["vars", "tags", "active"]
+_RAW = [c for c in COLUMNS if c not in ("status", "latency_s", *_MONEY)] + [
+    "vars",
+    "tags",
+    "active",
+    "task_status",
+]
 RETIRED = "retired"  # the status of a job no longer in the manifest (kept: sent, or paid for)
 # the report's rows: the manifest's jobs in its order, then the retired ones (journal.RETIRED_KEPT)
 _ACTIVE = "active = 1"
@@ -53,7 +66,7 @@ def _retired(sql: dict[str, str]) -> str:
     return f"active = 0 AND (state != 'pending' OR {sql['task_ids']} IS NOT NULL)"
 
 
-_TIMES = ("expires_at", "submitted_at", "completed_at")
+_TIMES = ("expires_at", "submitted_at", "completed_at", "reviewed_at")
 _FILES = ("report.csv", "report.parquet", "failures.csv")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -96,6 +109,7 @@ class _Shape:
     report: pd.DataFrame | None  # a stand-in report row with the table's dtypes; None: no rows
     var_names: list[str]
     tag_names: list[str]
+    prices: dict[str, Any] = field(default_factory=dict)  # money.price_table of the run
 
 
 def _sample(column: str, sql: str) -> str:
@@ -109,7 +123,11 @@ def _sample(column: str, sql: str) -> str:
 def _selected(db: sqlite3.Connection) -> dict[str, str]:
     """Report column → SQL; NULL for a column a journal of an older version does not have."""
     have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
-    return {c: c if c in have else "NULL" for c in _RAW}  # `active` is in every version
+    sql = {c: c if c in have else "NULL" for c in _RAW}  # `active` is in every version
+    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'reviews'").fetchone():
+        for c in REVIEW_COLUMNS:  # a journal older than reviews has none
+            sql[c] = f"(SELECT r.{c} FROM reviews r WHERE r.job_id = jobs.job_id)"
+    return sql
 
 
 def _shape(db: sqlite3.Connection, sql: dict[str, str]) -> _Shape:
@@ -123,12 +141,31 @@ def _shape(db: sqlite3.Connection, sql: dict[str, str]) -> _Shape:
         gaps = raw[column].dtype == "int64" and count < rows
         dtypes[column] = np.dtype("float64") if gaps else raw[column].dtype
     var_names, tag_names = _names(db, "var_names"), _names(db, "tag_names")
-    shape = _Shape(dtypes, None, var_names, tag_names)
+    found = db.execute("SELECT value FROM meta WHERE key = ?", (PRICES_META,)).fetchone()
+    prices = load_table(found[0] if found else None)
+    shape = _Shape(dtypes, None, var_names, tag_names, prices)
     if not rows:
         return shape
     # the sample converted as every slice will be: the report's dtypes (timestamp units too)
     stand_in = _report_frame(raw.astype(dtypes), shape)
-    return _Shape(dtypes, stand_in, var_names, tag_names)
+    return _Shape(dtypes, stand_in, var_names, tag_names, prices)
+
+
+def _money(frame: pd.DataFrame, prices: dict[str, Any]) -> None:
+    """usd_per_second and cost_usd (see _MONEY) from the run's price table."""
+    pairs = {
+        pair: price_of(prices, *pair)
+        for pair in set(zip(frame["model"], frame["resolution"], strict=True))
+    }
+    price = pd.Series(
+        [pairs[p] for p in zip(frame["model"], frame["resolution"], strict=True)],
+        index=frame.index,
+        dtype="float64",
+    )
+    billed = frame["task_id"].notna() & frame["task_status"].ne("failed")
+    seconds = pd.to_numeric(frame["duration"], errors="coerce")
+    frame["usd_per_second"] = price
+    frame["cost_usd"] = (price * seconds).round(6).where(billed, 0.0)
 
 
 def _array(values: tuple, dtype: Any) -> Any:
@@ -153,9 +190,10 @@ def _report_frame(frame: pd.DataFrame, shape: _Shape) -> pd.DataFrame:
         frame[column] = pd.to_datetime(frame[column], unit="s", utc=True)
         if shape.report is not None:
             frame[column] = frame[column].astype(shape.report[column].dtype)
-    for column in ("http_status", "bytes", "video_width", "video_height"):
+    for column in ("http_status", "bytes", "video_width", "video_height", "score"):
         frame[column] = frame[column].astype("Int64")
     frame["verified"] = frame["verified"].astype("boolean")  # NA: no video to check
+    _money(frame, shape.prices)
     extra = {}
     for source, prefix, names in (
         ("vars", "var_", shape.var_names),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import os
 import signal
 import threading
@@ -31,6 +32,7 @@ from omni_batch.gallery import write_gallery
 from omni_batch.journal import Journal
 from omni_batch.limiter import Pressure
 from omni_batch.manifest import Manifest, load_manifest
+from omni_batch.money import PRICES_META, Preflight, Spend, balance_after, preflight, price_table
 from omni_batch.netguard import GuardedResolver, VideoGuard
 from omni_batch.policy import Policy
 from omni_batch.report import build_report, refresh_reports, write_reports_digest
@@ -69,6 +71,11 @@ class RunOptions:
     # NAME → values (a template variable, a tag, aspect_ratio or duration): only the jobs that
     # match every NAME (any of its values), e.g. {"product": ["shoe", "bag"]}
     only: Mapping[str, Sequence[str] | str] | None = None
+    # money (issue #15): before the first submit, check the balance and the model list (an
+    # API without those endpoints skips them with a note); skipped with --simulate unless its
+    # balance_credits knob is set
+    preflight: bool = True
+    allow_partial: bool = False  # a short balance runs what it pays for instead of refusing
 
     @property
     def sliced(self) -> bool:
@@ -309,6 +316,21 @@ async def _run(
             )
             async with aiohttp.ClientSession(connector=connector, trust_env=False) as session:
                 client = ToapisClient(session, base_url, key, timeout=policy.request_timeout)
+                table = price_table(manifest.catalog)
+                journal.set_meta(PRICES_META, json.dumps(table))  # what the report prices by
+                notes: list[str] = []
+                checked = Preflight()
+                if _preflight_wanted(options):
+                    try:
+                        checked = await preflight(
+                            client,
+                            journal,
+                            table,
+                            allow_partial=options.allow_partial,
+                            say=notes.append,
+                        )
+                    except OmniBatchError as exc:  # nothing was sent; the reports are written
+                        ended = exc
                 engine: Engine | None = None
                 pressure = Pressure(
                     options.rate,
@@ -335,11 +357,19 @@ async def _run(
                         f"{requeued} failed jobs queued again, "
                         f"{lost} videos missing on disk fetched again"
                     )
+                spend = Spend.from_journal(journal, table, manifest.budget.max_cost)
+                engine.spend = engine.stats.spend = spend
+                for note in notes:
+                    engine.log(note)
                 if on_start:
                     on_start(engine.stats, engine)
                 refresher = asyncio.create_task(reports.refresh_every(options.report_every))
                 try:
-                    await engine.run(stop)
+                    if ended is None:
+                        await engine.run(stop)
+                        if checked.balance is not None and not stop.is_set():
+                            here = spend.spent_usd - spend.at_start
+                            await balance_after(client, checked, here, engine.log)
                 except OmniBatchError as exc:
                     ended = exc  # the journal is consistent; still write what it holds
                 except OSError as exc:  # e.g. the disk filled up under us
@@ -367,6 +397,19 @@ async def _run(
         if engine.quota_hit is not None:
             raise engine.quota_hit
         return report
+
+
+def _preflight_wanted(options: RunOptions) -> bool:
+    """Preflight runs against a real API, and against the simulator only when it is given a
+    balance (its default is unlimited, and its runs should not make calls they do not need)."""
+    if not options.preflight:
+        return False
+    if options.simulate is None:
+        return True
+    from omni_batch.simulator.config import SimConfig
+
+    config = SimConfig.from_profile(options.simulate, **options.simulator_settings)
+    return config.balance_credits is not None
 
 
 def _left_message(journal: Journal) -> str:

@@ -247,7 +247,7 @@ class Submitting:
         """Reads pending jobs in pages and hands them to the submit workers."""
         after = -1
         try:
-            while not self.halt.is_set():
+            while not self.halt.is_set() and not (self.spend and self.spend.stopped):
                 page = self.journal.pending_page(after, PAGE)
                 if not page:
                     break
@@ -267,6 +267,12 @@ class Submitting:
             try:
                 if self.stopping or (self.halt.is_set() and not ambiguous):
                     continue  # still pending (or still `submitting`) in the journal
+                spend = self.spend  # budget.max_cost: stop before a submit could cross it
+                if not ambiguous and spend is not None and not spend.allows(row.job_id, row.body):
+                    if self.quota_hit is None:  # submits already allowed still go
+                        self.quota_hit = spend.over_budget()
+                        self.log(f"{self.quota_hit}; finishing {self.active} in flight")
+                    continue  # still pending
                 async with self.capacity:
                     await self.capacity.wait_for(lambda: self.active < self.cap or self.stopping)
                     if self.stopping:
@@ -280,6 +286,8 @@ class Submitting:
             except Exception as exc:  # AuthError, or a bug: end the run rather than hang
                 self._fail_fatal(exc)
             finally:
+                if self.spend is not None:
+                    self.spend.settled(row.job_id)
                 self.claimed -= 1
                 self.submits.task_done()
                 self._check_idle()
@@ -373,6 +381,8 @@ class Submitting:
                 return await self._give_up_submit(row, exc, maybe_sent, flagged)
             self.unrecognised_streak = 0
             self.journal.mark_running(row.job_id, submitted.task_id, submitted.request_id)
+            if self.spend is not None:
+                self.spend.billed(row.job_id, row.body)
             crash.point("after_task_id")
             self._moved("submitting", "running")
             self._prove_lookup(submitted.task_id, business_id, sent_at)
@@ -409,6 +419,8 @@ class Submitting:
         poll (it may already be finished, and a finished task is never polled again)."""
         task_id = found.task_id or business_id
         self.journal.mark_running(row.job_id, task_id, found.request_id, adopted=True)
+        if self.spend is not None:
+            self.spend.billed(row.job_id, row.body)
         self._moved("submitting", "running")
         self.log(f"{row.job_id}: an earlier submit did land (task {task_id}); adopted it")
         await self.on_state(self._flight(row, task_id), found)

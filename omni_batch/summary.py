@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from omni_batch.catalog import usd
+
 if TYPE_CHECKING:
     from rich.table import Table
 
@@ -19,6 +21,7 @@ COLUMNS = [
     "jobs", "completed", "failed", "success_rate", "latency_p50", "latency_p90", "retries",
 ]  # fmt: skip
 VERIFY_COLUMN = "verify_failed"  # completed jobs whose file the probe flagged
+COST_COLUMN = "cost_usd"  # spend (issue #15): the group's jobs' cost_usd summed
 
 
 def dimensions(frame: pd.DataFrame) -> list[str]:
@@ -51,6 +54,8 @@ def work_frame(frame: pd.DataFrame) -> pd.DataFrame:
     )
     if "verified" in frame:
         work[VERIFY_COLUMN] = completed & frame["verified"].map(_is_false).astype(bool)
+    if COST_COLUMN in frame:
+        work[COST_COLUMN] = pd.to_numeric(frame[COST_COLUMN], errors="coerce")
     return work
 
 
@@ -66,6 +71,7 @@ def _aggregate(work: pd.DataFrame, key: pd.Series) -> pd.DataFrame:
         grouped["retries"].sum(),
         verify,
         key.name,
+        grouped[COST_COLUMN].sum(min_count=1) if COST_COLUMN in work else None,
     )
 
 
@@ -78,6 +84,7 @@ def finish_table(
     retries: pd.Series,
     verify_failed: pd.Series | None,
     name: object,
+    cost: pd.Series | None = None,
 ) -> pd.DataFrame:
     """One summary table from its per-group parts (Series on the same sorted index): the
     whole-table path and the streamed one (`digest.ReportDigest`) share it."""
@@ -100,6 +107,9 @@ def finish_table(
         table[column] = table[column].round(2)
     if verify_failed is not None:
         table[VERIFY_COLUMN] = verify_failed.astype("int64")
+    if cost is not None:
+        # a job billed at an unknown price is NaN: a group of only those stays NaN, never $0
+        table[COST_COLUMN] = cost.round(6)
     table.index.name = name
     return table
 
@@ -115,9 +125,10 @@ def summary_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     Columns: jobs, completed, failed, success_rate (completed / (completed + failed), NaN
     while none finished), latency_p50 and latency_p90 (seconds, completed jobs), retries
     (extra submit attempts summed: attempts - 1 per job), and verify_failed (completed jobs the
-    probe flagged) when the report has a ``verified`` column. Retired jobs (no longer in
-    the manifest) are left out. Jobs with no value for a variable
-    or tag (a prompt that does not use it) are left out of that table.
+    probe flagged) when the report has a ``verified`` column, and cost_usd (the jobs' cost
+    summed; NaN when every job of the group was billed at an unknown price) when it has a
+    ``cost_usd`` column. Retired jobs (no longer in the manifest) are left out. Jobs with no
+    value for a variable or tag (a prompt that does not use it) are left out of that table.
     """
     if "status" in frame:  # jobs no longer in the manifest are not part of its summary
         frame = frame[frame["status"].ne("retired")]
@@ -150,6 +161,8 @@ def formatted(table: pd.DataFrame) -> pd.DataFrame:
         values = table[column].to_numpy()
         if column == "success_rate":
             out["success"] = ["—" if pd.isna(v) else f"{v:.0%}" for v in values]
+        elif column == COST_COLUMN:
+            out["spend"] = [usd(v, "—") for v in values]
         elif column.startswith("latency_"):
             out[column.replace("latency_", "") + " s"] = [seconds(v) for v in values]
         else:

@@ -223,7 +223,8 @@ def test_json_prints_one_object_on_stdout_and_nothing_else(manifest, tmp_path):
     for name in ("report_csv", "report_parquet", "failures_csv", "gallery", "journal"):
         assert Path(summary["reports"][name]).exists()
     spend = summary["spend"]
-    assert spend["cost_usd"] is None and spend["tasks_created"] == JOBS
+    # gemini_omni at the shipped $0.12/s estimate (issue #15)
+    assert spend["cost_usd"] == pytest.approx(0.12 * 6 * JOBS) and spend["tasks_created"] == JOBS
     assert spend["videos_completed"] == JOBS and spend["video_seconds_completed"] == 6 * JOBS
     assert "run summary" in ran.stderr and "first-hour" in ran.stderr  # the rest: stderr
 
@@ -238,6 +239,7 @@ def test_json_says_why_a_run_failed(manifest, tmp_path):
     assert summary["failures"] == {"generation_failed": JOBS}
     assert summary["spend"]["tasks_created"] == JOBS
     assert summary["spend"]["video_seconds_completed"] == 0
+    assert summary["spend"]["cost_usd"] == 0  # failed generations are refunded
 
     holder = Journal(out)  # another run holds the folder
     try:

@@ -26,6 +26,7 @@ from omni_batch.journal import Journal
 from omni_batch.manifest import load_manifest
 from omni_batch.progress import final_table, left_pending, run_summary, unfinished
 from omni_batch.report import build_report, digest_report, write_reports, write_reports_digest
+from omni_batch.review import save_reviews
 from omni_batch.summary import summary_renderable, summary_tables
 
 MANIFEST = """
@@ -74,6 +75,10 @@ def folder(tmp_path_factory) -> Path:
     assert {"completed", "failed", "retired"} <= set(frame.status)
     video = out / frame.loc[frame.status.eq("completed"), "video_path"].iloc[0]
     video.unlink()  # a completed job whose file is gone: "file missing" on its tile
+    jobs = frame.job_id.tolist()  # reviews: the report's pick/score/note/reviewed_at columns
+    save_reviews(out, jobs[:3], pick="picked", score=4, note="a <b>good</b> one, =cmd")
+    save_reviews(out, jobs[5:7], pick="rejected")
+    save_reviews(out, jobs[-1:], score=2)
     return out
 
 
@@ -114,8 +119,14 @@ def test_the_report_files_are_the_same_bytes_as_the_whole_table_path(
     for name, data in old.items():
         assert (folder / name).read_bytes() == data, name
     assert digest.rows == len(frame) > SLICE * 3
+    assert {"picked", "rejected"} <= set(frame["pick"].dropna()) and frame["score"].notna().any()
+    assert frame["cost_usd"].gt(0).any() and frame["usd_per_second"].notna().all()
     parquet = pd.read_parquet(folder / "report.parquet")
-    pd.testing.assert_frame_equal(parquet, frame)  # same columns, order, dtypes, values
+    # Parquet has no seconds unit: a datetime64[s] column (reviewed_at) reads back as [ms]
+    expected = frame.astype(
+        {c: "datetime64[ms, UTC]" for c in frame if str(frame[c].dtype) == "datetime64[s, UTC]"}
+    )
+    pd.testing.assert_frame_equal(parquet, expected)  # same columns, order, dtypes, values
 
 
 def test_the_streamed_gallery_is_the_page_of_the_whole_table(folder, monkeypatch, small_slices):
@@ -123,6 +134,7 @@ def test_the_streamed_gallery_is_the_page_of_the_whole_table(folder, monkeypatch
     frame = build_report(folder)
     old = render_gallery(folder, frame)
     assert "file missing" in old and "retired" in old and "&#x27;=cmd" not in old
+    assert "★ picked" in old and "✗ rejected" in old and "&lt;b&gt;good" in old
     path = write_gallery(folder)  # no table: streamed from the journal
     new = path.read_text(encoding="utf-8")
     assert new == old
@@ -141,6 +153,8 @@ def test_the_digest_tells_what_the_table_tells(folder, small_slices):
     assert _text(summary_renderable(new)) == _text(summary_renderable(old))
     assert _text(final_table(digest)) == _text(final_table(frame))
     assert "failures" in _text(final_table(digest))
+    assert "cost_usd" in old["all"] and old["var_product"]["cost_usd"].gt(0).all()
+    assert "spend" in _text(summary_renderable(new))
     for sliced in (False, True):
         assert unfinished(digest, sliced) == unfinished(frame, sliced)
         assert left_pending(digest, sliced) == left_pending(frame, sliced)

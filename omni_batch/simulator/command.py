@@ -23,7 +23,10 @@ from omni_batch.clierrors import reports_errors
     help="Port of the video download host  [default: API port + 1, or any when --port 0]",
 )
 @click.option(
-    "--profile", default="default", show_default=True, help="default, fast, chaos, realistic."
+    "--profile",
+    default="default",
+    show_default=True,
+    help="default, fast, chaos, realistic, published, published-fast.",
 )
 @click.option(
     "--key", "keys", multiple=True, help="Accepted API key (repeatable).  [default: sk-sim-local]"
@@ -55,7 +58,9 @@ def simulate(
     """Run a local ToAPIs-compatible server with seeded faults until Ctrl-C.
 
     Profiles: default (tasks finish in 0.6-2.3 s, no faults), fast (for tests), chaos (every
-    fault), realistic (documented timings: queued 5-10 s, generation 60-300 s).
+    fault), realistic (documented timings: queued 5-10 s, generation 60-300 s), published (the
+    default tier's published per-account limits and X-RateLimit-* headers, documented timings),
+    published-fast (the same limits, generation 20-40 s).
     """
     import asyncio
     import contextlib

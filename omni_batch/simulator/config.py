@@ -28,6 +28,8 @@ EchoJson = Literal["ascii", "utf8", "unicode"]
 VideoEncoding = Literal["identity", "gzip", "deflate"]
 RetryAfterForm = Literal["seconds", "http-date"]
 LimitOnly = Literal["all", "submits", "polls"]
+RateHeaders = Literal["none", "limited", "all"]
+GenSpread = Literal["uniform", "lognormal"]
 ECHO_PLACES = ("error", "header", "text", "url")
 
 
@@ -42,7 +44,8 @@ class SimConfig:
     seed: int = 0
     keys: tuple[str, ...] = (DEFAULT_KEY,)
 
-    # Limits per API key. rate=None means no request-rate limit; max_active=None no cap.
+    # Limits per account (see `accounts`; by default each key is its own account).
+    # rate=None means no request-rate limit; max_active=None no cap.
     rate: float | None = None
     burst: int = 20
     max_active: int | None = None
@@ -124,6 +127,28 @@ class SimConfig:
     # answer is held back this long (a slow upstream; a client stopping meanwhile never sees it).
     submit_answer_delay: float = 0.0
 
+    # issue #14 rate budgets (h-sim). Limits are counted per ACCOUNT: `accounts` groups keys
+    # ("ACCOUNT=KEY"; a key not listed is an account of its own), and rate/burst, max_active
+    # and the two category buckets below are each one budget per account. A 429 takes no
+    # token; any other answer after the limits (a 400, 402, 422, a 5xx fault) does.
+    accounts: tuple[str, ...] = ()
+    submit_rate: float | None = None  # async_submit (POST generations), requests/s
+    submit_burst: int = 1
+    query_rate: float | None = None  # async_query (status calls, lookups), requests/s
+    query_burst: int = 1
+    rate_headers: RateHeaders = "none"  # X-RateLimit-* on every answer, only on 429s, or none
+    concurrency_says: bool = True  # the max_active 429 names concurrent tasks (else: a rate 429)
+    gen_spread: GenSpread = "uniform"
+    progress_noise: float = 0.0  # status progress = true fraction +- this (0..1), monotone
+    # issue #15 spend: billing. A task costs the catalog's usd_per_second x credits_per_usd
+    # credits per second of video (a model without a price costs nothing here), taken when it
+    # is created and given back when its generation fails; a submit the balance cannot pay
+    # answers 402 insufficient_quota. None: an unlimited balance.
+    balance_credits: float | None = None
+    credits_per_usd: float = 200.0
+    balance_endpoint: bool = True  # GET /v1/balance and /v1/user/balance (off: 404)
+    models_endpoint: bool = True  # GET /v1/models (off: 404)
+
     def __post_init__(self) -> None:
         problem = _problem(self)
         if problem:
@@ -141,7 +166,25 @@ class SimConfig:
             _check_knob(knob)
         if "keys" in overrides and isinstance(overrides["keys"], str):
             overrides["keys"] = (overrides["keys"],)
+        if "accounts" in overrides and isinstance(overrides["accounts"], str):
+            overrides["accounts"] = tuple(
+                part.strip() for part in overrides["accounts"].split(",") if part.strip()
+            )
         return dataclasses.replace(PROFILES[name], **overrides)
+
+    def accepted_keys(self) -> tuple[str, ...]:
+        """Every key the simulator accepts: ``keys``, then the keys ``accounts`` lists."""
+        listed = (entry.partition("=")[2].strip() for entry in self.accounts)
+        return tuple(dict.fromkeys((*self.keys, *listed)))
+
+    def account_of(self) -> dict[str, str]:
+        """Key → the account whose budgets it spends: the name ``accounts`` gives it, else
+        ``key1``, ``key2``... by its place among the accepted keys (never the key itself)."""
+        named = {}
+        for entry in self.accounts:
+            account, _, key = entry.partition("=")
+            named[key.strip()] = account.strip()
+        return {key: named.get(key, f"key{n}") for n, key in enumerate(self.accepted_keys(), 1)}
 
     def knobs(self) -> dict[str, Any]:
         """Knob name → value, in declaration order (for printing and stats)."""
@@ -165,6 +208,8 @@ def _problem(c: SimConfig) -> str | None:
         "video_encoding",
         "retry_after_form",
         "limit_only",
+        "rate_headers",
+        "gen_spread",
     ):
         allowed = get_args(hints[name])
         if getattr(c, name) not in allowed:
@@ -189,7 +234,34 @@ def _problem(c: SimConfig) -> str | None:
     nonneg = ("latency", "slow_delay", "storm_s", "link_ttl", "cbid_lag", "submit_answer_delay")
     if c.burst < 1 or c.retry_after < 1 or c.clip_fps < 1 or any(getattr(c, n) < 0 for n in nonneg):
         return "burst, retry_after and clip_fps must be >= 1; times must be >= 0"
-    return _hostile_problem(c)
+    if c.balance_credits is not None and not c.balance_credits >= 0:
+        return "balance_credits must be 0 or more, or none"
+    if not c.credits_per_usd > 0:
+        return "credits_per_usd must be more than 0"
+    return _hostile_problem(c) or _rate_problem(c)
+
+
+def _rate_problem(c: SimConfig) -> str | None:
+    """The issue #14 rate-budget knobs (h-sim)."""
+    seen: dict[str, str] = {}
+    for entry in c.accounts:
+        account, sep, key = (part.strip() for part in str(entry).partition("="))
+        if not sep or not account or not key:
+            return f"accounts: each entry is ACCOUNT=KEY, not {entry!r}"
+        if seen.setdefault(key, account) != account:
+            return f"accounts: a key belongs to one account, not {seen[key]!r} and {account!r}"
+    for name in ("submit_rate", "query_rate"):
+        value = getattr(c, name)
+        if value is not None and value <= 0:
+            return f"{name} must be positive or none"
+    for name in ("submit_burst", "query_burst"):
+        if getattr(c, name) < 1:
+            return f"{name} must be >= 1"
+    if c.gen_spread == "lognormal" and c.gen_min <= 0:
+        return "gen_spread lognormal needs gen_min > 0 (its median is sqrt(gen_min * gen_max))"
+    if not 0.0 <= c.progress_noise <= 1.0:
+        return f"progress_noise must be between 0 and 1, not {c.progress_noise}"
+    return None
 
 
 def _hostile_problem(c: SimConfig) -> str | None:
@@ -273,9 +345,10 @@ def parse_settings(pairs: Iterable[str]) -> dict[str, Any]:
 KNOB_HELP: Mapping[str, str] = {
     "seed": "seed of every random choice: task timings, failures, faults",
     "keys": "API keys the simulator accepts (comma-separated)",
-    "rate": "requests/s a key may make before calls answer 429 (none: no limit)",
-    "burst": "requests a key may make at once before `rate` applies",
-    "max_active": "unfinished tasks a key may have before submits answer 429 (none: no cap)",
+    "rate": "requests/s an account may make, all calls in one budget, before calls answer 429 "
+    "(none: no limit)",
+    "burst": "requests an account may make at once before `rate` applies",
+    "max_active": "unfinished tasks an account may have before submits answer 429 (none: no cap)",
     "quota_after": "tasks a key may create before submits answer 402 (none: no limit)",
     "queue_min": "shortest time a task stays queued, in seconds",
     "queue_max": "longest time a task stays queued, in seconds",
@@ -329,6 +402,29 @@ KNOB_HELP: Mapping[str, str] = {
     "no_url_answers": "a completed task's first N answers carry no video URL",
     "stale_link_answers": "... and its next N hand out a link that already expired",
     "submit_answer_delay": "seconds a submit's answer is held back after its task is created",
+    "accounts": "ACCOUNT=KEY pairs (comma-separated): keys of one account share its limits; "
+    "listed keys are accepted, a key not listed is an account of its own",
+    "submit_rate": "async_submit budget per account (POST generations), requests/s (none: no "
+    "limit); a call must also pass rate/burst when that is set",
+    "submit_burst": "async_submit tokens an idle account has saved up (>= 1)",
+    "query_rate": "async_query budget per account (status calls, lookups), requests/s (none: "
+    "no limit)",
+    "query_burst": "async_query tokens an idle account has saved up (>= 1)",
+    "rate_headers": "X-RateLimit-Limit/-Remaining/-Reset/-Category on every API answer (all), "
+    "only on 429s (limited), or none",
+    "concurrency_says": "the max_active 429 speaks of concurrent tasks (false: it reads like a "
+    "submit-rate 429)",
+    "gen_spread": "generation time: uniform in gen_min..gen_max, or lognormal (sigma 0.35) "
+    "around their geometric mean x duration/6 s, clipped to gen_min..gen_max",
+    "progress_noise": "status progress = true fraction +- this (0..1); never decreases, never "
+    "100 before done",
+    "balance_credits": "the account's balance in credits; a submit it cannot pay answers 402, "
+    "a failed generation is refunded (none: unlimited)",
+    "credits_per_usd": "credits per US dollar: a task costs the catalog's usd_per_second x this "
+    "per second of video",
+    "balance_endpoint": "GET /v1/balance and /v1/user/balance answer (false: 404, as an API "
+    "without them)",
+    "models_endpoint": "GET /v1/models answers (false: 404, as an API without it)",
 }
 
 
@@ -344,7 +440,7 @@ def knob_help(name: str) -> str:
 
 _BASE = SimConfig()
 
-PROFILES: Mapping[str, SimConfig] = {
+PROFILES: dict[str, SimConfig] = {
     # Quick start: every task completes in about a second or two, no faults.
     "default": _BASE,
     # For tests: tasks finish within ~0.25 s.
@@ -393,7 +489,33 @@ PROFILES: Mapping[str, SimConfig] = {
         p_5xx=0.002,
         download_rate=5_000_000.0,
     ),
+    # The default tier's published limits (contract, "Rate limits"), per account: async_submit
+    # 5/s with a burst of 50, async_query 50/s (no burst is published: 50, one second's worth),
+    # every answer carrying X-RateLimit-*; documented timings with a lognormal spread.
+    "published": dataclasses.replace(
+        _BASE,
+        submit_rate=5.0,
+        submit_burst=50,
+        query_rate=50.0,
+        query_burst=50,
+        rate_headers="all",
+        queue_min=5.0,
+        queue_max=10.0,
+        gen_min=60.0,
+        gen_max=300.0,
+        gen_spread="lognormal",
+        latency=0.15,
+    ),
 }
+# The same limits with the 20-40 s generations issue #14 measured with (for benches).
+PROFILES["published-fast"] = dataclasses.replace(
+    PROFILES["published"],
+    queue_min=1.0,
+    queue_max=3.0,
+    gen_min=20.0,
+    gen_max=40.0,
+    gen_spread="uniform",
+)
 
 # What each profile is for (`simulate --show`, `run --help`).
 PROFILE_ABOUT: Mapping[str, str] = {
@@ -401,6 +523,9 @@ PROFILE_ABOUT: Mapping[str, str] = {
     "fast": "for tests: tasks finish within ~0.25 s",
     "chaos": "every fault, often enough to be seen in a batch of a few dozen jobs",
     "realistic": "documented upstream timings: queued 5-10 s, generation 1-5 min",
+    "published": "the default tier's published limits per account (submit 5/s burst 50, query "
+    "50/s burst 50, X-RateLimit-* headers), queued 5-10 s, generation 1-5 min (lognormal)",
+    "published-fast": "the published limits with generation 20-40 s, queued 1-3 s (benches)",
 }
 
 # The run timings (omni_batch.policy) that fit each profile's tasks: "fast" is FAST (polls
@@ -411,6 +536,8 @@ PROFILE_TIMINGS: Mapping[str, Literal["fast", "documented"]] = {
     "fast": "fast",
     "chaos": "fast",
     "realistic": "documented",
+    "published": "documented",
+    "published-fast": "documented",
 }
 
 

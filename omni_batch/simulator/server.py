@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import contextvars
 import ipaddress
+import math
 import random
 import socket
 import sys
@@ -31,10 +32,30 @@ from omni_batch.simulator.hostile import (
     send_stream,
 )
 from omni_batch.simulator.saved import SavedTasks
-from omni_batch.simulator.state import FAIL_MESSAGE, SimState, Task, retry_after
+from omni_batch.simulator.state import (
+    FAIL_MESSAGE,
+    AccountState,
+    Bucket,
+    SimState,
+    Task,
+    retry_after,
+)
 
 SUBMIT_PATH = "/v1/videos/generations"
 STATS_PATH = "/_sim/stats"
+BALANCE_PATH = "/v1/balance"  # the key's (issue #15)
+USER_BALANCE_PATH = "/v1/user/balance"  # the account's
+MODELS_PATH = "/v1/models"
+
+# Which budget each API route spends (issue #14): (method, route as registered) → category.
+# A route not listed is a query (a GET of some account resource). Add new routes here.
+ROUTE_CATEGORY: dict[tuple[str, str], str] = {
+    ("POST", SUBMIT_PATH): "async_submit",
+    ("GET", SUBMIT_PATH + "/{task_id}"): "async_query",  # by task id or client_business_id
+    ("GET", "/v1/balance"): "async_query",
+    ("GET", "/v1/user/balance"): "async_query",
+    ("GET", "/v1/models"): "async_query",
+}
 
 _TYPES = {
     400: "invalid_request_error",
@@ -66,6 +87,12 @@ _STRING_CODES = {
 _AFTER_CREATE = (500, 502, 503, 504, 520, 522, 524)
 
 
+def fields_resolution(body: dict[str, Any], rules: Any) -> str:
+    """The resolution a body asks for, the model's default when it names none."""
+    value = body.get("resolution", rules.defaults.get("resolution"))
+    return value if isinstance(value, str) else ""
+
+
 class _Reject(Exception):
     """An error answer: rendered by the middleware in the contract's error body."""
 
@@ -78,10 +105,40 @@ class _Drop(Exception):
     """Close the connection without answering."""
 
 
+class _Call:
+    """One authenticated API call's standing with its account's budgets (in _CALL)."""
+
+    __slots__ = (
+        "account", "at", "category", "charged", "disguised", "reason", "refused_by", "uncharged"
+    )  # fmt: skip
+
+    def __init__(self, account: AccountState, category: str, at: float) -> None:
+        self.account, self.category, self.at = account, category, at
+        self.charged = False  # took its tokens (given back if it ends a 429 after all)
+        self.refused_by: str | None = None  # "rate" (its category) or "shared" (rate/burst)
+        self.reason = "other"  # why a 429: rate, shared_rate, concurrency, storm, forced
+        self.disguised = False  # a concurrency 429 dressed as a rate 429 (concurrency_says)
+        self.uncharged = False  # counted nowhere though not a 429 (503 rate_limit_unavailable)
+
+
+def _category(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else request.path
+    return ROUTE_CATEGORY.get((request.method, route), "async_query")
+
+
+def _per_minute(rate: float) -> str:
+    """X-RateLimit-Limit: requests per minute, a whole number when it is one."""
+    value = rate * 60
+    return str(round(value)) if abs(value - round(value)) < 1e-9 else f"{value:.6g}"
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 _RID: contextvars.ContextVar[str] = contextvars.ContextVar("rid", default="")
+# the API call being answered (set once it is authenticated); its own per request
+_CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("call", default=None)
 
 
 def _bearer(request: web.Request) -> str:
@@ -108,7 +165,7 @@ class Simulator:
         self.saved = saved
         self.state = SimState(self.config, saved=saved)
         self._ports_claimed = saved is None
-        self.keys: tuple[str, ...] = self.config.keys
+        self.keys: tuple[str, ...] = self.config.accepted_keys()
         self.key: str = self.keys[0]
         self.base_url = ""
         self.cdn_url = ""
@@ -122,6 +179,7 @@ class Simulator:
         # the submit path's money faults draw from their own stream (see SimConfig)
         self._money_rng = random.Random(f"omni-sim-money/{self.config.seed}")
         self._after_create = 0
+        self._progress_rng = random.Random(f"omni-sim-progress/{self.config.seed}")
         self._runners: list[web.AppRunner] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: int | None = None
@@ -146,6 +204,9 @@ class Simulator:
         api.router.add_post(SUBMIT_PATH, self._submit)
         api.router.add_get(SUBMIT_PATH + "/{task_id}", self._status)
         api.router.add_get(STATS_PATH, self._stats)
+        api.router.add_get(BALANCE_PATH, self._balance)
+        api.router.add_get(USER_BALANCE_PATH, self._balance)
+        api.router.add_get(MODELS_PATH, self._models)
         cdn = self._cdn.app()
         # the ports a previous simulator on this folder handed out links for, when free
         before = None
@@ -229,24 +290,66 @@ class Simulator:
         if "header" in self.config.echo_key and token:
             rid = f"{rid}-{token}"  # a gateway that traces requests by their credentials
         _RID.set(rid)
+        _CALL.set(None)
         try:
             response = await handler(request)
         except _Drop:
             counts["dropped"] += 1
+            self._settle(0)
             if request.transport is not None:
                 request.transport.close()
             return web.Response()  # never written: aiohttp sees the closed transport
         except ConnectionResetError:  # the client went away mid-request (killed, timed out)
             counts["client_gone"] += 1
+            self._settle(0)
             return web.Response()
         except _Reject as exc:
             response = self._error(exc, rid, number, token)
         except web.HTTPException as exc:  # unknown path, wrong method
             response = self._error(_Reject(exc.status, exc.reason), rid, number, token)
+        self._settle(response.status)
         if not response.prepared:  # a streamed answer sent its own
             response.headers["X-Request-Id"] = rid
+            self._rate_headers(response)
         counts[f"status_{response.status}"] += 1
         return response
+
+    def _settle(self, status: int) -> None:
+        """A call that took tokens and was answered 429 (or 503 rate_limit_unavailable) gives
+        them back; any other is counted as accepted, at the instant it was let in."""
+        call = _CALL.get()
+        if call is None:
+            return
+        if status == 429:
+            call.account.limited[call.category][call.reason] += 1
+        if not call.charged:
+            return
+        call.charged = False
+        if status == 429 or call.uncharged:
+            call.account.refund(call.category)
+        else:
+            call.account.accept(call.category, call.at)
+
+    def _rate_headers(self, response: web.StreamResponse) -> None:
+        """X-RateLimit-* of the bucket that speaks for this call: the one that refused it,
+        else its category's, else the shared rate/burst one (no Category then)."""
+        mode = self.config.rate_headers
+        call = _CALL.get()
+        if mode == "none" or call is None or (mode == "limited" and response.status != 429):
+            return
+        bucket: Bucket | None = call.account.buckets.get(call.category)
+        category: str | None = call.category
+        if call.refused_by == "shared" or bucket is None:
+            bucket, category = call.account.shared, None
+        if bucket is None:
+            return
+        now = self.state.clock()
+        remaining = 0 if call.disguised else bucket.remaining(now)
+        response.headers["X-RateLimit-Limit"] = _per_minute(bucket.rate)
+        response.headers["X-RateLimit-Remaining"] = str(remaining)
+        response.headers["X-RateLimit-Reset"] = str(math.ceil(bucket.full_at(now) - 1e-9))
+        if category is not None:
+            response.headers["X-RateLimit-Category"] = category
 
     def _error(self, exc: _Reject, rid: str, number: int, token: str = "") -> web.Response:
         cfg = self.config
@@ -306,6 +409,8 @@ class Simulator:
         key = self._authorize(request)
         ks = state.keys[key]
         now = state.clock()
+        call = _Call(ks.account, _category(request), now)
+        _CALL.set(call)
         if now < self._not_before.get(key, 0.0) - 0.05:
             state.counts["early_after_429"] += 1  # came back before Retry-After said
         if cfg.limit_only in ("all", kind):  # counted among the requests it limits
@@ -313,14 +418,25 @@ class Simulator:
             number, after = state.counts[counter], cfg.limit_after
             if number <= cfg.limit_first or (after is not None and number > after):
                 state.counts["limited_forced"] += 1
+                call.reason = "forced"
                 raise _Reject(429, "too many requests", cfg.retry_after)
         if now < ks.storm_until:
             state.counts["limited_injected"] += 1
+            call.reason = "storm"
             raise _Reject(429, "too many requests", retry_after(ks.storm_until - now))
-        wait = ks.take_token(now, cfg.rate, cfg.burst)
-        if wait:
+        refused = ks.account.take(call.category, now)
+        if refused is not None:
             state.counts["limited_rate"] += 1
-            raise _Reject(429, f"rate limit of {cfg.rate:g} requests/s exceeded", retry_after(wait))
+            call.refused_by, wait = refused
+            if call.refused_by == "shared":
+                call.reason = "shared_rate"
+                assert cfg.rate is not None
+                message = f"rate limit of {cfg.rate:g} requests/s exceeded"
+            else:
+                call.reason = "rate"
+                message = self._rate_message(call)
+            raise _Reject(429, message, retry_after(wait))
+        call.charged = True
         # Always the same number of draws, so a request's faults depend only on its position.
         r_slow, r_drop, r_5xx, r_kind, r_429, r_ambiguous = (self._rng.random() for _ in range(6))
         if r_slow < cfg.p_slow:
@@ -334,8 +450,19 @@ class Simulator:
         if r_429 < cfg.p_429:
             ks.storm_until = now + cfg.storm_s
             state.counts["limited_injected"] += 1
+            call.reason = "storm"
             raise _Reject(429, "too many requests", max(cfg.retry_after, retry_after(cfg.storm_s)))
         return key, r_ambiguous < cfg.p_ambiguous
+
+    def _rate_message(self, call: _Call) -> str:
+        """The message of a 429 from a category bucket (a disguised concurrency 429's too)."""
+        bucket = call.account.buckets.get(call.category)
+        if bucket is None:
+            return "rate limit exceeded"
+        return (
+            f"rate limit exceeded: {call.category} allows "
+            f"{_per_minute(bucket.rate)} requests per minute"
+        )
 
     # -- API endpoints -------------------------------------------------------------------------
 
@@ -366,9 +493,10 @@ class Simulator:
         if cbid is not None and (not isinstance(cbid, str) or not 1 <= len(cbid) <= 128):
             raise _Reject(400, "client_business_id: must be a string of 1-128 characters")
         ks = state.keys[key]
-        if cbid is not None and cbid in ks.cbids and cfg.cbid in ("on", "no_lookup"):
+        account = ks.account
+        if cbid is not None and cbid in account.cbids and cfg.cbid in ("on", "no_lookup"):
             state.counts["duplicate_cbids"] += 1
-            existing = state.tasks[ks.cbids[cbid]]
+            existing = state.tasks[account.cbids[cbid]]
             if cfg.duplicate_cbid == "existing":
                 return self._json(self._submitted(existing), token=key)
             if cfg.duplicate_cbid == "conflict_bare":  # a 409 that names no task
@@ -382,6 +510,9 @@ class Simulator:
         r_down, r_after, r_shape = (self._money_rng.random() for _ in range(3))
         if r_down < cfg.p_limiter_down:
             state.counts["limiter_down"] += 1
+            call = _CALL.get()
+            if call is not None:  # the limiter is down: this call is counted nowhere
+                call.uncharged = True
             raise _Reject(
                 503,
                 "the rate limiter is unavailable; nothing was accepted",
@@ -390,9 +521,30 @@ class Simulator:
         if cfg.quota_after is not None and ks.created >= cfg.quota_after:
             raise _Reject(402, "insufficient quota: top up your balance to create more tasks")
         now = state.clock()
-        if cfg.max_active is not None and ks.active_count(now) >= cfg.max_active:
+        duration = body.get("duration", rules.defaults.get("duration"))
+        credits = self.credits_for(model, fields_resolution(body, rules), duration)
+        left = state.credits_left(now)
+        if left is not None and credits > left + 1e-9:
+            state.counts["balance_refused"] += 1
+            raise _Reject(
+                402,
+                f"insufficient balance: this task costs {credits:g} credits, "
+                f"{max(left, 0):g} remain; top up to create more tasks",
+            )
+        if cfg.max_active is not None and account.active_count(now) >= cfg.max_active:
             state.counts["limited_active"] += 1
-            wait = ks.active[0] - now if ks.active else cfg.retry_after  # max_active=0
+            call = _CALL.get()
+            assert call is not None
+            call.reason = "concurrency"
+            if not cfg.concurrency_says:  # reads like a submit-rate 429 (Remaining 0 too)
+                call.disguised = True
+                message, bucket = self._rate_message(call), account.buckets.get(call.category)
+                if bucket is None and account.shared is not None and cfg.rate is not None:
+                    call.refused_by, bucket = "shared", account.shared
+                    message = f"rate limit of {cfg.rate:g} requests/s exceeded"
+                wait = 1.0 / bucket.rate if bucket is not None else cfg.retry_after
+                raise _Reject(429, message, retry_after(wait))
+            wait = account.active[0] - now if account.active else cfg.retry_after  # max_active=0
             raise _Reject(
                 429, f"too many tasks in progress (limit {cfg.max_active})", retry_after(wait)
             )
@@ -402,7 +554,9 @@ class Simulator:
         }
         fields = {k: sys.intern(v) if isinstance(v, str) else v for k, v in fields.items()}
         try:
-            task = state.create(key, body, {**fields, "client_business_id": cbid}, now)
+            task = state.create(
+                key, body, {**fields, "client_business_id": cbid, "credits": credits}, now
+            )
         except OSError as exc:  # the state folder cannot be written: no task was made
             raise _Reject(500, f"simulator: cannot save its state: {exc}") from None
         if ambiguous:
@@ -484,7 +638,12 @@ class Simulator:
             out["client_business_id"] = task.cbid
         if status == "in_progress":
             span = task.done - task.started
-            out["progress"] = min(99, max(1, int(100 * (now - task.started) / span)))
+            fraction = (now - task.started) / span
+            if self.config.progress_noise:
+                noise = self._progress_rng.uniform(-1.0, 1.0) * self.config.progress_noise
+                fraction += noise
+            task.shown = max(task.shown, min(99, max(1, int(100 * fraction))))
+            out["progress"] = task.shown
         elif status == "failed":
             out["progress"] = 100
             out["completed_at"] = int(task.done)
@@ -509,6 +668,52 @@ class Simulator:
             elif url is not None:
                 out[task.result_shape] = url
         return out
+
+    # -- money (issue #15) ---------------------------------------------------------------------
+
+    def credits_for(self, model: str, resolution: str, duration: Any) -> float:
+        """Credits a task costs: the catalog's USD per second x credits_per_usd x seconds (a
+        model or resolution without a price costs nothing here)."""
+        rules = self.catalog.get(model)
+        price = rules.price(resolution) if rules is not None else None
+        if price is None or not isinstance(duration, int):
+            return 0.0
+        return round(price * self.config.credits_per_usd * duration, 6)
+
+    async def _balance(self, request: web.Request) -> web.StreamResponse:
+        """GET /v1/balance (the key's use) and /v1/user/balance (the account's)."""
+        key, _ = await self._gate(request)
+        if not self.config.balance_endpoint:
+            raise _Reject(404, f"{request.path} not found")
+        cfg, state = self.config, self.state
+        now = state.clock()
+        per_usd = cfg.credits_per_usd
+        mine = request.path == BALANCE_PATH
+        used = state.credits_used(key if mine else None, now)
+        left = state.credits_left(now)
+        data = {
+            "remain_credits": round(left, 6) if left is not None else 0,
+            "used_credits": round(used, 6),
+            "credits_per_usd": per_usd,
+            "remain_balance": round(left / per_usd, 6) if left is not None else 0,
+            "used_balance": round(used / per_usd, 6),
+            "unlimited_quota": left is None,
+        }
+        state.counts["balance_requests"] += 1
+        return self._json({"success": True, "data": data}, token=key)
+
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        """GET /v1/models?type=video: the models this key may use (no prices)."""
+        key, _ = await self._gate(request)
+        if not self.config.models_endpoint:
+            raise _Reject(404, f"{request.path} not found")
+        self.state.counts["model_requests"] += 1
+        data = [
+            {"id": name, "object": "model", "type": "video", "owned_by": "toapis"}
+            for name in self.catalog.models
+            if name not in self.config.blocked_models
+        ]
+        return self._json({"object": "list", "data": data}, token=key)
 
     async def _stats(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(self.state.stats())
