@@ -24,7 +24,9 @@ import pandas as pd
 
 from omni_batch.summary import (
     COST_COLUMN,
+    GROUPS,
     OVERALL,
+    SHOWN_ROWS,
     VERIFY_COLUMN,
     dimensions,
     finish_table,
@@ -67,15 +69,20 @@ _COST, _PRICED = 5, 6
 
 @dataclass
 class _Dimension:
-    """One summary table's per-group sums, and the latencies of its completed jobs. A group
-    costs a dict entry and seven doubles (a variable with a value per job: ~170 bytes a job)."""
+    """One summary table: per group, sums (_WIDTH doubles) and the latencies of its completed
+    jobs, for its first SHOWN_ROWS values in sorted order only (all that is ever shown), and
+    a 64-bit hash of every value, for the number of values ("… N more"). A variable with a
+    value per job costs ~16 bytes a job, not a group a job.
+
+    Exact: a value once dropped (SHOWN_ROWS smaller ones seen) can never be among the first
+    again, and a value among them was never dropped, so every kept group has all its jobs."""
 
     name: str
     dtype: Any = None  # the column's dtype (the table's index)
-    groups: dict[Any, int] = field(default_factory=dict)  # key → group number
-    sums: array = field(default_factory=lambda: array("d"))  # _WIDTH per group number
-    codes: array = field(default_factory=lambda: array("q"))  # group number per latency
-    latencies: array = field(default_factory=lambda: array("d"))
+    groups: dict[Any, list[float]] = field(default_factory=dict)  # value → sums
+    latencies: dict[Any, array] = field(default_factory=dict)  # value → completed latencies
+    hashes: array = field(default_factory=lambda: array("q"))  # of every value seen
+    unique: int = 0  # how many of ``hashes`` (a prefix) are known distinct
 
     def add(self, work: pd.DataFrame, key: pd.Series) -> None:
         if self.dtype is None:
@@ -89,45 +96,58 @@ class _Dimension:
         if COST_COLUMN in work:
             parts += [grouped[COST_COLUMN].sum(), grouped[COST_COLUMN].count()]
         frame = pd.concat(parts, axis=1)
-        groups, sums = self.groups, self.sums
-        for value, row in zip(
-            frame.index.tolist(), frame.to_numpy("float64").tolist(), strict=True
-        ):
-            n = groups.get(value)
-            if n is None:
-                groups[value] = len(groups)
-                sums.extend(row + [0.0] * (_WIDTH - len(row)))
+        values = frame.index.tolist()
+        self.hashes.extend(hash(v) for v in values)
+        if len(self.hashes) > 2 * self.unique + 4096:  # values repeat across slices: compact
+            distinct = np.unique(np.frombuffer(self.hashes, dtype="int64"))
+            self.hashes = array("q", distinct.tobytes())
+            self.unique = len(distinct)
+        groups = self.groups
+        for value, row in zip(values, frame.to_numpy("float64").tolist(), strict=True):
+            sums = groups.get(value)
+            if sums is None:
+                groups[value] = row + [0.0] * (_WIDTH - len(row))
             else:
-                at = n * _WIDTH
                 for i, x in enumerate(row):
-                    sums[at + i] += x
+                    sums[i] += x
         timed = work["completed"].to_numpy() & work["latency"].notna().to_numpy()
         if timed.any():
-            self.codes.extend(groups[v] for v in key[timed].tolist())
-            self.latencies.extend(work["latency"].to_numpy()[timed].tolist())
+            latencies = self.latencies
+            for value, latency in zip(
+                key[timed].tolist(), work["latency"].to_numpy()[timed].tolist(), strict=True
+            ):
+                latencies.setdefault(value, array("d")).append(latency)
+        if len(groups) > SHOWN_ROWS:  # keep the first values only: the rest is never shown
+            for value in sorted(groups)[SHOWN_ROWS:]:
+                del groups[value]
+                self.latencies.pop(value, None)
+
+    def count(self) -> int:
+        """How many values the table has (shown or not)."""
+        return len(np.unique(np.frombuffer(self.hashes, dtype="int64"))) if self.hashes else 0
 
     def table(self, verify: bool, cost: bool) -> pd.DataFrame:
-        keys = list(self.groups)
-        order = sorted(range(len(keys)), key=keys.__getitem__)  # group numbers by key
-        index = pd.Index(pd.array([keys[n] for n in order], dtype=self.dtype), name=self.name)
-        sums = np.frombuffer(self.sums, dtype="float64") if self.sums else np.zeros(0)
-        sums = sums.reshape(len(keys), _WIDTH)[order]
-        codes = np.frombuffer(self.codes, dtype="int64") if self.codes else np.array([], "int64")
-        latency = pd.Series(
-            np.frombuffer(self.latencies, dtype="float64") if self.latencies else np.array([])
-        )
+        keys = sorted(self.groups)
+        index = pd.Index(pd.array(keys, dtype=self.dtype), name=self.name)
+        sums = np.array([self.groups[k] for k in keys], dtype="float64").reshape(len(keys), _WIDTH)
+        codes: list[int] = []
+        found: list[float] = []
+        for n, k in enumerate(keys):
+            got = self.latencies.get(k, ())
+            codes += [n] * len(got)
+            found += got
         # the same grouped quantile as the whole table's (it skips the jobs not completed)
-        by_group = latency.groupby(codes, sort=True)
-        position = pd.Index(order)  # sorted row → the group's number
+        by_group = pd.Series(found, dtype="float64").groupby(np.array(codes, "int64"), sort=True)
+        position = pd.RangeIndex(len(keys))
 
         def quantile(q: float) -> pd.Series:
-            found = by_group.quantile(q).reindex(position)
-            return pd.Series(found.to_numpy(dtype="float64"), index=index)
+            at = by_group.quantile(q).reindex(position)
+            return pd.Series(at.to_numpy(dtype="float64"), index=index)
 
         def column(i: int, dtype: str) -> pd.Series:
             return pd.Series(sums[:, i], index=index).astype(dtype)
 
-        return finish_table(
+        table = finish_table(
             column(0, "int64"),
             column(1, "int64"),
             column(2, "int64"),
@@ -139,6 +159,10 @@ class _Dimension:
             # as sum(min_count=1): NaN for a group with no known cost
             column(_COST, "float64").where(column(_PRICED, "int64") > 0) if cost else None,
         )
+        count = self.count()
+        if count > len(table):
+            table.attrs[GROUPS] = count  # the first SHOWN_ROWS rows of a longer table
+        return table
 
 
 @dataclass
@@ -239,7 +263,8 @@ class ReportDigest:
         return any(n for status, n in self.status.items() if status not in ignored)
 
     def summary_tables(self) -> dict[str, pd.DataFrame]:
-        """As summary.summary_tables(report)."""
+        """As summary.summary_tables(report), each cut to its first SHOWN_ROWS rows (all that
+        is shown) with the number of rows of the whole in ``attrs["groups"]`` when longer."""
         names = [OVERALL, *dimensions(pd.DataFrame(columns=self.columns))]
         cost = COST_COLUMN in self.columns
         return {n: self.dims[n].table(self.verify, cost) for n in names if n in self.dims}

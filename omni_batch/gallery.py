@@ -20,7 +20,7 @@ import pandas as pd
 from omni_batch import gallery_template as tpl
 from omni_batch.digest import ReportDigest
 from omni_batch.errors import OutputError
-from omni_batch.summary import formatted, informative, label, summary_tables
+from omni_batch.summary import SHOWN_ROWS, formatted, informative, label, summary_tables
 from omni_batch.verify import poster, probe
 
 GALLERY = "gallery.html"
@@ -381,7 +381,7 @@ def _tag_filters(tag_values: dict[str, set[str]]) -> str:
     return "\n".join(selects)
 
 
-def _summary_html(tables: dict[str, pd.DataFrame], max_rows: int = 50) -> str:
+def _summary_html(tables: dict[str, pd.DataFrame], max_rows: int = SHOWN_ROWS) -> str:
     parts = []
     for name, table in informative(tables).items():
         text = formatted(table.head(max_rows))  # a var of 20,000 values: format only 50

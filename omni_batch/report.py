@@ -294,36 +294,38 @@ def neutralise(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _csv_chunk(columns: int) -> int:
-    """Rows pandas formats at a time when writing a CSV (its 100,000 cells per chunk)."""
-    return max(1, 100_000 // max(1, columns))
+def csv_ready(frame: pd.DataFrame) -> pd.DataFrame:
+    """The table as the CSV files write it: its timestamps as text in one format, UTC to the
+    microsecond (``2026-12-02 16:40:57.158708+00:00``), whatever slice a row is in. pandas
+    formats a chunk of rows at a time and gives every timestamp of a chunk the precision the
+    chunk needs (one row with nanoseconds made its neighbours' ``16:40:57+00:00`` read
+    ``16:40:57.000000000+00:00``): the file then depended on how it was cut."""
+    times = [c for c in frame.columns if isinstance(frame[c].dtype, pd.DatetimeTZDtype)]
+    if not times or not len(frame):
+        return frame
+    frame = frame.copy(deep=False)
+    for column in times:
+        values = frame[column].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("M8[us]")
+        text = np.char.add(np.datetime_as_string(values, unit="us"), "+00:00")
+        text = np.char.replace(text, "T", " ")
+        frame[column] = pd.Series(text, index=frame.index, dtype=object).where(~np.isnat(values))
+    return frame
 
 
 class _Csv:
-    """A CSV file written slice by slice exactly as one ``to_csv`` call on the whole table.
-
-    pandas formats a column chunk by chunk, and a chunk's timestamps share one precision (one
-    with milliseconds gives every timestamp of its chunk milliseconds): rows go out in the
-    same chunks.
-    """
+    """A CSV file written a slice at a time, exactly as ``csv_ready(table).to_csv(index=False)``
+    writes the whole table (rows are formatted one at a time but for the timestamps, which
+    csv_ready makes text)."""
 
     def __init__(self, path: Path):
         self.path = path
         self.handle: IO[str] | None = None
-        self.pending: pd.DataFrame | None = None
 
     def add(self, frame: pd.DataFrame) -> None:
-        if self.pending is not None and len(self.pending):
-            frame = pd.concat([self.pending, frame], ignore_index=True)
-        whole = len(frame) - len(frame) % _csv_chunk(len(frame.columns))
-        if whole:
-            self._write(frame.iloc[:whole])
-        # a copy: a view would keep the whole joined frame alive until the next slice
-        self.pending = frame.iloc[whole:].copy()
+        if len(frame) or self.handle is None:  # the header even with no rows
+            self._write(csv_ready(frame))
 
     def finish(self) -> None:
-        if self.pending is not None and (len(self.pending) or self.handle is None):
-            self._write(self.pending)  # the rest, or the header alone
         self.close()
 
     def close(self) -> None:

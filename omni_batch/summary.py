@@ -21,6 +21,9 @@ COLUMNS = [
     "jobs", "completed", "failed", "success_rate", "latency_p50", "latency_p90", "retries",
 ]  # fmt: skip
 VERIFY_COLUMN = "verify_failed"  # completed jobs whose file the probe flagged
+SHOWN_ROWS = 50  # the most rows of one table ever shown (the gallery's; the terminal's: 12)
+# a table cut to its first rows (digest.ReportDigest) holds its whole length in attrs[GROUPS]
+GROUPS = "groups"
 COST_COLUMN = "cost_usd"  # spend (issue #15): the group's jobs' cost_usd summed
 
 
@@ -170,9 +173,14 @@ def formatted(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def rows(table: pd.DataFrame) -> int:
+    """How many values a summary table has: its length, or the whole's when cut (GROUPS)."""
+    return int(table.attrs.get(GROUPS, len(table)))
+
+
 def informative(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     """The whole-run table and every dimension with more than one value (the others repeat it)."""
-    return {n: t for n, t in tables.items() if n == OVERALL or len(t) > 1}
+    return {n: t for n, t in tables.items() if n == OVERALL or rows(t) > 1}
 
 
 def summary_renderable(
@@ -191,12 +199,12 @@ def summary_renderable(
     for header in headers:
         grid.add_column(header, justify="right", no_wrap=True)
     for name, table in shown.items():
-        text = formatted(table)
-        for i, (value, row) in enumerate(text.head(max_rows).iterrows()):
+        text = formatted(table.head(max_rows))  # a var of 20,000 values: format only those
+        for i, (value, row) in enumerate(text.iterrows()):
             # Text, not str: a value like "[red]" must print as itself, not as rich markup
             value_text = Text("" if name == OVERALL else str(value))
             grid.add_row(Text(label(name)) if i == 0 else "", value_text, *row.tolist())
-        if len(text) > max_rows:
-            grid.add_row("", f"… {len(text) - max_rows} more", *[""] * len(headers))
+        if rows(table) > max_rows:
+            grid.add_row("", f"… {rows(table) - max_rows} more", *[""] * len(headers))
         grid.add_section()
     return grid

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tracemalloc
 from pathlib import Path
 
@@ -25,7 +26,14 @@ from omni_batch.gallery import render_gallery, write_gallery
 from omni_batch.journal import Journal
 from omni_batch.manifest import load_manifest
 from omni_batch.progress import final_table, left_pending, run_summary, unfinished
-from omni_batch.report import build_report, digest_report, write_reports, write_reports_digest
+from omni_batch.report import (
+    build_report,
+    csv_ready,
+    digest_report,
+    neutralise,
+    write_reports,
+    write_reports_digest,
+)
 from omni_batch.review import save_reviews
 from omni_batch.summary import summary_renderable, summary_tables
 
@@ -119,6 +127,14 @@ def test_the_report_files_are_the_same_bytes_as_the_whole_table_path(
     for name, data in old.items():
         assert (folder / name).read_bytes() == data, name
     assert digest.rows == len(frame) > SLICE * 3
+    # the CSVs are the whole table's, its timestamps in one format (not one per pandas chunk)
+    safe = csv_ready(neutralise(frame))
+    assert old["report.csv"] == safe.to_csv(index=False).encode()
+    failed = safe[safe["status"] == "failed"]
+    assert old["failures.csv"] == failed.to_csv(index=False).encode()
+    stamps = re.findall(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[^,]*", old["report.csv"].decode())
+    assert stamps and all(re.fullmatch(r".{19}\.\d{6}\+00:00", t) for t in stamps), stamps[:3]
+
     assert {"picked", "rejected"} <= set(frame["pick"].dropna()) and frame["score"].notna().any()
     assert frame["cost_usd"].gt(0).any() and frame["usd_per_second"].notna().all()
     parquet = pd.read_parquet(folder / "report.parquet")
@@ -258,3 +274,32 @@ def test_what_the_cli_does_after_a_run_holds_no_row_per_job(tmp_path, monkeypatc
 def test_the_library_run_still_returns_the_table(folder):
     frame = build_report(folder)
     assert isinstance(frame, pd.DataFrame) and omni_batch.build_report is build_report
+
+
+def test_a_variable_with_a_value_per_job_keeps_only_the_rows_shown(
+    tmp_path, monkeypatch, small_slices
+):
+    """A summary table of more values than are ever shown (SHOWN_ROWS) is kept as its first
+    rows plus its length: the same rows, terminal table and page as the whole table's, though
+    the values come in an order unlike the sorted one and slices of 7 rows."""
+    from omni_batch.summary import GROUPS, SHOWN_ROWS
+
+    _fixed_clock(monkeypatch)
+    values = [f"v{(n * 37) % 131:03d}" for n in range(131)]  # sorted ≠ manifest order
+    manifest = tmp_path / "many.yaml"
+    manifest.write_text(
+        f"vars: {{n: [{', '.join(values)}]}}\nprompts:\n  - {{id: 's-{{n}}', prompt: 'shot {{n}}'}}\n",
+        encoding="utf-8",
+    )
+    result = _cli(manifest, tmp_path / "out", "--no-verify")
+    assert result.exit_code in (0, 1), result.output
+    frame, digest = build_report(tmp_path / "out"), digest_report(tmp_path / "out")
+    old, new = summary_tables(frame), digest.summary_tables()
+    assert len(old["var_n"]) == 131 and old["var_n"]["latency_p50"].notna().any()
+    assert len(new["var_n"]) == SHOWN_ROWS and new["var_n"].attrs[GROUPS] == 131
+    pd.testing.assert_frame_equal(new["var_n"], old["var_n"].head(SHOWN_ROWS), check_exact=True)
+    pd.testing.assert_frame_equal(new["all"], old["all"], check_exact=True)
+    assert _text(summary_renderable(new)) == _text(summary_renderable(old))
+    assert "… 119 more" in _text(summary_renderable(new))
+    page = write_gallery(tmp_path / "out", digest=digest).read_text(encoding="utf-8")
+    assert page == render_gallery(tmp_path / "out", frame)
