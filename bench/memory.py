@@ -41,7 +41,14 @@ def _cli_peak(
         "--poll-interval", "0.05", "--yes", "--no-progress", "--json",
         "--verify" if verify else "--no-verify",
     ]  # fmt: skip
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    # cwd: `python -m` puts the working directory first on sys.path, before PYTHONPATH
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=source if source is not None else REPO,
+    )
     assert proc.stdout is not None
     output = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
