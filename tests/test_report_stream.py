@@ -303,3 +303,28 @@ def test_a_variable_with_a_value_per_job_keeps_only_the_rows_shown(
     assert "… 119 more" in _text(summary_renderable(new))
     page = write_gallery(tmp_path / "out", digest=digest).read_text(encoding="utf-8")
     assert page == render_gallery(tmp_path / "out", frame)
+
+
+def test_the_run_keeps_no_cost_per_finished_job(tmp_path):
+    """Spend.held (a job's cost while its task may still be refunded) holds the jobs in flight
+    only: after the run it is empty, whatever was billed, refunded or completed."""
+    import asyncio
+
+    from omni_batch.runner import RunOptions, run_folder_async
+    from tests.conftest import shots_manifest
+
+    engines = []
+    options = RunOptions(
+        simulate="fast",
+        simulator_settings={"p_fail": 0.3, "seed": 3},
+        out=tmp_path / "o",
+        verify=False,
+    )
+    digest = asyncio.run(
+        run_folder_async(
+            shots_manifest(tmp_path, 24), options, on_start=lambda s, e: engines.append(e)
+        )
+    )
+    assert digest.count("completed") and digest.count("failed")
+    spend = engines[0].spend
+    assert spend.spent_usd > 0 and spend.held == {}
