@@ -318,7 +318,7 @@ def _run(
     retry_failed, reconcile, catalog, verify, yes, no_progress, max_jobs, limit, only,
     allow_partial, no_preflight,
 ):  # fmt: skip
-    """The run itself; returns the report, or None when the user declined."""
+    """The run itself; returns the report's digest, or None when the user declined."""
     settings: dict = {}
     sim_config = None
     if simulate_profile is not None:  # a bad profile or knob: before anything else
@@ -341,7 +341,7 @@ def _run(
     from omni_batch.display import plan_summary
     from omni_batch.policy import Policy
     from omni_batch.progress import Progress, final_table
-    from omni_batch.runner import BASE_URL_ENV, RunOptions, output_folder, run_async
+    from omni_batch.runner import BASE_URL_ENV, RunOptions, output_folder, run_folder_async
 
     if keys_file is not None:  # a bad keys file: one line per problem, exit 2, before the rest
         from omni_batch.accounts import parse_keys_file
@@ -423,7 +423,8 @@ def _run(
             display.start(stats, engine.rate_line)
 
         try:
-            return await run_async(result.manifest, options, on_start=started)
+            # the digest, never the table: memory stays flat for any number of jobs
+            return await run_folder_async(result.manifest, options, on_start=started)
         finally:
             await display.stop()
 
@@ -432,10 +433,11 @@ def _run(
     except OmniBatchError as exc:
         _finish(folder, err)
         raise exc from None
-    from omni_batch.summary import summary_renderable, summary_tables
+    from omni_batch.summary import summary_renderable
 
     console.print(final_table(report))
-    console.print(summary_renderable(summary_tables(report), value_width=_value_width(console)))
+    tables = report.summary_tables()
+    console.print(summary_renderable(tables, value_width=_value_width(console)))
     from omni_batch.progress import LEFT_PENDING, account_line, left_pending
 
     if line := account_line(report):
@@ -455,10 +457,10 @@ def _run(
 def _finish(folder, console) -> None:
     """After an interrupted or stopped run: the summary of what the journal holds."""
     from omni_batch.progress import final_table
-    from omni_batch.report import build_report
+    from omni_batch.report import digest_report
 
     with contextlib.suppress(OmniBatchError):  # no journal yet: nothing to summarise
-        console.print(final_table(build_report(folder)))
+        console.print(final_table(digest_report(folder)))
 
 
 def _print_json(
@@ -499,14 +501,15 @@ def report(folder: str) -> None:
 
     from omni_batch.gallery import write_gallery
     from omni_batch.progress import final_table
-    from omni_batch.report import write_reports
-    from omni_batch.summary import summary_renderable, summary_tables
+    from omni_batch.report import write_reports_digest
+    from omni_batch.summary import summary_renderable
 
-    frame = write_reports(folder)
-    page = write_gallery(Path(folder), frame)
+    digest = write_reports_digest(folder)  # a slice at a time: never the whole table
+    page = write_gallery(Path(folder), digest=digest)
     console = _console()
-    console.print(final_table(frame))
-    console.print(summary_renderable(summary_tables(frame), value_width=_value_width(console)))
+    console.print(final_table(digest))
+    tables = digest.summary_tables()
+    console.print(summary_renderable(tables, value_width=_value_width(console)))
     click.echo(f"wrote {Path(folder) / 'report.csv'}, report.parquet, failures.csv, {page.name}")
 
 

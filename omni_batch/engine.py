@@ -710,8 +710,10 @@ class Engine(Submitting):
     ) -> None:
         """``task``: "failed" when the API said the generation failed (refunded), "gone" on a
         404; None when the task may still hold a paid video (the next run polls it again)."""
-        if task == "failed" and self.spend is not None:
-            self.spend.refunded(flight.job_id)
+        if self.spend is not None:
+            if task == "failed":
+                self.spend.refunded(flight.job_id)
+            self.spend.final(flight.job_id)  # out of flight: nothing more to refund this run
         self.journal.mark_failed(
             flight.job_id,
             error_type=kind,
@@ -777,6 +779,8 @@ class Engine(Submitting):
                 self.prober, functools.partial(probe, got.path, *flight.asked, poster_to=poster)
             )
         self.journal.mark_completed(flight.job_id, relative, got.size, check)
+        if self.spend is not None:
+            self.spend.final(flight.job_id)  # a completed task is never refunded
         self._moved("downloading", "completed")
         await self._release(flight.job_id)
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 from urllib.parse import quote
@@ -17,8 +18,9 @@ import numpy as np
 import pandas as pd
 
 from omni_batch import gallery_template as tpl
+from omni_batch.digest import ReportDigest
 from omni_batch.errors import OutputError
-from omni_batch.summary import formatted, informative, label, summary_tables
+from omni_batch.summary import SHOWN_ROWS, formatted, informative, label, summary_tables
 from omni_batch.verify import poster, probe
 
 GALLERY = "gallery.html"
@@ -106,8 +108,9 @@ def _files_in(directory: str) -> set[str]:
         return set()
 
 
-def _videos(folder: Path, frame: pd.DataFrame) -> dict[str, str]:
-    """Job id → video file, for the completed jobs whose video is there."""
+def _videos(folder: Path, frame: pd.DataFrame, list_directories: bool = True) -> dict[str, str]:
+    """Job id → video file, for the completed jobs whose video is there (a listing per
+    directory, or without ``list_directories`` a stat per video: a slice of a big run)."""
     listed: dict[str, set[str]] = {}  # a listing per directory instead of a stat per video
     videos: dict[str, str] = {}
     # a retired job (no longer in the manifest) keeps its video: its state says completed
@@ -125,7 +128,7 @@ def _videos(folder: Path, frame: pd.DataFrame) -> dict[str, str]:
             continue
         directory, name = os.path.split(video)
         if directory not in listed:
-            listed[directory] = _files_in(directory)
+            listed[directory] = _files_in(directory) if list_directories else set()
         # not listed: a stat still decides (a name the file system spells otherwise)
         if name in listed[directory] or os.path.isfile(video):
             videos[_text(job)] = video
@@ -184,14 +187,10 @@ def _verified(frame: pd.DataFrame, videos: dict[str, str]) -> pd.DataFrame:
     return frame
 
 
-def _tile(
-    row: dict,
-    inside: str,
-    videos: dict[str, str],
-    posters: set[str],
-    tag_columns: list[str],
-    show_model: bool,
-) -> str:
+VIDEO, POSTER = "_video", "_poster"  # a record's video file (or None) and whether it has a poster
+
+
+def _tile(row: dict, inside: str, tag_columns: list[str], show_model: bool) -> str:
     """One job's tile; ``inside`` is the page's folder with a trailing separator."""
     job = _text(row["job_id"])
     job_e = _e(job)
@@ -204,10 +203,10 @@ def _tile(
     attrs = [f'data-status="{status_e}"', f'data-flag="{int(flagged)}"', f'data-pick="{_e(pick)}"']
     attrs += [f'data-t{i}="{_e(row.get(c))}"' for i, c in enumerate(tag_columns)]
     classes = f"tile s-{status_e}" + (" flagged" if flagged else "")
-    video = videos.get(job)
+    video = row[VIDEO]
     if status in ("completed", "retired") and video is not None:
         # the poster is _poster_file(folder, job), under the folder by its name alone
-        poster_attr = f' poster="{_e(_url(f"{POSTERS}/{job}.jpg"))}"' if job in posters else ""
+        poster_attr = f' poster="{_e(_url(f"{POSTERS}/{job}.jpg"))}"' if row[POSTER] else ""
         picture = (
             f'<video controls preload="metadata"{poster_attr} src="{_e(_href(inside, video))}" '
             f'width="{width}" height="{height}"></video>'
@@ -320,38 +319,62 @@ def _records(frame: pd.DataFrame, order: np.ndarray) -> Iterator[dict]:
             yield dict(zip(names, values, strict=True))
 
 
-def _matrix(
-    frame: pd.DataFrame, folder: Path, videos: dict[str, str], posters: set[str]
-) -> Iterator[str]:
-    """The matrix table, a prompt row at a time."""
-    if frame.empty:
-        yield "<p>No jobs yet.</p>"
-        return
-    var_columns = [c for c in frame.columns if c.startswith("var_")]
-    tag_columns = [c for c in frame.columns if c.startswith("tag_")]
-    show_model = frame["model"].nunique() > 1 or frame["resolution"].nunique() > 1
-    pairs = zip(_cells(frame["aspect_ratio"]), _cells(frame["duration"]), strict=True)
-    keys = sorted({(_text(r), int(d)) for r, d in pairs}, key=_column_key)
+def _with_files(
+    records: Iterator[dict], videos: dict[str, str], posters: set[str]
+) -> Iterator[dict]:
+    for row in records:
+        job = _text(row["job_id"])
+        row[VIDEO] = videos.get(job)
+        row[POSTER] = job in posters
+        yield row
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What the page's frame needs before its rows: the columns and the matrix's keys."""
+
+    columns: list[str]
+    keys: list[tuple[str, int]]  # (aspect_ratio, duration): the matrix's columns, in order
+    show_model: bool
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame) -> _Layout:
+        pairs = zip(_cells(frame["aspect_ratio"]), _cells(frame["duration"]), strict=True)
+        keys = sorted({(_text(r), int(d)) for r, d in pairs}, key=_column_key)
+        show_model = frame["model"].nunique() > 1 or frame["resolution"].nunique() > 1
+        return cls(list(frame.columns), keys, show_model)
+
+
+def _matrix(layout: _Layout, rows_in_order: Iterator[dict], folder: Path) -> Iterator[str]:
+    """The matrix table, a prompt row at a time (rows: `_records` with `_with_files`)."""
+    var_columns = [c for c in layout.columns if c.startswith("var_")]
+    tag_columns = [c for c in layout.columns if c.startswith("tag_")]
+    show_model, keys = layout.show_model, layout.keys
     head = "".join(f"<th>{_e(r)} · {d} s</th>" for r, d in keys)
     yield f'<table class="matrix"><thead><tr><th>prompt</th>{head}</tr></thead><tbody>'
     inside = os.path.join(folder, "")
-    rows_in_order = _records(frame, _page_order(frame))
     for prompt_id, group in itertools.groupby(rows_in_order, key=_prompt_id):
-        rows = list(group)
         cells: dict[tuple[str, int], list[str]] = {key: [] for key in keys}
-        for row in rows:
-            tile = _tile(row, inside, videos, posters, tag_columns, show_model)
+        first = None
+        for row in group:  # each row turned into its tile at once: only the text is kept
+            first = first or row
+            tile = _tile(row, inside, tag_columns, show_model)
             cells[(_text(row["aspect_ratio"]), int(row["duration"]))].append(tile)
         tds = "".join(f'<td><div class="cell">{"".join(cells[k])}</div></td>' for k in keys)
-        header = _row_header(rows[0], var_columns, tag_columns)
+        header = _row_header(first, var_columns, tag_columns)
         yield f'<tr class="group" data-prompt="{_e(prompt_id)}">{header}{tds}</tr>'
     yield "</tbody></table>"
 
 
-def _tag_filters(frame: pd.DataFrame) -> str:
+def _tag_values(frame: pd.DataFrame) -> dict[str, set[str]]:
+    columns = (c for c in frame.columns if c.startswith("tag_"))
+    return {column: {_text(v) for v in _cells(frame[column])} for column in columns}
+
+
+def _tag_filters(tag_values: dict[str, set[str]]) -> str:
     selects = []
-    for i, column in enumerate(c for c in frame.columns if c.startswith("tag_")):
-        values = sorted({_text(v) for v in _cells(frame[column])})
+    for i, (column, found) in enumerate(tag_values.items()):
+        values = sorted(found)
         options = "".join(f'<option value="={_e(v)}">{_e(v) or "(none)"}</option>' for v in values)
         selects.append(
             f'<label>{_e(label(column))} <select data-tag="{i}" id="f-tag-{i}">'
@@ -360,9 +383,9 @@ def _tag_filters(frame: pd.DataFrame) -> str:
     return "\n".join(selects)
 
 
-def _summary_html(frame: pd.DataFrame, max_rows: int = 50) -> str:
+def _summary_html(tables: dict[str, pd.DataFrame], max_rows: int = SHOWN_ROWS) -> str:
     parts = []
-    for name, table in informative(summary_tables(frame)).items():
+    for name, table in informative(tables).items():
         text = formatted(table.head(max_rows))  # a var of 20,000 values: format only 50
         text.index.name = "" if name == "all" else label(name)
         caption = "whole run" if name == "all" else f"by {label(name)}"
@@ -372,30 +395,89 @@ def _summary_html(frame: pd.DataFrame, max_rows: int = 50) -> str:
     return "\n".join(parts)
 
 
-def _counts(frame: pd.DataFrame) -> str:
-    counts = frame["status"].value_counts()
+def _counts(rows: int, counts: pd.Series) -> str:
+    """The header's line; ``counts``: as the report's ``status.value_counts()``."""
     order = ["completed", "failed", "running", "pending"]
     known = [s for s in order if s in counts] + [s for s in counts.index if s not in order]
-    parts = [f"{len(frame)} jobs"] + [f"{int(counts[s])} {_e(s)}" for s in known]
+    parts = [f"{rows} jobs"] + [f"{int(counts[s])} {_e(s)}" for s in known]
     return " · ".join(parts) + f" · written {time.strftime('%Y-%m-%d %H:%M')}"
 
 
-def _page(folder: Path, frame: pd.DataFrame, title: str | None, posters: bool) -> Iterator[str]:
-    """The page in pieces, so a big run's page is written without being held whole."""
-    videos = _videos(folder, frame)
-    made = _posters(folder, videos, extract=posters)
-    frame = _verified(frame, videos)
+def _frame_of(
+    folder: Path,
+    title: str | None,
+    rows: int,
+    counts: pd.Series,
+    tag_values: dict[str, set[str]],
+    matrix: Iterator[str],
+    summary: Callable[[], str],
+) -> Iterator[str]:
     before, after = tpl.PAGE.split("{matrix}")
     yield before.format(
         csp=escape(tpl.CSP, quote=True),
         title=_e(title or folder.resolve().name),
         css=tpl.CSS,
-        counts=_counts(frame),
-        tag_filters=_tag_filters(frame),
+        counts=_counts(rows, counts),
+        tag_filters=_tag_filters(tag_values),
     )
-    yield from _matrix(frame, folder, videos, made)
-    summary = _summary_html(frame) if not frame.empty else ""
-    yield after.format(summary=summary, script=tpl.SCRIPT)
+    if rows:
+        yield from matrix
+    else:
+        yield "<p>No jobs yet.</p>"
+    yield after.format(summary=summary() if rows else "", script=tpl.SCRIPT)
+
+
+def _page(folder: Path, frame: pd.DataFrame, title: str | None, posters: bool) -> Iterator[str]:
+    """The page of a whole report table, in pieces."""
+    videos = _videos(folder, frame)
+    made = _posters(folder, videos, extract=posters)
+    frame = _verified(frame, videos)
+    records = _with_files(_records(frame, _page_order(frame)), videos, made)
+    matrix = _matrix(_Layout.of(frame), records, folder) if len(frame) else iter(())
+    yield from _frame_of(
+        folder,
+        title,
+        len(frame),
+        frame["status"].value_counts(),
+        _tag_values(frame),
+        matrix,
+        lambda: _summary_html(summary_tables(frame)),
+    )
+
+
+def _streamed_records(folder: Path, posters: bool) -> Iterator[dict]:
+    """The journal's report in the page's order, a slice at a time, each row with its video
+    and poster (found, or extracted, a slice at a time)."""
+    from omni_batch.report import page_slices
+
+    for frame in page_slices(folder):
+        videos = _videos(folder, frame, list_directories=False)
+        made = _posters(folder, videos, extract=posters)
+        frame = _verified(frame, videos)
+        yield from _with_files(_records(frame, np.arange(len(frame))), videos, made)
+
+
+def _streamed_page(
+    folder: Path, digest: ReportDigest, title: str | None, posters: bool
+) -> Iterator[str]:
+    """The page from the journal, a slice of rows at a time: never the whole table."""
+    layout = _Layout(
+        digest.columns,
+        sorted(digest.matrix_keys, key=_column_key),
+        len(digest.models) > 1 or len(digest.resolutions) > 1,
+    )
+    tag_values = {
+        c: digest.tag_values.get(c, set()) for c in digest.columns if c.startswith("tag_")
+    }
+    yield from _frame_of(
+        folder,
+        title,
+        digest.rows,
+        digest.status_counts(),
+        tag_values,
+        _matrix(layout, _streamed_records(folder, posters), folder),
+        lambda: _summary_html(digest.summary_tables()),
+    )
 
 
 def render_gallery(
@@ -412,24 +494,29 @@ def write_gallery(
     title: str | None = None,
     *,
     posters: bool = True,
+    digest: ReportDigest | None = None,
 ) -> Path:
     """Write ``folder/gallery.html`` atomically (and any missing posters); return its path.
 
-    ``frame`` is the report (``build_report(folder)`` when None); ``title`` heads the page
+    ``frame`` is the report; without one the page is written from the journal a slice of rows
+    at a time, never holding the table (the CLI's way: ``digest`` is the report's digest,
+    `report.write_reports_digest`, read from the journal when None). ``title`` heads the page
     (default: the folder's name). Without a ``verified`` column the videos are probed here, so
     the page flags mismatches either way. ``posters=False`` (a run with ``verify=False``)
     extracts no poster, so nothing is decoded.
     """
     folder = Path(folder)
     if frame is None:
-        from omni_batch.report import build_report
+        from omni_batch.report import digest_report
 
-        frame = build_report(folder)
+        pieces = _streamed_page(folder, digest or digest_report(folder), title, posters)
+    else:
+        pieces = _page(folder, frame, title, posters)
     path = folder / GALLERY
     temp = folder / f".{GALLERY}.tmp"
     try:
         with temp.open("w", encoding="utf-8") as out:
-            out.writelines(_page(folder, frame, title, posters))
+            out.writelines(pieces)
         os.replace(temp, path)
     except OSError as exc:
         temp.unlink(missing_ok=True)

@@ -123,9 +123,9 @@ _DOT_RUN = re.compile(r"[-.]*\.[-.]*")
 _DASH_RUN = re.compile(r"-{2,}")
 
 
-@functools.lru_cache(maxsize=65536)  # var values and axis values repeat across many jobs
-def slug(text: str) -> str:
-    """Lower-case ``[a-z0-9._-]`` text with no ``..`` and no leading or trailing punctuation."""
+def slug_of(text: str) -> str:
+    """Lower-case ``[a-z0-9._-]`` text with no ``..`` and no leading or trailing punctuation.
+    Uncached: for text made once per prompt (a prompt, a whole prompt id); `slug` caches."""
     ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
     out = _NOT_SAFE.sub("-", ascii_text)
     out = _DOT_RUN.sub(".", out)  # a dot run (with dashes) becomes one dot
@@ -135,6 +135,11 @@ def slug(text: str) -> str:
 
 def short_hash(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:6]
+
+
+# var values and axis values repeat across many jobs; a small cache: a value per job (an id
+# number) would otherwise keep a cache entry per job for the whole run (flat memory)
+slug = functools.lru_cache(maxsize=1024)(slug_of)
 
 
 def bounded(ident: str) -> str:
@@ -150,7 +155,7 @@ def auto_prompt_id(prompt: str) -> str:
 
     Content-based, so reordering prompts in the manifest keeps every id (and its resume state).
     """
-    words = slug(prompt)
+    words = slug_of(prompt)  # a prompt's: made once, never worth a cache entry
     if len(words) > 32:
         words = words[:32].rsplit("-", 1)[0].strip("-._")
     return f"{words or 'prompt'}-{short_hash(prompt)}"
@@ -212,7 +217,7 @@ class PromptSpec:
         rendered = self.id_template.render(parts)
         # vars the prompt uses but the id does not still have to tell the jobs apart
         missing = [parts[n] for n in self.var_values if n not in self.id_template.names]
-        return bounded(slug("-".join([rendered, *missing])))
+        return bounded(slug_of("-".join([rendered, *missing])))  # one per prompt: uncached
 
     def expand(self, manifest_model: str, default_resolution: Mapping[str, str]) -> Iterator[Job]:
         """Every job of this entry: combos × model × ratio × duration × resolution × repeat."""

@@ -40,6 +40,7 @@ _EVENT_JSON = json.JSONEncoder(ensure_ascii=False)  # one encoder: json.dumps ma
 DEFER_S = 1.0  # longest a `completed` transition waits for a commit
 DEFER_MAX = 256  # ... or this many of them
 STATES = ("pending", "submitting", "running", "downloading", "completed", "failed")
+CACHE_KIB = 512  # SQLite page cache of the journal's connection, and of its temp tables
 _DAMAGED = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB: the file holds no journal we can read
 
 _SCHEMA = """
@@ -262,6 +263,11 @@ class Journal:
             self._wal_mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
             sync = "NORMAL" if self._wal_mode else "FULL"
             db.execute(f"PRAGMA synchronous={sync}")  # money transitions: _sync
+            # small page caches (the default 2 MB each, filled as the journal grows, was memory
+            # per job up to ~4,000 jobs): the run touches the pages of its in-flight jobs and
+            # its next pending page; sync's temporary table is written and read once in order
+            db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+            db.execute(f"PRAGMA temp.cache_size = -{CACHE_KIB}")
             db.executescript(_SCHEMA)
             self._add_new_columns(db)
             self._meta_defaults(db)

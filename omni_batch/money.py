@@ -166,6 +166,11 @@ class Spend:
         """The API said the job's generation failed: its cost is given back."""
         self.spent_usd -= self.held.pop(job_id, 0.0)
 
+    def final(self, job_id: str) -> None:
+        """The job left flight (completed or failed): its task is not refunded in this run, so
+        its cost is forgotten (``held`` holds only the jobs in flight: flat memory)."""
+        self.held.pop(job_id, None)
+
     def line(self) -> str:
         """For the progress display: "spent $1.44, projected $6.24"."""
         spent = usd(self.spent_usd)

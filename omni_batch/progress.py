@@ -18,6 +18,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from omni_batch.digest import ReportDigest, value_counts
 from omni_batch.engine import RunStats
 from omni_batch.errors import InputError, OmniBatchError, StateError, UsageError
 
@@ -107,28 +108,42 @@ class Progress:
             )
 
 
-def final_table(report: pd.DataFrame) -> Group:
-    """Counts by status, and failures by error type with one example message each."""
+def _failure_rows(report: pd.DataFrame | ReportDigest) -> list[tuple[Any, Any, int, Any]]:
+    if isinstance(report, ReportDigest):
+        return report.failure_rows()
+    failed = report[report["status"] == "failed"]
+    return [
+        (kind, status, len(group), group["error_message"].iloc[0])
+        for (kind, status), group in failed.groupby(["error_type", "http_status"], dropna=False)
+    ]
+
+
+def final_table(report: pd.DataFrame | ReportDigest) -> Group:
+    """Counts by status, and failures by error type with one example message each; from the
+    report table, or from the digest the CLI keeps instead (the same table)."""
+    digest = isinstance(report, ReportDigest)
     table = Table(title="run summary", title_justify="left")
     table.add_column("status")
     table.add_column("jobs", justify="right")
-    for status, n in report["status"].value_counts().items():
+    counts = report.status_counts() if digest else report["status"].value_counts()
+    for status, n in counts.items():
         table.add_row(str(status), str(n))
     parts: list = [table]
-    failed = report[report["status"] == "failed"]
-    if len(failed):
+    failures = _failure_rows(report)
+    if failures:
         why = Table(title="failures", title_justify="left")
         for name in ("error_type", "http_status", "jobs", "example"):
             why.add_column(name, overflow="fold")
-        for (kind, status), group in failed.groupby(["error_type", "http_status"], dropna=False):
+        for kind, status, n, message in failures:
             why.add_row(  # server text is never read as rich markup ("[redacted]", styles)
                 Text(str(kind)),
                 "" if pd.isna(status) else str(status),
-                str(len(group)),
-                Text(str(group["error_message"].iloc[0])[:120]),
+                str(n),
+                Text(str(message)[:120]),
             )
         parts.append(why)
-    duplicates = int(report["possible_duplicate"].sum())
+    dups = report.possible_duplicates if digest else report["possible_duplicate"].sum()
+    duplicates = int(dups)
     if duplicates:
         parts.append(
             Text(
@@ -138,6 +153,28 @@ def final_table(report: pd.DataFrame) -> Group:
             )
         )
     return Group(*parts)
+
+
+def _digest_summary(out: dict[str, Any], digest: ReportDigest, sliced: bool) -> None:
+    """run_summary's numbers from the digest the CLI keeps (the same as from the table)."""
+    retired = digest.count("retired")
+    out["jobs"] = digest.rows - retired
+    out["retired"] = retired
+    out["left_pending"] = left_pending(digest, sliced)
+    for state, n in value_counts(digest.states).items():
+        out["counts"][str(state)] = int(n)
+    kinds = value_counts(digest.failure_kinds)
+    out["failures"] = {str(kind): int(n) for kind, n in kinds.items()}
+    out["spend"].update(
+        tasks_created=digest.tasks_created,  # each a task the API made, and may bill
+        video_seconds_requested=digest.video_seconds_requested,
+        videos_completed=digest.videos_completed,
+        video_seconds_completed=digest.video_seconds_completed,
+        possible_duplicates=digest.possible_duplicates,
+    )
+    if "cost_usd" in digest.columns:
+        out["spend"]["cost_usd"] = round(digest.cost_usd, 6)
+        out["spend"]["cost_unknown_jobs"] = digest.cost_unknown_jobs
 
 
 REPORT_FILES = {
@@ -159,8 +196,10 @@ def _reason(error: BaseException) -> str:
 LEFT_PENDING = "{n} jobs left pending for a later run (outside --limit/--only)"
 
 
-def account_counts(report: pd.DataFrame) -> dict[str, dict[str, int]]:
+def account_counts(report: pd.DataFrame | ReportDigest) -> dict[str, dict[str, int]]:
     """Jobs per account (its name) and status; jobs never submitted are not counted."""
+    if isinstance(report, ReportDigest):
+        return {name: dict(sorted(c.items())) for name, c in sorted(report.accounts.items())}
     if "account" not in report.columns:
         return {}
     named = report[report["account"].notna()]
@@ -170,7 +209,7 @@ def account_counts(report: pd.DataFrame) -> dict[str, dict[str, int]]:
     return dict(sorted(out.items()))
 
 
-def account_line(report: pd.DataFrame) -> str | None:
+def account_line(report: pd.DataFrame | ReportDigest) -> str | None:
     """`accounts: a 12 completed, 1 failed · b 13 completed` (None with one account or none)."""
     counts = account_counts(report)
     if len(counts) < 2:
@@ -182,14 +221,18 @@ def account_line(report: pd.DataFrame) -> str | None:
     return "accounts: " + " · ".join(parts)
 
 
-def left_pending(report: pd.DataFrame, sliced: bool) -> int:
+def left_pending(report: pd.DataFrame | ReportDigest, sliced: bool) -> int:
     """After a run of a slice (--limit/--only): the manifest's jobs it left pending."""
+    if isinstance(report, ReportDigest):
+        return report.count("pending") if sliced else 0
     return int((report["status"] == "pending").sum()) if sliced else 0
 
 
-def unfinished(report: pd.DataFrame, sliced: bool = False) -> bool:
+def unfinished(report: pd.DataFrame | ReportDigest, sliced: bool = False) -> bool:
     """Whether the run leaves a job of the manifest not completed (exit 1). Retired jobs (no
     longer in the manifest) do not count, nor, after a sliced run, the jobs it left pending."""
+    if isinstance(report, ReportDigest):
+        return report.unfinished(sliced)
     status = report["status"]
     ignored = status.eq("retired") | (status.eq("pending") if sliced else False)
     return bool((status.ne("completed") & ~ignored).any())
@@ -197,7 +240,7 @@ def unfinished(report: pd.DataFrame, sliced: bool = False) -> bool:
 
 def run_summary(
     folder: Path | None,
-    report: pd.DataFrame | None,
+    report: pd.DataFrame | ReportDigest | None,
     error: OmniBatchError | None,
     simulated: str | None = None,
     declined: bool = False,
@@ -205,7 +248,8 @@ def run_summary(
 ) -> dict[str, Any]:
     """What `run --json` prints: how the run ended and what the folder holds.
 
-    ``report`` is the run's report; without one (the run ended on an error) it is read from
+    ``report`` is the run's report (or its digest, the CLI's); without one (the run ended on
+    an error) it is read from
     the folder's journal, unless the error came before the run began (bad input, a busy or
     changed folder). ``spend`` counts tasks and seconds of video, and ``cost_usd``: the
     report's cost_usd summed (the catalog's prices; failed generations refunded), null when
@@ -220,10 +264,10 @@ def run_summary(
         code, reason = (1, "failed_jobs") if failed else (0, "completed")
     before_the_run = isinstance(error, (InputError, UsageError, StateError)) or declined
     if report is None and folder is not None and not before_the_run:
-        from omni_batch.report import build_report
+        from omni_batch.report import digest_report
 
         with contextlib.suppress(OmniBatchError):  # no journal yet: nothing to count
-            report = build_report(folder)
+            report = digest_report(folder)
     out: dict[str, Any] = {
         "exit_code": code,
         "exit_reason": reason,
@@ -249,7 +293,10 @@ def run_summary(
     }
     if declined:
         out["message"] = "nothing submitted"
-    if report is not None and len(report):
+    if isinstance(report, ReportDigest):
+        if report.rows:
+            _digest_summary(out, report, sliced)
+    elif report is not None and len(report):
         retired = report["status"] == "retired"
         out["jobs"] = int((~retired).sum())
         out["retired"] = int(retired.sum())

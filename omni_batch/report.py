@@ -3,7 +3,8 @@ failures.csv (atomically, so a reader never sees half a file). Needs only the ou
 
 The journal is read a slice of rows at a time and the files are written as the slices come,
 so writing the reports takes the same memory for any number of jobs; only `build_report` and
-`write_reports`, which return the whole table, hold every row.
+`write_reports`, which return the whole table, hold every row (the library's, for notebooks);
+the CLI keeps a `ReportDigest` instead (`write_reports_digest`, `digest_report`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from omni_batch import crash
+from omni_batch.digest import ReportDigest
 from omni_batch.errors import OutputError, StateError
 from omni_batch.money import PRICES_META, load_table, price_of
 
@@ -46,6 +48,7 @@ COLUMNS = [
 # no task or a failed generation (refunded), NaN when billed at an unknown price (never $0)
 _MONEY = ("usd_per_second", "cost_usd")
 REVIEW_COLUMNS = ("pick", "score", "note", "reviewed_at")
+READ_CACHE_KIB = 256  # SQLite page cache of a report's read of the journal
 SLICE_ROWS = 1000  # journal rows read, converted and written at a time (a Parquet row group)
 _RAW = [c for c in COLUMNS if c not in ("status", "latency_s", *_MONEY)] + [
     "vars",
@@ -78,7 +81,12 @@ def _connect(folder: Path) -> sqlite3.Connection:
     if not path.is_file():
         raise StateError(f"{folder}: no journal.sqlite here; is this an omni-batch output folder?")
     try:
-        return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        # the reports read the journal once, in order: a small page cache does (the default
+        # 2 MB, and as much again for each sort of the gallery's order, grew with the journal)
+        db.execute(f"PRAGMA cache_size = -{READ_CACHE_KIB}")
+        db.execute(f"PRAGMA temp.cache_size = -{READ_CACHE_KIB}")
+        return db
     except sqlite3.Error as exc:
         raise StateError(f"{path}: cannot open the journal: {exc}") from None
 
@@ -199,9 +207,24 @@ def _report_frame(frame: pd.DataFrame, shape: _Shape) -> pd.DataFrame:
     return pd.concat([frame[COLUMNS], pd.DataFrame(extra, index=frame.index)], axis=1)
 
 
-def _report_slices(folder: str | Path) -> Iterator[tuple[pd.DataFrame, _Shape]]:
+_TAIL = 1 << 40  # a retired row's place: after every row of the manifest (seq < 2**40)
+
+
+def _page_order(sql: dict[str, str]) -> str:
+    """ORDER BY for the gallery's order: prompt rows in report order (a prompt where its first
+    job is), its jobs by repeat (missing last), then in report order (as gallery._page_order)."""
+    place = f"(active = 0) * {_TAIL} + seq"
+    first = f"min({place}) OVER (PARTITION BY {sql['prompt_id']})"
+    repeat = sql["repeat"]
+    return f"{first}, {repeat} IS NULL, {repeat}, {place}"
+
+
+def _report_slices(
+    folder: str | Path, *, page: bool = False
+) -> Iterator[tuple[pd.DataFrame, _Shape]]:
     """The report of an output folder a slice at a time (at least one, maybe empty), in
-    manifest order, from one snapshot of the journal (works during a run)."""
+    manifest order (``page``: the gallery's order), from one snapshot of the journal (works
+    during a run)."""
     path = Path(folder) / "journal.sqlite"
     db = _connect(Path(folder))
     try:
@@ -210,11 +233,18 @@ def _report_slices(folder: str | Path) -> Iterator[tuple[pd.DataFrame, _Shape]]:
         shape = _shape(db, sql)
         columns = ", ".join(sql[c] for c in _RAW)
         first = True
-        for where in (_ACTIVE, _retired(sql)):
-            cursor = db.execute(f"SELECT {columns} FROM jobs WHERE {where} ORDER BY seq")
+        queries = [
+            f"SELECT {columns} FROM jobs WHERE {w} ORDER BY seq" for w in (_ACTIVE, _retired(sql))
+        ]
+        if page:
+            where = f"({_ACTIVE}) OR ({_retired(sql)})"
+            queries = [f"SELECT {columns} FROM jobs WHERE {where} ORDER BY {_page_order(sql)}"]
+        for query in queries:
+            cursor = db.execute(query)
             while (rows := cursor.fetchmany(SLICE_ROWS)) or first:
                 first = False  # at least one slice, maybe empty
                 yield _report_frame(_raw_frame(rows, shape), shape), shape
+                _release_arrow_memory()  # whatever the reader did with the slice
                 if not rows:
                     break
     except sqlite3.Error as exc:
@@ -264,35 +294,38 @@ def neutralise(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _csv_chunk(columns: int) -> int:
-    """Rows pandas formats at a time when writing a CSV (its 100,000 cells per chunk)."""
-    return max(1, 100_000 // max(1, columns))
+def csv_ready(frame: pd.DataFrame) -> pd.DataFrame:
+    """The table as the CSV files write it: its timestamps as text in one format, UTC to the
+    microsecond (``2026-12-02 16:40:57.158708+00:00``), whatever slice a row is in. pandas
+    formats a chunk of rows at a time and gives every timestamp of a chunk the precision the
+    chunk needs (one row with nanoseconds made its neighbours' ``16:40:57+00:00`` read
+    ``16:40:57.000000000+00:00``): the file then depended on how it was cut."""
+    times = [c for c in frame.columns if isinstance(frame[c].dtype, pd.DatetimeTZDtype)]
+    if not times or not len(frame):
+        return frame
+    frame = frame.copy(deep=False)
+    for column in times:
+        values = frame[column].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy("M8[us]")
+        text = np.char.add(np.datetime_as_string(values, unit="us"), "+00:00")
+        text = np.char.replace(text, "T", " ")
+        frame[column] = pd.Series(text, index=frame.index, dtype=object).where(~np.isnat(values))
+    return frame
 
 
 class _Csv:
-    """A CSV file written slice by slice exactly as one ``to_csv`` call on the whole table.
-
-    pandas formats a column chunk by chunk, and a chunk's timestamps share one precision (one
-    with milliseconds gives every timestamp of its chunk milliseconds): rows go out in the
-    same chunks.
-    """
+    """A CSV file written a slice at a time, exactly as ``csv_ready(table).to_csv(index=False)``
+    writes the whole table (rows are formatted one at a time but for the timestamps, which
+    csv_ready makes text)."""
 
     def __init__(self, path: Path):
         self.path = path
         self.handle: IO[str] | None = None
-        self.pending: pd.DataFrame | None = None
 
     def add(self, frame: pd.DataFrame) -> None:
-        if self.pending is not None and len(self.pending):
-            frame = pd.concat([self.pending, frame], ignore_index=True)
-        whole = len(frame) - len(frame) % _csv_chunk(len(frame.columns))
-        if whole:
-            self._write(frame.iloc[:whole])
-        self.pending = frame.iloc[whole:]
+        if len(frame) or self.handle is None:  # the header even with no rows
+            self._write(csv_ready(frame))
 
     def finish(self) -> None:
-        if self.pending is not None and (len(self.pending) or self.handle is None):
-            self._write(self.pending)  # the rest, or the header alone
         self.close()
 
     def close(self) -> None:
@@ -376,6 +409,28 @@ def write_reports(folder: str | Path) -> pd.DataFrame:
     slices: list[pd.DataFrame] = []
     _write(Path(folder), slices.append)
     return _concat(slices)
+
+
+def write_reports_digest(folder: str | Path) -> ReportDigest:
+    """`write_reports` returning the report's digest, not the table: what the CLI keeps, so its
+    memory stays flat for any number of jobs."""
+    digest = ReportDigest()
+    _write(Path(folder), digest.add)
+    return digest
+
+
+def digest_report(folder: str | Path) -> ReportDigest:
+    """The digest of an output folder's report (works during a run), read a slice at a time."""
+    digest = ReportDigest()
+    for frame, _ in _report_slices(folder):
+        digest.add(frame)
+    return digest
+
+
+def page_slices(folder: str | Path) -> Iterator[pd.DataFrame]:
+    """The report a slice at a time in the gallery's order (see gallery.write_gallery)."""
+    for frame, _ in _report_slices(folder, page=True):
+        yield frame
 
 
 def refresh_reports(folder: str | Path) -> None:

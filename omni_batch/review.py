@@ -108,10 +108,12 @@ def save_reviews(
 
 def _write_reports(folder: Path) -> None:
     from omni_batch.gallery import write_gallery
-    from omni_batch.report import write_reports
+    from omni_batch.report import write_reports_digest
 
-    frame = write_reports(folder)
-    write_gallery(folder, frame, posters=False)  # posters already made stay; none decoded
+    # a slice at a time, never the whole table (flat memory for any number of jobs)
+    digest = write_reports_digest(folder)
+    # posters already made stay; none decoded
+    write_gallery(folder, posters=False, digest=digest)
 
 
 def refresh(folder: str | Path) -> bool:

@@ -26,6 +26,7 @@ from omni_batch.accounts import KEYS_ENV, AccountKeys, AccountRun, parse_keys_en
 from omni_batch.budgets import DEFAULT_TIER, MAX_IN_FLIGHT, Account, Rates
 from omni_batch.catalog import Catalog
 from omni_batch.client import DEFAULT_BASE_URL, ToapisClient
+from omni_batch.digest import ReportDigest
 from omni_batch.download import LocalStore
 from omni_batch.engine import CANCEL_WITHIN_S, Engine, RunStats, cancel_and_wait
 from omni_batch.errors import Interrupted, OmniBatchError, OutputError, UsageError
@@ -36,7 +37,7 @@ from omni_batch.money import PRICES_META, Preflight, Spend, balance_after, prefl
 from omni_batch.netguard import GuardedResolver, VideoGuard
 from omni_batch.policy import Policy
 from omni_batch.redact import Redactor
-from omni_batch.report import refresh_reports, write_reports
+from omni_batch.report import build_report, refresh_reports, write_reports_digest
 from omni_batch.slicing import check as check_slice
 from omni_batch.slicing import normalise
 
@@ -273,12 +274,15 @@ class _ReportWriter:
             await asyncio.sleep(seconds)
             await self._call(refresh_reports, self.folder)
 
-    async def finish(self, title: str, posters: bool) -> pd.DataFrame:
-        """The final report.csv, report.parquet, failures.csv and gallery; returns the report."""
+    async def finish(self, title: str, posters: bool) -> ReportDigest:
+        """The final report.csv, report.parquet, failures.csv and gallery, each written from the
+        journal a slice at a time; returns the report's digest (never the table)."""
         try:
-            report = await self._call(write_reports, self.folder)
-            await self._call(write_gallery, self.folder, report, title, posters=posters)
-            return report
+            digest = await self._call(write_reports_digest, self.folder)
+            await self._call(
+                write_gallery, self.folder, title=title, posters=posters, digest=digest
+            )
+            return digest
         finally:
             self.thread.shutdown(wait=False)
 
@@ -293,8 +297,31 @@ async def run_async(
 ) -> pd.DataFrame:
     """Run every job of ``manifest``; return the report (one row per job).
 
+    For notebooks and scripts: the returned table holds a row per job in memory. The reports
+    on disk are written a slice at a time either way; `run_folder_async` (what the CLI runs)
+    returns their `ReportDigest` instead, so its memory stays flat for any number of jobs.
+
     Raises AuthError (the key was refused), QuotaError (the balance ran out; in-flight tasks
     were finished first) or Interrupted (Ctrl-C) after the journal and report are consistent.
+    """
+    options = options or RunOptions(**kw)
+    digest = await run_folder_async(manifest, options, on_start=on_start, stop=stop)
+    return build_report(digest.folder)
+
+
+async def run_folder_async(
+    manifest: str | Path | Manifest,
+    options: RunOptions | None = None,
+    *,
+    on_start: Callable[[RunStats, Engine], None] | None = None,
+    stop: asyncio.Event | None = None,
+    **kw: Any,
+) -> ReportDigest:
+    """`run_async` without the table: the reports are written in the output folder
+    (``digest.folder``) and the digest of the report (counts, failures, spend, summary) is
+    returned. Memory stays flat for any number of jobs: the CLI's run.
+
+    Raises as `run_async` does.
     """
     options = options or RunOptions(**kw)
     if not isinstance(manifest, Manifest):
@@ -310,7 +337,9 @@ async def run_async(
     # signals are handled from here to the end, the final report included: a signal at any
     # moment of the run stops it, and a second one leaves at once
     with _interrupts(stop):
-        return await _run(manifest, options, folder, policy, reconcile, stop, on_start)
+        digest = await _run(manifest, options, folder, policy, reconcile, stop, on_start)
+    digest.folder = folder
+    return digest
 
 
 async def _run(
@@ -321,7 +350,7 @@ async def _run(
     reconcile: bool,
     stop: asyncio.Event,
     on_start: Callable[[RunStats, Engine], None] | None,
-) -> pd.DataFrame:
+) -> ReportDigest:
     ended: OmniBatchError | None = None
     reports = _ReportWriter(folder)
     async with _target(options, manifest.catalog, folder) as (base_url, keys):

@@ -21,6 +21,9 @@ COLUMNS = [
     "jobs", "completed", "failed", "success_rate", "latency_p50", "latency_p90", "retries",
 ]  # fmt: skip
 VERIFY_COLUMN = "verify_failed"  # completed jobs whose file the probe flagged
+SHOWN_ROWS = 50  # the most rows of one table ever shown (the gallery's; the terminal's: 12)
+# a table cut to its first rows (digest.ReportDigest) holds its whole length in attrs[GROUPS]
+GROUPS = "groups"
 COST_COLUMN = "cost_usd"  # spend (issue #15): the group's jobs' cost_usd summed
 
 
@@ -38,7 +41,7 @@ def _is_false(value: object) -> bool:
     return value is not None and value is not pd.NA and str(value).strip().lower() in ("false", "0")
 
 
-def _work(frame: pd.DataFrame) -> pd.DataFrame:
+def work_frame(frame: pd.DataFrame) -> pd.DataFrame:
     status = frame["status"] if "status" in frame else pd.Series("", index=frame.index)
     completed = status.eq("completed")
     attempts = pd.to_numeric(frame.get("attempts", 0), errors="coerce")
@@ -61,14 +64,41 @@ def _work(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _aggregate(work: pd.DataFrame, key: pd.Series) -> pd.DataFrame:
     grouped = work.groupby(key, sort=True)
+    verify = grouped[VERIFY_COLUMN].sum() if VERIFY_COLUMN in work else None
+    return finish_table(
+        grouped.size(),
+        grouped["completed"].sum(),
+        grouped["failed"].sum(),
+        grouped["latency"].quantile(0.5),
+        grouped["latency"].quantile(0.9),
+        grouped["retries"].sum(),
+        verify,
+        key.name,
+        grouped[COST_COLUMN].sum(min_count=1) if COST_COLUMN in work else None,
+    )
+
+
+def finish_table(
+    jobs: pd.Series,
+    completed: pd.Series,
+    failed: pd.Series,
+    p50: pd.Series,
+    p90: pd.Series,
+    retries: pd.Series,
+    verify_failed: pd.Series | None,
+    name: object,
+    cost: pd.Series | None = None,
+) -> pd.DataFrame:
+    """One summary table from its per-group parts (Series on the same sorted index): the
+    whole-table path and the streamed one (`digest.ReportDigest`) share it."""
     table = pd.DataFrame(
         {
-            "jobs": grouped.size(),
-            "completed": grouped["completed"].sum(),
-            "failed": grouped["failed"].sum(),
-            "latency_p50": grouped["latency"].quantile(0.5),
-            "latency_p90": grouped["latency"].quantile(0.9),
-            "retries": grouped["retries"].sum(),
+            "jobs": jobs,
+            "completed": completed,
+            "failed": failed,
+            "latency_p50": p50,
+            "latency_p90": p90,
+            "retries": retries,
         }
     )
     settled = table["completed"] + table["failed"]
@@ -78,13 +108,18 @@ def _aggregate(work: pd.DataFrame, key: pd.Series) -> pd.DataFrame:
         table[column] = table[column].astype("int64")
     for column in ("latency_p50", "latency_p90"):
         table[column] = table[column].round(2)
-    if VERIFY_COLUMN in work:
-        table[VERIFY_COLUMN] = grouped[VERIFY_COLUMN].sum().astype("int64")
-    if COST_COLUMN in work:
+    if verify_failed is not None:
+        table[VERIFY_COLUMN] = verify_failed.astype("int64")
+    if cost is not None:
         # a job billed at an unknown price is NaN: a group of only those stays NaN, never $0
-        table[COST_COLUMN] = grouped[COST_COLUMN].sum(min_count=1).round(6)
-    table.index.name = key.name
+        table[COST_COLUMN] = cost.round(6)
+    table.index.name = name
     return table
+
+
+def keep_mask(values: pd.Series) -> pd.Series:
+    """The rows of a dimension's column that have a value (not missing, not blank)."""
+    return values.notna() & values.astype(str).str.strip().ne("")
 
 
 def summary_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -95,17 +130,16 @@ def summary_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
     (extra submit attempts summed: attempts - 1 per job), and verify_failed (completed jobs the
     probe flagged) when the report has a ``verified`` column, and cost_usd (the jobs' cost
     summed; NaN when every job of the group was billed at an unknown price) when it has a
-    ``cost_usd`` column. Retired jobs (no longer in
-    the manifest) are left out. Jobs with no value for a variable
-    or tag (a prompt that does not use it) are left out of that table.
+    ``cost_usd`` column. Retired jobs (no longer in the manifest) are left out. Jobs with no
+    value for a variable or tag (a prompt that does not use it) are left out of that table.
     """
     if "status" in frame:  # jobs no longer in the manifest are not part of its summary
         frame = frame[frame["status"].ne("retired")]
-    work = _work(frame)
+    work = work_frame(frame)
     tables = {OVERALL: _aggregate(work, pd.Series(OVERALL, index=frame.index, name=OVERALL))}
     for column in dimensions(frame):
         values = frame[column]
-        keep = values.notna() & values.astype(str).str.strip().ne("")
+        keep = keep_mask(values)
         tables[column] = _aggregate(work[keep], values[keep].rename(column))
     return tables
 
@@ -139,9 +173,14 @@ def formatted(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def rows(table: pd.DataFrame) -> int:
+    """How many values a summary table has: its length, or the whole's when cut (GROUPS)."""
+    return int(table.attrs.get(GROUPS, len(table)))
+
+
 def informative(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     """The whole-run table and every dimension with more than one value (the others repeat it)."""
-    return {n: t for n, t in tables.items() if n == OVERALL or len(t) > 1}
+    return {n: t for n, t in tables.items() if n == OVERALL or rows(t) > 1}
 
 
 def summary_renderable(
@@ -160,12 +199,12 @@ def summary_renderable(
     for header in headers:
         grid.add_column(header, justify="right", no_wrap=True)
     for name, table in shown.items():
-        text = formatted(table)
-        for i, (value, row) in enumerate(text.head(max_rows).iterrows()):
+        text = formatted(table.head(max_rows))  # a var of 20,000 values: format only those
+        for i, (value, row) in enumerate(text.iterrows()):
             # Text, not str: a value like "[red]" must print as itself, not as rich markup
             value_text = Text("" if name == OVERALL else str(value))
             grid.add_row(Text(label(name)) if i == 0 else "", value_text, *row.tolist())
-        if len(text) > max_rows:
-            grid.add_row("", f"… {len(text) - max_rows} more", *[""] * len(headers))
+        if rows(table) > max_rows:
+            grid.add_row("", f"… {rows(table) - max_rows} more", *[""] * len(headers))
         grid.add_section()
     return grid
