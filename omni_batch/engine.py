@@ -394,7 +394,8 @@ class Engine(Submitting):
             try:
                 result = await call(acct.client(submit))
             except RateLimited as exc:
-                acct.key_proven.set()
+                if submit:  # the key is good; only a submit's answer says the balance is too
+                    acct.key_proven.set()
                 self.stats.rate_limited += 1
                 last = exc
                 self._still_throttled(submit)  # only 429s for too long: stop (either kind)
@@ -420,7 +421,8 @@ class Engine(Submitting):
         raise last
 
     def _answered(self, submit: bool, acct: AccountRun) -> None:
-        acct.key_proven.set()
+        if submit:  # a status or balance call proves the key, not that a submit is paid for
+            acct.key_proven.set()
         self.throttled_since[submit] = None
         acct.budgets.succeeded(SUBMIT if submit else QUERY)
         now = time.monotonic()

@@ -296,6 +296,7 @@ def run_summary(
     if isinstance(report, ReportDigest):
         if report.rows:
             _digest_summary(out, report, sliced)
+            out["accounts"] = account_counts(report)
     elif report is not None and len(report):
         retired = report["status"] == "retired"
         out["jobs"] = int((~retired).sum())
