@@ -158,7 +158,13 @@ class Engine(Submitting):
         if not accounts:
             accounts = [AccountRun("account", account, [client], max_in_flight)]
         self.accounts = accounts
-        self.by_name = {a.name: a for a in accounts}
+        # journaled account name -> the account whose keys are that name's (recognised by
+        # fingerprint, accounts.recognise): reordered bare keys or a renamed account still
+        # poll and settle their jobs with their own keys
+        self.by_name: dict[str, AccountRun] = {}
+        for acct in accounts:
+            for alias in acct.identity.aliases:
+                self.by_name.setdefault(alias, acct)
         self.journal, self.client, self.session, self.store = (
             journal,
             accounts[0].clients[0],
@@ -201,7 +207,9 @@ class Engine(Submitting):
         self.stopping = False  # Ctrl-C: send nothing new, and stop polling
         self.halt = asyncio.Event()  # no new submit may leave (Ctrl-C, 402, a fatal error)
         self.quota_hit: OmniBatchError | None = None  # why submitting stopped (402, ...)
-        self.proof = LookupProof()
+        # what each account has seen of the client_business_id lookup: a 404 is believed only
+        # when the lookup was proven on the same account (tasks and ids are per account)
+        self.proofs = {acct: LookupProof() for acct in accounts}
         self.background: set[asyncio.Task[None]] = set()  # lookup probes; cancelled at the end
         self.unrecognised_streak = 0  # submit answers in a row without a task id
         self.fatal: BaseException | None = None
@@ -605,6 +613,9 @@ class Engine(Submitting):
             return await self._leave(flight)
         except RequestRejected as exc:
             kind = exc.error_type or f"http_{exc.status}"
+            # a 404 is believed: the task is polled with a key of the account that created it
+            # (journaled accounts are recognised by their keys' fingerprints on resume, never
+            # by name or place: accounts.recognise), so it is not another account's 404
             gone = "gone" if exc.status == 404 else None  # another 4xx: the task may be fine
             return await self._fail(
                 flight, flight.state, kind, exc.message, exc.status, exc.request_id, gone
