@@ -264,6 +264,8 @@ class Engine(Submitting):
         self.job_account[job_id] = account
 
     def _unclaim(self, job_id: str) -> AccountRun | None:
+        if self.spend is not None:  # out of this run's hands: no refund of it can come now
+            self.spend.done(job_id)
         account = self.job_account.pop(job_id, None)
         self.active -= 1
         if account is not None:
