@@ -197,6 +197,9 @@ class Engine(Submitting):
         # when to poll each task (from its progress and the timings learned this run), and
         # due times spread so the polls planned never exceed what the query budget serves
         self.planner = PollPlanner(policy)
+        # a rate given here is fixed; else the pacer follows the accounts' query budgets as
+        # published limits and 429 cuts change them (checked in `schedule`)
+        self.pace_fixed = query_rate is not None
         if query_rate is None:
             query_rate = self._poll_rate()
         self.pacer = PollPacer(query_rate)
@@ -355,6 +358,8 @@ class Engine(Submitting):
         if not plan.exact:
             wait *= 1 + self.policy.jitter * (2 * self.rng.random() - 1)
         now = time.monotonic()
+        if not self.pace_fixed:  # a few accounts' rates: cheap; a no-op while unchanged
+            self.pacer.set_rate(self._poll_rate())
         due = self.pacer.place(now + max(0.0, wait), now)
         heapq.heappush(self.heap, (due, next(self.order), flight))
         self.heap_changed.set()
