@@ -3,7 +3,11 @@
 Keys come from ``TOAPIS_API_KEYS`` (comma-separated) or a keys file (one per line, ``#``
 comments); ``ACCOUNT=KEY`` groups keys of one account (they share its budgets), a bare key is
 an account of its own, named ``account-1``, ``account-2``... by its place among the bare keys.
-A name is all the journal and the report ever hold: never a key, nor anything derived from one.
+The journal rows and the report hold an account's name, never a key. Since a name alone does
+not say which key it stood for (bare keys are named by their place, an account may be renamed),
+the journal's meta keeps, per account name, salted one-way fingerprints of its keys (a random
+per-folder salt, ``blake2b``, 8 bytes): ``recognise`` maps the accounts a journal knows to the
+accounts configured now by their keys, never by position.
 
 ``AccountRun`` is one account during a run: its budgets, one client per key (used in turn), its
 in-flight cap, and whether it was retired (401: nothing more with it; 402: no more submits).
@@ -13,9 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import itertools
+import json
 import math
 import re
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +33,12 @@ from omni_batch.errors import InputError, Problem, Where
 if TYPE_CHECKING:
     from omni_batch.budgets import Account
     from omni_batch.client import ToapisClient
+    from omni_batch.journal import Journal
 
 KEYS_ENV = "TOAPIS_API_KEYS"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 BARE = "account-{n}"
+IDENTITY_META = "account_keys"  # journal meta: {"salt": hex, "accounts": {name: [fingerprint]}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,12 +143,112 @@ def parse_keys_file(path: str | Path) -> list[AccountKeys]:
     return parse_entries(entries)
 
 
+def fingerprint(key: str, salt: bytes) -> str:
+    """A salted one-way fingerprint of a key (16 hex digits): tells keys apart, gives no key
+    back, and (salted per folder) matches nothing outside its folder."""
+    return hashlib.blake2b(key.encode(), key=salt, digest_size=8).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """How one configured account is known in a journal: ``recorded``, the name its jobs are
+    journaled (and reported) under; ``aliases``, every journaled name whose jobs are its own
+    (``recorded`` first)."""
+
+    recorded: str
+    aliases: tuple[str, ...]
+
+
+def match(
+    stored: dict[str, list[str]], configured: list[tuple[str, set[str]]]
+) -> tuple[list[Identity], dict[str, list[str]], list[str]]:
+    """Pure logic of ``recognise``. ``stored``: journaled name -> fingerprints; ``configured``:
+    (name, fingerprints) in order. A journaled account is the first configured one that shares
+    a fingerprint with it (a key in common: the same account, whatever its name or place now).
+    A configured account with none is recorded under its own name, unless the journal already
+    knows that name for other keys: then under a free one (``account-N`` for a bare key,
+    ``NAME-N`` else). Returns (an Identity per configured account, the fingerprints to store,
+    notes for the log)."""
+    aliases: list[list[str]] = [[] for _ in configured]
+    for name, prints in stored.items():
+        for n, (_, mine) in enumerate(configured):
+            if mine & set(prints):
+                aliases[n].append(name)
+                break
+    taken = set(stored) | {a for names in aliases for a in names}
+    out: list[Identity] = []
+    notes: list[str] = []
+    updated = {name: list(prints) for name, prints in stored.items()}
+    for (name, mine), names in zip(configured, aliases, strict=True):
+        if names:
+            recorded = names[0]
+            if recorded != name:
+                notes.append(
+                    f"account {name}: its key is account {recorded}'s in this folder's journal; "
+                    f"its jobs are recorded and reported as {recorded}"
+                )
+        else:
+            recorded = name
+            if recorded in taken:
+                bare = re.fullmatch(r"account-\d+", name)
+                n = 1
+                while recorded in taken:
+                    n += 1
+                    recorded = BARE.format(n=n) if bare else f"{name[:60]}-{n}"
+                notes.append(
+                    f"account {name}: this folder's journal knows that name for other keys; "
+                    f"its jobs are recorded as {recorded}"
+                )
+            taken.add(recorded)
+            names = [recorded]
+        updated[recorded] = sorted(set(updated.get(recorded, [])) | mine)
+        out.append(Identity(recorded, tuple(names)))
+    return out, updated, notes
+
+
+def recognise(journal: Journal, accounts: list[AccountKeys]) -> tuple[list[Identity], list[str]]:
+    """The journal's accounts recognised among ``accounts`` by their keys' fingerprints (see
+    ``match``), and the fingerprints of this run's keys added to the journal's meta. A journal
+    without fingerprints (a new folder, or one of an older version) trusts names, as before.
+    Returns (an Identity per account, in order; notes for the log)."""
+    raw = journal.meta(IDENTITY_META)
+    stored: dict[str, list[str]] = {}
+    salt = b""
+    if raw:
+        try:
+            data = json.loads(raw)
+            salt = bytes.fromhex(data["salt"])
+            stored = {str(k): [str(p) for p in v] for k, v in data["accounts"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            salt, stored = b"", {}  # unreadable: trusted by name, like an older journal
+    if not salt:
+        salt = secrets.token_bytes(16)
+    configured = [(a.name, {fingerprint(k, salt) for k in a.keys}) for a in accounts]
+    if stored:
+        identities, updated, notes = match(stored, configured)
+    else:  # new folder or older journal: names are trusted
+        identities = [Identity(a.name, (a.name,)) for a in accounts]
+        updated, notes = {name: sorted(prints) for name, prints in configured}, []
+    journal.set_meta(IDENTITY_META, json.dumps({"salt": salt.hex(), "accounts": updated}))
+    return identities, notes
+
+
 class AccountRun:
     """One account during a run: budgets, clients (one per key, used in turn), in-flight
     cap (per account: the API's concurrency limit is per account) and standing."""
 
-    def __init__(self, name: str, budgets: Account, clients: list[ToapisClient], ceiling: int):
+    def __init__(
+        self,
+        name: str,
+        budgets: Account,
+        clients: list[ToapisClient],
+        ceiling: int,
+        identity: Identity | None = None,
+    ):
         self.name = name
+        # the name its jobs are journaled under, and every journaled name whose jobs are its
+        # own (recognised by their keys: accounts.recognise)
+        self.identity = identity or Identity(name, (name,))
         self.budgets = budgets
         self.clients = clients
         # keys used in turn, submits and queries each on their own turn (so both spread)
@@ -211,8 +320,12 @@ __all__ = [
     "KEYS_ENV",
     "AccountKeys",
     "AccountRun",
+    "Identity",
     "choose",
+    "fingerprint",
+    "match",
     "parse_entries",
     "parse_keys_env",
     "parse_keys_file",
+    "recognise",
 ]

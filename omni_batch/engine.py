@@ -159,7 +159,13 @@ class Engine(Submitting):
         if not accounts:
             accounts = [AccountRun("account", account, [client], max_in_flight)]
         self.accounts = accounts
-        self.by_name = {a.name: a for a in accounts}
+        # journaled account name -> the account whose keys are that name's (recognised by
+        # fingerprint, accounts.recognise): reordered bare keys or a renamed account still
+        # poll and settle their jobs with their own keys
+        self.by_name: dict[str, AccountRun] = {}
+        for acct in accounts:
+            for alias in acct.identity.aliases:
+                self.by_name.setdefault(alias, acct)
         self.journal, self.client, self.session, self.store = (
             journal,
             accounts[0].clients[0],
@@ -193,6 +199,9 @@ class Engine(Submitting):
         # when to poll each task (from its progress and the timings learned this run), and
         # due times spread so the polls planned never exceed what the query budget serves
         self.planner = PollPlanner(policy)
+        # a rate given here is fixed; else the pacer follows the accounts' query budgets as
+        # published limits and 429 cuts change them (checked in `schedule`)
+        self.pace_fixed = query_rate is not None
         if query_rate is None:
             query_rate = self._poll_rate()
         self.pacer = PollPacer(query_rate)
@@ -203,7 +212,9 @@ class Engine(Submitting):
         self.stopping = False  # Ctrl-C: send nothing new, and stop polling
         self.halt = asyncio.Event()  # no new submit may leave (Ctrl-C, 402, a fatal error)
         self.quota_hit: OmniBatchError | None = None  # why submitting stopped (402, ...)
-        self.proof = LookupProof()
+        # what each account has seen of the client_business_id lookup: a 404 is believed only
+        # when the lookup was proven on the same account (tasks and ids are per account)
+        self.proofs = {acct: LookupProof() for acct in accounts}
         self.background: set[asyncio.Task[None]] = set()  # lookup probes; cancelled at the end
         self.unrecognised_streak = 0  # submit answers in a row without a task id
         self.fatal: BaseException | None = None
@@ -258,6 +269,8 @@ class Engine(Submitting):
         self.job_account[job_id] = account
 
     def _unclaim(self, job_id: str) -> AccountRun | None:
+        if self.spend is not None:  # out of this run's hands: no refund of it can come now
+            self.spend.done(job_id)
         account = self.job_account.pop(job_id, None)
         self.active -= 1
         if account is not None:
@@ -351,6 +364,8 @@ class Engine(Submitting):
         if not plan.exact:
             wait *= 1 + self.policy.jitter * (2 * self.rng.random() - 1)
         now = time.monotonic()
+        if not self.pace_fixed:  # a few accounts' rates: cheap; a no-op while unchanged
+            self.pacer.set_rate(self._poll_rate())
         due = self.pacer.place(now + max(0.0, wait), now)
         heapq.heappush(self.heap, (due, next(self.order), flight))
         self.heap_changed.set()
@@ -640,6 +655,9 @@ class Engine(Submitting):
             return await self._leave(flight)
         except RequestRejected as exc:
             kind = exc.error_type or f"http_{exc.status}"
+            # a 404 is believed: the task is polled with a key of the account that created it
+            # (journaled accounts are recognised by their keys' fingerprints on resume, never
+            # by name or place: accounts.recognise), so it is not another account's 404
             gone = "gone" if exc.status == 404 else None  # another 4xx: the task may be fine
             return await self._fail(
                 flight, flight.state, kind, exc.message, exc.status, exc.request_id, gone
@@ -715,7 +733,6 @@ class Engine(Submitting):
         if self.spend is not None:
             if task == "failed":
                 self.spend.refunded(flight.job_id)
-            self.spend.final(flight.job_id)  # out of flight: nothing more to refund this run
         self.journal.mark_failed(
             flight.job_id,
             error_type=kind,
@@ -781,8 +798,6 @@ class Engine(Submitting):
                 self.prober, functools.partial(probe, got.path, *flight.asked, poster_to=poster)
             )
         self.journal.mark_completed(flight.job_id, relative, got.size, check)
-        if self.spend is not None:
-            self.spend.final(flight.job_id)  # a completed task is never refunded
         self._moved("downloading", "completed")
         await self._release(flight.job_id)
 

@@ -681,15 +681,21 @@ class Journal:
         found = row.fetchone()
         return found[0] if found else None
 
-    def known_task(self) -> tuple[str, str, str | None] | None:
-        """(task id, client_business_id, account) of the job most recently given a task through
-        a submit that carried a business id: what proves the lookup before crash-left jobs are
-        settled (looked up with a key of that account: lookups are per account)."""
+    def known_task(self, accounts: list[str | None]) -> tuple[str, str] | None:
+        """(task id, client_business_id) of the job of one of ``accounts`` (journaled names;
+        None: no account recorded) most recently given a task through a submit that carried a
+        business id: what proves the lookup on that account before its crash-left jobs are
+        settled (lookups are per account: only its own key finds its tasks)."""
+        named = [a for a in accounts if a is not None]
+        where = f"account IN ({','.join('?' * len(named))})" if named else "0"
+        if None in accounts:
+            where = f"({where} OR account IS NULL)"
         row = self.db.execute(
-            "SELECT task_id, business_id, account FROM jobs WHERE task_id IS NOT NULL "
-            "AND business_id IS NOT NULL ORDER BY submitted_at DESC LIMIT 1"
+            "SELECT task_id, business_id FROM jobs WHERE task_id IS NOT NULL "
+            f"AND business_id IS NOT NULL AND {where} ORDER BY submitted_at DESC LIMIT 1",
+            named,
         ).fetchone()
-        return (row[0], row[1], row[2]) if row else None
+        return (row[0], row[1]) if row else None
 
     def counts(self) -> dict[str, int]:
         """Jobs per state: the manifest's, and retired ones still in flight (being finished)."""

@@ -103,7 +103,9 @@ class Spend:
         self.unpriced_billed = 0  # billed jobs whose price is unknown
         self.at_start = 0.0  # spent_usd when this run began
         self.to_submit = Estimate()  # the jobs this run may still submit
-        self.held: dict[str, float] = {}  # job → cost, while its task may still be refunded
+        # job → cost, only while its task is in flight and may still be refunded: dropped when
+        # the job leaves the run's hands (``done``), so nothing here grows with the batch
+        self.held: dict[str, float] = {}
         self.reserved: dict[str, float] = {}  # job → cost, between claim and its task id
         self.stopped = False  # a submit did not fit under max_cost: no more are sent
 
@@ -166,9 +168,11 @@ class Spend:
         """The API said the job's generation failed: its cost is given back."""
         self.spent_usd -= self.held.pop(job_id, 0.0)
 
-    def final(self, job_id: str) -> None:
-        """The job left flight (completed or failed): its task is not refunded in this run, so
-        its cost is forgotten (``held`` holds only the jobs in flight: flat memory)."""
+    def done(self, job_id: str) -> None:
+        """The job is out of the run's hands (completed, failed, left for a later run): no
+        refund of it can come this run, so its cost is no longer held (a later run holds it
+        again from the journal while its task is in flight): ``held`` holds only jobs in flight.
+        """
         self.held.pop(job_id, None)
 
     def line(self) -> str:

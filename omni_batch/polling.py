@@ -259,14 +259,30 @@ class PollPacer:
     Only slots from now on are kept, so memory is bounded by the polls scheduled."""
 
     def __init__(self, rate: float | None, width: float = 0.25):
-        self.rate = rate if rate and rate > 0 else None
-        # at least one poll per slot: a slow budget gets wider slots
-        self.width = width if self.rate is None else max(width, 1.0 / self.rate)
+        self.base_width = width
         self._slots: dict[int, int] = {}
         self._keys: list[int] = []  # the slot numbers in use, sorted
+        self.rate: float | None = None
+        self.width = width
+        self.per_slot = 0
+        self.set_rate(rate)
 
+    def set_rate(self, rate: float | None) -> None:
+        """A new budget (a published limit, a 429 cut, a raise back): polls placed from now
+        on are spread at it. Slot numbers depend on the width: when it changes, the slots
+        start anew (polls already placed keep their times)."""
+        rate = rate if rate and rate > 0 else None
+        if rate == self.rate and self.per_slot:
+            return
+        self.rate = rate
+        # at least one poll per slot: a slow budget gets wider slots
+        width = self.base_width if rate is None else max(self.base_width, 1.0 / rate)
+        if width != self.width:
+            self._slots.clear()
+            self._keys.clear()
+        self.width = width
         # whole polls per slot (never 0, whatever the float rounding)
-        self.per_slot = 0 if self.rate is None else max(1, int(self.rate * self.width + 1e-9))
+        self.per_slot = 0 if rate is None else max(1, int(rate * width + 1e-9))
 
     def place(self, when: float, now: float) -> float:
         """The time a poll wanted at ``when`` may be sent (``when`` itself, or a later slot)."""

@@ -22,7 +22,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 
-from omni_batch.accounts import KEYS_ENV, AccountKeys, AccountRun, parse_keys_env, parse_keys_file
+from omni_batch.accounts import (
+    KEYS_ENV,
+    AccountKeys,
+    AccountRun,
+    Identity,
+    parse_keys_env,
+    parse_keys_file,
+    recognise,
+)
 from omni_batch.budgets import DEFAULT_TIER, MAX_IN_FLIGHT, Account, Rates
 from omni_batch.catalog import Catalog
 from omni_batch.client import DEFAULT_BASE_URL, ToapisClient
@@ -381,8 +389,16 @@ async def _run(
                 journal.set_meta(PRICES_META, json.dumps(table))  # what the report prices by
                 notes: list[str] = []
                 engine: Engine | None = None
+                # the journal's accounts recognised by their keys, never by name or place
+                identities, known_as = recognise(journal, keys)
                 accounts = _accounts(
-                    keys, options, policy, base_url, session, lambda m: engine and engine.log(m)
+                    keys,
+                    options,
+                    policy,
+                    base_url,
+                    session,
+                    lambda m: engine and engine.log(m),
+                    identities,
                 )
                 engine = Engine(
                     journal,
@@ -396,6 +412,8 @@ async def _run(
                     verify=options.verify,
                     accounts=accounts,
                 )
+                for note in known_as:
+                    engine.log(note)
                 paced = _PacedQueries(engine)  # the preflight's calls, under the budget
                 checked = Preflight()
                 if _preflight_wanted(options):
@@ -486,13 +504,14 @@ def _accounts(
     base_url: str,
     session: aiohttp.ClientSession,
     log: Callable[[str], Any],
+    identities: list[Identity] | None = None,
 ) -> list[AccountRun]:
     """One AccountRun per account: its budgets, and one client per key. Every client redacts
     every key: a server may echo key B in its answer to a request made with key A."""
     redactor = Redactor(*(key for account in keys for key in account.keys))
     several = len(keys) > 1
     made = []
-    for spec in keys:
+    for n, spec in enumerate(keys):
         prefix = f"account {spec.name}: " if several else ""
         budgets = Account(spec.name, _rates(options), on_change=lambda m, p=prefix: log(p + m))
         clients = []
@@ -502,7 +521,8 @@ def _accounts(
             )
             client.on_limits = functools.partial(budgets.observe, max_pause=policy.max_retry_after)
             clients.append(client)
-        made.append(AccountRun(spec.name, budgets, clients, options.max_in_flight))
+        identity = identities[n] if identities else None
+        made.append(AccountRun(spec.name, budgets, clients, options.max_in_flight, identity))
     return made
 
 

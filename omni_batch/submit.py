@@ -59,8 +59,10 @@ class AccountRefused(Exception):
 
 @dataclass
 class LookupProof:
-    """What this run has seen of the client_business_id lookup. Its 404 ("no such task") is
-    believed only once it has found a task this run created (``proven``)."""
+    """What this run has seen of the client_business_id lookup on one account (tasks and
+    business ids are per account: a lookup proven with account A's key says nothing of a 404
+    to account B's). Its 404 ("no such task") is believed only once it has found, on that
+    account, a task this run created (``proven``). ``broken`` is set on every account's."""
 
     proven: bool = False
     broken: bool = False  # it failed to find new tasks: ambiguous submits are resent flagged
@@ -107,7 +109,7 @@ class Submitting:
         leaves."""
 
         def send(client: ToapisClient) -> Awaitable[Submitted]:
-            self.journal.mark_submitting(row.job_id, business_id, flagged, acct.name)
+            self.journal.mark_submitting(row.job_id, business_id, flagged, acct.identity.recorded)
             if row.job_id in self.queued:  # through its budget: no longer waiting on it
                 self.queued.discard(row.job_id)
                 acct.waiting -= 1
@@ -122,6 +124,19 @@ class Submitting:
         )
 
     # -- reconciling by client_business_id -------------------------------------------------------
+    def _proof(self, acct: AccountRun) -> LookupProof:
+        proof = self.proofs.get(acct)
+        if proof is None:  # an account made after the engine (tests): proven on its own
+            proof = self.proofs[acct] = LookupProof()
+        return proof
+
+    def _lookup_broken(self, why: str) -> None:
+        """The lookup misbehaved: it is trusted on no account for the rest of the run."""
+        if not any(p.broken for p in self.proofs.values()):
+            self.log(why)
+        for proof in self.proofs.values():
+            proof.broken = True
+
     async def _lookup(self, business_id: str, acct: AccountRun) -> TaskState | None:
         """The task a submit with ``business_id`` created, None on a 404; raises otherwise.
         An answer that echoes another business id is no answer about ours: the lookup is
@@ -133,18 +148,16 @@ class Submitting:
                 return None
             raise
         if found.business_id is not None and found.business_id != business_id:
-            if not self.proof.broken:
-                self.proof.broken = True
-                self.log(
-                    f"a client_business_id lookup for {business_id} answered a task of "
-                    f"another id ({found.business_id}): lookups are not trusted this run; "
-                    "ambiguous submits are resent flagged possible_duplicate"
-                )
+            self._lookup_broken(
+                f"a client_business_id lookup for {business_id} answered a task of "
+                f"another id ({found.business_id}): lookups are not trusted this run; "
+                "ambiguous submits are resent flagged possible_duplicate"
+            )
             raise BadResponse("the lookup answered another task", status=200)
         return found
 
-    def _grace(self) -> float:
-        return max(self.policy.lookup_grace, 3 * self.proof.lag)
+    def _grace(self, acct: AccountRun) -> float:
+        return max(self.policy.lookup_grace, 3 * self._proof(acct).lag)
 
     async def _sleep_unless_halted(self, seconds: float) -> bool:
         """Sleep, but wake when submissions close; True when the sleep ran its course. (No
@@ -168,6 +181,7 @@ class Submitting:
         "unknown": the caller resends flagged, or leaves the job for the next run."""
         if not (self.reconcile and business_id):
             return None, False
+        proof = self._proof(acct)
         for check in range(2):
             try:
                 found = await self._lookup(business_id, acct)
@@ -177,26 +191,26 @@ class Submitting:
                 return None, False
             if found is not None:
                 owner = self.journal.task_owner(found.task_id) if found.task_id else None
-                if self.proof.broken or owner is not None:
+                if proof.broken or owner is not None:
                     return None, False  # another job's task, or a lookup shown not to work
-                self.proof.proven = True  # the lookup found a task this run created
+                proof.proven = True  # the lookup found a task this run created
                 return found, True
-            if self.proof.broken:
+            if proof.broken:
                 return None, False
-            wait = sent_at + self._grace() - time.monotonic()
+            wait = sent_at + self._grace(acct) - time.monotonic()
             if check == 0 and wait > 0:
                 if not await self._sleep_unless_halted(wait):
                     return None, False
                 continue
             break
-        return None, self.proof.proven
+        return None, proof.proven  # proven on this very account, or not believed
 
     def _prove_lookup(
         self, task_id: str, business_id: str | None, sent_at: float, acct: AccountRun
     ) -> None:
         """After a submit that got its task id: until the lookup is proven (or shown not to
         work), look the new task up by its client_business_id in the background."""
-        proof = self.proof
+        proof = self._proof(acct)
         if not (self.reconcile and business_id) or proof.proven or proof.broken or proof.probing:
             return
         proof.probing = True
@@ -207,7 +221,7 @@ class Submitting:
     async def _probe(
         self, task_id: str, business_id: str, sent_at: float, acct: AccountRun
     ) -> None:
-        proof = self.proof
+        proof = self._proof(acct)
         try:
             for fraction in (0.0, 0.25, 0.5, 1.0):
                 wait = sent_at + fraction * self.policy.lookup_grace - time.monotonic()
@@ -227,8 +241,7 @@ class Submitting:
                 if found.task_id is None:
                     return  # no task id to compare: no verdict
                 if found.task_id != task_id:
-                    proof.broken = True
-                    self.log(
+                    self._lookup_broken(
                         f"a client_business_id lookup answered another task ({found.task_id}, "
                         f"not {task_id}): ambiguous submits will be resent flagged "
                         "possible_duplicate"
@@ -239,8 +252,7 @@ class Submitting:
                 return
             proof.failures += 1
             if proof.failures >= 2:
-                proof.broken = True
-                self.log(
+                self._lookup_broken(
                     "the API did not find new tasks by their client_business_id within "
                     f"{self.policy.lookup_grace:g} s: ambiguous submits will be resent flagged "
                     "possible_duplicate"
@@ -248,20 +260,22 @@ class Submitting:
         finally:
             proof.probing = False
 
-    async def _prove_from_journal(self) -> None:
-        """Before settling jobs a crash left mid-submit: prove the lookup on a task an earlier
-        run of this folder created (one status call), so its 404s can be believed."""
-        async with self.proof.journal_check:
-            if self.proof.proven or self.proof.checked_journal or not self.reconcile:
+    async def _prove_from_journal(self, acct: AccountRun) -> None:
+        """Before settling jobs a crash left mid-submit with ``acct``: prove the lookup on that
+        account, on a task an earlier run of this folder created with it (one status call), so
+        its 404s can be believed."""
+        proof = self._proof(acct)
+        async with proof.journal_check:
+            if proof.proven or proof.checked_journal or not self.reconcile or acct.retired:
                 return
-            self.proof.checked_journal = True
-            known = self.journal.known_task()
+            proof.checked_journal = True
+            names: list[str | None] = list(acct.identity.aliases)
+            if acct is self.accounts[0]:
+                names.append(None)  # a job of an older journal, without its account
+            known = self.journal.known_task(names)
             if known is None:
                 return
-            task_id, business_id, name = known
-            acct = self.account_named(name)  # looked up with a key of the task's own account
-            if acct is None or acct.retired:
-                return
+            task_id, business_id = known
             try:
                 found = await self._lookup(business_id, acct)
             except AuthError:
@@ -269,7 +283,7 @@ class Submitting:
             except OmniBatchError:
                 return
             if found is not None and found.task_id in (None, task_id):
-                self.proof.proven = True
+                proof.proven = True
 
     # -- submitting -------------------------------------------------------------------------------
     def _close_submissions(self, reason: OmniBatchError | None = None) -> None:
@@ -416,7 +430,7 @@ class Submitting:
             # sent without a business id (a run without --reconcile): nothing can look it up
             flagged, maybe_sent = True, True
         elif ambiguous:  # a crash left it between "submitting" and an answer
-            await self._prove_from_journal()
+            await self._prove_from_journal(acct)
             found, known = await self._reconcile(business_id, time.monotonic(), acct)
             if found:
                 return await self._adopt(row, found, business_id)

@@ -7,7 +7,12 @@ account's key gets a 404), so a task polled with the wrong key shows up as a fai
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
+import subprocess
+import sys
+import urllib.parse
 from pathlib import Path
 
 import aiohttp
@@ -16,12 +21,13 @@ import pytest
 from aiohttp import web
 from click.testing import CliRunner
 
-from omni_batch.accounts import parse_keys_env, parse_keys_file
+from omni_batch.accounts import Identity, match, parse_keys_env, parse_keys_file
 from omni_batch.budgets import Rates
 from omni_batch.cli import main
+from omni_batch.crash import ENV as CRASH_ENV
 from omni_batch.errors import InputError, RequestRejected
 from omni_batch.policy import FAST
-from omni_batch.redact import Redactor
+from omni_batch.redact import Redactor, base64_cores
 from omni_batch.runner import RunOptions, _accounts
 from omni_batch.simulator import SimConfig, serve_in_thread
 from tests.conftest import shots_manifest
@@ -241,3 +247,110 @@ def test_key_b_is_redacted_in_an_answer_to_key_a(tmp_path):
     message = asyncio.run(main_())
     assert "[redacted]" in message and KB not in message and KB[3:12] not in message
     assert Rates().tier == "default"  # the accounts were built with the default budgets
+
+
+# -- accounts recognised by their keys on resume (h-ident) ----------------------------------------
+SIX = "vars: {n: [1, 2, 3, 4, 5, 6]}\nprompts:\n  - {id: 'job-{n}', prompt: 'a cat number {n}'}\n"
+
+
+def _crash_run(manifest: Path, out: Path, server, keys_file: Path, crash_at: str):
+    env = {k: v for k, v in os.environ.items() if k not in (CRASH_ENV, "TOAPIS_API_KEYS")}
+    env.update({CRASH_ENV: crash_at, "TOAPIS_API_KEY": ""})
+    args = [sys.executable, "-m", "omni_batch", "run", str(manifest), "--out", str(out)]
+    args += ["--base-url", server.base_url, "--yes", "--no-progress", "--no-verify"]
+    args += ["--poll-interval", "0.2", "--reconcile", "--keys-file", str(keys_file)]
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_bare_keys_reordered_after_a_crash_keep_each_task_with_its_own_key(tmp_path):
+    """The review's repro: bare keys KA, KB; kill -9 right after the 4th POST left (its job
+    `submitting`, others running); rerun with the keys file listing KB, KA. Every task is
+    polled and looked up with the key that created it: all complete, one task per job, no
+    404 from a wrong key, nothing resent (by name, account-1 is now KB: that polled KA's tasks
+    with KB, failed them as gone, and resent the `submitting` one unflagged)."""
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(SIX, encoding="utf-8")
+    first, second = tmp_path / "k1", tmp_path / "k2"
+    first.write_text(f"{KA}\n{KB}\n", encoding="utf-8")
+    second.write_text(f"{KB}\n{KA}\n", encoding="utf-8")
+    out = tmp_path / "out"
+    with sim(keys=(KA, KB), gen_min=1.0, gen_max=2.0) as server:
+        crashed = _crash_run(manifest, out, server, first, "after_post:4")
+        assert crashed.returncode == -9, crashed.stderr
+        args = ["run", str(manifest), "--out", str(out), "--base-url", server.base_url, "--yes"]
+        args += ["--poll-interval", "0.2", "--no-verify", "--reconcile", "--keys-file"]
+        env = {"TOAPIS_API_KEYS": "", "TOAPIS_API_KEY": ""}
+        resumed = CliRunner(env=env).invoke(main, [*args, str(second)])
+        stats = server.stats()
+        owners = {t: owner(server, t) for t in server.state.tasks}
+        sim_name = {key: server.state.config.account_of()[key] for key in (KA, KB)}
+    assert resumed.exit_code == 0, resumed.output
+    rows = report(out)
+    assert set(rows.status) == {"completed"}, rows[["job_id", "status", "error_message"]]
+    assert not rows.possible_duplicate.any()
+    assert len(owners) == 6 and stats["submits"] == 6 and stats["max_submits_per_body"] == 1
+    assert stats["polls_unknown"] == 0  # no status call ever asked with the other key
+    # names stay as this folder first knew them: account-1 is KA's, whatever the order now
+    key_of = {"account-1": KA, "account-2": KB}
+    assert all(
+        owners[t] == sim_name[key_of[a]] for t, a in zip(rows.task_id, rows.account, strict=True)
+    )
+    events = (out / "events.jsonl").read_text(encoding="utf-8")
+    assert "account account-1: its key is account account-2's in this folder's journal" in events
+
+
+def _encodings(key: str) -> set[bytes]:
+    raw = key.encode()
+    forms = {key, raw.hex(), raw.hex().upper(), urllib.parse.quote(key, safe="")}
+    forms |= {base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()}
+    forms |= base64_cores(raw)
+    return {f.encode() for f in forms if len(f) >= 8}
+
+
+def test_a_renamed_account_and_a_dropped_key_never_store_a_key_in_any_encoding(tmp_path):
+    """Named account a renamed to z (same key) after a run that left tasks running: z polls
+    a's tasks (recognised by its key's fingerprint) and they complete; b, no longer given,
+    is left alone. Journal, events and reports hold neither key in any encoding."""
+    manifest = shots_manifest(tmp_path, 6)
+    out = tmp_path / "out"
+    with sim(accounts=ACCOUNTS, queue_min=1.0, queue_max=1.5) as server:
+        first = cli(server, manifest, out, "--max-wait", "0.3")
+        before = report(out)
+        assert set(before.error_type.dropna()) == {"wait_timeout"}, first.output
+        second = cli(server, manifest, out, keys=f"z={KA}")
+        stats = server.stats()
+    rows = report(out)
+    assert set(rows[rows.account == "a"].status) == {"completed"}, second.output
+    assert set(rows[rows.account == "b"].status) == {"running"}  # left for a run with b's key
+    assert stats["polls_unknown"] == 0 and stats["submits"] == 6
+    events = (out / "events.jsonl").read_text(encoding="utf-8")
+    assert "account b is not configured" in events
+    assert "account z: its key is account a's" in events
+    forms = _encodings(KA) | _encodings(KB)
+    files = [p for p in out.rglob("*") if p.is_file() and ".simulator" not in p.parts]
+    assert any(p.name == "events.jsonl" for p in files) and len(files) > 4
+    for path in files:
+        data = path.read_bytes()
+        for form in forms:
+            assert form not in data, (path, form)
+
+
+def test_match_recognises_accounts_by_fingerprint_not_by_name_or_place():
+    stored = {"account-1": ["fa"], "account-2": ["fb"], "team": ["ft", "fu"]}
+    ids, updated, notes = match(
+        stored,
+        [("account-1", {"fb"}), ("account-2", {"fc"}), ("studio", {"fu", "fv"})],
+    )
+    # KB is account-2 in the folder; the new key fc gets a name the folder has not used;
+    # studio shares a key with team: it is team (and its new key is added)
+    assert ids == [
+        Identity("account-2", ("account-2",)),
+        Identity("account-3", ("account-3",)),
+        Identity("team", ("team",)),
+    ]
+    assert updated["team"] == ["ft", "fu", "fv"] and updated["account-1"] == ["fa"]
+    assert updated["account-3"] == ["fc"] and len(notes) == 3
+    # a configured account that holds keys of two journaled accounts answers for both
+    ids, _, _ = match({"x": ["f1"], "y": ["f2"]}, [("x", {"f1", "f2"})])
+    assert ids == [Identity("x", ("x", "y"))]
+    assert match({}, [("a", {"f"})])[0] == [Identity("a", ("a",))]

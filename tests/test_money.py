@@ -258,3 +258,28 @@ def test_the_progress_line_shows_spent_and_projected():
     assert not spend.allows("f", body)
     cheap = {**body, "duration": 1}
     assert not spend.allows("g", cheap)  # once stopped, nothing more is sent
+
+
+def test_spend_holds_a_job_only_while_its_task_may_still_be_refunded(tmp_path):
+    """Issue #14 item 9: nothing in the CLI path holds a row per job. After a run (refunds
+    included) the spend holds no job; its total still matches what the API billed."""
+    path = tmp_path / "many.yaml"
+    values = ",".join(str(i) for i in range(16))
+    path.write_text(
+        f"vars: {{n: [{values}]}}\nprompts:\n  - {{id: 'shot-{{n}}', prompt: 'shot {{n}}'}}\n",
+        encoding="utf-8",
+    )
+    seen = []
+    options = RunOptions(
+        out=tmp_path / "out",
+        simulate="fast",
+        verify=False,
+        simulator_settings={"seed": 3, "p_fail": 0.3},
+    )
+    asyncio.run(run_async(path, options, on_start=lambda stats, engine: seen.append(engine)))
+    spend = seen[0].spend
+    rows = pd.read_csv(tmp_path / "out" / "report.csv")
+    assert (rows.error_type == "generation_failed").sum() >= 2  # refunds happened
+    assert spend.held == {} and spend.reserved == {}
+    assert spend.spent_usd == pytest.approx(rows.cost_usd.sum())
+    assert spend.spent_usd == pytest.approx((rows.status == "completed").sum() * JOB_USD)

@@ -4,6 +4,7 @@ cadence exceeds."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 import random
@@ -11,13 +12,16 @@ import statistics
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from omni_batch.cli import main
+from omni_batch.engine import POLL_SHARE
 from omni_batch.policy import FAST, Policy
 from omni_batch.polling import INFO_FRACTION, PollPacer, PollPlanner
+from omni_batch.runner import RunOptions, run_async
 
 KEY = ("gemini_omni", 6, "720P")
 REAL = Policy()
@@ -251,3 +255,38 @@ def test_a_run_polls_each_task_a_few_times_where_the_fixed_cadence_polls_many(tm
     bound = 4.0
     assert planned.polls.mean() <= bound, list(planned.polls)
     assert fixed.polls.mean() > bound, list(fixed.polls)  # the old cadence: ~1 call per 0.3 s
+
+
+def test_the_pacer_takes_a_new_rate_and_starts_its_slots_anew_when_their_width_changes():
+    now = 1000.0
+    pacer = PollPacer(rate=40.0)
+    assert [pacer.place(now + 1.0, now) for _ in range(10)][-1] == now + 1.0  # 10 fit a slot
+    pacer.set_rate(40.0)  # unchanged: the slots stay
+    assert len(pacer) == 10
+    pacer.set_rate(2.0)  # a 429 cut: slots of 0.5 s, one poll each
+    assert pacer.width == 0.5 and pacer.per_slot == 1 and len(pacer) == 0
+    times = [pacer.place(now + 1.0, now) for _ in range(4)]
+    assert times == [now + 1.0, now + 1.5, now + 2.0, now + 2.5]
+    pacer.set_rate(None)  # no budget known: nothing is moved
+    assert pacer.place(now + 1.0, now) == now + 1.0
+
+
+def test_published_query_limits_reach_the_poll_pacer(tmp_path):
+    """The pacer is built at the default tier's query rate; the API publishes 10/s on its
+    first answers: polls are then spread at 80% of that (POLL_SHARE), not at the tier's."""
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(MANIFEST, encoding="utf-8")
+    seen = []
+    options = RunOptions(
+        out=tmp_path / "out",
+        simulate="fast",
+        verify=False,
+        simulator_settings={"rate_headers": "all", "query_rate": 10.0},
+    )
+    report = asyncio.run(
+        run_async(manifest, options, on_start=lambda stats, engine: seen.append(engine))
+    )
+    assert set(report.status) == {"completed"}
+    engine = seen[0]
+    assert engine.accounts[0].budgets.query.effective_rate == pytest.approx(10.0)
+    assert engine.pacer.rate == pytest.approx(10.0 * POLL_SHARE)
