@@ -730,9 +730,8 @@ class Engine(Submitting):
     ) -> None:
         """``task``: "failed" when the API said the generation failed (refunded), "gone" on a
         404; None when the task may still hold a paid video (the next run polls it again)."""
-        if self.spend is not None:
-            if task == "failed":
-                self.spend.refunded(flight.job_id)
+        if self.spend is not None and task == "failed":
+            self.spend.refunded(flight.job_id)
         self.journal.mark_failed(
             flight.job_id,
             error_type=kind,
