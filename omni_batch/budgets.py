@@ -99,14 +99,6 @@ class Pacer(AsyncLimiter):
         if in_loop:
             self._wake_next()
 
-    def unpause(self) -> None:
-        """Forget a pause: the bucket holds at most one interval's worth again."""
-        in_loop = self._settle()
-        self._paused_until = 0.0
-        self._level = min(self._level, float(self.max_rate))
-        if in_loop:
-            self._wake_next()
-
     def free_in(self) -> float:
         """Seconds until one acquisition would pass (0: now, nobody ahead)."""
         if not self._settle():
@@ -249,8 +241,9 @@ class Budget:
             self._pause(min(seen.reset_in, interval, max_pause))
 
     def throttled(self, retry_after: float | None, seen: RateHeaders, max_pause: float) -> float:
-        """A 429 for this budget: pause every caller; without published limits, also lower
-        the rate (once per storm). Returns the pause in seconds."""
+        """A 429 for this budget: pause every caller (Retry-After, else the Reset, else a
+        back-off). A lone one widens the pacing margin; another soon after the last pause,
+        without a published limit, lowers the rate. Returns the pause in seconds."""
         now = time.monotonic()
         if now < self._paused_until:
             # sent before the pause began: the pause already answers it
@@ -259,6 +252,9 @@ class Budget:
         backoff = min(MAX_BACKOFF, 2 ** (self._streak - 1)) * (0.5 + self._rng.random() / 2)
         told = retry_after if retry_after is not None else seen.reset_in
         pause = min(max_pause, told) if told is not None else backoff
+        if self.rate is None:  # no limit known until now: start from 10/s
+            self.rate = 10.0
+            self._retune()
         if seen.limit_per_min is not None:
             self.observe(seen, max_pause)  # the published rate: no cut, only the margin below
         if seen.limit_per_min is not None or now - self._last_429 >= self.calm_after:
@@ -273,9 +269,6 @@ class Budget:
                     f"{100 * self.margin:.0f}% under {self.effective_rate or 0:.2f}/s "
                     f"(was {100 * old:.0f}%)"
                 )
-        elif self.rate is None:  # no rate known: start from 10/s, then as below
-            self.rate = 10.0
-            self._retune()
         else:  # 429s again soon after the last pause: the limit is lower than this rate
             old_rate = self.effective_rate
             self.factor = max(MIN_FACTOR, self.factor * DECREASE)
@@ -287,15 +280,6 @@ class Budget:
         self._pause(pause)
         self._last_429 = self._last_raise = now
         return pause
-
-    def restore(self) -> None:
-        """Undo the cuts and the pause of 429s that turned out not to be about the rate."""
-        self._streak, self._paused_until = 0, 0.0
-        if self.factor < 1.0:
-            self.factor = 1.0
-            self._retune()
-        if self.pacer is not None:
-            self.pacer.unpause()
 
     def succeeded(self) -> None:
         """A non-429 answer: after a calm period, raise a lowered rate again, step by step."""

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from omni_batch.accounts import AccountRun
-from omni_batch.budgets import MAX_IN_FLIGHT, QUERY, SUBMIT, Account, RateHeaders
+from omni_batch.budgets import MAX_IN_FLIGHT, QUERY, SUBMIT, RateHeaders
 from omni_batch.client import TaskState, ToapisClient
 from omni_batch.download import (
     Downloaded,
@@ -138,10 +138,9 @@ class Engine(Submitting):
     def __init__(
         self,
         journal: Journal,
-        client: ToapisClient,
+        accounts: list[AccountRun],
         session: aiohttp.ClientSession,
         store: LocalStore,
-        account: Account,
         policy: Policy,
         *,
         max_in_flight: int = MAX_IN_FLIGHT,
@@ -151,13 +150,10 @@ class Engine(Submitting):
         poll_workers: int = 8,
         download_workers: int = 4,
         rng: random.Random | None = None,
-        accounts: list[AccountRun] | None = None,
         query_rate: float | None = None,
     ):
-        """``accounts``: every configured account (each with its budgets and one client per
-        key); without it, ``client`` and ``account`` make the one account."""
-        if not accounts:
-            accounts = [AccountRun("account", account, [client], max_in_flight)]
+        """``accounts``: every configured account, each with its budgets and one client per
+        key (the first also serves calls that belong to no job)."""
         self.accounts = accounts
         # journaled account name -> the account whose keys are that name's (recognised by
         # fingerprint, accounts.recognise): reordered bare keys or a renamed account still
@@ -172,7 +168,7 @@ class Engine(Submitting):
             session,
             store,
         )
-        self.account, self.policy, self.reconcile = accounts[0].budgets, policy, reconcile
+        self.policy, self.reconcile = policy, reconcile
         self.verify = verify  # decode every download (and make its poster) before completing
         # one thread decodes: probes queue behind each other instead of fighting over the GIL
         self.prober = ThreadPoolExecutor(1, thread_name_prefix="omni-batch-probe")
@@ -219,7 +215,7 @@ class Engine(Submitting):
         self.unrecognised_streak = 0  # submit answers in a row without a task id
         self.fatal: BaseException | None = None
         self.run_key = journal.meta("run_key") or "run"
-        self.video_guard = VideoGuard(client.root)  # videos: public hosts, or the API's own
+        self.video_guard = VideoGuard(self.client.root)  # videos: public hosts, or the API's own
         # per kind of call (submit: True, status: False), the first 429 since another answer;
         # the API budgets the two apart, so one may be shut while the other flows
         self.throttled_since: dict[bool, float | None] = {True: None, False: None}
@@ -307,6 +303,13 @@ class Engine(Submitting):
             # wait for its own), so all of them look; there are only a few
             self.capacity.notify_all()
         self._check_idle()
+
+    def _wake_soon(self) -> None:
+        """From a timer: wake every capacity waiter (a task kept with the background ones, so
+        shutdown cancels it rather than leaving it pending)."""
+        task = asyncio.ensure_future(self._wake())
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     async def _wake(self) -> None:
         async with self.capacity:
@@ -497,9 +500,7 @@ class Engine(Submitting):
             acct.cap = running
         acct.cap_cut_at = time.monotonic()
         finished, deadline = acct.finished, time.monotonic() + wait
-        waker = asyncio.get_running_loop().call_later(
-            wait, lambda: asyncio.ensure_future(self._wake())
-        )
+        waker = asyncio.get_running_loop().call_later(wait, self._wake_soon)
         try:
             async with self.capacity:
                 self.active -= 1  # this job has no task: its slot goes back while it waits

@@ -402,15 +402,13 @@ async def _run(
                 )
                 engine = Engine(
                     journal,
-                    accounts[0].clients[0],
+                    accounts,
                     session,
                     store,
-                    accounts[0].budgets,
                     policy,
                     max_in_flight=options.max_in_flight,
                     reconcile=reconcile,
                     verify=options.verify,
-                    accounts=accounts,
                 )
                 for note in known_as:
                     engine.log(note)

@@ -223,18 +223,6 @@ def test_a_429_category_names_the_budget_that_slows_down():
     assert account.query._paused_until > 0 and account.submit._paused_until == 0
 
 
-def test_restore_undoes_cuts_and_pauses():
-    async def main() -> float:
-        budget = Budget("submit", 50.0)
-        budget.throttled(5.0, RateHeaders(), max_pause=60)
-        budget.restore()
-        start = time.monotonic()
-        await budget.acquire()
-        return time.monotonic() - start
-
-    assert asyncio.run(main()) < 0.1
-
-
 def test_a_pause_keeps_its_end_when_the_rate_changes():
     async def main() -> float:
         budget = Budget("submit", 50.0)

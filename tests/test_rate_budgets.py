@@ -111,7 +111,7 @@ def test_a_concurrency_429_lowers_the_in_flight_cap_not_the_rate(tmp_path):
     result, stats, said = _concurrency_run(tmp_path, says=True)
     assert result.exit_code == 0, result.output
     assert pd.read_csv(tmp_path / "out" / "report.csv").status.eq("completed").all()
-    assert any("in-flight cap 10 -> 3" in m or "in-flight cap" in m for m in said), said
+    assert any("in-flight cap 10 -> " in m for m in said), said
     assert not any("rate 20.00 ->" in m for m in said), said  # the request rate was not cut
     assert account_stats(stats)["peak_active"] <= 3
     # once the cap is learned, a submit waits for a finished task: few refusals per job

@@ -275,6 +275,7 @@ def test_a_full_disk_mid_run_ends_it_with_a_one_line_error_and_the_journal_intac
 def test_the_poll_dispatcher_ends_when_cancelled_as_a_poll_is_scheduled(tmp_path, turns):
     # the race that hung shutdown on CPython 3.11: a poll is scheduled (waking the dispatcher)
     # and the dispatcher is cancelled before it runs again; `turns` loop turns apart
+    from omni_batch.accounts import AccountRun
     from omni_batch.budgets import Account, Rates
     from omni_batch.client import ToapisClient
     from omni_batch.download import LocalStore
@@ -287,9 +288,8 @@ def test_the_poll_dispatcher_ends_when_cancelled_as_a_poll_is_scheduled(tmp_path
         try:
             async with aiohttp.ClientSession() as session:
                 client = ToapisClient(session, "http://127.0.0.1:9", "sk-test")
-                engine = Engine(
-                    journal, client, session, LocalStore(tmp_path), Account("a", Rates()), FAST
-                )
+                account = AccountRun("a", Account("a", Rates()), [client], 4)
+                engine = Engine(journal, [account], session, LocalStore(tmp_path), FAST)
                 flight = Flight("job", "task", deadline=time.monotonic() + 60)
                 engine.schedule(flight, 30)  # due later: the dispatcher sleeps until then
                 dispatcher = asyncio.create_task(engine.dispatcher())
