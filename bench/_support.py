@@ -68,7 +68,7 @@ def bodies(jobs: int) -> Iterator[dict[str, Any]]:
 
 def scaled_policy(scale: float, **changes: Any) -> Any:
     """The documented `Policy()` timings divided by ``scale`` (the simulator's time base)."""
-    from omni_batch.policy import Policy
+    from omni_batch.running.options import Policy
 
     base = Policy()
     timed = (

@@ -22,7 +22,7 @@ from sequential import POLL_EVERY_S, run_sequential
 
 def run_omni(jobs: int, scale: float) -> dict:
     with simulator("default") as sim, tempfile.TemporaryDirectory() as tmp:
-        from omni_batch.runner import RunOptions, run_async
+        from omni_batch.batch import RunOptions, run_async
 
         path = write_manifest(Path(tmp), jobs)
         options = RunOptions(

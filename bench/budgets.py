@@ -101,7 +101,7 @@ QUICK_JOBS = {"published": 60, "burst1": 100, "concurrency": 40, "many": 1000}
 
 
 def _policy(kind: str) -> Any:
-    from omni_batch.policy import FAST, Policy
+    from omni_batch.running.options import FAST, Policy
 
     if kind == "documented":
         return Policy()
@@ -113,7 +113,7 @@ def _policy(kind: str) -> Any:
 def run_scenario(name: str, jobs: int) -> dict[str, Any]:
     spec = SCENARIOS[name]
     with simulator(spec["profile"], **spec["knobs"]) as sim:
-        from omni_batch.runner import RunOptions, run_async
+        from omni_batch.batch import RunOptions, run_async
 
         with tempfile.TemporaryDirectory() as tmp:
             path = write_manifest(Path(tmp), jobs)

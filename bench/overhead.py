@@ -49,8 +49,8 @@ def main() -> None:
 
     with simulator("fast", **INSTANT) as sim:
         rss_start = rss_mb()
-        from omni_batch.policy import Policy
-        from omni_batch.runner import RunOptions, run_async
+        from omni_batch.batch import RunOptions, run_async
+        from omni_batch.running.options import Policy
 
         rss_imported = rss_mb()
         sim_before = sim.usage()

@@ -47,8 +47,8 @@ def write_manifest(folder: Path, prompts: int) -> Path:
 def journal_child(manifest: Path, out: Path) -> None:
     """In a fresh process: load + validate the manifest, then create the journal from it."""
     start = time.perf_counter()
-    from omni_batch.journal import Journal
-    from omni_batch.manifest import load_manifest
+    from omni_batch.journal.sqlite import Journal
+    from omni_batch.planning.manifest import load_manifest
 
     imported = time.perf_counter()
     loaded = load_manifest(manifest)

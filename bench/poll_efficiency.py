@@ -61,7 +61,7 @@ def quantile(values: list[float], q: float) -> float:
 def measure(jobs: int, scale: float, max_in_flight: int) -> dict[str, Any]:
     """One run of ``jobs`` jobs with the code on sys.path; its numbers."""
     with simulator("realistic", **realistic_knobs(scale)) as sim:
-        from omni_batch.runner import RunOptions, run_async
+        from omni_batch.batch import RunOptions, run_async
 
         with tempfile.TemporaryDirectory() as tmp:
             path = write_manifest(Path(tmp), jobs)

@@ -28,8 +28,8 @@ def main() -> None:
     jobs, rate = args.jobs, args.rate
 
     with simulator("fast", rate=rate, burst=max(1, int(rate))) as sim:
-        from omni_batch.policy import Policy
-        from omni_batch.runner import RunOptions, run_async
+        from omni_batch.batch import RunOptions, run_async
+        from omni_batch.running.options import Policy
 
         policy = Policy(
             first_poll=args.first_poll, poll_interval=args.poll_interval, jitter=0.1,

@@ -42,9 +42,9 @@ KNOBS = {"p_5xx_after_create": 0.03, "p_429": 0.005}
 
 def worker(args: argparse.Namespace) -> int:
     """One runner: the library's run_async with the simulator's timings, against --base-url."""
+    from omni_batch.batch import RunOptions, run_async
     from omni_batch.errors import OmniBatchError
-    from omni_batch.policy import FAST
-    from omni_batch.runner import RunOptions, run_async
+    from omni_batch.running.options import FAST
 
     options = RunOptions(
         out=Path(args.out), base_url=args.base_url, api_key=os.environ["TOAPIS_API_KEY"],

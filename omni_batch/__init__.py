@@ -3,7 +3,6 @@
 The public API: everything a notebook user needs is importable from here.
 """
 
-from omni_batch.catalog import Catalog, ModelRules, load_catalog
 from omni_batch.errors import (
     CatalogError,
     InputError,
@@ -13,13 +12,19 @@ from omni_batch.errors import (
     UsageError,
     Where,
 )
-from omni_batch.jobs import Job
-from omni_batch.manifest import Manifest, PlanSummary, load_manifest
-from omni_batch.plan import Plan, plan
+from omni_batch.planning.catalog import Catalog, ModelRules, load_catalog
+from omni_batch.planning.jobs import Job
+from omni_batch.planning.manifest import Manifest, PlanSummary, load_manifest
+from omni_batch.planning.plan import Plan, plan
 
 __version__ = "0.1.0"
 
-_LAZY = {"run": "runner", "run_async": "runner", "RunOptions": "runner", "build_report": "report"}
+_LAZY = {
+    "run": "batch",
+    "run_async": "batch",
+    "RunOptions": "batch",
+    "build_report": "outputs.report",
+}
 
 
 def __getattr__(name: str):

@@ -1,3 +1,3 @@
-from omni_batch.cli import main
+from omni_batch.cli.main import main
 
 main()

@@ -21,14 +21,14 @@ import pytest
 from aiohttp import web
 from click.testing import CliRunner
 
-from omni_batch.accounts import Identity, match, parse_keys_env, parse_keys_file
-from omni_batch.budgets import Rates
-from omni_batch.cli import main
+from omni_batch.batch import RunOptions, _accounts
+from omni_batch.cli.main import main
 from omni_batch.crash import ENV as CRASH_ENV
 from omni_batch.errors import InputError, RequestRejected
-from omni_batch.policy import FAST
-from omni_batch.redact import Redactor, base64_cores
-from omni_batch.runner import RunOptions, _accounts
+from omni_batch.running.accounts import Identity, match, parse_keys_env, parse_keys_file
+from omni_batch.running.budgets import Rates
+from omni_batch.running.options import FAST
+from omni_batch.running.redact import Redactor, base64_cores
 from omni_batch.simulator import SimConfig, serve_in_thread
 from tests.conftest import shots_manifest
 

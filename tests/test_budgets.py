@@ -1,4 +1,4 @@
-"""Rate budgets (omni_batch/budgets.py): pacing without a burst, a rate changed in place and
+"""Rate budgets (omni_batch/running/budgets.py): pacing without a burst, a rate changed in place and
 a pause that reach callers already waiting, the published headers, tiers and flags."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from omni_batch.budgets import (
+from omni_batch.running.budgets import (
     QUERY,
     SUBMIT,
     TIERS,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 from click.testing import CliRunner
 
-from omni_batch.cli import main
+from omni_batch.cli.main import main
 
 JOBS = 200
 

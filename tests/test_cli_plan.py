@@ -11,7 +11,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from omni_batch.cli import main
+from omni_batch.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = str(ROOT / "manifests" / "demo.yaml")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from omni_batch.client import api_root, parse_status, parse_submit
 from omni_batch.errors import BadResponse
+from omni_batch.running.api import api_root, parse_status, parse_submit
 
 
 @pytest.mark.parametrize(

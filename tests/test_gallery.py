@@ -15,9 +15,9 @@ import pytest
 from rich.console import Console
 
 import omni_batch
-from omni_batch.gallery import write_gallery
+from omni_batch.outputs.gallery import write_gallery
+from omni_batch.outputs.summary import summary_renderable, summary_tables
 from omni_batch.simulator.clips import get_clip
-from omni_batch.summary import summary_renderable, summary_tables
 
 MANIFEST = """
 name: gallery

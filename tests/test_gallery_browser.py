@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 import omni_batch
-from omni_batch.gallery import write_gallery
+from omni_batch.outputs.gallery import write_gallery
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(

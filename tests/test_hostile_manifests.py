@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from omni_batch.cli import main
+from omni_batch.cli.main import main
 
 SAFE_ID = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 FUZZ = settings(

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from click.testing import CliRunner
 
-from omni_batch.cli import main
+from omni_batch.cli.main import main
 from omni_batch.simulator.clips import get_clip
 
 KEY = "sk-hostile-test-key-123"

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from omni_batch.errors import StateError
-from omni_batch.journal import STATES, Journal
-from omni_batch.manifest import load_manifest
-from omni_batch.report import build_report, neutralise
+from omni_batch.journal.sqlite import STATES, Journal
+from omni_batch.outputs.report import build_report, neutralise
+from omni_batch.planning.manifest import load_manifest
 
 
 def manifest(tmp_path: Path, prompt: str = "alpha shot") -> list:
@@ -203,7 +203,7 @@ def rows(folder: Path) -> list[tuple]:
 def every_kind_of_transition(tmp_path: Path, folder: Path) -> None:
     """a: sent flagged, failed, sent again, completed, its video lost; b: failed with its task
     (polled again), then completed and verified."""
-    from omni_batch.verify import Probe
+    from omni_batch.running.verify import Probe
 
     journal = Journal(folder)
     journal.sync(manifest(tmp_path))

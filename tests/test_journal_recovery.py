@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from omni_batch.cli import main
+from omni_batch.cli.main import main
 from tests.test_run_e2e import (
     JOBS,
     MANIFEST,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from omni_batch import ManifestError
-from omni_batch.manifest import load_manifest
+from omni_batch.planning.manifest import load_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 

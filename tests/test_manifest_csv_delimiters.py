@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from omni_batch import ManifestError
-from omni_batch.cli import main
-from omni_batch.manifest import load_manifest
-from omni_batch.sources import sniff_delimiter
+from omni_batch.cli.main import main
+from omni_batch.planning.manifest import load_manifest
+from omni_batch.planning.sources import sniff_delimiter
 
 TRICKY = "a cat, running; fast\tthen slow"  # every delimiter inside one quoted cell
 

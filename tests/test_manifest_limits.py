@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from omni_batch import ManifestError
-from omni_batch import manifest as manifest_module
-from omni_batch.cli import main
-from omni_batch.manifest import DEFAULT_MAX_JOBS, load_manifest
+from omni_batch.cli.main import main
+from omni_batch.planning import manifest as manifest_module
+from omni_batch.planning.manifest import DEFAULT_MAX_JOBS, load_manifest
 
 VAR_NAMES = ["product", "setting", "mood"]
 values = st.lists(

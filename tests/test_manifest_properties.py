@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from omni_batch import ManifestError
-from omni_batch.manifest import load_manifest
+from omni_batch.planning.manifest import load_manifest
 
 SAFE_ID = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 VAR_NAMES = ["product", "setting", "mood", "city"]

@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from omni_batch.cli import main
+from omni_batch.batch import RunOptions, run_async
+from omni_batch.cli.main import main
 from omni_batch.errors import BudgetReached
-from omni_batch.manifest import Budget, load_manifest
-from omni_batch.runner import RunOptions, run_async
+from omni_batch.planning.manifest import Budget, load_manifest
 from omni_batch.simulator import SimConfig, serve_in_thread
 
 PRICE = 0.12  # gemini_omni in the shipped catalog (an estimate), USD per second
@@ -239,9 +239,9 @@ def test_submitting_stops_before_max_cost_would_be_crossed(manifest, tmp_path):
 
 
 def test_the_progress_line_shows_spent_and_projected():
-    from omni_batch.engine import RunStats
-    from omni_batch.money import Spend, estimate
-    from omni_batch.progress import summary_line
+    from omni_batch.cli.progress import summary_line
+    from omni_batch.running.engine import RunStats
+    from omni_batch.running.money import Spend, estimate
 
     spend = Spend({"gemini_omni": PRICE}, max_cost=3.0)
     spend.to_submit = estimate([("gemini_omni", "720P", 6, 4)], spend.table)

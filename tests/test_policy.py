@@ -15,7 +15,7 @@ from omni_batch.errors import (
     RequestRejected,
     ServerError,
 )
-from omni_batch.policy import Policy, retried
+from omni_batch.running.options import Policy, retried
 
 QUICK = Policy(retries=3, retry_initial=0.001, retry_max=0.002)
 

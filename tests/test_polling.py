@@ -17,11 +17,11 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omni_batch.cli import main
-from omni_batch.engine import POLL_SHARE
-from omni_batch.policy import FAST, Policy
-from omni_batch.polling import INFO_FRACTION, PollPacer, PollPlanner
-from omni_batch.runner import RunOptions, run_async
+from omni_batch.batch import RunOptions, run_async
+from omni_batch.cli.main import main
+from omni_batch.running.engine import POLL_SHARE
+from omni_batch.running.options import FAST, Policy
+from omni_batch.running.polling import INFO_FRACTION, PollPacer, PollPlanner
 
 KEY = ("gemini_omni", 6, "720P")
 REAL = Policy()

@@ -20,13 +20,12 @@ from click.testing import CliRunner
 from rich.console import Console
 
 import omni_batch
-from omni_batch import report as report_module
-from omni_batch.cli import main
-from omni_batch.gallery import render_gallery, write_gallery
-from omni_batch.journal import Journal
-from omni_batch.manifest import load_manifest
-from omni_batch.progress import final_table, left_pending, run_summary, unfinished
-from omni_batch.report import (
+from omni_batch.cli.main import main
+from omni_batch.cli.progress import final_table, left_pending, run_summary, unfinished
+from omni_batch.journal.sqlite import Journal
+from omni_batch.outputs import report as report_module
+from omni_batch.outputs.gallery import render_gallery, write_gallery
+from omni_batch.outputs.report import (
     build_report,
     csv_ready,
     digest_report,
@@ -34,8 +33,9 @@ from omni_batch.report import (
     write_reports,
     write_reports_digest,
 )
-from omni_batch.review import save_reviews
-from omni_batch.summary import summary_renderable, summary_tables
+from omni_batch.outputs.review import save_reviews
+from omni_batch.outputs.summary import summary_renderable, summary_tables
+from omni_batch.planning.manifest import load_manifest
 
 MANIFEST = """
 name: stream
@@ -113,7 +113,7 @@ def _journal(folder: Path, var_names, tag_names, jobs) -> None:
 
 
 def _fixed_clock(monkeypatch) -> None:
-    import omni_batch.gallery as gallery
+    import omni_batch.outputs.gallery as gallery
 
     monkeypatch.setattr(gallery.time, "strftime", lambda fmt, *a: "2025-01-01 00:00")
 
@@ -205,8 +205,8 @@ def test_the_cli_run_never_builds_the_report_table(tmp_path, monkeypatch, small_
             return _real(*args, **kw)
 
         monkeypatch.setattr(report_module, name, spy)
-    import omni_batch.gallery as gallery
-    import omni_batch.runner as runner
+    import omni_batch.batch as runner
+    import omni_batch.outputs.gallery as gallery
 
     monkeypatch.setattr(runner, "build_report", report_module.build_report)
     monkeypatch.setattr(gallery, "_page", lambda *a, **k: built.append("_page") or iter(()))
@@ -282,7 +282,7 @@ def test_a_variable_with_a_value_per_job_keeps_only_the_rows_shown(
     """A summary table of more values than are ever shown (SHOWN_ROWS) is kept as its first
     rows plus its length: the same rows, terminal table and page as the whole table's, though
     the values come in an order unlike the sorted one and slices of 7 rows."""
-    from omni_batch.summary import GROUPS, SHOWN_ROWS
+    from omni_batch.outputs.summary import GROUPS, SHOWN_ROWS
 
     _fixed_clock(monkeypatch)
     values = [f"v{(n * 37) % 131:03d}" for n in range(131)]  # sorted ≠ manifest order
@@ -310,7 +310,7 @@ def test_the_run_keeps_no_cost_per_finished_job(tmp_path):
     only: after the run it is empty, whatever was billed, refunded or completed."""
     import asyncio
 
-    from omni_batch.runner import RunOptions, run_folder_async
+    from omni_batch.batch import RunOptions, run_folder_async
     from tests.conftest import shots_manifest
 
     engines = []

@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 import omni_batch
-from omni_batch.journal import Journal, _lock_folder
-from omni_batch.report import build_report
+from omni_batch.journal.sqlite import Journal, _lock_folder
+from omni_batch.outputs.report import build_report
 
 MANIFEST = """
 name: review

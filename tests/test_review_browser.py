@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 import omni_batch
-from omni_batch.report import build_report
-from omni_batch.review_server import serving
+from omni_batch.outputs.report import build_report
+from omni_batch.outputs.review_server import serving
 from tests.test_gallery_browser import ARGS, CHROMIUM
 
 pytestmark = pytest.mark.skipif(

@@ -16,11 +16,11 @@ import pytest
 from aiohttp import web
 from click.testing import CliRunner
 
-from omni_batch.cli import main
-from omni_batch.client import ToapisClient
-from omni_batch.download import LocalStore
+from omni_batch.cli.main import main
 from omni_batch.errors import OutputError
-from omni_batch.journal import Journal
+from omni_batch.journal.sqlite import Journal
+from omni_batch.running.api import ToapisClient
+from omni_batch.running.download import LocalStore
 from tests.test_crash_matrix import _count_running
 from tests.test_run_e2e import JOBS, MANIFEST, _subprocess_run, _wait_for, cli, report, sim
 

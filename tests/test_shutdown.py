@@ -275,13 +275,13 @@ def test_a_full_disk_mid_run_ends_it_with_a_one_line_error_and_the_journal_intac
 def test_the_poll_dispatcher_ends_when_cancelled_as_a_poll_is_scheduled(tmp_path, turns):
     # the race that hung shutdown on CPython 3.11: a poll is scheduled (waking the dispatcher)
     # and the dispatcher is cancelled before it runs again; `turns` loop turns apart
-    from omni_batch.accounts import AccountRun
-    from omni_batch.budgets import Account, Rates
-    from omni_batch.client import ToapisClient
-    from omni_batch.download import LocalStore
-    from omni_batch.engine import Engine, Flight
-    from omni_batch.journal import Journal
-    from omni_batch.policy import FAST
+    from omni_batch.journal.sqlite import Journal
+    from omni_batch.running.accounts import AccountRun
+    from omni_batch.running.api import ToapisClient
+    from omni_batch.running.budgets import Account, Rates
+    from omni_batch.running.download import LocalStore
+    from omni_batch.running.engine import Engine, Flight
+    from omni_batch.running.options import FAST
 
     async def main() -> bool:
         journal = Journal(tmp_path)
@@ -312,7 +312,7 @@ def test_the_poll_dispatcher_ends_when_cancelled_as_a_poll_is_scheduled(tmp_path
 
 
 def test_shutdown_cancels_again_a_task_that_swallowed_a_cancel():
-    from omni_batch.engine import cancel_and_wait
+    from omni_batch.running.engine import cancel_and_wait
 
     async def stubborn() -> None:
         with contextlib.suppress(asyncio.CancelledError):  # as 3.11's wait_for could
@@ -330,7 +330,7 @@ def test_shutdown_cancels_again_a_task_that_swallowed_a_cancel():
 
 STUCK = """
 import asyncio, sys, time
-from omni_batch import runner
+from omni_batch import batch as runner
 
 runner.STOP_DEADLINE_S = float(sys.argv[1])
 

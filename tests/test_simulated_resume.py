@@ -58,7 +58,7 @@ def saved_state(out: Path) -> SimState:
 
 
 def journal_rows(out: Path) -> pd.DataFrame:
-    from omni_batch.report import build_report
+    from omni_batch.outputs.report import build_report
 
     return build_report(out)
 

@@ -14,8 +14,8 @@ import urllib.request
 
 from click.testing import CliRunner
 
+from omni_batch.cli.simulate import simulate
 from omni_batch.simulator import SimConfig, serve_in_thread
-from omni_batch.simulator.command import simulate
 
 
 def _post(url: str, key: str, body: dict) -> tuple[int, dict]:
@@ -78,7 +78,7 @@ def test_a_busy_port_exits_2_with_one_line():
 
 def test_the_command_serves_until_ctrl_c():
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    code = "from omni_batch.simulator.command import simulate; simulate()"
+    code = "from omni_batch.cli.simulate import simulate; simulate()"
     args = ["--port", "0", "--profile", "fast", "--seed", "3", "--key", "sk-test"]
     with subprocess.Popen(
         [sys.executable, "-c", code, *args],

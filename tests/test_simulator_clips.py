@@ -68,7 +68,7 @@ def test_clips_are_cached_per_parameters():
 
 def test_importing_the_simulator_and_its_command_loads_no_video_or_http_stack():
     code = (
-        "import sys, omni_batch.simulator.command;"
+        "import sys, omni_batch.cli.simulate;"
         "assert not {'aiohttp', 'av', 'numpy'} & set(sys.modules), sys.modules.keys();"
         "from omni_batch.simulator import start_simulator;"
         "assert 'av' not in sys.modules and 'numpy' not in sys.modules"

@@ -13,7 +13,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from omni_batch.cli import main
+from omni_batch.cli.main import main
 from omni_batch.errors import UsageError
 from omni_batch.simulator import PROFILES, SimConfig, parse_settings
 from omni_batch.simulator.state import SlidingMax, outcome

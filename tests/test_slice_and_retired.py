@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from omni_batch.cli import main
+from omni_batch.cli.main import main
 from omni_batch.simulator import SimConfig, serve_in_thread
 
 MANIFEST = """

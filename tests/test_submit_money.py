@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from omni_batch.cli import main
+from omni_batch.cli.main import main
 from omni_batch.simulator import SimConfig, serve_in_thread
 
 JOBS = 12
@@ -153,7 +153,7 @@ def test_answers_that_changed_shape_stop_submitting_after_a_few(tmp_path):
 def test_server_text_in_the_final_table_is_never_read_as_markup():
     from rich.console import Console
 
-    from omni_batch.progress import final_table
+    from omni_batch.cli.progress import final_table
 
     rows = pd.DataFrame(
         {

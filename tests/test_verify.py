@@ -11,8 +11,8 @@ from pathlib import Path
 import av
 import pytest
 
+from omni_batch.running.verify import Probe, poster, probe, ratio_problem
 from omni_batch.simulator.clips import frame_size, get_clip
-from omni_batch.verify import Probe, poster, probe, ratio_problem
 
 
 def clip(tmp_path: Path, ratio: str = "16:9", duration: int = 6, name: str = "clip.mp4") -> Path:
@@ -131,6 +131,6 @@ def test_poster_of_a_broken_file_is_false_and_writes_nothing(tmp_path):
 
 
 def test_importing_verify_does_not_load_pyav():
-    code = "import sys, omni_batch.verify; print('av' in sys.modules)"
+    code = "import sys, omni_batch.running.verify; print('av' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr

@@ -12,9 +12,10 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from omni_batch import ManifestError, _yaml
-from omni_batch.cli import main
-from omni_batch.manifest import load_manifest
+from omni_batch import ManifestError
+from omni_batch.cli.main import main
+from omni_batch.planning import _yaml
+from omni_batch.planning.manifest import load_manifest
 
 LOADERS = {
     "libyaml": _yaml.C_LOADER,

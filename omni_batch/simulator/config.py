@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin, get
 from omni_batch.errors import UsageError
 
 if TYPE_CHECKING:
-    from omni_batch.policy import Policy
+    from omni_batch.running.options import Policy
 
 DEFAULT_KEY = "sk-sim-local"
 
@@ -548,7 +548,7 @@ PROFILE_ABOUT: Mapping[str, str] = {
     "published-fast": "the published limits with generation 20-40 s, queued 1-3 s (benches)",
 }
 
-# The run timings (omni_batch.policy) that fit each profile's tasks: "fast" is FAST (polls
+# The run timings (omni_batch.running.options) that fit each profile's tasks: "fast" is FAST (polls
 # every 0.3 s, gives up after 120 s), "documented" the real API's Policy() (first poll after
 # 5 s, every 10 s, gives up after 900 s).
 PROFILE_TIMINGS: Mapping[str, Literal["fast", "documented"]] = {
@@ -564,7 +564,7 @@ PROFILE_TIMINGS: Mapping[str, Literal["fast", "documented"]] = {
 def run_policy(profile: str, config: SimConfig | None = None) -> Policy:
     """The timings `run --simulate PROFILE` uses unless told otherwise: the profile's, with
     ``max_wait`` raised to twice the longest task ``config``'s knobs allow."""
-    from omni_batch.policy import FAST, Policy
+    from omni_batch.running.options import FAST, Policy
 
     if profile not in PROFILES:
         SimConfig.from_profile(profile)  # the one-line error, with its hint

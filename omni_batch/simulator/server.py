@@ -20,8 +20,8 @@ from typing import Any
 
 from aiohttp import web
 
-from omni_batch.catalog import BODY_FIELDS, Catalog, load_catalog
 from omni_batch.errors import UsageError
+from omni_batch.planning.catalog import BODY_FIELDS, Catalog, load_catalog
 from omni_batch.simulator.cdn import CdnHost, video_url
 from omni_batch.simulator.config import SimConfig
 from omni_batch.simulator.hostile import (

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from omni_batch.clierrors import reports_errors
+from omni_batch.cli.errors import reports_errors
 
 
 @click.command("simulate")
@@ -66,7 +66,7 @@ def simulate(
     import contextlib
     import signal
 
-    from omni_batch.catalog import load_catalog
+    from omni_batch.planning.catalog import load_catalog
     from omni_batch.simulator import SimConfig, parse_settings, start_simulator
 
     overrides = parse_settings(settings)

@@ -17,7 +17,7 @@ from yarl import URL
 
 from omni_batch import crash
 from omni_batch.errors import OmniBatchError, OutputError
-from omni_batch.netguard import UNSAFE_KIND, VideoGuard, unsafe_cause
+from omni_batch.running.netguard import UNSAFE_KIND, VideoGuard, unsafe_cause
 
 CHUNK = 1 << 16
 VIDEO_TYPES = ("video/", "application/octet-stream", "binary/octet-stream")

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from omni_batch.summary import (
+from omni_batch.outputs.summary import (
     COST_COLUMN,
     GROUPS,
     OVERALL,
@@ -32,7 +32,7 @@ from omni_batch.summary import (
     finish_table,
     keep_mask,
 )
-from omni_batch.summary import work_frame as _work_frame
+from omni_batch.outputs.summary import work_frame as _work_frame
 
 _STATUS_ORDER = ["completed", "failed", "running", "pending"]  # the gallery header's order
 

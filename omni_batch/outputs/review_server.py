@@ -1,7 +1,7 @@
 """`omni-batch review`: a small aiohttp server for reviewing one output folder in a browser.
 
 The page (review_assets) fetches the jobs as JSON and posts each pick, score or note at once;
-every save goes through the journal (omni_batch.review.save_reviews). Safety: binds 127.0.0.1
+every save goes through the journal (omni_batch.outputs.review.save_reviews). Safety: binds 127.0.0.1
 by default; any other address needs a token (sent once as ``?token=``, then held in an
 HttpOnly cookie); without a token the Host header must name a loopback address (a DNS
 rebinding page cannot reach it). Writes need a JSON body and a custom header (no cross-site
@@ -29,10 +29,10 @@ from typing import Any
 import pandas as pd
 from aiohttp import web
 
-from omni_batch import review_assets as assets
+from omni_batch.outputs import review_assets as assets
 from omni_batch.errors import OmniBatchError, StateError, UsageError
-from omni_batch.journal import KEEP, NOTE_MAX, check_review
-from omni_batch.review import RunGoing, check_folder, refresh, run_going, save_reviews
+from omni_batch.journal.sqlite import KEEP, NOTE_MAX, check_review
+from omni_batch.outputs.review import RunGoing, check_folder, refresh, run_going, save_reviews
 
 COOKIE = "omni_review"
 HEADER = "X-Omni-Review"
@@ -91,8 +91,8 @@ def _value(value: Any) -> Any:
 
 def _jobs(folder: Path) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
     """The page's data, and job id → video file / poster file for the files it may fetch."""
-    from omni_batch.gallery import _poster_file, _posters, _videos
-    from omni_batch.report import build_report
+    from omni_batch.outputs.gallery import _poster_file, _posters, _videos
+    from omni_batch.outputs.report import build_report
 
     frame = build_report(folder)
     videos = _videos(folder, frame)

@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 
 from omni_batch import crash
-from omni_batch.digest import ReportDigest
+from omni_batch.outputs.digest import ReportDigest
 from omni_batch.errors import OutputError, StateError
-from omni_batch.money import PRICES_META, load_table, price_of
+from omni_batch.running.money import PRICES_META, load_table, price_of
 
 STATUS = {
     "pending": "pending",

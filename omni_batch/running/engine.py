@@ -22,16 +22,6 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from omni_batch.accounts import AccountRun
-from omni_batch.budgets import MAX_IN_FLIGHT, QUERY, SUBMIT, RateHeaders
-from omni_batch.client import TaskState, ToapisClient
-from omni_batch.download import (
-    Downloaded,
-    DownloadError,
-    LocalStore,
-    RetryableDownload,
-    download,
-)
 from omni_batch.errors import (
     ApiError,
     ApiUnreachable,
@@ -44,12 +34,22 @@ from omni_batch.errors import (
     ThrottledTooLong,
     TransportError,
 )
-from omni_batch.journal import DEFER_S, JobRow, Journal
-from omni_batch.netguard import VideoGuard
-from omni_batch.policy import Policy, retried
-from omni_batch.polling import Plan, PollPacer, PollPlanner, Track
-from omni_batch.submit import LookupProof, Stopping, Submitting
-from omni_batch.verify import probe
+from omni_batch.journal.sqlite import DEFER_S, JobRow, Journal
+from omni_batch.running.accounts import AccountRun
+from omni_batch.running.api import TaskState, ToapisClient
+from omni_batch.running.budgets import MAX_IN_FLIGHT, QUERY, SUBMIT, RateHeaders
+from omni_batch.running.download import (
+    Downloaded,
+    DownloadError,
+    LocalStore,
+    RetryableDownload,
+    download,
+)
+from omni_batch.running.netguard import VideoGuard
+from omni_batch.running.options import Policy, retried
+from omni_batch.running.polling import Plan, PollPacer, PollPlanner, Track
+from omni_batch.running.submit import LookupProof, Stopping, Submitting
+from omni_batch.running.verify import probe
 
 # a 429 whose message speaks of tasks at once, not of requests per second
 CONCURRENCY_WORDS = re.compile(

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from omni_batch.policy import Policy
+    from omni_batch.running.options import Policy
 
 Key = tuple[str, int, str]  # (model, duration, resolution)
 

@@ -11,13 +11,13 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from omni_batch._yaml import LList
-from omni_batch.catalog import BODY_FIELDS, Catalog
 from omni_batch.errors import Problem, Where
-from omni_batch.jobs import Axis, PromptSpec, Template, TemplateError, slug
+from omni_batch.planning._yaml import LList
+from omni_batch.planning.catalog import BODY_FIELDS, Catalog
+from omni_batch.planning.jobs import Axis, PromptSpec, Template, TemplateError, slug
 
 if TYPE_CHECKING:
-    from omni_batch.manifest import Manifest
+    from omni_batch.planning.manifest import Manifest
 
 MAX_REPEATS = 1000
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # tabs and newlines are fine

@@ -13,8 +13,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from omni_batch.catalog import Catalog, usd
-from omni_batch.client import Balance, ToapisClient
 from omni_batch.errors import (
     ApiError,
     AuthError,
@@ -24,6 +22,8 @@ from omni_batch.errors import (
     OmniBatchError,
     TransportError,
 )
+from omni_batch.planning.catalog import Catalog, usd
+from omni_batch.running.api import Balance, ToapisClient
 
 PRICES_META = "prices"  # journal meta key: the price table the run used (for the report)
 PriceTable = Mapping[str, float | Mapping[str, float] | None]

@@ -15,8 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from omni_batch._yaml import LDict, YamlSyntaxError, load_located
 from omni_batch.errors import CatalogError, Problem, Where
+from omni_batch.planning._yaml import LDict, YamlSyntaxError, load_located
 
 BODY_FIELDS = ("aspect_ratio", "duration", "resolution")
 
@@ -402,8 +402,8 @@ class _CatalogReader:
 
 def load_catalog(overlay: str | Path | None = None) -> Catalog:
     """The shipped catalog, with ``overlay`` (a YAML/JSON file) laid over it if given."""
-    shipped = resources.files("omni_batch").joinpath("catalog.yaml").read_text("utf-8")
-    reader = _CatalogReader("omni_batch/catalog.yaml")
+    shipped = resources.files("omni_batch.planning").joinpath("catalog.yaml").read_text("utf-8")
+    reader = _CatalogReader("omni_batch/planning/catalog.yaml")
     entries = reader.read(shipped, {})
     if reader.problems:  # pragma: no cover - a broken shipped catalog is a packaging bug
         raise CatalogError(reader.problems)

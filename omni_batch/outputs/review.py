@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from omni_batch.errors import StateError, UsageError
-from omni_batch.journal import KEEP, Journal, Review, _lock_folder
+from omni_batch.journal.sqlite import KEEP, Journal, Review, _lock_folder
 
 
 class RunGoing(StateError):
@@ -107,8 +107,8 @@ def save_reviews(
 
 
 def _write_reports(folder: Path) -> None:
-    from omni_batch.gallery import write_gallery
-    from omni_batch.report import write_reports_digest
+    from omni_batch.outputs.gallery import write_gallery
+    from omni_batch.outputs.report import write_reports_digest
 
     # a slice at a time, never the whole table (flat memory for any number of jobs)
     digest = write_reports_digest(folder)

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omni_batch._yaml import LDict, LList, YamlSyntaxError, load_located
-from omni_batch.catalog import Catalog, load_catalog, usd
 from omni_batch.errors import ManifestError, Problem, Where
-from omni_batch.jobs import Job, PromptSpec, slug
-from omni_batch.resolve import Field, Problems, Resolver, suggest, text_of
-from omni_batch.sources import csv_entries, read_text
+from omni_batch.planning._yaml import LDict, LList, YamlSyntaxError, load_located
+from omni_batch.planning.catalog import Catalog, load_catalog, usd
+from omni_batch.planning.jobs import Job, PromptSpec, slug
+from omni_batch.planning.resolve import Field, Problems, Resolver, suggest, text_of
+from omni_batch.planning.sources import csv_entries, read_text
 
 DEFAULT_MODEL = "gemini_omni"
 TOP_KEYS = ("name", "model", "defaults", "vars", "prompts", "prompts_file", "budget")

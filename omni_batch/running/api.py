@@ -19,7 +19,6 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
-from omni_batch.budgets import QUERY, SUBMIT, RateHeaders, parse_rate_headers
 from omni_batch.errors import (
     Ambiguous,
     ApiError,
@@ -35,7 +34,8 @@ from omni_batch.errors import (
     UnrecognisedAnswer,
     UsageError,
 )
-from omni_batch.redact import Redactor
+from omni_batch.running.budgets import QUERY, SUBMIT, RateHeaders, parse_rate_headers
+from omni_batch.running.redact import Redactor
 
 DEFAULT_BASE_URL = "https://toapis.com"
 GENERATIONS = "/v1/videos/generations"

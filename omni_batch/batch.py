@@ -22,7 +22,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 
-from omni_batch.accounts import (
+from omni_batch.errors import Interrupted, OmniBatchError, OutputError, UsageError
+from omni_batch.journal.sqlite import Journal
+from omni_batch.outputs.digest import ReportDigest
+from omni_batch.outputs.gallery import write_gallery
+from omni_batch.outputs.report import build_report, refresh_reports, write_reports_digest
+from omni_batch.planning.catalog import Catalog
+from omni_batch.planning.manifest import Manifest, load_manifest
+from omni_batch.planning.slicing import check as check_slice
+from omni_batch.planning.slicing import normalise
+from omni_batch.running.accounts import (
     KEYS_ENV,
     AccountKeys,
     AccountRun,
@@ -31,23 +40,21 @@ from omni_batch.accounts import (
     parse_keys_file,
     recognise,
 )
-from omni_batch.budgets import DEFAULT_TIER, MAX_IN_FLIGHT, Account, Rates
-from omni_batch.catalog import Catalog
-from omni_batch.client import DEFAULT_BASE_URL, ToapisClient
-from omni_batch.digest import ReportDigest
-from omni_batch.download import LocalStore
-from omni_batch.engine import CANCEL_WITHIN_S, Engine, RunStats, cancel_and_wait
-from omni_batch.errors import Interrupted, OmniBatchError, OutputError, UsageError
-from omni_batch.gallery import write_gallery
-from omni_batch.journal import Journal
-from omni_batch.manifest import Manifest, load_manifest
-from omni_batch.money import PRICES_META, Preflight, Spend, balance_after, preflight, price_table
-from omni_batch.netguard import GuardedResolver, VideoGuard
-from omni_batch.policy import Policy
-from omni_batch.redact import Redactor
-from omni_batch.report import build_report, refresh_reports, write_reports_digest
-from omni_batch.slicing import check as check_slice
-from omni_batch.slicing import normalise
+from omni_batch.running.api import DEFAULT_BASE_URL, ToapisClient
+from omni_batch.running.budgets import DEFAULT_TIER, MAX_IN_FLIGHT, Account, Rates
+from omni_batch.running.download import LocalStore
+from omni_batch.running.engine import CANCEL_WITHIN_S, Engine, RunStats, cancel_and_wait
+from omni_batch.running.money import (
+    PRICES_META,
+    Preflight,
+    Spend,
+    balance_after,
+    preflight,
+    price_table,
+)
+from omni_batch.running.netguard import GuardedResolver, VideoGuard
+from omni_batch.running.options import Policy
+from omni_batch.running.redact import Redactor
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -118,7 +125,7 @@ class _PacedQueries:
 
 
 def _rates(options: RunOptions) -> Rates:
-    from omni_batch.budgets import TIERS
+    from omni_batch.running.budgets import TIERS
 
     if options.tier not in TIERS:
         raise UsageError(f"tier: {options.tier!r} is not one of {', '.join(TIERS)}")

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from omni_batch.catalog import Catalog
-from omni_batch.jobs import Job
-from omni_batch.manifest import Manifest, PlanSummary, load_manifest
+from omni_batch.planning.catalog import Catalog
+from omni_batch.planning.jobs import Job
+from omni_batch.planning.manifest import Manifest, PlanSummary, load_manifest
 
 if TYPE_CHECKING:
     import pandas as pd

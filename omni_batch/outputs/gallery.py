@@ -17,11 +17,11 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
-from omni_batch import gallery_template as tpl
-from omni_batch.digest import ReportDigest
+from omni_batch.outputs import gallery_template as tpl
+from omni_batch.outputs.digest import ReportDigest
 from omni_batch.errors import OutputError
-from omni_batch.summary import SHOWN_ROWS, formatted, informative, label, summary_tables
-from omni_batch.verify import poster, probe
+from omni_batch.outputs.summary import SHOWN_ROWS, formatted, informative, label, summary_tables
+from omni_batch.running.verify import poster, probe
 
 GALLERY = "gallery.html"
 POSTERS = "posters"
@@ -448,7 +448,7 @@ def _page(folder: Path, frame: pd.DataFrame, title: str | None, posters: bool) -
 def _streamed_records(folder: Path, posters: bool) -> Iterator[dict]:
     """The journal's report in the page's order, a slice at a time, each row with its video
     and poster (found, or extracted, a slice at a time)."""
-    from omni_batch.report import page_slices
+    from omni_batch.outputs.report import page_slices
 
     for frame in page_slices(folder):
         videos = _videos(folder, frame, list_directories=False)
@@ -507,7 +507,7 @@ def write_gallery(
     """
     folder = Path(folder)
     if frame is None:
-        from omni_batch.report import digest_report
+        from omni_batch.outputs.report import digest_report
 
         pieces = _streamed_page(folder, digest or digest_report(folder), title, posters)
     else:

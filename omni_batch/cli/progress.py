@@ -18,9 +18,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from omni_batch.digest import ReportDigest, value_counts
-from omni_batch.engine import RunStats
 from omni_batch.errors import InputError, OmniBatchError, StateError, UsageError
+from omni_batch.outputs.digest import ReportDigest, value_counts
+from omni_batch.running.engine import RunStats
 
 ORDER = ("pending", "submitting", "running", "downloading", "completed", "failed")
 
@@ -264,7 +264,7 @@ def run_summary(
         code, reason = (1, "failed_jobs") if failed else (0, "completed")
     before_the_run = isinstance(error, (InputError, UsageError, StateError)) or declined
     if report is None and folder is not None and not before_the_run:
-        from omni_batch.report import digest_report
+        from omni_batch.outputs.report import digest_report
 
         with contextlib.suppress(OmniBatchError):  # no journal yet: nothing to count
             report = digest_report(folder)

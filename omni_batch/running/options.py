@@ -44,7 +44,7 @@ class Policy:
     queued_factor: float = 1.5  # poll less often while a task is still queued
     jitter: float = 0.2  # ± fraction applied to each poll interval
     max_wait: float = 900.0  # give up on a task (keeping its id) after this long
-    # poll economy (omni_batch.polling): polls planned from progress and learned timings;
+    # poll economy (omni_batch.running.polling): polls planned from progress and learned timings;
     # plan_polls=False polls at first_poll, then every poll_interval (--poll-interval)
     plan_polls: bool = True
     poll_min_interval: float = 5.0  # never two status calls for one task closer than this

@@ -8,9 +8,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from omni_batch.catalog import usd
-from omni_batch.manifest import PlanSummary
-from omni_batch.plan import Plan
+from omni_batch.planning.catalog import usd
+from omni_batch.planning.manifest import PlanSummary
+from omni_batch.planning.plan import Plan
 
 
 def _counts(counts: dict) -> str:

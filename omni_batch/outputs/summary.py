@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from omni_batch.catalog import usd
+from omni_batch.planning.catalog import usd
 
 if TYPE_CHECKING:
     from rich.table import Table

@@ -8,10 +8,10 @@ import sys
 import click
 
 from omni_batch import __version__
-from omni_batch.budgets import MAX_IN_FLIGHT
-from omni_batch.clierrors import reports_errors
+from omni_batch.cli.errors import reports_errors
+from omni_batch.cli.simulate import simulate
 from omni_batch.errors import OmniBatchError, UsageError
-from omni_batch.simulator.command import simulate
+from omni_batch.running.budgets import MAX_IN_FLIGHT
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,7 +48,7 @@ MAX_JOBS_OPTION = click.option(
 @reports_errors
 def plan(manifest: str, fmt: str, catalog: str | None, max_jobs: int | None) -> None:
     """Validate MANIFEST and show the jobs it expands to. No network; exit 2 when invalid."""
-    from omni_batch.plan import plan as make_plan
+    from omni_batch.planning.plan import plan as make_plan
 
     result = make_plan(manifest, catalog, max_jobs=max_jobs)
     out = sys.stdout
@@ -60,7 +60,7 @@ def plan(manifest: str, fmt: str, catalog: str | None, max_jobs: int | None) -> 
     elif fmt == "csv":
         result.write_csv(out)
     else:
-        from omni_batch.display import plan_summary
+        from omni_batch.cli.views import plan_summary
 
         console = _console()
         console.print(plan_summary(result, console.width))
@@ -118,7 +118,7 @@ def _refuse_a_busy_folder(folder) -> None:
 
     (The journal takes the lock for the run itself; between this look and that, another run
     could still start, and is then refused by the journal.)"""
-    from omni_batch.journal import _lock_folder
+    from omni_batch.journal.sqlite import _lock_folder
 
     if folder.is_dir():
         with contextlib.suppress(OSError):  # unreadable or unwritable: the journal says so
@@ -305,7 +305,7 @@ def run(manifest: str | None, simulate_profile: str | None, json_out: bool, **op
         _print_json(
             where["folder"], report, None, simulate_profile, declined=report is None, sliced=sliced
         )
-    from omni_batch.progress import unfinished
+    from omni_batch.cli.progress import unfinished
 
     if report is not None and unfinished(report, sliced):
         sys.exit(1)
@@ -328,27 +328,27 @@ def _run(
         sim_config = SimConfig.from_profile(simulate_profile, **settings)
     elif sim_settings:
         raise UsageError("--sim-set works with --simulate only")
-    from omni_batch.plan import plan as make_plan
+    from omni_batch.planning.plan import plan as make_plan
 
     result = make_plan(manifest, catalog, max_jobs=max_jobs)  # a bad manifest: before the rest
-    from omni_batch.slicing import parse_only
+    from omni_batch.planning.slicing import parse_only
 
     only_values = parse_only(only)
     import asyncio
     import os
 
-    from omni_batch.client import check_base_url
-    from omni_batch.display import plan_summary
-    from omni_batch.policy import Policy
-    from omni_batch.progress import Progress, final_table
-    from omni_batch.runner import BASE_URL_ENV, RunOptions, output_folder, run_folder_async
+    from omni_batch.batch import BASE_URL_ENV, RunOptions, output_folder, run_folder_async
+    from omni_batch.cli.progress import Progress, final_table
+    from omni_batch.cli.views import plan_summary
+    from omni_batch.running.api import check_base_url
+    from omni_batch.running.options import Policy
 
     if keys_file is not None:  # a bad keys file: one line per problem, exit 2, before the rest
-        from omni_batch.accounts import parse_keys_file
+        from omni_batch.running.accounts import parse_keys_file
 
         parse_keys_file(keys_file)
     elif simulate_profile is None and (keys_env := os.environ.get("TOAPIS_API_KEYS", "").strip()):
-        from omni_batch.accounts import parse_keys_env
+        from omni_batch.running.accounts import parse_keys_env
 
         parse_keys_env(keys_env)
     if base_url is not None:  # a URL that cannot be the API root: one line, exit 2
@@ -366,7 +366,7 @@ def _run(
     _refuse_a_busy_folder(folder)
     sliced = None
     if limit is not None or only_values:  # a NAME or VALUE that selects nothing: before the plan
-        from omni_batch.slicing import check as check_slice
+        from omni_batch.planning.slicing import check as check_slice
 
         sliced = check_slice(result.manifest, only_values, limit, folder)
     console = _console(err=json_out)  # with --json, stdout holds the JSON object alone
@@ -433,12 +433,12 @@ def _run(
     except OmniBatchError as exc:
         _finish(folder, err)
         raise exc from None
-    from omni_batch.summary import summary_renderable
+    from omni_batch.outputs.summary import summary_renderable
 
     console.print(final_table(report))
     tables = report.summary_tables()
     console.print(summary_renderable(tables, value_width=_value_width(console)))
-    from omni_batch.progress import LEFT_PENDING, account_line, left_pending
+    from omni_batch.cli.progress import LEFT_PENDING, account_line, left_pending
 
     if line := account_line(report):
         console.print(line, highlight=False, soft_wrap=True)
@@ -456,8 +456,8 @@ def _run(
 
 def _finish(folder, console) -> None:
     """After an interrupted or stopped run: the summary of what the journal holds."""
-    from omni_batch.progress import final_table
-    from omni_batch.report import digest_report
+    from omni_batch.cli.progress import final_table
+    from omni_batch.outputs.report import digest_report
 
     with contextlib.suppress(OmniBatchError):  # no journal yet: nothing to summarise
         console.print(final_table(digest_report(folder)))
@@ -469,7 +469,7 @@ def _print_json(
     """`run --json`: how the run ended and what it left, one object on stdout."""
     import json
 
-    from omni_batch.progress import run_summary
+    from omni_batch.cli.progress import run_summary
 
     summary = run_summary(
         folder, report, error, simulated=profile, declined=declined, sliced=sliced
@@ -482,8 +482,8 @@ def _print_json(
 @reports_errors
 def status(folder: str) -> None:
     """Jobs per state in an output FOLDER (works while a run is going)."""
-    from omni_batch.progress import ORDER
-    from omni_batch.report import counts
+    from omni_batch.cli.progress import ORDER
+    from omni_batch.outputs.report import counts
 
     found = counts(folder)
     total = sum(found.values())
@@ -499,10 +499,10 @@ def report(folder: str) -> None:
     """Rebuild report.csv, report.parquet, failures.csv and gallery.html of an output FOLDER."""
     from pathlib import Path
 
-    from omni_batch.gallery import write_gallery
-    from omni_batch.progress import final_table
-    from omni_batch.report import write_reports_digest
-    from omni_batch.summary import summary_renderable
+    from omni_batch.cli.progress import final_table
+    from omni_batch.outputs.gallery import write_gallery
+    from omni_batch.outputs.report import write_reports_digest
+    from omni_batch.outputs.summary import summary_renderable
 
     digest = write_reports_digest(folder)  # a slice at a time: never the whole table
     page = write_gallery(Path(folder), digest=digest)
@@ -534,8 +534,8 @@ def pick(
 ) -> None:
     """Pick (or --reject) jobs of an output FOLDER, as the review page does; saved in its
     journal at once, and report.csv / report.parquet / gallery.html rewritten with them."""
-    from omni_batch.journal import KEEP
-    from omni_batch.review import save_reviews
+    from omni_batch.journal.sqlite import KEEP
+    from omni_batch.outputs.review import save_reviews
 
     if clear and (reject or score is not None or note is not None):
         raise UsageError("--clear removes the whole review; give it alone")
@@ -602,8 +602,8 @@ def promote(
 ) -> None:
     """Write the winners of a reviewed output FOLDER as the next round's manifest: their
     prompts, template variable values (as tags) and settings, with where they came from."""
-    from omni_batch.promote import parse_overrides
-    from omni_batch.promote import promote as make_manifest
+    from omni_batch.outputs.promote import parse_overrides
+    from omni_batch.outputs.promote import promote as make_manifest
 
     done = make_manifest(
         folder,
@@ -645,8 +645,8 @@ def review(folder: str, port: int, host: str, token: str | None) -> None:
     """Review an output FOLDER in the browser: pick, reject, score 1-5 and note each take,
     pivot the matrix by any variable, compare takes side by side. Every change is saved in the
     folder's journal at once; the report files carry them. Read-only while a run uses FOLDER."""
-    from omni_batch.review import check_folder
-    from omni_batch.review_server import check_bind, serve
+    from omni_batch.outputs.review import check_folder
+    from omni_batch.outputs.review_server import check_bind, serve
 
     check_bind(host, token)
     check_folder(folder)

@@ -205,9 +205,9 @@ def promote(
     repeats: int = 1,
 ) -> Promoted:
     """Write the manifest of ``folder``'s winners to ``out`` (planned first; see the module)."""
-    from omni_batch.plan import plan
-    from omni_batch.report import build_report
-    from omni_batch.review import check_folder
+    from omni_batch.planning.plan import plan
+    from omni_batch.outputs.report import build_report
+    from omni_batch.outputs.review import check_folder
 
     folder = check_folder(folder)
     out = Path(out)

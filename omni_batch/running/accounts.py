@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING
 from omni_batch.errors import InputError, Problem, Where
 
 if TYPE_CHECKING:
-    from omni_batch.budgets import Account
-    from omni_batch.client import ToapisClient
-    from omni_batch.journal import Journal
+    from omni_batch.journal.sqlite import Journal
+    from omni_batch.running.api import ToapisClient
+    from omni_batch.running.budgets import Account
 
 KEYS_ENV = "TOAPIS_API_KEYS"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

@@ -7,7 +7,7 @@ lost is `downloading` with its whole video already in place, which resume record
 download or a status call (Engine.resume). Every transition is appended to ``events.jsonl``
 once it is committed, with the counter ``n`` that makes it replayable: a journal that is
 missing, empty, unreadable or behind its events (a lost ``-wal``) is rebuilt from them
-(omni_batch.replay) before anything runs; a folder that shows an earlier run but has neither
+(omni_batch.journal.replay) before anything runs; a folder that shows an earlier run but has neither
 is refused rather than run, and paid for, again. ``submitting`` and ``running`` (the task id)
 are made durable (the -wal fsync'ed) before the run goes on; the other transitions only need
 to survive a process crash (synchronous=NORMAL): a power loss costs a poll at most.
@@ -28,12 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from omni_batch import crash, replay
+from omni_batch import crash
 from omni_batch.errors import OutputError, StateError, UsageError
-from omni_batch.jobs import Job
+from omni_batch.journal import replay
+from omni_batch.planning.jobs import Job
 
 if TYPE_CHECKING:
-    from omni_batch.verify import Probe
+    from omni_batch.running.verify import Probe
 
 SCHEMA_VERSION = 1
 _EVENT_JSON = json.JSONEncoder(ensure_ascii=False)  # one encoder: json.dumps makes one a call

@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from omni_batch import crash
-from omni_batch.accounts import AccountRun, choose
-from omni_batch.client import Submitted, TaskState
 from omni_batch.errors import (
     Ambiguous,
     ApiChanged,
@@ -34,11 +32,13 @@ from omni_batch.errors import (
     TransportError,
     UnrecognisedAnswer,
 )
-from omni_batch.journal import JobRow
-from omni_batch.policy import retried
+from omni_batch.journal.sqlite import JobRow
+from omni_batch.running.accounts import AccountRun, choose
+from omni_batch.running.api import Submitted, TaskState
+from omni_batch.running.options import retried
 
 if TYPE_CHECKING:
-    from omni_batch.client import ToapisClient
+    from omni_batch.running.api import ToapisClient
 
 PAGE = 64  # pending jobs read from the journal at a time
 
