@@ -30,7 +30,7 @@ PHASES = (  # first match wins, checked against the whole stack
     ("engine: video probe", ("probe (omni_batch/running/verify.py",)),
     ("engine: download", ("download (omni_batch/running/download.py",)),
     ("engine: journal", ("omni_batch/journal/sqlite.py",)),
-    ("engine: submit", ("Engine.submit_job",)),
+    ("engine: submit", ("Submitter.submit_job",)),
     ("engine: poll", ("Engine.poll",)),
     ("engine: other", ("omni_batch/running/engine.py", "omni_batch/running/budgets.py")),
     ("setup: manifest + journal", ("run_async",)),

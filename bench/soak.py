@@ -70,7 +70,7 @@ def _spawn(args: argparse.Namespace, manifest: Path, out: Path, sim) -> subproce
 
 
 def _job_of(cbid: str | None) -> str | None:
-    # ob-<8 hex run key><6 hex generation>-<job id> (see Submitting.new_business_id)
+    # ob-<8 hex run key><6 hex generation>-<job id> (see Submitter.new_business_id)
     return cbid[18:] if cbid and cbid.startswith("ob-") else None
 
 

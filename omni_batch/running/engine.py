@@ -17,8 +17,8 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 
@@ -48,8 +48,12 @@ from omni_batch.running.download import (
 from omni_batch.running.netguard import VideoGuard
 from omni_batch.running.options import Policy, retried
 from omni_batch.running.polling import Plan, PollPacer, PollPlanner, Track
-from omni_batch.running.submit import LookupProof, Stopping, Submitting
+from omni_batch.running.stats import RunStats
+from omni_batch.running.submit import Stopping, Submitter, unless_halted
 from omni_batch.running.verify import probe
+
+if TYPE_CHECKING:
+    from omni_batch.running.money import Spend
 
 # a 429 whose message speaks of tasks at once, not of requests per second
 CONCURRENCY_WORDS = re.compile(
@@ -114,27 +118,7 @@ class Flight:
     track: Track | None = None  # what the poll planner knows of the task
 
 
-@dataclass
-class RunStats:
-    """Live counters for the progress display; the journal stays the truth."""
-
-    counts: dict[str, int] = field(default_factory=dict)
-    started: float = field(default_factory=time.monotonic)
-    finished_here: int = 0  # completed or failed during this process
-    rate_limited: int = 0
-    messages: list[str] = field(default_factory=list)  # the last 20
-    logged: int = 0  # messages ever logged, so a reader knows how many it missed
-    spend: Any = None  # money.Spend: spent and projected, for the display (issue #15)
-
-    def move(self, old: str | None, new: str) -> None:
-        if old:
-            self.counts[old] = self.counts.get(old, 0) - 1
-        self.counts[new] = self.counts.get(new, 0) + 1
-        if new in ("completed", "failed"):
-            self.finished_here += 1
-
-
-class Engine(Submitting):
+class Engine:
     def __init__(
         self,
         journal: Journal,
@@ -168,7 +152,7 @@ class Engine(Submitting):
             session,
             store,
         )
-        self.policy, self.reconcile = policy, reconcile
+        self.policy = policy
         self.verify = verify  # decode every download (and make its poster) before completing
         # one thread decodes: probes queue behind each other instead of fighting over the GIL
         self.prober = ThreadPoolExecutor(1, thread_name_prefix="omni-batch-probe")
@@ -183,10 +167,7 @@ class Engine(Submitting):
         self.quota_error: QuotaError | None = None  # the last 402 that retired an account
         self.n_submit, self.n_poll, self.n_download = submit_workers, poll_workers, download_workers
         self.active = 0  # jobs between claim and terminal state
-        self.claimed = 0  # submissions taken off the queue and not yet settled
-        self.critical: set[asyncio.Task[None]] = set()  # submits that must finish, even on stop
         self.capacity = asyncio.Condition()
-        self.submits: asyncio.Queue[tuple[JobRow, bool]] = asyncio.Queue(maxsize=submit_workers)
         self.polls: asyncio.Queue[tuple[Flight]] = asyncio.Queue(maxsize=poll_workers)
         self.downloads: asyncio.Queue[tuple[Flight, str]] = asyncio.Queue(
             maxsize=self.max_in_flight
@@ -204,24 +185,42 @@ class Engine(Submitting):
         self.heap_changed = asyncio.Event()
         self.order = itertools.count()
         self.idle = asyncio.Event()
-        self.feeding = True
         self.stopping = False  # Ctrl-C: send nothing new, and stop polling
         self.halt = asyncio.Event()  # no new submit may leave (Ctrl-C, 402, a fatal error)
-        self.quota_hit: OmniBatchError | None = None  # why submitting stopped (402, ...)
-        # what each account has seen of the client_business_id lookup: a 404 is believed only
-        # when the lookup was proven on the same account (tasks and ids are per account)
-        self.proofs = {acct: LookupProof() for acct in accounts}
-        self.background: set[asyncio.Task[None]] = set()  # lookup probes; cancelled at the end
-        self.unrecognised_streak = 0  # submit answers in a row without a task id
+        self.background: set[asyncio.Task[None]] = set()  # timers' wakers; cancelled at the end
         self.fatal: BaseException | None = None
-        self.run_key = journal.meta("run_key") or "run"
         self.video_guard = VideoGuard(self.client.root)  # videos: public hosts, or the API's own
         # per kind of call (submit: True, status: False), the first 429 since another answer;
         # the API budgets the two apart, so one may be shut while the other flows
         self.throttled_since: dict[bool, float | None] = {True: None, False: None}
         self.submits_throttled: ThrottledTooLong | None = None
         self.cap_logged = -math.inf  # when a capped Retry-After was last logged
-        self.spend: Any = None  # money.Spend (issue #15): the runner sets it
+        # the money rules: the submit feeder and workers, reconciling, the spend limit
+        self.submitter = Submitter(
+            self,
+            journal,
+            accounts,
+            policy,
+            self.stats,
+            self.halt,
+            reconcile=reconcile,
+            run_key=journal.meta("run_key") or "run",
+            queue_size=submit_workers,
+        )
+
+    @property
+    def spend(self) -> Spend | None:
+        """budget.max_cost (issue #15): the runner sets it; the submitter holds it."""
+        return self.submitter.spend
+
+    @spend.setter
+    def spend(self, spend: Spend | None) -> None:
+        self.submitter.spend = spend
+
+    @property
+    def quota_hit(self) -> OmniBatchError | None:
+        """Why submitting stopped early (402, a changed API, budget.max_cost), if it did."""
+        return self.submitter.quota_hit
 
     def _poll_rate(self) -> float | None:
         """Status calls per second the accounts' query budgets serve, less a share kept for
@@ -259,7 +258,7 @@ class Engine(Submitting):
         """A log line's prefix naming the account, when there are several."""
         return f"account {account.name}: " if len(self.accounts) > 1 else ""
 
-    def _claim(self, job_id: str, account: AccountRun) -> None:
+    def claim(self, job_id: str, account: AccountRun) -> None:
         self.active += 1
         account.active += 1
         self.job_account[job_id] = account
@@ -288,7 +287,7 @@ class Engine(Submitting):
         older version) is the first account's; None when it is no longer configured."""
         return self.accounts[0] if name is None else self.by_name.get(name)
 
-    async def _release(self, job_id: str | None = None) -> None:
+    async def release(self, job_id: str | None = None) -> None:
         async with self.capacity:
             account = self._unclaim(job_id) if job_id is not None else None
             if job_id is None:
@@ -302,7 +301,7 @@ class Engine(Submitting):
             # a slot freed: submit workers wait for different accounts (and a concurrency
             # wait for its own), so all of them look; there are only a few
             self.capacity.notify_all()
-        self._check_idle()
+        self.check_idle()
 
     def _wake_soon(self) -> None:
         """From a timer: wake every capacity waiter (a task kept with the background ones, so
@@ -317,16 +316,16 @@ class Engine(Submitting):
 
     async def _leave(self, flight: Flight) -> None:
         """A task of a retired account: left as the journal has it, for a later run."""
-        await self._release(flight.job_id)
+        await self.release(flight.job_id)
 
-    async def _retire(self, account: AccountRun, exc: AuthError) -> None:
+    async def retire(self, account: AccountRun, exc: AuthError) -> None:
         """A 401 on one of the account's keys: nothing more is sent with it this run; its
         tasks stay in the journal for a later run. All accounts retired: the run stops."""
         if account.retired:
             return
         account.retired = account.no_submits = True
         if all(a.retired for a in self.accounts):
-            self._fail_fatal(exc)
+            self.fail_fatal(exc)
             return
         self.log(
             f"401 for account {account.name} (its key is refused): account retired; its tasks "
@@ -335,7 +334,7 @@ class Engine(Submitting):
         self._check_submits_left()
         await self._wake()
 
-    async def _out_of_quota(self, account: AccountRun, exc: QuotaError) -> None:
+    async def out_of_quota(self, account: AccountRun, exc: QuotaError) -> None:
         """A 402 on the account: no new submits with it; its tasks in flight are finished."""
         self.quota_error = exc
         if account.no_submits:
@@ -352,10 +351,10 @@ class Engine(Submitting):
     def _check_submits_left(self) -> None:
         """No account may submit any more: submissions close (as one account's 402 did)."""
         if not any(a.can_submit for a in self.accounts) and self.quota_error is not None:
-            self._close_submissions(self.quota_error)
+            self.submitter.close_submissions(self.quota_error)
 
-    def _check_idle(self) -> None:
-        if not self.feeding and self.active == 0 and self.claimed == 0 and self.submits.empty():
+    def check_idle(self) -> None:
+        if self.active == 0 and self.submitter.idle:
             self.idle.set()
 
     def schedule(self, flight: Flight, delay: float | Plan) -> None:
@@ -379,7 +378,7 @@ class Engine(Submitting):
             "was lost, run the same command again when it is reachable"
         )
 
-    def _fail_fatal(self, exc: BaseException) -> None:
+    def fail_fatal(self, exc: BaseException) -> None:
         if self.fatal is None:
             self.fatal = exc
             self.stopping = True
@@ -387,7 +386,7 @@ class Engine(Submitting):
             self.idle.set()
 
     # -- calls under the account's budgets ------------------------------------------------------
-    async def _pressured(
+    async def pressured(
         self,
         call: Callable[[ToapisClient], Awaitable[T]],
         *,
@@ -406,7 +405,7 @@ class Engine(Submitting):
             if submit and account.ready(category) and not self.halt.is_set():
                 await account.acquire(category)  # free now: nothing to race against halt
             elif submit:
-                await self._unless_halted(account.acquire(category))
+                await unless_halted(account.acquire(category), self.halt)
             else:
                 await account.acquire(category)
             try:
@@ -437,6 +436,8 @@ class Engine(Submitting):
             return result
         assert last is not None
         raise last
+
+    _pressured = pressured  # the name batch.py's _PacedQueries still calls
 
     def _answered(self, submit: bool, acct: AccountRun) -> None:
         if submit:  # a status or balance call proves the key, not that a submit is paid for
@@ -553,7 +554,7 @@ class Engine(Submitting):
             "the journal, run the same command again later to resume"
         )
         if not submit:
-            self._fail_fatal(ended)
+            self.fail_fatal(ended)
             raise ended
         if self.submits_throttled is None:
             self.submits_throttled = ended
@@ -561,12 +562,12 @@ class Engine(Submitting):
         self.halt.set()  # like a 402: nothing new is sent, what is in flight is finished
         raise Stopping()  # a refused submit created nothing: its job goes back to pending
 
-    async def _status_call(self, task_id: str, acct: AccountRun | None = None) -> TaskState:
+    async def status_call(self, task_id: str, acct: AccountRun | None = None) -> TaskState:
         """A status call (or a lookup) with a key of ``acct``: tasks and business ids are per
         account, so another account's key would not find it (and must never be used)."""
         return await retried(
             self.policy.poll_retrying,
-            lambda: self._pressured(lambda client: client.status(task_id), acct=acct),
+            lambda: self.pressured(lambda client: client.status(task_id), acct=acct),
         )
 
     def _flight(
@@ -595,6 +596,16 @@ class Engine(Submitting):
         """The first poll after a submit: planned from what tasks of its kind took."""
         assert flight.track is not None
         return self.planner.first(flight.track, time.monotonic(), flight.deadline)
+
+    def start_polling(self, row: JobRow, task_id: str) -> None:
+        """A task was just created for ``row``: on the poll heap, its first poll planned."""
+        flight = self._flight(row, task_id)
+        self.schedule(flight, self._first_poll(flight))
+
+    async def first_answer(self, row: JobRow, task_id: str, state: TaskState) -> None:
+        """An earlier POST's task was adopted: the lookup's answer is its first poll (it may
+        already be finished, and a finished task is never polled again)."""
+        await self.on_state(self._flight(row, task_id), state)
 
     # -- polling ----------------------------------------------------------------------------------
     async def dispatcher(self) -> None:
@@ -628,7 +639,7 @@ class Engine(Submitting):
             try:
                 self.journal.commit()
             except OmniBatchError as exc:  # e.g. the disk filled up
-                self._fail_fatal(exc)
+                self.fail_fatal(exc)
                 return
 
     async def pool_worker(
@@ -641,7 +652,7 @@ class Engine(Submitting):
             try:
                 await handle(*item)
             except Exception as exc:
-                self._fail_fatal(exc)
+                self.fail_fatal(exc)
             finally:
                 queue.task_done()
 
@@ -650,9 +661,9 @@ class Engine(Submitting):
         if acct.retired:  # its key was refused: never polled with another; left for later
             return await self._leave(flight)
         try:
-            state = await self._status_call(flight.task_id, acct)
+            state = await self.status_call(flight.task_id, acct)
         except AuthError as exc:
-            await self._retire(acct, exc)
+            await self.retire(acct, exc)
             return await self._leave(flight)
         except RequestRejected as exc:
             kind = exc.error_type or f"http_{exc.status}"
@@ -665,7 +676,7 @@ class Engine(Submitting):
             )
         except (ApiError, TransportError) as exc:
             if isinstance(exc, NotSent):  # no connection, after a few quick tries: stop
-                self._fail_fatal(self.unreachable(exc))
+                self.fail_fatal(self.unreachable(exc))
                 return
             self.log(f"{flight.job_id}: status call failed ({exc}); trying again later")
             if flight.track is not None:
@@ -743,7 +754,7 @@ class Engine(Submitting):
             task=task,
         )
         self._moved(old, "failed")
-        await self._release(flight.job_id)
+        await self.release(flight.job_id)
 
     # -- downloading ------------------------------------------------------------------------------
     async def fetch(self, flight: Flight, url: str) -> None:
@@ -770,12 +781,12 @@ class Engine(Submitting):
                 if acct.retired:  # no key of its account left: a later run asks
                     return await self._leave(flight)
                 try:
-                    state = await self._status_call(flight.task_id, acct)
+                    state = await self.status_call(flight.task_id, acct)
                 except AuthError as err:
-                    await self._retire(acct, err)
+                    await self.retire(acct, err)
                     return await self._leave(flight)
                 except NotSent as err:  # the API is gone: stop; the task stays downloading
-                    self._fail_fatal(self.unreachable(err))
+                    self.fail_fatal(self.unreachable(err))
                     return await self._leave(flight)
                 except (ApiError, TransportError) as err:
                     state = None
@@ -799,7 +810,7 @@ class Engine(Submitting):
             )
         self.journal.mark_completed(flight.job_id, relative, got.size, check)
         self._moved("downloading", "completed")
-        await self._release(flight.job_id)
+        await self.release(flight.job_id)
 
     # -- the run ----------------------------------------------------------------------------------
     def resume(self) -> tuple[list[tuple[JobRow, bool]], list[tuple[Flight, str]]]:
@@ -812,7 +823,7 @@ class Engine(Submitting):
             if account is None:  # never polled or settled with another account's key
                 left[row.account or ""] = left.get(row.account or "", 0) + 1
                 continue
-            self._claim(row.job_id, account)
+            self.claim(row.job_id, account)
             if row.state == "submitting":
                 settle.append((row, True))
                 continue
@@ -853,7 +864,9 @@ class Engine(Submitting):
         ]
         for queue, handle, size in pools:
             workers += [asyncio.create_task(self.pool_worker(queue, handle)) for _ in range(size)]
-        submitters = [asyncio.create_task(self.submit_worker()) for _ in range(self.n_submit)]
+        submitters = [
+            asyncio.create_task(self.submitter.submit_worker()) for _ in range(self.n_submit)
+        ]
 
         async def settle_then_feed() -> None:
             try:
@@ -861,10 +874,10 @@ class Engine(Submitting):
                     await self.downloads.put(item)
                 for item in settle:
                     self._unclaim(item[0].job_id)  # the submit worker claims it again
-                    await self.submits.put(item)
-                await self.feeder()
+                    await self.submitter.submits.put(item)
+                await self.submitter.feeder()
             except Exception as exc:  # e.g. the journal became unreadable: end the run
-                self._fail_fatal(exc)
+                self.fail_fatal(exc)
 
         feeder = asyncio.create_task(settle_then_feed())
         waits = [asyncio.create_task(stop.wait()), asyncio.create_task(self.idle.wait())]
@@ -884,11 +897,13 @@ class Engine(Submitting):
             feeder.cancel()
             async with self.capacity:
                 self.capacity.notify_all()
-            under_way = set(self.critical)  # one may end while its worker is cancelled
+            critical = self.submitter.critical
+            under_way = set(critical)  # one may end while its worker is cancelled
             await cancel_and_wait(submitters, CANCEL_WITHIN_S)
-            await self._settle_submits(under_way | self.critical, SUBMIT_GRACE_S)
+            await self._settle_submits(under_way | critical, SUBMIT_GRACE_S)
             stuck = await cancel_and_wait(
-                [*workers, *waits, *self.background, feeder], CANCEL_WITHIN_S
+                [*workers, *waits, *self.background, *self.submitter.probes, feeder],
+                CANCEL_WITHIN_S,
             )
             if stuck:  # pragma: no cover - a task that ignores every cancel: leave it behind
                 self._say(f"stopping: {stuck} tasks did not stop; leaving them")
@@ -909,7 +924,7 @@ class Engine(Submitting):
         done, late = await asyncio.wait(submits, timeout=grace)
         for task in done:  # their workers are gone: an error (a full disk) is ours to report
             if isinstance(error := _outcome(task), Exception):
-                self._fail_fatal(error)
+                self.fail_fatal(error)
         if late:
             self._say(
                 f"stopping: {len(late)} submits unanswered after {grace:g} s are left "

@@ -1,8 +1,10 @@
 """The submit path, where the money is: one POST per job unless the earlier one provably
 never landed, reconciling by client_business_id, and the journal written around every POST.
 
-A mixin of Engine (it shares the engine's journal, queues and counters); kept apart because
-these rules are the ones a reviewer must be able to read in one sitting.
+``Submitter`` holds these rules; the engine composes one and hands it what it needs, declared
+in its constructor (journal, accounts, policy, counters, the halt event) and ``SubmitHost`` (the
+few things it asks of the run around it). Kept apart because these rules are the ones a reviewer
+must be able to read in one sitting.
 """
 
 from __future__ import annotations
@@ -12,15 +14,16 @@ import contextlib
 import dataclasses
 import secrets
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from omni_batch import crash
 from omni_batch.errors import (
     Ambiguous,
     ApiChanged,
     ApiError,
+    ApiUnreachable,
     AuthError,
     BadResponse,
     NotSent,
@@ -32,15 +35,18 @@ from omni_batch.errors import (
     TransportError,
     UnrecognisedAnswer,
 )
-from omni_batch.journal.sqlite import JobRow
+from omni_batch.journal.sqlite import JobRow, Journal
 from omni_batch.running.accounts import AccountRun, choose
 from omni_batch.running.api import Submitted, TaskState
-from omni_batch.running.options import retried
+from omni_batch.running.options import Policy, retried
+from omni_batch.running.stats import RunStats
 
 if TYPE_CHECKING:
     from omni_batch.running.api import ToapisClient
+    from omni_batch.running.money import Spend
 
 PAGE = 64  # pending jobs read from the journal at a time
+T = TypeVar("T")
 
 
 class Stopping(Exception):
@@ -73,27 +79,105 @@ class LookupProof:
     journal_check: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-class Submitting:
+async def unless_halted(waiting: Awaitable[None], halt: asyncio.Event) -> None:
+    """Wait for a submit permit, but give up the moment submissions close (Ctrl-C, 402)."""
+    waiter = asyncio.ensure_future(waiting)
+    halted = asyncio.ensure_future(halt.wait())
+    try:
+        await asyncio.wait({waiter, halted}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        waiter.cancel()  # cancelled (shutdown): leave no orphan waiting in the limiter
+        raise
+    finally:
+        halted.cancel()
+    if not waiter.done():
+        waiter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiter
+    if halt.is_set():
+        raise Stopping()
+    waiter.result()
+
+
+class SubmitHost(Protocol):
+    """What the submitter asks of the run around it (the Engine): the in-flight slots it
+    claims and gives back, the API under the accounts' budgets, what to do with an account
+    that refused, and the poller a job's task is handed to."""
+
+    @property
+    def stopping(self) -> bool: ...  # Ctrl-C or a fatal error: nothing new at all
+    @property
+    def active(self) -> int: ...  # jobs claimed and not yet terminal, all accounts
+    @property
+    def max_in_flight(self) -> int: ...
+    @property
+    def capacity(self) -> asyncio.Condition: ...  # notified whenever a slot frees
+    @property
+    def queued(self) -> set[str]: ...  # jobs that chose an account and wait for its budget
+    @property
+    def job_account(self) -> dict[str, AccountRun]: ...  # each claimed job's account
+
+    def log(self, message: str) -> None: ...
+    def account_named(self, name: str | None) -> AccountRun | None: ...
+    def claim(self, job_id: str, account: AccountRun) -> None: ...
+    async def release(self, job_id: str | None = None) -> None: ...
+    def check_idle(self) -> None: ...
+    def fail_fatal(self, exc: BaseException) -> None: ...
+    def unreachable(self, exc: NotSent) -> ApiUnreachable: ...
+    async def retire(self, account: AccountRun, exc: AuthError) -> None: ...
+    async def out_of_quota(self, account: AccountRun, exc: QuotaError) -> None: ...
+    async def pressured(
+        self,
+        call: Callable[[ToapisClient], Awaitable[T]],
+        *,
+        submit: bool = False,
+        acct: AccountRun | None = None,
+    ) -> T: ...
+    async def status_call(self, task_id: str, acct: AccountRun | None = None) -> TaskState: ...
+    def start_polling(self, row: JobRow, task_id: str) -> None:
+        """A task was just created for ``row``: poll it (its first poll planned)."""
+        ...
+
+    async def first_answer(self, row: JobRow, task_id: str, state: TaskState) -> None:
+        """An earlier POST's task was adopted: ``state`` is its first poll's answer."""
+        ...
+
+
+class Submitter:
     """Submit workers and the rules of one job's submit; see the module docstring."""
 
-    async def _unless_halted(self, waiting: Awaitable[None]) -> None:
-        """Wait for a submit permit, but give up the moment submissions close (Ctrl-C, 402)."""
-        waiter = asyncio.ensure_future(waiting)
-        halted = asyncio.ensure_future(self.halt.wait())
-        try:
-            await asyncio.wait({waiter, halted}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            waiter.cancel()  # cancelled (shutdown): leave no orphan waiting in the limiter
-            raise
-        finally:
-            halted.cancel()
-        if not waiter.done():
-            waiter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await waiter
-        if self.halt.is_set():
-            raise Stopping()
-        waiter.result()
+    def __init__(
+        self,
+        host: SubmitHost,
+        journal: Journal,
+        accounts: list[AccountRun],
+        policy: Policy,
+        stats: RunStats,
+        halt: asyncio.Event,
+        *,
+        reconcile: bool,
+        run_key: str,
+        queue_size: int,
+    ):
+        self.host, self.journal, self.accounts = host, journal, accounts
+        self.policy, self.stats, self.reconcile, self.run_key = policy, stats, reconcile, run_key
+        self.halt = halt  # no new submit may leave (Ctrl-C, 402, a fatal error)
+        self.spend: Spend | None = None  # budget.max_cost (issue #15): the runner sets it
+        self.quota_hit: OmniBatchError | None = None  # why submitting stopped (402, ...)
+        self.submits: asyncio.Queue[tuple[JobRow, bool]] = asyncio.Queue(maxsize=queue_size)
+        self.feeding = True
+        self.claimed = 0  # submissions taken off the queue and not yet settled
+        self.critical: set[asyncio.Task[None]] = set()  # submits that must finish, even on stop
+        # what each account has seen of the client_business_id lookup: a 404 is believed only
+        # when the lookup was proven on the same account (tasks and ids are per account)
+        self.proofs = {acct: LookupProof() for acct in accounts}
+        self.probes: set[asyncio.Task[None]] = set()  # lookup probes; cancelled at the end
+        self.unrecognised_streak = 0  # submit answers in a row without a task id
+
+    @property
+    def idle(self) -> bool:
+        """Nothing left to feed and no submit taken or waiting."""
+        return not self.feeding and self.claimed == 0 and self.submits.empty()
 
     async def _submit_call(
         self,
@@ -110,17 +194,17 @@ class Submitting:
 
         def send(client: ToapisClient) -> Awaitable[Submitted]:
             self.journal.mark_submitting(row.job_id, business_id, flagged, acct.identity.recorded)
-            if row.job_id in self.queued:  # through its budget: no longer waiting on it
-                self.queued.discard(row.job_id)
+            if row.job_id in self.host.queued:  # through its budget: no longer waiting on it
+                self.host.queued.discard(row.job_id)
                 acct.waiting -= 1
             if not moved[0]:
                 moved[0] = True
-                self._moved(row.state, "submitting")
+                self.stats.move(row.state, "submitting")
             crash.point("before_post")
             return client.submit(row.body, business_id)
 
         return await retried(
-            self.policy.submit_retrying, lambda: self._pressured(send, submit=True, acct=acct)
+            self.policy.submit_retrying, lambda: self.host.pressured(send, submit=True, acct=acct)
         )
 
     # -- reconciling by client_business_id -------------------------------------------------------
@@ -133,7 +217,7 @@ class Submitting:
     def _lookup_broken(self, why: str) -> None:
         """The lookup misbehaved: it is trusted on no account for the rest of the run."""
         if not any(p.broken for p in self.proofs.values()):
-            self.log(why)
+            self.host.log(why)
         for proof in self.proofs.values():
             proof.broken = True
 
@@ -142,7 +226,7 @@ class Submitting:
         An answer that echoes another business id is no answer about ours: the lookup is
         marked broken (never trusted again this run) and this raises."""
         try:
-            found = await self._status_call(business_id, acct)
+            found = await self.host.status_call(business_id, acct)
         except RequestRejected as exc:
             if exc.status == 404:
                 return None
@@ -215,8 +299,8 @@ class Submitting:
             return
         proof.probing = True
         task = asyncio.create_task(self._probe(task_id, business_id, sent_at, acct))
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
+        self.probes.add(task)
+        task.add_done_callback(self.probes.discard)
 
     async def _probe(
         self, task_id: str, business_id: str, sent_at: float, acct: AccountRun
@@ -232,7 +316,7 @@ class Submitting:
                 try:
                     found = await self._lookup(business_id, acct)
                 except AuthError as exc:
-                    await self._retire(acct, exc)
+                    await self.host.retire(acct, exc)
                     return
                 except OmniBatchError:
                     return  # no verdict: a later submit probes again
@@ -286,13 +370,13 @@ class Submitting:
                 proof.proven = True
 
     # -- submitting -------------------------------------------------------------------------------
-    def _close_submissions(self, reason: OmniBatchError | None = None) -> None:
+    def close_submissions(self, reason: OmniBatchError | None = None) -> None:
         """No new submit leaves; tasks in flight are still polled and downloaded. ``reason``
         (402, a changed API) is raised when the run ends."""
         if reason is not None and self.quota_hit is None:
             self.quota_hit = reason
             what = "402 insufficient quota" if isinstance(reason, QuotaError) else str(reason)
-            self.log(f"{what}: no new submissions; finishing {self.active} in flight")
+            self.host.log(f"{what}: no new submissions; finishing {self.host.active} in flight")
         self.halt.set()
 
     async def feeder(self) -> None:
@@ -310,7 +394,7 @@ class Submitting:
                     after = row.seq
         finally:
             self.feeding = False
-            self._check_idle()
+            self.host.check_idle()
 
     def _pick(self, fixed: AccountRun | None) -> AccountRun | None:
         """The account a submit may go to now: ``fixed`` (a job left mid-submit is settled
@@ -318,7 +402,7 @@ class Submitting:
         frees soonest among those with room (accounts.choose)."""
         if fixed is not None:
             return fixed if not fixed.retired and fixed.active < fixed.cap else None
-        if self.active >= self.max_in_flight:
+        if self.host.active >= self.host.max_in_flight:
             return None
         return choose(self.accounts)
 
@@ -329,13 +413,13 @@ class Submitting:
             try:
                 await self._submit_one(row, ambiguous)
             except Exception as exc:  # a bug (or a full disk): end the run rather than hang
-                self._fail_fatal(exc)
+                self.host.fail_fatal(exc)
             finally:
                 if self.spend is not None:
                     self.spend.settled(row.job_id)
                 self.claimed -= 1
                 self.submits.task_done()
-                self._check_idle()
+                self.host.check_idle()
 
     async def _submit_one(self, row: JobRow, ambiguous: bool) -> None:
         """One job from the queue: choose its account, submit; when its account refused it
@@ -344,29 +428,29 @@ class Submitting:
         if not ambiguous and spend is not None and not spend.allows(row.job_id, row.body):
             if self.quota_hit is None:  # submits already allowed still go
                 self.quota_hit = spend.over_budget()
-                self.log(f"{self.quota_hit}; finishing {self.active} in flight")
+                self.host.log(f"{self.quota_hit}; finishing {self.host.active} in flight")
             return  # still pending
         while True:
-            if self.stopping or (self.halt.is_set() and not ambiguous):
+            if self.host.stopping or (self.halt.is_set() and not ambiguous):
                 return  # still pending (or still `submitting`) in the journal
-            fixed = self.account_named(row.account) if ambiguous else None
+            fixed = self.host.account_named(row.account) if ambiguous else None
             if ambiguous and fixed is None:
                 return  # its account is no longer configured: left for a later run
 
             def ready(fixed: AccountRun | None = fixed) -> bool:
-                if self.stopping or (fixed is None and self.halt.is_set()):
+                if self.host.stopping or (fixed is None and self.halt.is_set()):
                     return True
                 return (fixed is not None and fixed.retired) or self._pick(fixed) is not None
 
-            async with self.capacity:
-                await self.capacity.wait_for(ready)
-                if self.stopping or (fixed is None and self.halt.is_set()):
+            async with self.host.capacity:
+                await self.host.capacity.wait_for(ready)
+                if self.host.stopping or (fixed is None and self.halt.is_set()):
                     return
                 acct = self._pick(fixed)
                 if acct is None:  # its account was retired meanwhile: left as it is
                     return
-                self._claim(row.job_id, acct)
-                self.queued.add(row.job_id)
+                self.host.claim(row.job_id, acct)
+                self.host.queued.add(row.job_id)
                 acct.waiting += 1
             try:
                 if acct.key_proven.is_set():
@@ -377,22 +461,22 @@ class Submitting:
                 return
             except AccountRefused as refused:
                 if isinstance(refused.error, AuthError):
-                    await self._retire(acct, refused.error)
+                    await self.host.retire(acct, refused.error)
                 else:
-                    await self._out_of_quota(acct, refused.error)
+                    await self.host.out_of_quota(acct, refused.error)
                 if not refused.again:
                     return
                 # nothing was created: a new submit (new business id) through another account
                 row = dataclasses.replace(row, state="pending", business_id=None, account=None)
                 ambiguous = False
             except AuthError as exc:  # a lookup while settling: the job stays as it is
-                await self._retire(acct, exc)
-                if row.job_id in self.job_account:
-                    await self._release(row.job_id)
+                await self.host.retire(acct, exc)
+                if row.job_id in self.host.job_account:
+                    await self.host.release(row.job_id)
                 return
             finally:
-                if row.job_id in self.queued:
-                    self.queued.discard(row.job_id)
+                if row.job_id in self.host.queued:
+                    self.host.queued.discard(row.job_id)
                     acct.waiting -= 1
 
     async def _critical_submit(self, row: JobRow, ambiguous: bool, acct: AccountRun) -> None:
@@ -460,7 +544,7 @@ class Submitting:
                 ):
                     return await self._give_up_submit(row, exc, maybe_sent, flagged)
                 how = "flagged possible_duplicate" if not known else "it did not land"
-                self.log(f"{row.job_id}: submit outcome unknown ({exc}); sending again, {how}")
+                self.host.log(f"{row.job_id}: submit outcome unknown ({exc}); sending again, {how}")
                 continue
             except RequestRejected as exc:
                 if exc.status == 409 and business_id:  # our id is taken: an earlier POST landed
@@ -482,7 +566,7 @@ class Submitting:
                 raise AccountRefused(exc, again=not maybe_sent) from None
             except NotSent as exc:  # no connection after a few quick tries: the run stops
                 await self._unsent(row, "API unreachable", maybe_sent, moved[0])
-                self._fail_fatal(self.unreachable(exc))
+                self.host.fail_fatal(self.host.unreachable(exc))
                 return None
             except RateLimited:  # 429 on every try: nothing was created; pending for later
                 return await self._unsent(row, "429 on every try", maybe_sent, moved[0])
@@ -494,10 +578,9 @@ class Submitting:
                 self.spend.billed(row.job_id, row.body)
             crash.point("after_task_id")
             acct.submitted += 1
-            self._moved("submitting", "running")
+            self.stats.move("submitting", "running")
             self._prove_lookup(submitted.task_id, business_id, sent_at, acct)
-            flight = self._flight(row, submitted.task_id)
-            self.schedule(flight, self._first_poll(flight))
+            self.host.start_polling(row, submitted.task_id)
             return None
 
     async def _unrecognised(self, row: JobRow, exc: UnrecognisedAnswer) -> None:
@@ -512,9 +595,9 @@ class Submitting:
             request_id=exc.request_id,
             possible_duplicate=True,
         )
-        self._moved("submitting", "failed")
+        self.stats.move("submitting", "failed")
         if self.unrecognised_streak >= self.policy.unrecognised_in_a_row:
-            self._close_submissions(
+            self.close_submissions(
                 ApiChanged(
                     f"the API's submit answers changed shape: {self.unrecognised_streak} in a "
                     f"row had no task id omni-batch recognises (last: {exc.raw[:200]}); "
@@ -522,25 +605,27 @@ class Submitting:
                     "flagged possible_duplicate"
                 )
             )
-        await self._release(row.job_id)
+        await self.host.release(row.job_id)
 
-    async def _adopt(self, row: JobRow, found: TaskState, business_id: str) -> None:
+    async def _adopt(self, row: JobRow, found: TaskState, business_id: str | None) -> None:
         """An earlier POST did land: take its task, and use the lookup's answer as its first
         poll (it may already be finished, and a finished task is never polled again)."""
         task_id = found.task_id or business_id
+        # a task is only ever found by our business id (or named with its task id)
+        assert task_id is not None
         self.journal.mark_running(row.job_id, task_id, found.request_id, adopted=True)
         if self.spend is not None:
             self.spend.billed(row.job_id, row.body)
-        self._moved("submitting", "running")
-        self.log(f"{row.job_id}: an earlier submit did land (task {task_id}); adopted it")
-        await self.on_state(self._flight(row, task_id), found)
+        self.stats.move("submitting", "running")
+        self.host.log(f"{row.job_id}: an earlier submit did land (task {task_id}); adopted it")
+        await self.host.first_answer(row, task_id, found)
 
     async def _named_task(self, task_id: str, acct: AccountRun) -> TaskState | None:
         """The task a 409 named, if a status call shows it exists and no other job holds it."""
         if self.journal.task_owner(task_id) is not None:
             return None
         try:
-            state = await self._status_call(task_id, acct)
+            state = await self.host.status_call(task_id, acct)
         except AuthError:
             raise
         except OmniBatchError:
@@ -554,8 +639,8 @@ class Submitting:
         job stays `submitting` so the next run settles it; else it is simply pending."""
         if not maybe_sent and moved:
             self.journal.mark_pending(row.job_id, reason)
-            self._moved("submitting", "pending")
-        await self._release(row.job_id)
+            self.stats.move("submitting", "pending")
+        await self.host.release(row.job_id)
 
     async def _give_up_submit(
         self, row: JobRow, exc: OmniBatchError, maybe_sent: bool, flagged: bool
@@ -570,5 +655,5 @@ class Submitting:
             request_id=getattr(exc, "request_id", None),
             possible_duplicate=flagged,
         )
-        self._moved("submitting", "failed")
-        await self._release(row.job_id)
+        self.stats.move("submitting", "failed")
+        await self.host.release(row.job_id)
