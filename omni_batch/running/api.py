@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -179,8 +179,9 @@ def parse_balance(body: Any, request_id: str | None) -> Balance:
     credits = {k: _amount(holder.get(f"{k}_credits")) for k in ("remain", "used")}
     usd = {k: _amount(holder.get(f"{k}_balance")) for k in ("remain", "used")}
     for k in usd:
-        if usd[k] is None and credits[k] is not None and per_usd:
-            usd[k] = credits[k] / per_usd
+        credit = credits[k]
+        if usd[k] is None and credit is not None and per_usd:
+            usd[k] = credit / per_usd
     unlimited = holder.get("unlimited_quota") in (True, "true", "True", 1)
     if not unlimited and usd["remain"] is None:
         raise BadResponse(
@@ -301,12 +302,24 @@ def _retry_after(headers: Any) -> float | None:
     return retry_after_seconds(headers.get("Retry-After"))
 
 
+class _ErrorFields(TypedDict):
+    """What every ApiError of an answer carries besides its message."""
+
+    status: int
+    error_type: str | None
+    request_id: str | None
+
+
 def _raise_for_status(status: int, headers: Any, body: Any, text: str) -> None:
     if 200 <= status < 300:
         return
     snippet = " ".join(text.split())[:200] or f"HTTP {status}"
     message, kind = _error_fields(body, snippet)
-    kw = {"status": status, "error_type": kind, "request_id": _request_id(headers, body)}
+    kw: _ErrorFields = {
+        "status": status,
+        "error_type": kind,
+        "request_id": _request_id(headers, body),
+    }
     if status == 401:
         raise AuthError(message, **kw)
     if status == 402:
@@ -392,10 +405,14 @@ def parse_status(body: Any, request_id: str | None) -> TaskState:
     if isinstance(result, dict) and isinstance(item := _first(result.get("data")), dict):
         url = item.get("url")
     url = url or body.get("url") or body.get("video_url")
-    error = body.get("error") if isinstance(body.get("error"), dict) else {}
+    error = body.get("error")
+    if not isinstance(error, dict):
+        error = {}
     progress = _number(body.get("progress"))
     task_id = body.get("id") or body.get("task_id")
-    meta = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+    meta = body.get("metadata")
+    if not isinstance(meta, dict):
+        meta = {}
     cbid = body.get("client_business_id") or meta.get("client_business_id")
     return TaskState(
         status=status,

@@ -836,13 +836,14 @@ class Engine:
                 polls=row.polls,
                 state=row.state,
             )
-            fresh = row.video_url and (row.expires_at or 0) > time.time()
+            url = row.video_url or ""
+            fresh = bool(url) and (row.expires_at or 0) > time.time()
             if row.state == "downloading" and (found := self.store.on_disk(row.job_id)):
                 # renamed into place whole, its `completed` lost to a crash: nothing to fetch
                 flight.on_disk = found
-                downloads.append((flight, row.video_url or ""))
+                downloads.append((flight, url))
             elif row.state == "downloading" and fresh:
-                downloads.append((flight, row.video_url))  # no status call on a finished task
+                downloads.append((flight, url))  # no status call on a finished task
             else:
                 self.schedule(flight, 0)  # running, or a link that needs refreshing
         for name, n in left.items():
@@ -858,7 +859,7 @@ class Engine:
             asyncio.create_task(self.dispatcher()),
             asyncio.create_task(self.committer()),
         ]
-        pools = [
+        pools: list[tuple[asyncio.Queue[Any], Callable[..., Awaitable[None]], int]] = [
             (self.polls, self.poll, self.n_poll),
             (self.downloads, self.fetch, self.n_download),
         ]
@@ -872,9 +873,9 @@ class Engine:
             try:
                 for item in downloads:
                     await self.downloads.put(item)
-                for item in settle:
-                    self._unclaim(item[0].job_id)  # the submit worker claims it again
-                    await self.submitter.submits.put(item)
+                for job in settle:
+                    self._unclaim(job[0].job_id)  # the submit worker claims it again
+                    await self.submitter.submits.put(job)
                 await self.submitter.feeder()
             except Exception as exc:  # e.g. the journal became unreadable: end the run
                 self.fail_fatal(exc)

@@ -236,8 +236,8 @@ async def preflight(
     pay for the jobs still to submit (InsufficientBalance, exit 4), or with ``allow_partial``
     limit the run to what it pays for. An endpoint the API does not have (404), or that fails,
     skips its check with a note; a refused key (401) ends the run as any call would."""
-    found = Preflight(estimate=estimate(journal.pending_groups(), table))
-    todo = found.estimate
+    todo = estimate(journal.pending_groups(), table)
+    found = Preflight(estimate=todo)
     if not todo.jobs:
         return found
     await _check_models(client, todo.models, say)

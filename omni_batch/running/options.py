@@ -147,4 +147,4 @@ async def retried(rules: Callable[[], Retrying], call: Callable[[], Awaitable[T]
             state.prepare_for_next_attempt()
             await asyncio.sleep(do)
         else:
-            return do  # type: ignore[no-any-return]
+            return do
