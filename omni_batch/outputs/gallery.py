@@ -12,14 +12,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from html import escape
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
 
+from omni_batch.errors import OutputError
 from omni_batch.outputs import gallery_template as tpl
 from omni_batch.outputs.digest import ReportDigest
-from omni_batch.errors import OutputError
 from omni_batch.outputs.summary import SHOWN_ROWS, formatted, informative, label, summary_tables
 from omni_batch.running.verify import poster, probe
 
@@ -44,7 +45,7 @@ def _e(value: object) -> str:
     return escape(value if isinstance(value, str) else _text(value), quote=True)
 
 
-def _cells(column: pd.Series) -> Iterator[object]:
+def _cells(column: pd.Series) -> Iterator[Any]:
     """A column's values as Python objects, taken out a slice at a time (iterating a text
     column took each value out of Arrow alone, and a whole column at once costs memory)."""
     for start in range(0, len(column), RECORDS_PER_SLICE):

@@ -664,7 +664,8 @@ class Simulator:
                 self.state.new_link(task, now + self.config.link_ttl)
             cfg = self.config
             task.answers += 1
-            url, expiry = self._video_url(task), task.expiry
+            url: str | None = self._video_url(task)
+            expiry = task.expiry
             if task.answers <= cfg.no_url_answers:
                 url = None
             elif task.answers <= cfg.no_url_answers + cfg.stale_link_answers:

@@ -344,7 +344,7 @@ class SimState:
         # billing (issue #15): credits taken at create, given back when a generation fails
         self.credits_charged = 0.0
         self.credits_refunded = 0.0
-        self.key_credits: Counter[str] = Counter()  # key → credits used (net of refunds)
+        self.key_credits: dict[str, float] = {}  # key → credits used (net of refunds)
         self._refunds: list[tuple[float, int, str, float]] = []  # (when, n, key, credits)
         self.saved = saved
         if saved is not None:
@@ -407,7 +407,7 @@ class SimState:
         if not task.credits:
             return
         self.credits_charged += task.credits
-        self.key_credits[task.key] += task.credits
+        self.key_credits[task.key] = self.key_credits.get(task.key, 0) + task.credits
         if task.failed:  # refunded when the generation fails (settle)
             heapq.heappush(self._refunds, (task.done, len(self._refunds), task.key, task.credits))
 
@@ -417,13 +417,13 @@ class SimState:
         while self._refunds and self._refunds[0][0] <= now:
             _, _, key, credits = heapq.heappop(self._refunds)
             self.credits_refunded += credits
-            self.key_credits[key] -= credits
+            self.key_credits[key] = self.key_credits.get(key, 0) - credits
 
     def credits_used(self, key: str | None = None, now: float | None = None) -> float:
         """Credits spent (charged minus refunded) by ``key``, or by the whole account."""
         self.settle(now)
         if key is not None:
-            return self.key_credits[key]
+            return self.key_credits.get(key, 0)
         return self.credits_charged - self.credits_refunded
 
     def credits_left(self, now: float | None = None) -> float | None:
