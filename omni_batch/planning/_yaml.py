@@ -146,7 +146,7 @@ class _PySafeLoader(yaml.SafeLoader):
 def _with_yaml12_scalars(base: type) -> type:
     """A loader class over ``base`` that resolves only YAML 1.2-core scalars."""
 
-    class Loader(base):  # type: ignore[valid-type,misc]
+    class Loader(base):
         yaml_implicit_resolvers: dict = {}  # noqa: RUF012  (PyYAML's class-level registry)
 
     Loader.yaml_implicit_resolvers = {}
@@ -294,7 +294,7 @@ def load_located(text: str) -> tuple[Any, list[tuple[int, str]]]:
     duplicates: list[tuple[int, str]] = []
     loader: Any = None
     if bad := _NON_PRINTABLE.search(text):  # NUL and other unprintable characters
-        line = text.count("\n", 0, bad.start()) + 1
+        line: int | None = text.count("\n", 0, bad.start()) + 1
         raise YamlSyntaxError(
             line, f"invalid YAML: character #x{ord(bad.group()):04x} is not allowed"
         )

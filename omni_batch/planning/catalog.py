@@ -204,13 +204,13 @@ class _CatalogReader:
     def problem(self, line: int | None, name: str, message: str) -> None:
         self.problems.append(Problem(Where(self.path, line), name, message))
 
-    def strings(self, raw: Any, line: int, name: str) -> tuple[str, ...]:
+    def strings(self, raw: Any, line: int | None, name: str) -> tuple[str, ...]:
         if not isinstance(raw, list) or not raw or not all(isinstance(v, str) for v in raw):
             self.problem(line, name, "must be a non-empty list of strings")
             return ()
         return tuple(raw)
 
-    def model(self, name: str, raw: LDict, base: dict[str, Any]) -> ModelRules | None:
+    def model(self, name: str, raw: dict[str, Any], base: dict[str, Any]) -> ModelRules | None:
         merged = {**base, **raw}
         lines = getattr(raw, "key_lines", {})
         line_of = lambda key: lines.get(key, getattr(raw, "line", None))  # noqa: E731

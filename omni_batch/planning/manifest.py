@@ -455,6 +455,7 @@ class _Reader:
             return None  # a budget over a partly valid manifest would mislead
         if (
             "max_video_seconds" in budget_fields
+            and budget.max_video_seconds is not None
             and summary.video_seconds > budget.max_video_seconds
         ):
             self.add(
@@ -496,7 +497,7 @@ class _Reader:
         """
         count = f"at least {jobs:,}" if self.problems else f"{jobs:,}"
         over = False
-        if "max_jobs" in budget_fields and jobs > budget.max_jobs:
+        if "max_jobs" in budget_fields and budget.max_jobs is not None and jobs > budget.max_jobs:
             self.add(
                 budget_fields["max_jobs"][1],
                 "budget.max_jobs",
