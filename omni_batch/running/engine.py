@@ -119,6 +119,9 @@ class Flight:
 
 
 class Engine:
+    """One run: pools, the poll heap and shutdown. Composes a ``Submitter`` (the money rules,
+    running/submit.py) and is its ``SubmitHost``."""
+
     def __init__(
         self,
         journal: Journal,

@@ -1,10 +1,11 @@
 """The submit path, where the money is: one POST per job unless the earlier one provably
 never landed, reconciling by client_business_id, and the journal written around every POST.
 
-``Submitter`` holds these rules; the engine composes one and hands it what it needs, declared
-in its constructor (journal, accounts, policy, counters, the halt event) and ``SubmitHost`` (the
-few things it asks of the run around it). Kept apart because these rules are the ones a reviewer
-must be able to read in one sitting.
+``Submitter`` holds these rules. The engine composes one and hands it what it needs, each
+declared in its constructor: the journal, the accounts, the policy, the counters, the halt
+event, and ``SubmitHost`` — what it asks of the run around it (in-flight slots, calls under
+the accounts' budgets, the poller). Kept apart because these rules are the ones a reviewer must
+be able to read in one sitting.
 """
 
 from __future__ import annotations
