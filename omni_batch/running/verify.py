@@ -92,7 +92,7 @@ def probe(
     try:
         if _empty(source):
             return Probe(False, message="does not decode: the file is empty")
-        with av.open(str(source) if isinstance(source, Path) else source) as container:
+        with av.open(str(source) if isinstance(source, Path) else source, "r") as container:
             if not container.streams.video:
                 return Probe(False, message="does not decode: no video stream")
             stream = container.streams.video[0]
@@ -192,7 +192,7 @@ def poster(source: Path | BinaryIO, out: PosterTo, size: int = POSTER_SIZE) -> b
     import av
 
     try:
-        with av.open(str(source) if isinstance(source, Path) else source) as container:
+        with av.open(str(source) if isinstance(source, Path) else source, "r") as container:
             stream = container.streams.video[0]
             stream.thread_type = "NONE"  # one frame: a decoder thread pool costs more
             frame = next(container.decode(stream), None)

@@ -18,6 +18,13 @@ VIDEOS = "videos"
 POSTERS = "posters"
 
 
+def _checked(name: str, folder: Path) -> str:
+    # job ids are slugs; this is the last guard against a name that leaves the folder
+    if "/" in name or "\0" in name or name in ("", ".", ".."):
+        raise OutputError(f"refusing to write outside {folder}: {name!r}")
+    return name
+
+
 class LocalStore:
     """A `VideoStore` in the output folder (paths held as str: cheap per video)."""
 
@@ -28,10 +35,7 @@ class LocalStore:
         self._posters = os.path.join(folder, POSTERS)
 
     def _file(self, name: str) -> str:
-        # job ids are slugs; this is the last guard against a name that leaves the folder
-        if "/" in name or "\0" in name or name in ("", ".", ".."):
-            raise OutputError(f"refusing to write outside {self.folder}: {name!r}")
-        return os.path.join(self._videos, f"{name}.mp4")
+        return os.path.join(self._videos, f"{_checked(name, self.folder)}.mp4")
 
     def prepare(self) -> None:
         try:
@@ -111,7 +115,7 @@ class LocalStore:
 
     def poster_path(self, name: str) -> str:
         """Where the video's first frame goes (a local extra, for the review server)."""
-        return os.path.join(self._posters, f"{name}.jpg")
+        return os.path.join(self._posters, f"{_checked(name, self.folder)}.jpg")
 
     def put_poster(self, name: str, jpeg: bytes) -> None:
         out = self.poster_path(name)
@@ -127,10 +131,9 @@ class LocalStore:
             raise
 
     def poster_link(self, name: str) -> str | None:
-        if "/" in name or name in ("", ".", ".."):
-            return None
         try:
-            if os.stat(self.poster_path(name)).st_mtime >= os.stat(self._file(name)).st_mtime:
+            video, poster = self._file(name), self.poster_path(name)
+            if os.stat(poster).st_mtime >= os.stat(video).st_mtime:
                 return f"{POSTERS}/{name}.jpg"  # posters are made once per video
         except (OSError, OutputError):
             pass
