@@ -776,7 +776,7 @@ class Journal:
 
     def completed_videos(self) -> Iterator[tuple[str, str, int]]:
         """(job id, video path, bytes) of every active completed job with a video: what the
-        caller checks against the video store (batch.requeue_lost_videos)."""
+        caller checks against the video store (running.download.requeue_lost_videos)."""
         yield from self.db.execute(
             "SELECT job_id, video_path, bytes FROM jobs "
             "WHERE active = 1 AND state = 'completed' AND video_path IS NOT NULL"

@@ -70,7 +70,7 @@ class LocalStore:
                     raise self._unwritable(exc) from None
             # No fsync per video: it cost more than the rest of a job's bookkeeping. A video
             # the OS had not written out before a power loss is caught on resume instead
-            # (batch.requeue_lost_videos) and fetched again.
+            # (running.download.requeue_lost_videos) and fetched again.
             crash.point("before_rename")
             try:
                 os.replace(temp, final)  # atomic: a video file is either whole or absent
