@@ -42,7 +42,7 @@ from omni_batch.running.accounts import (
 )
 from omni_batch.running.api import DEFAULT_BASE_URL, ToapisClient
 from omni_batch.running.budgets import DEFAULT_TIER, MAX_IN_FLIGHT, Account, Rates
-from omni_batch.running.download import LocalStore
+from omni_batch.running.download import requeue_lost_videos
 from omni_batch.running.engine import CANCEL_WITHIN_S, Engine, RunStats, cancel_and_wait
 from omni_batch.running.money import (
     PRICES_META,
@@ -55,6 +55,7 @@ from omni_batch.running.money import (
 from omni_batch.running.netguard import GuardedResolver, VideoGuard
 from omni_batch.running.options import Policy
 from omni_batch.running.redact import Redactor
+from omni_batch.store.local import LocalStore
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -380,8 +381,8 @@ async def _run(
                 normalise(options.only), options.limit, manifest.var_names, manifest.tag_names
             )
             repolled, requeued = journal.reopen(options.retry_failed)
-            lost = journal.requeue_lost_videos()
             store = LocalStore(folder)
+            lost = requeue_lost_videos(journal, store)
             store.prepare()
             # the resolver refuses names (other than the API's) that resolve to internal
             # addresses, on the very lookup a video download connects with

@@ -33,11 +33,12 @@ from click.testing import CliRunner
 from omni_batch.cli.main import main
 from omni_batch.errors import UsageError
 from omni_batch.running.api import MAX_RETRY_AFTER, check_base_url, retry_after_seconds
-from omni_batch.running.download import DownloadError, LocalStore, download
+from omni_batch.running.download import DownloadError, download
 from omni_batch.running.netguard import GuardedResolver, VideoGuard, address_problem, parse_address
 from omni_batch.running.redact import Redactor
 from omni_batch.simulator import SimConfig, serve_in_thread
 from omni_batch.simulator.clips import get_clip
+from omni_batch.store import LocalStore
 
 MANIFEST = """
 name: hostile

@@ -13,6 +13,8 @@ from omni_batch.errors import StateError
 from omni_batch.journal.sqlite import STATES, Journal
 from omni_batch.outputs.report import build_report, neutralise
 from omni_batch.planning.manifest import load_manifest
+from omni_batch.running.download import requeue_lost_videos
+from omni_batch.store import LocalStore
 
 
 def manifest(tmp_path: Path, prompt: str = "alpha shot") -> list:
@@ -227,7 +229,7 @@ def every_kind_of_transition(tmp_path: Path, folder: Path) -> None:
     journal.mark_completed(B, f"videos/{B}.mp4", 9, Probe(True, 1280, 720, 6.0))
     journal.close()
     journal = Journal(folder)
-    assert journal.requeue_lost_videos() == 2  # neither file exists
+    assert requeue_lost_videos(journal, LocalStore(folder)) == 2  # neither file exists
     journal.close()
 
 
@@ -415,7 +417,7 @@ def test_hostile_event_lines_rebuild_what_they_can_and_touch_no_file_outside(tmp
     (folder / Journal.FILE).unlink()
     rebuilt = Journal(folder)
     rebuilt.sync(manifest(tmp_path))
-    assert rebuilt.requeue_lost_videos() == 1  # A's video is not where the store keeps it
+    assert requeue_lost_videos(rebuilt, LocalStore(folder)) == 1  # A's video is not in the store
     rebuilt.close()
     assert victim.read_text() == "keep me"
     found = {r[0]: r for r in rows(folder)}

@@ -20,7 +20,7 @@ from omni_batch.cli.main import main
 from omni_batch.errors import OutputError
 from omni_batch.journal.sqlite import Journal
 from omni_batch.running.api import ToapisClient
-from omni_batch.running.download import LocalStore
+from omni_batch.store import LocalStore
 from tests.test_crash_matrix import _count_running
 from tests.test_run_e2e import JOBS, MANIFEST, _subprocess_run, _wait_for, cli, report, sim
 
@@ -174,9 +174,9 @@ def test_status_works_while_another_run_holds_the_folder(tmp_path):
 
 def test_the_video_store_never_names_a_file_outside_its_folder(tmp_path):
     store = LocalStore(tmp_path / "out")
-    path = store.final_path("shot-1-16x9-6s-r1")
+    path = store.local_path("shot-1-16x9-6s-r1")
     assert path == (tmp_path / "out" / "videos" / "shot-1-16x9-6s-r1.mp4").resolve()
-    assert store.relative(path) == "videos/shot-1-16x9-6s-r1.mp4"
+    assert store.link("shot-1-16x9-6s-r1") == "videos/shot-1-16x9-6s-r1.mp4"
     for hostile in ("../escape", "a/b", "/etc/passwd", "nul\0byte"):
         with pytest.raises(OutputError, match="refusing to write outside"):
-            store.final_path(hostile)
+            store.local_path(hostile)

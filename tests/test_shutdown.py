@@ -279,9 +279,9 @@ def test_the_poll_dispatcher_ends_when_cancelled_as_a_poll_is_scheduled(tmp_path
     from omni_batch.running.accounts import AccountRun
     from omni_batch.running.api import ToapisClient
     from omni_batch.running.budgets import Account, Rates
-    from omni_batch.running.download import LocalStore
     from omni_batch.running.engine import Engine, Flight
     from omni_batch.running.options import FAST
+    from omni_batch.store import LocalStore
 
     async def main() -> bool:
         journal = Journal(tmp_path)

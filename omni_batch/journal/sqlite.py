@@ -26,15 +26,28 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any, Protocol
 
 from omni_batch import crash
 from omni_batch.errors import OutputError, StateError, UsageError
 from omni_batch.journal import replay
 from omni_batch.planning.jobs import Job
 
-if TYPE_CHECKING:
-    from omni_batch.running.verify import Probe
+
+class Probe(Protocol):
+    """What probing a video found (the shape of running.verify.Probe)."""
+
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def width(self) -> int | None: ...
+    @property
+    def height(self) -> int | None: ...
+    @property
+    def duration_s(self) -> float | None: ...
+    @property
+    def message(self) -> str: ...
+
 
 SCHEMA_VERSION = 1
 _EVENT_JSON = json.JSONEncoder(ensure_ascii=False)  # one encoder: json.dumps makes one a call
@@ -761,25 +774,18 @@ class Journal:
         if lines:
             self._write_events(lines)
 
-    def requeue_lost_videos(self) -> int:
-        """Completed jobs whose video is gone or cut short on disk (deleted by hand, or never
-        written out before a power loss) go back to downloading, so resume fetches them again
-        (after a status call for a fresh link when the old one expired). Returns how many."""
-        lost = []
-        for job_id, path, size in self.db.execute(
+    def completed_videos(self) -> Iterator[tuple[str, str, int]]:
+        """(job id, video path, bytes) of every active completed job with a video: what the
+        caller checks against the video store (running.download.requeue_lost_videos)."""
+        yield from self.db.execute(
             "SELECT job_id, video_path, bytes FROM jobs "
             "WHERE active = 1 AND state = 'completed' AND video_path IS NOT NULL"
-        ):
-            video = self.folder / path
-            try:
-                whole = video.stat().st_size == size
-            except OSError:
-                whole = False
-            if not whole:
-                lost.append(job_id)
-                # a cut-short file must not pass for the whole video resume looks for
-                with contextlib.suppress(OSError):
-                    video.unlink(missing_ok=True)
+        )
+
+    def requeue(self, job_ids: Iterable[str], reason: str) -> int:
+        """Completed jobs whose video the store lost go back to downloading, so resume fetches
+        them again (after a status call for a fresh link when the old one expired)."""
+        lost = [(job_id,) for job_id in job_ids]
         if not lost:
             return 0
         n = self._n
@@ -787,12 +793,10 @@ class Journal:
         with self._writing(), self.db:
             self.db.executemany(
                 "UPDATE jobs SET state = 'downloading', updated_at = ?, ev = ? WHERE job_id = ?",
-                [(time.time(), n, job_id) for job_id in lost],
+                [(time.time(), n, job_id) for (job_id,) in lost],
             )
-        for job_id in lost:
-            self.event(
-                "state", n=n, job_id=job_id, state="downloading", reason="video lost on disk"
-            )
+        for (job_id,) in lost:
+            self.event("state", n=n, job_id=job_id, state="downloading", reason=reason)
         return len(lost)
 
     # -- transitions (a commit, or one deferred: see the module docstring; then one event) -----

@@ -22,10 +22,11 @@ from omni_batch.errors import OutputError
 from omni_batch.outputs import gallery_template as tpl
 from omni_batch.outputs.digest import ReportDigest
 from omni_batch.outputs.summary import SHOWN_ROWS, formatted, informative, label, summary_tables
-from omni_batch.running.verify import poster, probe
+from omni_batch.running.verify import poster_stored, probe_stored
+from omni_batch.store.base import VideoStore
+from omni_batch.store.local import LocalStore
 
 GALLERY = "gallery.html"
-POSTERS = "posters"
 TILE_SIDE = 240  # px: the long side of a tile's picture
 CAPTION_MIN = 170  # px: a portrait tile is widened so its error text stays readable
 RECORDS_PER_SLICE = 1000
@@ -72,15 +73,6 @@ def _column_key(key: tuple[str, int]) -> tuple[float, str, int]:
     return (-(_ratio(ratio) or 0.0), ratio, duration)  # landscape, square, then portrait
 
 
-# Paths are held as str: a Path object per video and per poster cost ~11 MB at 20,000 jobs.
-def _video_file(folder: Path, video_path: str) -> str | None:
-    return os.path.join(folder, video_path) if video_path else None  # an absolute one as is
-
-
-def _poster_file(folder: Path, job: str) -> str:
-    return os.path.join(folder, POSTERS, f"{job}.jpg")
-
-
 def _url(relative: str) -> str:
     """A relative path as a URL path, normalised as ``Path(relative).as_posix()`` does."""
     parts = relative.split("/")
@@ -89,30 +81,14 @@ def _url(relative: str) -> str:
     return quote(relative, safe="/")
 
 
-def _href(inside: str, path: str) -> str:
-    """A URL relative to the page, so the folder works from disk, a web server or a zip.
-
-    ``inside`` is the page's folder with a trailing separator (``os.path.join(folder, "")``).
-    """
-    # files under the folder (every video and poster of a run) need no relpath, which
-    # resolved both paths for each tile
-    relative = path[len(inside) :] if path.startswith(inside) else os.path.relpath(path, inside)
-    return _url(relative)
+def _href(link: str) -> str:
+    """A store's link as the page's URL: a path relative to the page (the local store's, so
+    the folder works from disk, a web server or a zip), or a whole URL as it is."""
+    return link if "://" in link else _url(link)
 
 
-def _files_in(directory: str) -> set[str]:
-    """The names of the directory's files (following links); none when it cannot be listed."""
-    try:
-        with os.scandir(directory or ".") as entries:
-            return {entry.name for entry in entries if entry.is_file()}
-    except OSError:
-        return set()
-
-
-def _videos(folder: Path, frame: pd.DataFrame, list_directories: bool = True) -> dict[str, str]:
-    """Job id → video file, for the completed jobs whose video is there (a listing per
-    directory, or without ``list_directories`` a stat per video: a slice of a big run)."""
-    listed: dict[str, set[str]] = {}  # a listing per directory instead of a stat per video
+def _videos(store: VideoStore, frame: pd.DataFrame) -> dict[str, str]:
+    """Job id → the video's link, for the completed jobs whose video is in the store."""
     videos: dict[str, str] = {}
     # a retired job (no longer in the manifest) keeps its video: its state says completed
     states = frame["state"] if "state" in frame else frame["status"]
@@ -123,64 +99,52 @@ def _videos(folder: Path, frame: pd.DataFrame, list_directories: bool = True) ->
         _cells(frame["video_path"]),
         strict=True,
     ):
-        video = _video_file(folder, _text(path))
         done = status == "completed" or (status == "retired" and state == "completed")
-        if not done or video is None:
-            continue
-        directory, name = os.path.split(video)
-        if directory not in listed:
-            listed[directory] = _files_in(directory) if list_directories else set()
-        # not listed: a stat still decides (a name the file system spells otherwise)
-        if name in listed[directory] or os.path.isfile(video):
-            videos[_text(job)] = video
+        if done and _text(path) and store.size(name := _text(job)) is not None:
+            videos[name] = store.link(name)
     return videos
 
 
-def _poster_once(video: str, target: str, extract: bool) -> bool:
-    try:
-        if os.stat(target).st_mtime >= os.stat(video).st_mtime:
-            return True  # extracted by an earlier run or report: posters are made once
-    except FileNotFoundError:
-        pass
-    return extract and poster(Path(video), Path(target))
+def _poster_once(store: VideoStore, job: str, extract: bool) -> str | None:
+    """The poster's link: one made by an earlier run or report (posters are made once), else
+    extracted now unless not ``extract``."""
+    link = store.poster_link(job)
+    if link is None and extract and poster_stored(store, job):
+        link = store.poster_link(job)
+    return link
 
 
-def _posters(folder: Path, videos: dict[str, str], extract: bool) -> set[str]:
-    """The job ids whose video's first frame is at ``_poster_file`` (extracted now when missing,
-    unless not ``extract``)."""
-    # the ids that are a file name alone (Path(job).name == job, without a Path for each)
-    jobs = [job for job in videos if "/" not in job and job != "."]
+def _posters(store: VideoStore, videos: dict[str, str], extract: bool) -> dict[str, str]:
+    """Job id → poster link, for the videos with a poster (extracted now when missing, unless
+    not ``extract``)."""
+    jobs = list(videos)
     if not extract:  # only a look at what is there: no thread pool needed
-        if not os.path.exists(os.path.join(folder, POSTERS)):
-            return set()  # no poster yet: not a failed stat per video
-        return {job for job in jobs if _poster_once(videos[job], _poster_file(folder, job), False)}
-    made: set[str] = set()
+        found = ((job, store.poster_link(job)) for job in jobs)
+        return {job: link for job, link in found if link is not None}
+    made: dict[str, str] = {}
     # PyAV decodes with the GIL released, so a couple of threads help on a big first gallery;
     # a slice at a time, since a future per video cost ~30 MB at 20,000 jobs
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         for start in range(0, len(jobs), POSTERS_PER_SLICE):
             some = jobs[start : start + POSTERS_PER_SLICE]
-            found = pool.map(
-                lambda job: _poster_once(videos[job], _poster_file(folder, job), extract), some
-            )
-            made.update(job for job, ok in zip(some, found, strict=True) if ok)
+            links = pool.map(lambda job: _poster_once(store, job, extract), some)
+            made.update((job, link) for job, link in zip(some, links, strict=True) if link)
     return made
 
 
-def _verified(frame: pd.DataFrame, videos: dict[str, str]) -> pd.DataFrame:
+def _verified(store: VideoStore, frame: pd.DataFrame, videos: dict[str, str]) -> pd.DataFrame:
     """The report with ``verified``/``verify_message``: the journal's, else probed now."""
     if "verified" in frame.columns:
-        return frame
+        return frame  # the engine probed each video as it came: never again here
     frame = frame.copy()
     verified: list[bool | None] = []
     messages: list[str] = []
     for row in frame.itertuples(index=False):
-        video = videos.get(row.job_id)
-        if video is None:
+        if row.job_id not in videos:
             verified.append(None)
             messages.append("")
             continue
-        found = probe(Path(video), str(row.aspect_ratio), int(row.duration))
+        found = probe_stored(store, row.job_id, str(row.aspect_ratio), int(row.duration))
         verified.append(found.ok)
         messages.append(found.message)
     frame["verified"] = pd.array(verified, dtype="boolean")
@@ -188,11 +152,11 @@ def _verified(frame: pd.DataFrame, videos: dict[str, str]) -> pd.DataFrame:
     return frame
 
 
-VIDEO, POSTER = "_video", "_poster"  # a record's video file (or None) and whether it has a poster
+VIDEO, POSTER = "_video", "_poster"  # a record's video link and its poster's link (or None)
 
 
-def _tile(row: dict, inside: str, tag_columns: list[str], show_model: bool) -> str:
-    """One job's tile; ``inside`` is the page's folder with a trailing separator."""
+def _tile(row: dict, tag_columns: list[str], show_model: bool) -> str:
+    """One job's tile."""
     job = _text(row["job_id"])
     job_e = _e(job)
     status = _text(row["status"]) or "pending"
@@ -206,10 +170,10 @@ def _tile(row: dict, inside: str, tag_columns: list[str], show_model: bool) -> s
     classes = f"tile s-{status_e}" + (" flagged" if flagged else "")
     video = row[VIDEO]
     if status in ("completed", "retired") and video is not None:
-        # the poster is _poster_file(folder, job), under the folder by its name alone
-        poster_attr = f' poster="{_e(_url(f"{POSTERS}/{job}.jpg"))}"' if row[POSTER] else ""
+        poster = row[POSTER]
+        poster_attr = f' poster="{_e(_href(poster))}"' if poster else ""
         picture = (
-            f'<video controls preload="metadata"{poster_attr} src="{_e(_href(inside, video))}" '
+            f'<video controls preload="metadata"{poster_attr} src="{_e(_href(video))}" '
             f'width="{width}" height="{height}"></video>'
         )
     else:
@@ -321,12 +285,12 @@ def _records(frame: pd.DataFrame, order: np.ndarray) -> Iterator[dict]:
 
 
 def _with_files(
-    records: Iterator[dict], videos: dict[str, str], posters: set[str]
+    records: Iterator[dict], videos: dict[str, str], posters: dict[str, str]
 ) -> Iterator[dict]:
     for row in records:
         job = _text(row["job_id"])
         row[VIDEO] = videos.get(job)
-        row[POSTER] = job in posters
+        row[POSTER] = posters.get(job)
         yield row
 
 
@@ -346,20 +310,19 @@ class _Layout:
         return cls(list(frame.columns), keys, show_model)
 
 
-def _matrix(layout: _Layout, rows_in_order: Iterator[dict], folder: Path) -> Iterator[str]:
+def _matrix(layout: _Layout, rows_in_order: Iterator[dict]) -> Iterator[str]:
     """The matrix table, a prompt row at a time (rows: `_records` with `_with_files`)."""
     var_columns = [c for c in layout.columns if c.startswith("var_")]
     tag_columns = [c for c in layout.columns if c.startswith("tag_")]
     show_model, keys = layout.show_model, layout.keys
     head = "".join(f"<th>{_e(r)} · {d} s</th>" for r, d in keys)
     yield f'<table class="matrix"><thead><tr><th>prompt</th>{head}</tr></thead><tbody>'
-    inside = os.path.join(folder, "")
     for prompt_id, group in itertools.groupby(rows_in_order, key=_prompt_id):
         cells: dict[tuple[str, int], list[str]] = {key: [] for key in keys}
         first = None
         for row in group:  # each row turned into its tile at once: only the text is kept
             first = first or row
-            tile = _tile(row, inside, tag_columns, show_model)
+            tile = _tile(row, tag_columns, show_model)
             cells[(_text(row["aspect_ratio"]), int(row["duration"]))].append(tile)
         tds = "".join(f'<td><div class="cell">{"".join(cells[k])}</div></td>' for k in keys)
         header = _row_header(first, var_columns, tag_columns)
@@ -428,13 +391,15 @@ def _frame_of(
     yield after.format(summary=summary() if rows else "", script=tpl.SCRIPT)
 
 
-def _page(folder: Path, frame: pd.DataFrame, title: str | None, posters: bool) -> Iterator[str]:
+def _page(
+    folder: Path, store: VideoStore, frame: pd.DataFrame, title: str | None, posters: bool
+) -> Iterator[str]:
     """The page of a whole report table, in pieces."""
-    videos = _videos(folder, frame)
-    made = _posters(folder, videos, extract=posters)
-    frame = _verified(frame, videos)
+    videos = _videos(store, frame)
+    made = _posters(store, videos, extract=posters)
+    frame = _verified(store, frame, videos)
     records = _with_files(_records(frame, _page_order(frame)), videos, made)
-    matrix = _matrix(_Layout.of(frame), records, folder) if len(frame) else iter(())
+    matrix = _matrix(_Layout.of(frame), records) if len(frame) else iter(())
     yield from _frame_of(
         folder,
         title,
@@ -446,20 +411,20 @@ def _page(folder: Path, frame: pd.DataFrame, title: str | None, posters: bool) -
     )
 
 
-def _streamed_records(folder: Path, posters: bool) -> Iterator[dict]:
+def _streamed_records(folder: Path, store: VideoStore, posters: bool) -> Iterator[dict]:
     """The journal's report in the page's order, a slice at a time, each row with its video
     and poster (found, or extracted, a slice at a time)."""
     from omni_batch.outputs.report import page_slices
 
     for frame in page_slices(folder):
-        videos = _videos(folder, frame, list_directories=False)
-        made = _posters(folder, videos, extract=posters)
-        frame = _verified(frame, videos)
+        videos = _videos(store, frame)
+        made = _posters(store, videos, extract=posters)
+        frame = _verified(store, frame, videos)
         yield from _with_files(_records(frame, np.arange(len(frame))), videos, made)
 
 
 def _streamed_page(
-    folder: Path, digest: ReportDigest, title: str | None, posters: bool
+    folder: Path, store: VideoStore, digest: ReportDigest, title: str | None, posters: bool
 ) -> Iterator[str]:
     """The page from the journal, a slice of rows at a time: never the whole table."""
     layout = _Layout(
@@ -476,17 +441,24 @@ def _streamed_page(
         digest.rows,
         digest.status_counts(),
         tag_values,
-        _matrix(layout, _streamed_records(folder, posters), folder),
+        _matrix(layout, _streamed_records(folder, store, posters)),
         lambda: _summary_html(digest.summary_tables()),
     )
 
 
 def render_gallery(
-    folder: Path, frame: pd.DataFrame, title: str | None = None, *, posters: bool = True
+    folder: Path,
+    frame: pd.DataFrame,
+    title: str | None = None,
+    *,
+    posters: bool = True,
+    store: VideoStore | None = None,
 ) -> str:
-    """The page for ``frame`` (a report), extracting missing posters into ``folder/posters``
-    (with ``posters=False``, only those already there are shown: no video is decoded)."""
-    return "".join(_page(Path(folder), frame, title, posters))
+    """The page for ``frame`` (a report), extracting missing posters into the store (default:
+    the folder's own, posters in ``folder/posters``; with ``posters=False``, only those already
+    there are shown: no video is decoded)."""
+    folder = Path(folder)
+    return "".join(_page(folder, store or LocalStore(folder), frame, title, posters))
 
 
 def write_gallery(
@@ -496,6 +468,7 @@ def write_gallery(
     *,
     posters: bool = True,
     digest: ReportDigest | None = None,
+    store: VideoStore | None = None,
 ) -> Path:
     """Write ``folder/gallery.html`` atomically (and any missing posters); return its path.
 
@@ -504,15 +477,17 @@ def write_gallery(
     `report.write_reports_digest`, read from the journal when None). ``title`` heads the page
     (default: the folder's name). Without a ``verified`` column the videos are probed here, so
     the page flags mismatches either way. ``posters=False`` (a run with ``verify=False``)
-    extracts no poster, so nothing is decoded.
+    extracts no poster, so nothing is decoded. Videos and posters are the ``store``'s
+    (default: the folder's own, `LocalStore`).
     """
     folder = Path(folder)
+    store = store or LocalStore(folder)
     if frame is None:
         from omni_batch.outputs.report import digest_report
 
-        pieces = _streamed_page(folder, digest or digest_report(folder), title, posters)
+        pieces = _streamed_page(folder, store, digest or digest_report(folder), title, posters)
     else:
-        pieces = _page(folder, frame, title, posters)
+        pieces = _page(folder, store, frame, title, posters)
     path = folder / GALLERY
     temp = folder / f".{GALLERY}.tmp"
     try:

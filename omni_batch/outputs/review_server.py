@@ -91,12 +91,14 @@ def _value(value: Any) -> Any:
 
 def _jobs(folder: Path) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
     """The page's data, and job id → video file / poster file for the files it may fetch."""
-    from omni_batch.outputs.gallery import _poster_file, _posters, _videos
+    from omni_batch.outputs.gallery import _posters, _videos
     from omni_batch.outputs.report import build_report
+    from omni_batch.store.local import LocalStore
 
     frame = build_report(folder)
-    videos = _videos(folder, frame)
-    posters = {job: _poster_file(folder, job) for job in _posters(folder, videos, extract=False)}
+    store = LocalStore(folder)  # the server sends the folder's own files
+    videos = {job: str(store.local_path(job)) for job in _videos(store, frame)}
+    posters = {job: store.poster_path(job) for job in _posters(store, videos, extract=False)}
     var_cols = [c for c in frame.columns if c.startswith("var_")]
     tag_cols = [c for c in frame.columns if c.startswith("tag_")]
     keep = [

@@ -1,16 +1,14 @@
-"""Fetch a finished video: streamed to a temporary file, size-capped (in decoded bytes),
-type-checked, renamed atomically into ``videos/<job_id>.mp4``. Never sends the API key;
-follows redirects itself, refusing non-http links and internal addresses at every hop.
+"""Fetch a finished video: size-capped (in decoded bytes), type-checked and streamed into the
+video store, which keeps it whole or not at all. Never sends the API key; follows redirects
+itself, refusing non-http links and internal addresses at every hop.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Protocol
 
 import aiohttp
 from yarl import URL
@@ -18,6 +16,7 @@ from yarl import URL
 from omni_batch import crash
 from omni_batch.errors import OmniBatchError, OutputError
 from omni_batch.running.netguard import UNSAFE_KIND, VideoGuard, unsafe_cause
+from omni_batch.store.base import Stored, VideoStore
 
 CHUNK = 1 << 16
 VIDEO_TYPES = ("video/", "application/octet-stream", "binary/octet-stream")
@@ -47,55 +46,6 @@ class DownloadError(OmniBatchError):
 
 class RetryableDownload(DownloadError):
     pass
-
-
-@dataclass(frozen=True, slots=True)
-class Downloaded:
-    path: Path
-    size: int
-
-
-class LocalStore:
-    """Where videos land: a local folder today; an object store can stand beside it."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder / "videos"
-        self._resolved = self.folder.resolve()
-
-    def final_path(self, job_id: str) -> Path:
-        name = f"{job_id}.mp4"
-        # job ids are slugs; this is the last guard against a name that leaves the folder
-        if "/" in job_id or "\0" in job_id:
-            raise OutputError(f"refusing to write outside {self.folder}: {job_id!r}")
-        return self._resolved / name
-
-    def relative(self, path: Path) -> str:
-        """``path`` (in this store) as the report names it: relative to the output folder."""
-        return f"{self._resolved.name}/{path.name}"
-
-    def on_disk(self, job_id: str) -> Downloaded | None:
-        """The job's video if it is in place: only a whole download is renamed there."""
-        try:
-            path = self.final_path(job_id)
-            size = path.stat().st_size
-        except (OSError, OutputError):
-            return None
-        return Downloaded(path, size) if size > 0 else None
-
-    def poster_path(self, job_id: str) -> Path:
-        """Where the video's first frame goes; the gallery (gallery.POSTERS) reads it there."""
-        return self.folder.parent / "posters" / f"{job_id}.jpg"
-
-    def temp_path(self, job_id: str) -> Path:
-        return self.folder / f".{job_id}.mp4.part"
-
-    def prepare(self) -> None:
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(
-                f"{self.folder}: cannot create the videos folder: {exc.strerror}"
-            ) from None
 
 
 @contextlib.asynccontextmanager
@@ -131,71 +81,25 @@ async def _follow(
 async def download(
     session: aiohttp.ClientSession,
     url: str,
-    store: LocalStore,
+    store: VideoStore,
     job_id: str,
     *,
     max_bytes: int,
     time_limit: float,
     guard: VideoGuard | None = None,
-) -> Downloaded:
-    """One attempt. Raises RetryableDownload (network, 5xx) or DownloadError (final).
+) -> Stored:
+    """One attempt, into ``store`` under ``job_id``. Raises RetryableDownload (network, 5xx),
+    DownloadError (final) or OutputError (the store cannot be written).
 
     ``guard`` says which hosts may serve it (default: public addresses only). ``max_bytes``
     counts decoded bytes: a gzip-encoded answer is inflated (in bounded steps, by aiohttp)
-    as it is written, and reading stops once it passes the cap.
+    as it is read, and reading stops once it passes the cap.
     """
     guard = guard or VideoGuard(None)
-    final, temp = store.final_path(job_id), store.temp_path(job_id)
-    size = 0
-    renamed = False
     try:
         async with _follow(session, url, guard, time_limit) as resp:
-            if resp.status in (401, 403, 404, 410):
-                raise DownloadError(
-                    f"video link answered HTTP {resp.status} (expired?)",
-                    status=resp.status,
-                    expired=True,
-                )
-            if resp.status >= 500 or resp.status == 429:
-                raise RetryableDownload(
-                    f"video host answered HTTP {resp.status}", status=resp.status, retryable=True
-                )
-            if resp.status != 200:
-                raise DownloadError(f"video host answered HTTP {resp.status}", status=resp.status)
-            ctype = resp.headers.get("Content-Type", "").lower()
-            if ctype and not ctype.startswith(VIDEO_TYPES):
-                raise DownloadError(
-                    f"video link served {ctype.split(';')[0][:80]!r}, not a video", status=200
-                )
-            # Content-Length counts bytes on the wire; only without Content-Encoding is that
-            # the file's size (a compressed answer's end is checked by aiohttp itself)
-            encoded = resp.headers.get("Content-Encoding", "identity").lower() != "identity"
-            declared = None if encoded else resp.content_length
-            if declared is not None and declared > max_bytes:
-                raise DownloadError(
-                    f"video is {declared} bytes, over the {max_bytes}-byte cap", status=200
-                )
-            with temp.open("wb") as fh:
-                while chunk := await resp.content.read(min(CHUNK, max_bytes + 1 - size)):
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise DownloadError(f"video passed the {max_bytes}-byte cap", status=200)
-                    fh.write(chunk)
-                    crash.point("mid_download")
-            # No fsync per video: it cost more than the rest of a job's bookkeeping. A video
-            # the OS had not written out before a power loss is caught on resume instead
-            # (Journal.requeue_lost_videos) and fetched again.
-            if declared is not None and size != declared:
-                raise RetryableDownload(
-                    f"video ended after {size} of {declared} bytes", retryable=True
-                )
-            if size == 0:
-                raise RetryableDownload("video host sent an empty file", retryable=True)
-        crash.point("before_rename")
-        os.replace(temp, final)  # atomic: a video file is either whole or absent
-        renamed = True
-        crash.point("after_rename")
-        return Downloaded(final, size)
+            declared = _checked(resp, max_bytes)
+            return await store.put(job_id, _body(resp, declared, max_bytes))
     except aiohttp.InvalidURL as exc:
         raise DownloadError(f"bad video link: {type(exc).__name__}") from None
     except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
@@ -204,8 +108,68 @@ async def download(
         raise RetryableDownload(
             f"download interrupted: {type(exc).__name__}", retryable=True
         ) from None
-    except OSError as exc:
-        raise OutputError(f"{final.parent}: cannot write video: {exc.strerror}") from None
-    finally:
-        if not renamed:
-            temp.unlink(missing_ok=True)
+
+
+def _checked(resp: aiohttp.ClientResponse, max_bytes: int) -> int | None:
+    """Raise unless ``resp`` is a video we may take; returns its declared size (if known)."""
+    if resp.status in (401, 403, 404, 410):
+        raise DownloadError(
+            f"video link answered HTTP {resp.status} (expired?)", status=resp.status, expired=True
+        )
+    if resp.status >= 500 or resp.status == 429:
+        raise RetryableDownload(
+            f"video host answered HTTP {resp.status}", status=resp.status, retryable=True
+        )
+    if resp.status != 200:
+        raise DownloadError(f"video host answered HTTP {resp.status}", status=resp.status)
+    ctype = resp.headers.get("Content-Type", "").lower()
+    if ctype and not ctype.startswith(VIDEO_TYPES):
+        raise DownloadError(
+            f"video link served {ctype.split(';')[0][:80]!r}, not a video", status=200
+        )
+    # Content-Length counts bytes on the wire; only without Content-Encoding is that the
+    # file's size (a compressed answer's end is checked by aiohttp itself)
+    encoded = resp.headers.get("Content-Encoding", "identity").lower() != "identity"
+    declared = None if encoded else resp.content_length
+    if declared is not None and declared > max_bytes:
+        raise DownloadError(f"video is {declared} bytes, over the {max_bytes}-byte cap", status=200)
+    return declared
+
+
+async def _body(
+    resp: aiohttp.ClientResponse, declared: int | None, max_bytes: int
+) -> AsyncIterator[bytes]:
+    """The response's body for `VideoStore.put`; it raises (so the store keeps nothing) when
+    the body passes the cap, ends short of its declared size or is empty."""
+    size = 0
+    while chunk := await resp.content.read(min(CHUNK, max_bytes + 1 - size)):
+        size += len(chunk)
+        if size > max_bytes:
+            raise DownloadError(f"video passed the {max_bytes}-byte cap", status=200)
+        yield chunk
+        crash.point("mid_download")  # the store has written this chunk
+    if declared is not None and size != declared:
+        raise RetryableDownload(f"video ended after {size} of {declared} bytes", retryable=True)
+    if size == 0:
+        raise RetryableDownload("video host sent an empty file", retryable=True)
+
+
+class VideoLedger(Protocol):
+    """What `requeue_lost_videos` needs of the journal."""
+
+    def completed_videos(self) -> Iterator[tuple[str, str, int]]: ...
+    def requeue(self, job_ids: Iterable[str], reason: str) -> int: ...
+
+
+def requeue_lost_videos(journal: VideoLedger, store: VideoStore) -> int:
+    """Completed jobs whose video is gone from the store or cut short (deleted by hand, or
+    never written out before a power loss) go back to downloading, so resume fetches them
+    again. Returns how many."""
+    lost = []
+    for job_id, _, size in journal.completed_videos():
+        if store.size(job_id) != size:
+            lost.append(job_id)
+            # a cut-short video must not pass for the whole one resume looks for
+            with contextlib.suppress(OutputError):
+                store.remove(job_id)
+    return journal.requeue(lost, "video lost on disk")

@@ -38,19 +38,14 @@ from omni_batch.journal.sqlite import DEFER_S, JobRow, Journal
 from omni_batch.running.accounts import AccountRun
 from omni_batch.running.api import TaskState, ToapisClient
 from omni_batch.running.budgets import MAX_IN_FLIGHT, QUERY, SUBMIT, RateHeaders
-from omni_batch.running.download import (
-    Downloaded,
-    DownloadError,
-    LocalStore,
-    RetryableDownload,
-    download,
-)
+from omni_batch.running.download import DownloadError, RetryableDownload, download
 from omni_batch.running.netguard import VideoGuard
 from omni_batch.running.options import Policy, retried
 from omni_batch.running.polling import Plan, PollPacer, PollPlanner, Track
 from omni_batch.running.stats import RunStats
 from omni_batch.running.submit import Stopping, Submitter, unless_halted
-from omni_batch.running.verify import probe
+from omni_batch.running.verify import probe_stored
+from omni_batch.store.base import Stored, VideoStore
 
 if TYPE_CHECKING:
     from omni_batch.running.money import Spend
@@ -113,7 +108,7 @@ class Flight:
     state: str = "running"  # the journal state it is in: running or downloading
     refreshed: bool = False  # a fresh link was already asked for once
     asked: tuple[str, int] = ("", 0)  # (aspect ratio, duration) the video must match
-    on_disk: Downloaded | None = None  # resume found its video whole in place: no download
+    on_disk: Stored | None = None  # resume found its video whole in the store: no download
     account: AccountRun | None = None  # whose key polls it (None: the first account)
     track: Track | None = None  # what the poll planner knows of the task
 
@@ -127,7 +122,7 @@ class Engine:
         journal: Journal,
         accounts: list[AccountRun],
         session: aiohttp.ClientSession,
-        store: LocalStore,
+        store: VideoStore,
         policy: Policy,
         *,
         max_in_flight: int = MAX_IN_FLIGHT,
@@ -803,15 +798,14 @@ class Engine:
             return await self._fail(flight, "downloading", kind, message, exc.status, None)
         await self._completed(flight, got)
 
-    async def _completed(self, flight: Flight, got: Downloaded) -> None:
-        relative = self.store.relative(got.path)
+    async def _completed(self, flight: Flight, got: Stored) -> None:
         check = None
         if self.verify:  # decode it and check it is what was asked; a mismatch is flagged
-            poster = self.store.poster_path(flight.job_id)
             check = await asyncio.get_running_loop().run_in_executor(
-                self.prober, functools.partial(probe, got.path, *flight.asked, poster_to=poster)
+                self.prober,
+                functools.partial(probe_stored, self.store, got.name, *flight.asked, poster=True),
             )
-        self.journal.mark_completed(flight.job_id, relative, got.size, check)
+        self.journal.mark_completed(flight.job_id, self.store.link(got.name), got.size, check)
         self._moved("downloading", "completed")
         await self.release(flight.job_id)
 
@@ -841,9 +835,9 @@ class Engine:
             )
             url = row.video_url or ""
             fresh = bool(url) and (row.expires_at or 0) > time.time()
-            if row.state == "downloading" and (found := self.store.on_disk(row.job_id)):
-                # renamed into place whole, its `completed` lost to a crash: nothing to fetch
-                flight.on_disk = found
+            if row.state == "downloading" and (size := self.store.size(row.job_id)):
+                # put whole into the store, its `completed` lost to a crash: nothing to fetch
+                flight.on_disk = Stored(row.job_id, size)
                 downloads.append((flight, url))
             elif row.state == "downloading" and fresh:
                 downloads.append((flight, url))  # no status call on a finished task

@@ -5,13 +5,16 @@ was asked? Also extracts poster frames (first frame as a small JPEG) for the gal
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:
     import av.video.frame
+
+    from omni_batch.store.base import VideoStore
 
 DURATION_TOLERANCE_S = 0.5
 RATIO_TOLERANCE = 0.02  # relative: 1280x720 vs 16:9 is exact, 1920x1088 is 0.7% off
@@ -56,22 +59,40 @@ def ratio_problem(width: int, height: int, aspect_ratio: str) -> str:
     return got if abs(width / height - target) > RATIO_TOLERANCE * target else ""
 
 
+# where a poster goes: a file (replaced atomically), or a function given the JPEG's bytes
+PosterTo = Path | Callable[[bytes], object]
+
+
+def _empty(source: Path | BinaryIO) -> bool:
+    if isinstance(source, Path):
+        return source.stat().st_size == 0
+    start = source.tell()
+    end = source.seek(0, os.SEEK_END)
+    source.seek(start)
+    return end == start
+
+
 def probe(
-    path: Path, aspect_ratio: str, duration: int | float, poster_to: Path | None = None
+    source: Path | BinaryIO,
+    aspect_ratio: str,
+    duration: int | float,
+    poster_to: PosterTo | None = None,
 ) -> Probe:
-    """Open ``path``, decode its first frame and read every video packet's timing.
+    """Open ``source`` (a file, or a readable seekable file object), decode its first frame
+    and read every video packet's timing.
 
     The duration is measured from the packets rather than taken from the header, so a file cut
     short after a complete header still shows its real length. With ``poster_to``, the first
-    frame (decoded here anyway) is also written there as the gallery's poster: one decode.
+    frame (decoded here anyway) is also made the gallery's poster: one decode.
     """
     import av  # lazily: importing this module must stay cheap for the CLI
 
-    path = Path(path)
+    if not hasattr(source, "read"):
+        source = Path(source)
     try:
-        if path.stat().st_size == 0:
+        if _empty(source):
             return Probe(False, message="does not decode: the file is empty")
-        with av.open(str(path)) as container:
+        with av.open(str(source) if isinstance(source, Path) else source, "r") as container:
             if not container.streams.video:
                 return Probe(False, message="does not decode: no video stream")
             stream = container.streams.video[0]
@@ -96,7 +117,7 @@ def probe(
             if first is None:
                 return Probe(False, message="does not decode: no frame could be decoded")
             if poster_to is not None:
-                _write_poster(first, Path(poster_to))
+                _write_poster(first, poster_to)
             width, height = first.width, first.height
             sar = stream.sample_aspect_ratio
             display_width = round(width * sar) if sar else width  # anamorphic pixels
@@ -126,27 +147,63 @@ def _reason(exc: BaseException) -> str:
     return text.strip() or type(exc).__name__
 
 
-def poster(path: Path, out: Path, size: int = POSTER_SIZE) -> bool:
-    """Write the first frame of ``path`` as a JPEG whose long side is at most ``size`` pixels;
-    False (and nothing written) if the video won't decode.
+def probe_stored(
+    store: VideoStore,
+    name: str,
+    aspect_ratio: str,
+    duration: int | float,
+    *,
+    poster: bool = False,
+) -> Probe:
+    """`probe` the video ``name`` of ``store`` (its file when the store has one here); with
+    ``poster``, its first frame is stored as its poster."""
+    to = (lambda jpeg: store.put_poster(name, jpeg)) if poster else None
+    path = store.local_path(name)
+    if path is not None:
+        return probe(path, aspect_ratio, duration, poster_to=to)
+    try:
+        with store.open(name) as fh:
+            return probe(fh, aspect_ratio, duration, poster_to=to)
+    except FileNotFoundError:
+        return Probe(False, message="does not decode: file not found")
+    except OSError as exc:
+        return Probe(False, message=f"does not decode: {_reason(exc)}")
 
-    PyAV's own ``mjpeg`` encoder does the work, so no imaging library is needed. ``out`` is
-    replaced atomically, so a gallery never links a half-written poster.
+
+def poster_stored(store: VideoStore, name: str) -> bool:
+    """Store the first frame of the video ``name`` as its poster; False if it won't decode."""
+    path = store.local_path(name)
+    if path is not None:
+        return poster(path, lambda jpeg: store.put_poster(name, jpeg))
+    try:
+        with store.open(name) as fh:
+            return poster(fh, lambda jpeg: store.put_poster(name, jpeg))
+    except OSError:
+        return False
+
+
+def poster(source: Path | BinaryIO, out: PosterTo, size: int = POSTER_SIZE) -> bool:
+    """Write the first frame of ``source`` as a JPEG whose long side is at most ``size``
+    pixels; False (and nothing written) if the video won't decode.
+
+    PyAV's own ``mjpeg`` encoder does the work, so no imaging library is needed. A file
+    ``out`` is replaced atomically, so a gallery never links a half-written poster.
     """
     import av
 
     try:
-        with av.open(str(path)) as container:
+        with av.open(str(source) if isinstance(source, Path) else source, "r") as container:
             stream = container.streams.video[0]
             stream.thread_type = "NONE"  # one frame: a decoder thread pool costs more
             frame = next(container.decode(stream), None)
     except (av.error.FFmpegError, OSError, ValueError, IndexError, StopIteration):
         return False
-    return frame is not None and _write_poster(frame, Path(out), size)
+    return frame is not None and _write_poster(frame, out, size)
 
 
-def _write_poster(frame: Any, out: Path, size: int = POSTER_SIZE) -> bool:
-    """Encode one decoded frame as a small JPEG at ``out`` (atomically); False if it fails."""
+def _write_poster(frame: Any, out: PosterTo, size: int = POSTER_SIZE) -> bool:
+    """Encode one decoded frame as a small JPEG to ``out`` (a file: atomically); False if it
+    fails."""
     import av
 
     try:
@@ -169,6 +226,13 @@ def _write_poster(frame: Any, out: Path, size: int = POSTER_SIZE) -> bool:
         return False
     if not data:
         return False
+    if callable(out):
+        try:
+            out(data)
+        except OSError:
+            return False
+        return True
+    out = Path(out)
     temp = out.with_name(f".{out.name}.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
