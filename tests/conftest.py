@@ -95,3 +95,20 @@ def shots_manifest(folder: Any, jobs: int, name: str = "shots.yaml") -> Any:
         encoding="utf-8",
     )
     return path
+
+
+def journal_rows(folder: Any, *columns: str) -> list[tuple[Any, ...]]:
+    """``columns`` of every job of an output folder's journal (the report's rows), read through
+    the journal's read-only snapshot: what a test checks of a folder a run (or a kill) left."""
+    from omni_batch.journal import open_reader
+
+    with open_reader(folder) as reader:
+        return [row for chunk in reader.rows(columns, 1000) for row in chunk]
+
+
+def journal_count(folder: Any, state: str) -> int:
+    """Jobs of the manifest in ``state`` in an output folder's journal."""
+    from omni_batch.journal import open_reader
+
+    with open_reader(folder) as reader:
+        return reader.counts().get(state, 0)

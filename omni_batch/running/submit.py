@@ -32,7 +32,7 @@ from omni_batch.errors import (
     TransportError,
     UnrecognisedAnswer,
 )
-from omni_batch.journal.sqlite import JobRow
+from omni_batch.journal import JobRow
 from omni_batch.running.accounts import AccountRun, choose
 from omni_batch.running.api import Submitted, TaskState
 from omni_batch.running.options import retried
