@@ -1,4 +1,6 @@
-"""Journal transitions, resume queries and the refusal to run a changed manifest."""
+"""The SQLite journal's own promises: what reaches the file and when (deferred `completed`,
+fsync'ed money transitions), reopening, rebuilding from events.jsonl, older files. The rules
+every journal keeps are in test_journal_contract.py."""
 
 from __future__ import annotations
 
@@ -12,42 +14,11 @@ import pytest
 from omni_batch.errors import StateError
 from omni_batch.journal import STATES, SqliteJournal
 from omni_batch.outputs.report import build_report, neutralise
-from omni_batch.planning.manifest import load_manifest
+from tests.conftest import two_prompt_jobs
 
 
 def manifest(tmp_path: Path, prompt: str = "alpha shot") -> list:
-    path = tmp_path / "m.yaml"
-    path.write_text(
-        f"prompts:\n  - {{id: a, prompt: '{prompt}'}}\n  - {{id: b, prompt: 'beta'}}\n",
-        encoding="utf-8",
-    )
-    return list(load_manifest(path).jobs())
-
-
-def test_sync_is_idempotent_and_pages_come_in_manifest_order(tmp_path):
-    journal = SqliteJournal(tmp_path / "out")
-    jobs = manifest(tmp_path)
-    assert journal.sync(jobs) == 2 and journal.sync(jobs) == 2
-    page = journal.pending_page(-1, 10)
-    assert [r.job_id for r in page] == ["a-16x9-6s-r1", "b-16x9-6s-r1"]
-    assert page[0].body == jobs[0].body
-    assert journal.counts()["pending"] == 2
-
-
-def test_a_changed_body_is_refused_once_a_job_left_pending(tmp_path):
-    journal = SqliteJournal(tmp_path / "out")
-    journal.sync(manifest(tmp_path))
-    journal.mark_submitting("a-16x9-6s-r1", None, False)
-    journal.mark_running("a-16x9-6s-r1", "task-1", "rid-1")
-    with pytest.raises(StateError, match=r"'a-16x9-6s-r1'.*running with other parameters"):
-        journal.sync(manifest(tmp_path, "alpha shot, changed"))
-
-
-def test_a_pending_job_simply_takes_the_new_body(tmp_path):
-    journal = SqliteJournal(tmp_path / "out")
-    journal.sync(manifest(tmp_path))
-    journal.sync(manifest(tmp_path, "alpha shot, changed"))
-    assert journal.pending_page(-1, 1)[0].body["prompt"] == "alpha shot, changed"
+    return two_prompt_jobs(tmp_path, prompt)
 
 
 def test_state_survives_reopening_and_in_flight_jobs_are_found_for_resume(tmp_path):
@@ -66,22 +37,6 @@ def test_state_survives_reopening_and_in_flight_jobs_are_found_for_resume(tmp_pa
     )
     assert found["b-16x9-6s-r1"].task_id == "task-b"
     assert again.pending_page(-1, 10) == []
-
-
-def test_timeouts_are_polled_again_and_failures_only_requeued_when_asked(tmp_path):
-    journal = SqliteJournal(tmp_path / "out")
-    journal.sync(manifest(tmp_path))
-    for job_id, kind, task in (
-        ("a-16x9-6s-r1", "wait_timeout", None),
-        ("b-16x9-6s-r1", "generation_failed", "failed"),
-    ):
-        journal.mark_submitting(job_id, None, False)
-        journal.mark_running(job_id, f"task-{job_id}", None)
-        journal.mark_failed(job_id, error_type=kind, message="x", task=task)
-    assert journal.reopen(retry_failed=False) == (1, 0)
-    assert journal.counts()["running"] == 1 and journal.counts()["failed"] == 1
-    assert journal.reopen(retry_failed=True) == (0, 1)
-    assert journal.counts()["pending"] == 1
 
 
 def test_every_transition_is_an_event_and_the_report_reads_the_journal(tmp_path):
