@@ -189,10 +189,10 @@ def every_kind_of_transition(tmp_path: Path, folder: Path) -> None:
 def test_task_ids_are_kept_and_a_possible_duplicate_stays_flagged_when_sent_again(tmp_path):
     folder = tmp_path / "out"
     every_kind_of_transition(tmp_path, folder)
-    found = {r[0]: r for r in rows(folder)}
-    assert found[A][6] == "task-a1 task-a2" and found[A][5] == "task-a2"
-    assert found[A][11] == 1 and found[A][9] == 3  # still flagged; three POSTs
-    assert found[B][6] == "task-b" and found[B][7] is None
+    found = build_report(folder).set_index("job_id")  # what the journal's reader gives
+    assert found.task_ids[A] == "task-a1 task-a2" and found.task_id[A] == "task-a2"
+    assert found.possible_duplicate[A] and found.attempts[A] == 3  # still flagged; three POSTs
+    assert found.task_ids[B] == "task-b" and found.status[B] == "running"  # its video lost
 
 
 @pytest.mark.parametrize("how", ["deleted", "emptied", "random bytes"])

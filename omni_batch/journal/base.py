@@ -179,8 +179,10 @@ class Journal(Protocol):
         completed_at: float | None,
         polls: int,
     ) -> None: ...
+    # check: what probing the video found, a VideoCheck (SqliteJournal still names
+    # running.verify.Probe for it until the journal stops importing running: helper h-store)
     def mark_completed(
-        self, job_id: str, video_path: str, size: int, check: VideoCheck | None = None
+        self, job_id: str, video_path: str, size: int, check: Any = None
     ) -> None: ...
     def mark_failed(
         self,

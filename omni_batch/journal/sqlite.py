@@ -24,7 +24,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from omni_batch import crash
 from omni_batch.errors import OutputError, StateError, UsageError
@@ -37,11 +37,13 @@ from omni_batch.journal.base import (
     JobRow,
     Journal,
     Review,
-    VideoCheck,
     body_hash,
     check_review,
 )
 from omni_batch.planning.jobs import Job
+
+if TYPE_CHECKING:
+    from omni_batch.running.verify import Probe
 
 SCHEMA_VERSION = 1
 _EVENT_JSON = json.JSONEncoder(ensure_ascii=False)  # one encoder: json.dumps makes one a call
@@ -918,7 +920,7 @@ class SqliteJournal:
         )  # fmt: skip
 
     def mark_completed(
-        self, job_id: str, video_path: str, size: int, check: VideoCheck | None = None
+        self, job_id: str, video_path: str, size: int, check: Probe | None = None
     ) -> None:
         """The video is on disk; ``check`` is what probing it found (None: not probed)."""
         fields: dict[str, Any] = {"video_path": video_path, "bytes": size}
