@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import aiohttp
 
 from omni_batch.errors import Interrupted, OmniBatchError, OutputError, UsageError
-from omni_batch.journal.sqlite import Journal
+from omni_batch.journal import Journal, open_journal
 from omni_batch.outputs.digest import ReportDigest
 from omni_batch.outputs.gallery import write_gallery
 from omni_batch.outputs.report import build_report, refresh_reports, write_reports_digest
@@ -370,7 +370,7 @@ async def _run(
     ended: OmniBatchError | None = None
     reports = _ReportWriter(folder)
     async with _target(options, manifest.catalog, folder) as (base_url, keys):
-        journal = Journal(folder)
+        journal = open_journal(folder)
         try:
             journal.set_meta("manifest", str(manifest.path))
             journal.set_meta("name", manifest.name)

@@ -95,3 +95,43 @@ def shots_manifest(folder: Any, jobs: int, name: str = "shots.yaml") -> Any:
         encoding="utf-8",
     )
     return path
+
+
+def journal_rows(folder: Any, *columns: str) -> list[tuple[Any, ...]]:
+    """``columns`` of every job of an output folder's journal (the report's rows), read through
+    the journal's read-only snapshot: what a test checks of a folder a run (or a kill) left."""
+    from omni_batch.journal import open_reader
+
+    with open_reader(folder) as reader:
+        return [row for chunk in reader.rows(columns, 1000) for row in chunk]
+
+
+def journal_count(folder: Any, state: str) -> int:
+    """Jobs of the manifest in ``state`` in an output folder's journal."""
+    from omni_batch.journal import open_reader
+
+    with open_reader(folder) as reader:
+        return reader.counts().get(state, 0)
+
+
+def two_prompt_jobs(folder: Any, prompt: str = "alpha shot") -> list[Any]:
+    """The jobs of a manifest of two prompts, `a` (``prompt``) and `b`, written in ``folder``:
+    job ids ``a-16x9-6s-r1`` and ``b-16x9-6s-r1``."""
+    from omni_batch.planning.manifest import load_manifest
+
+    path = folder / "m.yaml"
+    path.write_text(
+        f"prompts:\n  - {{id: a, prompt: '{prompt}'}}\n  - {{id: b, prompt: 'beta'}}\n",
+        encoding="utf-8",
+    )
+    return list(load_manifest(path).jobs())
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def any_journal(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
+    """Each implementation of the Journal protocol in turn (SQLite in ``tmp_path/out``)."""
+    from omni_batch.journal import MemoryJournal, open_journal
+
+    journal = open_journal(tmp_path / "out") if request.param == "sqlite" else MemoryJournal()
+    yield journal
+    journal.close()

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from omni_batch.cli.main import main
-from omni_batch.journal.sqlite import Journal
+from omni_batch.journal import open_journal
 from omni_batch.running.options import FAST, Policy
 from omni_batch.simulator import SimConfig, serve_in_thread
 
@@ -242,7 +242,7 @@ def test_json_says_why_a_run_failed(manifest, tmp_path):
     assert summary["spend"]["video_seconds_completed"] == 0
     assert summary["spend"]["cost_usd"] == 0  # failed generations are refunded
 
-    holder = Journal(out)  # another run holds the folder
+    holder = open_journal(out)  # another run holds the folder
     try:
         busy = CliRunner().invoke(main, args)
     finally:
@@ -255,7 +255,7 @@ def test_json_says_why_a_run_failed(manifest, tmp_path):
 
 def test_a_busy_folder_is_refused_before_the_plan_is_printed(manifest, tmp_path):
     out = tmp_path / "out"
-    holder = Journal(out)
+    holder = open_journal(out)
     try:
         with serve_in_thread(SimConfig.from_profile("fast")) as server:
             result = CliRunner(env={"TOAPIS_API_KEY": server.key}).invoke(

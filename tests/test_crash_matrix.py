@@ -3,9 +3,7 @@ submitted twice, and the journal, the report and the files on disk agree."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -15,6 +13,7 @@ import pandas as pd
 import pytest
 
 from omni_batch.crash import ENV
+from tests.conftest import journal_count, journal_rows
 from tests.test_run_e2e import sim
 
 JOBS = 8
@@ -122,8 +121,7 @@ def _count_running(out: Path) -> int:
 
 
 def _count(out: Path, state: str) -> int:
-    with contextlib.closing(sqlite3.connect(out / "journal.sqlite")) as db:
-        return db.execute("SELECT count(*) FROM jobs WHERE state = ?", (state,)).fetchone()[0]
+    return journal_count(out, state)
 
 
 def test_without_a_lookup_a_crash_after_the_post_is_resent_and_flagged(tmp_path):
@@ -151,11 +149,9 @@ def test_a_video_in_place_whose_completion_a_crash_lost_is_not_fetched_or_asked_
     with sim(gen_min=0.2, gen_max=0.4, link_ttl=1.0) as server:
         crashed = run(manifest, out, server, "after_rename:3")
         waiting = _count(out, "downloading")
-        with contextlib.closing(sqlite3.connect(out / "journal.sqlite")) as db:
-            downloading = {
-                r[0]
-                for r in db.execute("SELECT job_id FROM jobs WHERE state = ?", ("downloading",))
-            }
+        downloading = {
+            job for job, state in journal_rows(out, "job_id", "state") if state == "downloading"
+        }
         in_place = {p.stem for p in (out / "videos").glob("*.mp4")} & downloading
         time.sleep(1.5)  # every link handed out so far has expired
         resumed = run(manifest, out, server, None)

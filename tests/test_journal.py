@@ -1,4 +1,6 @@
-"""Journal transitions, resume queries and the refusal to run a changed manifest."""
+"""The SQLite journal's own promises: what reaches the file and when (deferred `completed`,
+fsync'ed money transitions), reopening, rebuilding from events.jsonl, older files. The rules
+every journal keeps are in test_journal_contract.py."""
 
 from __future__ import annotations
 
@@ -10,57 +12,26 @@ from pathlib import Path
 import pytest
 
 from omni_batch.errors import StateError
-from omni_batch.journal.sqlite import STATES, Journal
+from omni_batch.journal import STATES, SqliteJournal
 from omni_batch.outputs.report import build_report, neutralise
-from omni_batch.planning.manifest import load_manifest
 from omni_batch.running.download import requeue_lost_videos
 from omni_batch.store import LocalStore
+from tests.conftest import two_prompt_jobs
 
 
 def manifest(tmp_path: Path, prompt: str = "alpha shot") -> list:
-    path = tmp_path / "m.yaml"
-    path.write_text(
-        f"prompts:\n  - {{id: a, prompt: '{prompt}'}}\n  - {{id: b, prompt: 'beta'}}\n",
-        encoding="utf-8",
-    )
-    return list(load_manifest(path).jobs())
-
-
-def test_sync_is_idempotent_and_pages_come_in_manifest_order(tmp_path):
-    journal = Journal(tmp_path / "out")
-    jobs = manifest(tmp_path)
-    assert journal.sync(jobs) == 2 and journal.sync(jobs) == 2
-    page = journal.pending_page(-1, 10)
-    assert [r.job_id for r in page] == ["a-16x9-6s-r1", "b-16x9-6s-r1"]
-    assert page[0].body == jobs[0].body
-    assert journal.counts()["pending"] == 2
-
-
-def test_a_changed_body_is_refused_once_a_job_left_pending(tmp_path):
-    journal = Journal(tmp_path / "out")
-    journal.sync(manifest(tmp_path))
-    journal.mark_submitting("a-16x9-6s-r1", None, False)
-    journal.mark_running("a-16x9-6s-r1", "task-1", "rid-1")
-    with pytest.raises(StateError, match=r"'a-16x9-6s-r1'.*running with other parameters"):
-        journal.sync(manifest(tmp_path, "alpha shot, changed"))
-
-
-def test_a_pending_job_simply_takes_the_new_body(tmp_path):
-    journal = Journal(tmp_path / "out")
-    journal.sync(manifest(tmp_path))
-    journal.sync(manifest(tmp_path, "alpha shot, changed"))
-    assert journal.pending_page(-1, 1)[0].body["prompt"] == "alpha shot, changed"
+    return two_prompt_jobs(tmp_path, prompt)
 
 
 def test_state_survives_reopening_and_in_flight_jobs_are_found_for_resume(tmp_path):
     folder = tmp_path / "out"
-    journal = Journal(folder)
+    journal = SqliteJournal(folder)
     journal.sync(manifest(tmp_path))
     journal.mark_submitting("a-16x9-6s-r1", "ob-x-a", False)
     journal.mark_submitting("b-16x9-6s-r1", None, False)
     journal.mark_running("b-16x9-6s-r1", "task-b", None)
     journal.close()
-    again = Journal(folder)
+    again = SqliteJournal(folder)
     found = {r.job_id: r for r in again.in_flight()}
     assert (
         found["a-16x9-6s-r1"].state == "submitting"
@@ -70,25 +41,9 @@ def test_state_survives_reopening_and_in_flight_jobs_are_found_for_resume(tmp_pa
     assert again.pending_page(-1, 10) == []
 
 
-def test_timeouts_are_polled_again_and_failures_only_requeued_when_asked(tmp_path):
-    journal = Journal(tmp_path / "out")
-    journal.sync(manifest(tmp_path))
-    for job_id, kind, task in (
-        ("a-16x9-6s-r1", "wait_timeout", None),
-        ("b-16x9-6s-r1", "generation_failed", "failed"),
-    ):
-        journal.mark_submitting(job_id, None, False)
-        journal.mark_running(job_id, f"task-{job_id}", None)
-        journal.mark_failed(job_id, error_type=kind, message="x", task=task)
-    assert journal.reopen(retry_failed=False) == (1, 0)
-    assert journal.counts()["running"] == 1 and journal.counts()["failed"] == 1
-    assert journal.reopen(retry_failed=True) == (0, 1)
-    assert journal.counts()["pending"] == 1
-
-
 def test_every_transition_is_an_event_and_the_report_reads_the_journal(tmp_path):
     folder = tmp_path / "out"
-    journal = Journal(folder)
+    journal = SqliteJournal(folder)
     journal.sync(manifest(tmp_path))
     journal.mark_submitting("a-16x9-6s-r1", None, True)
     journal.mark_running("a-16x9-6s-r1", "task-1", "rid-1")
@@ -119,14 +74,14 @@ def test_a_completed_transition_waits_for_the_next_commit_and_its_event_with_it(
     sees it, and events.jsonl names it, only once it is committed; the next money transition
     (a submit) or commit() carries it, and nothing else is ever left uncommitted."""
     folder = tmp_path / "out"
-    journal = Journal(folder)
+    journal = SqliteJournal(folder)
     journal.sync(manifest(tmp_path))
     a, b = "a-16x9-6s-r1", "b-16x9-6s-r1"
     journal.mark_submitting(a, None, False)
     journal.mark_running(a, "task-a", None)
     journal.mark_downloading(a, "http://127.0.0.1:1/a.mp4", None, None, 1)
     journal.mark_completed(a, "videos/a.mp4", 10)
-    reader = sqlite3.connect(folder / Journal.FILE)
+    reader = sqlite3.connect(folder / SqliteJournal.FILE)
 
     def seen() -> tuple[str, list[str]]:
         state = reader.execute("SELECT state FROM jobs WHERE job_id = ?", (a,)).fetchone()[0]
@@ -152,12 +107,12 @@ def test_a_completed_transition_waits_for_the_next_commit_and_its_event_with_it(
 
 def test_an_older_journal_loses_the_state_index_every_transition_paid_for(tmp_path):
     folder = tmp_path / "out"
-    Journal(folder).close()
-    with sqlite3.connect(folder / Journal.FILE) as db:  # as versions before it made it
+    SqliteJournal(folder).close()
+    with sqlite3.connect(folder / SqliteJournal.FILE) as db:  # as versions before it made it
         db.execute("DROP INDEX jobs_seq")
         db.execute("CREATE INDEX jobs_state ON jobs (state, seq)")
     db.close()
-    journal = Journal(folder)
+    journal = SqliteJournal(folder)
     names = {r[0] for r in journal.db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert "jobs_state" not in names and "jobs_seq" in names
     journal.sync(manifest(tmp_path))
@@ -196,7 +151,7 @@ class At:
 
 
 def rows(folder: Path) -> list[tuple]:
-    with sqlite3.connect(folder / Journal.FILE) as db:
+    with sqlite3.connect(folder / SqliteJournal.FILE) as db:
         found = db.execute(f"SELECT {_COMPARED} FROM jobs ORDER BY job_id").fetchall()
     db.close()
     return [(*r[:-2], At(r[-2]), At(r[-1])) for r in found]
@@ -207,7 +162,7 @@ def every_kind_of_transition(tmp_path: Path, folder: Path) -> None:
     (polled again), then completed and verified."""
     from omni_batch.running.verify import Probe
 
-    journal = Journal(folder)
+    journal = SqliteJournal(folder)
     journal.sync(manifest(tmp_path))
     journal.mark_submitting(A, "ob-1-a", True)
     journal.mark_pending(A, "stopped before sending")
@@ -219,7 +174,7 @@ def every_kind_of_transition(tmp_path: Path, folder: Path) -> None:
     journal.mark_downloading(B, "http://cdn/b.mp4", 2e9, None, polls=2)
     journal.mark_failed(B, error_type="download_failed", message="cut", http_status=200)
     journal.close()
-    journal = Journal(folder)
+    journal = SqliteJournal(folder)
     assert journal.reopen(retry_failed=True) == (1, 1)  # b polled again, a sent again
     journal.mark_submitting(A, "ob-2-a", False)
     journal.mark_running(A, "task-a2", "rid-2", adopted=True)
@@ -228,7 +183,7 @@ def every_kind_of_transition(tmp_path: Path, folder: Path) -> None:
     journal.mark_downloading(B, "http://cdn/b2.mp4", 3e9, None, polls=4)
     journal.mark_completed(B, f"videos/{B}.mp4", 9, Probe(True, 1280, 720, 6.0))
     journal.close()
-    journal = Journal(folder)
+    journal = SqliteJournal(folder)
     assert requeue_lost_videos(journal, LocalStore(folder)) == 2  # neither file exists
     journal.close()
 
@@ -236,10 +191,10 @@ def every_kind_of_transition(tmp_path: Path, folder: Path) -> None:
 def test_task_ids_are_kept_and_a_possible_duplicate_stays_flagged_when_sent_again(tmp_path):
     folder = tmp_path / "out"
     every_kind_of_transition(tmp_path, folder)
-    found = {r[0]: r for r in rows(folder)}
-    assert found[A][6] == "task-a1 task-a2" and found[A][5] == "task-a2"
-    assert found[A][11] == 1 and found[A][9] == 3  # still flagged; three POSTs
-    assert found[B][6] == "task-b" and found[B][7] is None
+    found = build_report(folder).set_index("job_id")  # what the journal's reader gives
+    assert found.task_ids[A] == "task-a1 task-a2" and found.task_id[A] == "task-a2"
+    assert found.possible_duplicate[A] and found.attempts[A] == 3  # still flagged; three POSTs
+    assert found.task_ids[B] == "task-b" and found.status[B] == "running"  # its video lost
 
 
 @pytest.mark.parametrize("how", ["deleted", "emptied", "random bytes"])
@@ -247,12 +202,12 @@ def test_a_lost_journal_is_rebuilt_from_its_events_exactly(tmp_path, how):
     folder = tmp_path / "out"
     every_kind_of_transition(tmp_path, folder)
     lost = rows(folder)
-    journal = folder / Journal.FILE
+    journal = folder / SqliteJournal.FILE
     if how == "deleted":
         journal.unlink()
     else:
         journal.write_bytes(b"" if how == "emptied" else bytes(range(256)) * 64)
-    rebuilt = Journal(folder)
+    rebuilt = SqliteJournal(folder)
     assert rebuilt.recovered and "rebuilt from events.jsonl" in rebuilt.recovered
     assert rows(folder) != lost  # bodies and order come from the manifest...
     rebuilt.sync(manifest(tmp_path))
@@ -266,14 +221,14 @@ def test_a_lost_journal_is_rebuilt_from_its_events_exactly(tmp_path, how):
 
 def test_a_journal_behind_its_events_catches_up_and_one_ahead_is_never_moved_back(tmp_path):
     folder = tmp_path / "out"
-    journal = Journal(folder)
+    journal = SqliteJournal(folder)
     journal.sync(manifest(tmp_path))
     journal.close()
-    behind = (folder / Journal.FILE).read_bytes()  # as a lost -wal would leave it
+    behind = (folder / SqliteJournal.FILE).read_bytes()  # as a lost -wal would leave it
     every_kind_of_transition(tmp_path, folder)
     final = rows(folder)
-    (folder / Journal.FILE).write_bytes(behind)
-    caught_up = Journal(folder)
+    (folder / SqliteJournal.FILE).write_bytes(behind)
+    caught_up = SqliteJournal(folder)
     assert caught_up.recovered and "behind events.jsonl" in caught_up.recovered
     assert rows(folder) == final
     caught_up.close()
@@ -281,17 +236,17 @@ def test_a_journal_behind_its_events_catches_up_and_one_ahead_is_never_moved_bac
     events = folder / "events.jsonl"
     lines = events.read_text(encoding="utf-8").splitlines(keepends=True)
     events.write_text("".join(lines[:5]), encoding="utf-8")
-    with sqlite3.connect(folder / Journal.FILE) as db:
+    with sqlite3.connect(folder / SqliteJournal.FILE) as db:
         db.execute("DELETE FROM meta WHERE key = 'events_size'")  # replay it all
     db.close()
-    again = Journal(folder)
+    again = SqliteJournal(folder)
     assert again.recovered is None and rows(folder) == final
     again.close()
 
 
 def test_events_without_counters_from_an_older_version_still_rebuild_a_lost_journal(tmp_path):
     folder = tmp_path / "out"
-    journal = Journal(folder)
+    journal = SqliteJournal(folder)
     journal.sync(manifest(tmp_path))
     journal.mark_submitting(A, "ob-a", False)
     journal.mark_running(A, "task-a", "rid")
@@ -302,8 +257,8 @@ def test_events_without_counters_from_an_older_version_still_rebuild_a_lost_jour
         for line in events.read_text(encoding="utf-8").splitlines()
     ]
     events.write_text("".join(json.dumps(r) + "\n" for r in old) + '{"cut short', "utf-8")
-    (folder / Journal.FILE).unlink()
-    rebuilt = Journal(folder)
+    (folder / SqliteJournal.FILE).unlink()
+    rebuilt = SqliteJournal(folder)
     rebuilt.sync(manifest(tmp_path, "a changed prompt"))  # its body unknown: not refused
     row = next(r for r in rebuilt.in_flight() if r.job_id == A)
     assert (row.state, row.task_id, row.attempts) == ("running", "task-a", 1)
@@ -312,13 +267,13 @@ def test_events_without_counters_from_an_older_version_still_rebuild_a_lost_jour
 
 def test_a_rebuilt_journal_still_refuses_a_changed_manifest(tmp_path):
     folder = tmp_path / "out"
-    journal = Journal(folder)
+    journal = SqliteJournal(folder)
     journal.sync(manifest(tmp_path))
     row = journal.pending_page(-1, 1)[0]  # as the engine takes a job to send
     journal.mark_submitting(row.job_id, None, False)
     journal.close()
-    (folder / Journal.FILE).unlink()
-    rebuilt = Journal(folder)
+    (folder / SqliteJournal.FILE).unlink()
+    rebuilt = SqliteJournal(folder)
     with pytest.raises(StateError, match="was already submitting with other parameters"):
         rebuilt.sync(manifest(tmp_path, "alpha shot, changed"))
     rebuilt.close()
@@ -338,7 +293,7 @@ def test_the_task_id_and_the_submitting_mark_are_on_disk_before_the_journal_retu
 
     monkeypatch.setattr(os, "fdatasync", fdatasync)
     folder = tmp_path / "out"
-    journal = Journal(folder)
+    journal = SqliteJournal(folder)
     journal.sync(manifest(tmp_path))
     calls = []
     for step in (
@@ -362,15 +317,15 @@ def test_a_video_in_place_whose_lines_were_lost_with_the_journal_is_kept_not_bou
     tmp_path,
 ):
     folder = tmp_path / "out"
-    journal = Journal(folder)
+    journal = SqliteJournal(folder)
     journal.sync(manifest(tmp_path))
     journal.mark_submitting(B, None, False)
     journal.close()
     (folder / "videos").mkdir()
     (folder / "videos" / f"{A}.mp4").write_bytes(b"x" * 100)  # A's lines are not in the events
     (folder / "videos" / ".b.mp4.part").write_bytes(b"x")  # a partial download is no video
-    (folder / Journal.FILE).unlink()
-    rebuilt = Journal(folder)
+    (folder / SqliteJournal.FILE).unlink()
+    rebuilt = SqliteJournal(folder)
     rebuilt.sync(manifest(tmp_path))
     assert rebuilt.recovered and "1 of them from videos in place" in rebuilt.recovered
     assert rebuilt.counts() == {**dict.fromkeys(STATES, 0), "completed": 1, "submitting": 1}
@@ -381,22 +336,22 @@ def test_a_video_in_place_whose_lines_were_lost_with_the_journal_is_kept_not_bou
 
 def test_the_report_reads_a_journal_of_an_older_version_without_the_new_columns(tmp_path):
     folder = tmp_path / "out"
-    journal = Journal(folder)
+    journal = SqliteJournal(folder)
     journal.sync(manifest(tmp_path))
     journal.close()
-    with sqlite3.connect(folder / Journal.FILE) as db:  # as versions before task_ids made it
+    with sqlite3.connect(folder / SqliteJournal.FILE) as db:  # as versions before task_ids made it
         for column in ("task_ids", "task_status", "ev"):
             db.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
     db.close()
     frame = build_report(folder)
     assert len(frame) == 2 and frame.task_ids.isna().all()
-    Journal(folder).close()  # a run adds them back
+    SqliteJournal(folder).close()  # a run adds them back
     assert build_report(folder).task_ids.isna().all()
 
 
 def test_hostile_event_lines_rebuild_what_they_can_and_touch_no_file_outside(tmp_path):
     folder = tmp_path / "out"
-    journal = Journal(folder)
+    journal = SqliteJournal(folder)
     journal.sync(manifest(tmp_path))
     journal.close()
     victim = tmp_path / "victim.txt"
@@ -414,8 +369,8 @@ def test_hostile_event_lines_rebuild_what_they_can_and_touch_no_file_outside(tmp
         "".join(json.dumps(r) + "\n" for r in lines) + "\x00\xff not json\n" + '{"event": "state"'
     )
     (folder / "events.jsonl").write_text(text, encoding="utf-8")
-    (folder / Journal.FILE).unlink()
-    rebuilt = Journal(folder)
+    (folder / SqliteJournal.FILE).unlink()
+    rebuilt = SqliteJournal(folder)
     rebuilt.sync(manifest(tmp_path))
     assert requeue_lost_videos(rebuilt, LocalStore(folder)) == 1  # A's video is not in the store
     rebuilt.close()

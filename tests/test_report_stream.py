@@ -22,7 +22,7 @@ from rich.console import Console
 import omni_batch
 from omni_batch.cli.main import main
 from omni_batch.cli.progress import final_table, left_pending, run_summary, unfinished
-from omni_batch.journal.sqlite import Journal
+from omni_batch.journal import open_journal
 from omni_batch.outputs import report as report_module
 from omni_batch.outputs.gallery import render_gallery, write_gallery
 from omni_batch.outputs.report import (
@@ -103,7 +103,7 @@ def _text(renderable) -> str:
 
 def _journal(folder: Path, var_names, tag_names, jobs) -> None:
     """A journal of planned jobs, as a run leaves it before its first submit."""
-    journal = Journal(folder)
+    journal = open_journal(folder)
     try:
         journal.set_meta("var_names", ",".join(var_names))
         journal.set_meta("tag_names", ",".join(tag_names))

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 import omni_batch
-from omni_batch.journal.sqlite import Journal, _lock_folder
+from omni_batch.journal import lock_folder, open_journal
 from omni_batch.outputs.report import build_report
 
 MANIFEST = """
@@ -121,7 +121,7 @@ def test_reviews_survive_a_journal_rebuilt_from_events(folder):
     cli("pick", str(folder), b, "--score", "2")  # a later change wins
     for suffix in ("", "-wal", "-shm"):
         (folder / f"journal.sqlite{suffix}").unlink(missing_ok=True)
-    journal = Journal(folder)
+    journal = open_journal(folder)
     try:
         assert journal.recovered and "rebuilt from events.jsonl" in journal.recovered
         saved = journal.reviews()
@@ -133,7 +133,7 @@ def test_reviews_survive_a_journal_rebuilt_from_events(folder):
 
 def test_pick_is_refused_while_a_run_holds_the_folder(folder):
     a = jobs(folder)[0]
-    lock = _lock_folder(folder)  # what a run holds for its whole length
+    lock = lock_folder(folder)  # what a run holds for its whole length
     try:
         done = cli("pick", str(folder), a, check=False)
     finally:
@@ -252,7 +252,7 @@ def test_server_refuses_bad_writes_and_serves_nothing_outside_the_folder(folder,
 def test_server_is_read_only_while_a_run_holds_the_folder(folder):
     a = jobs(folder)[0]
     with review_server(folder) as url:
-        lock = _lock_folder(folder)
+        lock = lock_folder(folder)
         try:
             assert api_jobs(url)["read_only"] is True
             status, _, body = request(url, "POST", "/api/review", {"job_ids": [a], "score": 3})

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
-import sqlite3
 import time
 from pathlib import Path
 
@@ -18,9 +16,10 @@ from click.testing import CliRunner
 
 from omni_batch.cli.main import main
 from omni_batch.errors import OutputError
-from omni_batch.journal.sqlite import Journal
+from omni_batch.journal import open_journal
 from omni_batch.running.api import ToapisClient
 from omni_batch.store import LocalStore
+from tests.conftest import journal_rows
 from tests.test_crash_matrix import _count_running
 from tests.test_run_e2e import JOBS, MANIFEST, _subprocess_run, _wait_for, cli, report, sim
 
@@ -58,7 +57,7 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
     manifest = tmp_path / "m.yaml"
     manifest.write_text(MANIFEST, encoding="utf-8")
     out = tmp_path / "out"
-    holder = Journal(out)  # another run holds the folder
+    holder = open_journal(out)  # another run holds the folder
     try:
         with sim() as server:
             result = cli(server, manifest, out)
@@ -135,10 +134,9 @@ def test_resumed_downloads_are_not_polled_again(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         running = _count_running(out)
-        with contextlib.closing(sqlite3.connect(out / "journal.sqlite")) as db:
-            fetching = [
-                r[0] for r in db.execute("SELECT task_id FROM jobs WHERE state != 'running'")
-            ]
+        fetching = [
+            task for task, state in journal_rows(out, "task_id", "state") if state != "running"
+        ]
         polled = {task: server.state.tasks[task].polls for task in fetching if task}
         resumed = _subprocess_run(manifest, out, server, "--max-in-flight", "1")
         _, stderr = resumed.communicate(timeout=90)
@@ -164,7 +162,7 @@ def test_status_works_while_another_run_holds_the_folder(tmp_path):
     out = tmp_path / "out"
     with sim() as server:
         assert cli(server, manifest, out).exit_code == 0
-    holder = Journal(Path(out))
+    holder = open_journal(Path(out))
     try:
         result = CliRunner().invoke(main, ["status", str(out)])
     finally:

@@ -275,7 +275,7 @@ def test_a_full_disk_mid_run_ends_it_with_a_one_line_error_and_the_journal_intac
 def test_the_poll_dispatcher_ends_when_cancelled_as_a_poll_is_scheduled(tmp_path, turns):
     # the race that hung shutdown on CPython 3.11: a poll is scheduled (waking the dispatcher)
     # and the dispatcher is cancelled before it runs again; `turns` loop turns apart
-    from omni_batch.journal.sqlite import Journal
+    from omni_batch.journal import open_journal
     from omni_batch.running.accounts import AccountRun
     from omni_batch.running.api import ToapisClient
     from omni_batch.running.budgets import Account, Rates
@@ -284,7 +284,7 @@ def test_the_poll_dispatcher_ends_when_cancelled_as_a_poll_is_scheduled(tmp_path
     from omni_batch.store import LocalStore
 
     async def main() -> bool:
-        journal = Journal(tmp_path)
+        journal = open_journal(tmp_path)
         try:
             async with aiohttp.ClientSession() as session:
                 client = ToapisClient(session, "http://127.0.0.1:9", "sk-test")

@@ -118,11 +118,11 @@ def _refuse_a_busy_folder(folder) -> None:
 
     (The journal takes the lock for the run itself; between this look and that, another run
     could still start, and is then refused by the journal.)"""
-    from omni_batch.journal.sqlite import _lock_folder
+    from omni_batch.journal import lock_folder
 
     if folder.is_dir():
         with contextlib.suppress(OSError):  # unreadable or unwritable: the journal says so
-            _lock_folder(folder).close()
+            lock_folder(folder).close()
 
 
 @main.command()
@@ -366,9 +366,11 @@ def _run(
     _refuse_a_busy_folder(folder)
     sliced = None
     if limit is not None or only_values:  # a NAME or VALUE that selects nothing: before the plan
+        from omni_batch.journal import started_counter
         from omni_batch.planning.slicing import check as check_slice
 
-        sliced = check_slice(result.manifest, only_values, limit, folder)
+        with started_counter(folder) as started:
+            sliced = check_slice(result.manifest, only_values, limit, started)
     console = _console(err=json_out)  # with --json, stdout holds the JSON object alone
     err = _console(err=True)
     console.print(plan_summary(result, console.width, first=5))
@@ -534,7 +536,7 @@ def pick(
 ) -> None:
     """Pick (or --reject) jobs of an output FOLDER, as the review page does; saved in its
     journal at once, and report.csv / report.parquet / gallery.html rewritten with them."""
-    from omni_batch.journal.sqlite import KEEP
+    from omni_batch.journal import KEEP
     from omni_batch.outputs.review import save_reviews
 
     if clear and (reject or score is not None or note is not None):

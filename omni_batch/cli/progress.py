@@ -19,10 +19,11 @@ from rich.table import Table
 from rich.text import Text
 
 from omni_batch.errors import InputError, OmniBatchError, StateError, UsageError
+from omni_batch.journal import JOURNAL_FILE, STATES
 from omni_batch.outputs.digest import ReportDigest, value_counts
 from omni_batch.running.engine import RunStats
 
-ORDER = ("pending", "submitting", "running", "downloading", "completed", "failed")
+ORDER = STATES
 
 
 def _duration(seconds: float) -> str:
@@ -183,7 +184,7 @@ REPORT_FILES = {
     "failures_csv": "failures.csv",
     "gallery": "gallery.html",
     "events": "events.jsonl",
-    "journal": "journal.sqlite",
+    "journal": JOURNAL_FILE,
     "videos": "videos",
 }
 

@@ -17,43 +17,35 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import secrets
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 from omni_batch import crash
 from omni_batch.errors import OutputError, StateError, UsageError
 from omni_batch.journal import replay
+from omni_batch.journal.base import (
+    DEFER_S,
+    KEEP,
+    NOTE_MAX,
+    STATES,
+    JobRow,
+    Journal,
+    Review,
+    VideoCheck,
+    body_hash,
+    check_review,
+)
 from omni_batch.planning.jobs import Job
-
-
-class Probe(Protocol):
-    """What probing a video found (the shape of running.verify.Probe)."""
-
-    @property
-    def ok(self) -> bool: ...
-    @property
-    def width(self) -> int | None: ...
-    @property
-    def height(self) -> int | None: ...
-    @property
-    def duration_s(self) -> float | None: ...
-    @property
-    def message(self) -> str: ...
-
 
 SCHEMA_VERSION = 1
 _EVENT_JSON = json.JSONEncoder(ensure_ascii=False)  # one encoder: json.dumps makes one a call
-DEFER_S = 1.0  # longest a `completed` transition waits for a commit
 DEFER_MAX = 256  # ... or this many of them
-STATES = ("pending", "submitting", "running", "downloading", "completed", "failed")
 CACHE_KIB = 512  # SQLite page cache of the journal's connection, and of its temp tables
 _DAMAGED = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB: the file holds no journal we can read
 
@@ -86,7 +78,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 -- pending jobs are found by walking seq forward from the last page, so the walk is linear
 CREATE INDEX IF NOT EXISTS jobs_seq ON jobs (seq);
 DROP INDEX IF EXISTS jobs_state;
--- a reviewer's verdict on a job (omni-batch review / pick): written by Journal.set_review only,
+-- a reviewer's verdict on a job (omni-batch review / pick): written by set_review only,
 -- each change also an events.jsonl line ("event": "review"), so a rebuilt journal keeps it
 CREATE TABLE IF NOT EXISTS reviews (
     job_id TEXT PRIMARY KEY,
@@ -113,7 +105,7 @@ _JOB_COLUMNS = (
 )
 
 
-def _lock_folder(folder: Path) -> IO[str]:
+def lock_folder(folder: Path) -> IO[str]:
     """One run per output folder: two runners on one journal would submit jobs twice."""
     handle = (folder / ".lock").open("a+")
     try:
@@ -146,67 +138,7 @@ def _set_aside(path: Path, label: str) -> str:
     return kept
 
 
-PICKS = ("picked", "rejected")
-NOTE_MAX = 2000  # characters a review note keeps
-KEEP: Any = object()  # set_review: leave this field as it is
-
-
-@dataclass(frozen=True, slots=True)
-class Review:
-    """A reviewer's verdict on one job."""
-
-    job_id: str
-    pick: str | None = None
-    score: int | None = None
-    note: str = ""
-    reviewed_at: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id, "pick": self.pick, "score": self.score, "note": self.note,
-            "reviewed_at": self.reviewed_at,
-        }  # fmt: skip
-
-
-def check_review(pick: Any = KEEP, score: Any = KEEP, note: Any = KEEP) -> list[str]:
-    """What is wrong with review values (none: they can be saved)."""
-    wrong = []
-    if pick is not KEEP and pick is not None and pick not in PICKS:
-        wrong.append(f"pick: {pick!r} is not one of picked, rejected or empty")
-    if score not in (KEEP, None) and (type(score) is not int or not 1 <= score <= 5):
-        wrong.append(f"score: {score!r} is not a whole number from 1 to 5")
-    if note is not KEEP and not isinstance(note, str):
-        wrong.append("note: must be text")
-    return wrong
-
-
-def body_hash(body: dict[str, Any]) -> str:
-    return hashlib.sha256(
-        json.dumps(body, sort_keys=True, ensure_ascii=False).encode()
-    ).hexdigest()[:32]
-
-
-@dataclass(frozen=True, slots=True)
-class JobRow:
-    """What the engine needs of one journaled job."""
-
-    job_id: str
-    seq: int
-    state: str
-    body: dict[str, Any]
-    task_id: str | None
-    business_id: str | None
-    attempts: int
-    polls: int
-    possible_duplicate: bool
-    video_url: str | None
-    expires_at: float | None
-    submitted_at: float | None
-    error_type: str | None
-    account: str | None = None  # the account its submit went to (None: an older journal)
-
-
-class Journal:
+class SqliteJournal:
     """SQLite journal in ``folder/journal.sqlite``; one writer (this process) at a time."""
 
     FILE = "journal.sqlite"
@@ -216,7 +148,7 @@ class Journal:
         self.recovered: str | None = None  # what opening had to repair, said once in the log
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            self._lock = _lock_folder(folder)
+            self._lock = lock_folder(folder)
         except OSError as exc:
             raise OutputError(
                 f"{folder}: cannot create the output folder or journal: {exc}"
@@ -977,7 +909,7 @@ class Journal:
         )  # fmt: skip
 
     def mark_completed(
-        self, job_id: str, video_path: str, size: int, check: Probe | None = None
+        self, job_id: str, video_path: str, size: int, check: VideoCheck | None = None
     ) -> None:
         """The video is on disk; ``check`` is what probing it found (None: not probed)."""
         fields: dict[str, Any] = {"video_path": video_path, "bytes": size}
@@ -1032,3 +964,7 @@ class Journal:
             },
             **fields,
         )
+
+
+def _is_a_journal(journal: SqliteJournal) -> Journal:
+    return journal  # type-checked: SqliteJournal satisfies the Journal protocol

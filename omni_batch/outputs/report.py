@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,18 +21,13 @@ import numpy as np
 import pandas as pd
 
 from omni_batch import crash
+from omni_batch.errors import OutputError
+from omni_batch.journal import IN_FLIGHT, RETIRED, STATES, JournalReader, open_reader
 from omni_batch.outputs.digest import ReportDigest
-from omni_batch.errors import OutputError, StateError
 from omni_batch.running.money import PRICES_META, load_table, price_of
 
-STATUS = {
-    "pending": "pending",
-    "submitting": "running",
-    "running": "running",
-    "downloading": "running",
-    "completed": "completed",
-    "failed": "failed",
-}
+# a job's report status: its journal state, every state in flight shown as running
+STATUS = {state: "running" if state in IN_FLIGHT else state for state in STATES}
 COLUMNS = [
     "job_id", "prompt_id", "prompt", "model", "aspect_ratio", "duration", "resolution", "repeat",
     "status", "state", "task_id", "task_ids", "attempts", "polls", "http_status", "error_type",
@@ -48,7 +42,6 @@ COLUMNS = [
 # no task or a failed generation (refunded), NaN when billed at an unknown price (never $0)
 _MONEY = ("usd_per_second", "cost_usd")
 REVIEW_COLUMNS = ("pick", "score", "note", "reviewed_at")
-READ_CACHE_KIB = 256  # SQLite page cache of a report's read of the journal
 SLICE_ROWS = 1000  # journal rows read, converted and written at a time (a Parquet row group)
 _RAW = [c for c in COLUMNS if c not in ("status", "latency_s", *_MONEY)] + [
     "vars",
@@ -56,44 +49,17 @@ _RAW = [c for c in COLUMNS if c not in ("status", "latency_s", *_MONEY)] + [
     "active",
     "task_status",
 ]
-RETIRED = "retired"  # the status of a job no longer in the manifest (kept: sent, or paid for)
-# the report's rows: the manifest's jobs in its order, then the retired ones (journal.RETIRED_KEPT)
-_ACTIVE = "active = 1"
-
-
-def _retired(sql: dict[str, str]) -> str:
-    """The retired rows (``sql``: see _selected; an older journal has no task_ids)."""
-    return f"active = 0 AND (state != 'pending' OR {sql['task_ids']} IS NOT NULL)"
-
+# the report's rows: the manifest's jobs in its order, then the retired ones (RETIRED: jobs no
+# longer in the manifest, kept when sent or paid for); see journal.JournalReader
 
 _TIMES = ("expires_at", "submitted_at", "completed_at", "reviewed_at")
 _FILES = ("report.csv", "report.parquet", "failures.csv")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _connect(folder: Path) -> sqlite3.Connection:
-    path = folder / "journal.sqlite"
-    if not path.is_file() and (folder / "events.jsonl").is_file():
-        raise StateError(
-            f"{folder}: no journal.sqlite here; the same `omni-batch run` command rebuilds it "
-            "from events.jsonl"
-        )
-    if not path.is_file():
-        raise StateError(f"{folder}: no journal.sqlite here; is this an omni-batch output folder?")
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-        # the reports read the journal once, in order: a small page cache does (the default
-        # 2 MB, and as much again for each sort of the gallery's order, grew with the journal)
-        db.execute(f"PRAGMA cache_size = -{READ_CACHE_KIB}")
-        db.execute(f"PRAGMA temp.cache_size = -{READ_CACHE_KIB}")
-        return db
-    except sqlite3.Error as exc:
-        raise StateError(f"{path}: cannot open the journal: {exc}") from None
-
-
-def _names(db: sqlite3.Connection, key: str) -> list[str]:
-    row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-    return [n for n in (row[0].split(",") if row and row[0] else []) if n]
+def _names(reader: JournalReader, key: str) -> list[str]:
+    value = reader.meta(key)
+    return [n for n in (value.split(",") if value else []) if n]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,37 +78,16 @@ class _Shape:
     prices: dict[str, Any] = field(default_factory=dict)  # money.price_table of the run
 
 
-def _sample(column: str, sql: str) -> str:
-    """SQL for one value of the column, if it has any; a timestamp with a fraction if any has."""
-    if column in _TIMES:
-        fraction = f"CASE WHEN {sql} != CAST({sql} AS INTEGER) THEN {sql} END"
-        return f"coalesce(max({fraction}), max({sql}))"
-    return f"max({sql})"
-
-
-def _selected(db: sqlite3.Connection) -> dict[str, str]:
-    """Report column → SQL; NULL for a column a journal of an older version does not have."""
-    have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
-    sql = {c: c if c in have else "NULL" for c in _RAW}  # `active` is in every version
-    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'reviews'").fetchone():
-        for c in REVIEW_COLUMNS:  # a journal older than reviews has none
-            sql[c] = f"(SELECT r.{c} FROM reviews r WHERE r.job_id = jobs.job_id)"
-    return sql
-
-
-def _shape(db: sqlite3.Connection, sql: dict[str, str]) -> _Shape:
-    facts = ["count(*)", *(f"count({sql[c]})" for c in _RAW), *(_sample(c, sql[c]) for c in _RAW)]
-    rows_sql = f"({_ACTIVE}) OR ({_retired(sql)})"
-    row = db.execute(f"SELECT {', '.join(facts)} FROM jobs WHERE {rows_sql}").fetchone()
-    rows, present, sample = row[0], row[1 : 1 + len(_RAW)], row[1 + len(_RAW) :]
-    raw = pd.DataFrame.from_records([sample], columns=_RAW)  # pandas' own inference, per value
-    dtypes: dict[str, Any] = {}
-    for column, count in zip(_RAW, present, strict=True):
-        gaps = raw[column].dtype == "int64" and count < rows
+def _shape(reader: JournalReader) -> _Shape:
+    facts = reader.facts(_RAW, fractional=_TIMES)
+    rows = facts.rows
+    raw = pd.DataFrame.from_records([[facts.sample[c] for c in _RAW]], columns=_RAW)
+    dtypes: dict[str, Any] = {}  # pandas' own inference, per value
+    for column in _RAW:
+        gaps = raw[column].dtype == "int64" and facts.present[column] < rows
         dtypes[column] = np.dtype("float64") if gaps else raw[column].dtype
-    var_names, tag_names = _names(db, "var_names"), _names(db, "tag_names")
-    found = db.execute("SELECT value FROM meta WHERE key = ?", (PRICES_META,)).fetchone()
-    prices = load_table(found[0] if found else None)
+    var_names, tag_names = _names(reader, "var_names"), _names(reader, "tag_names")
+    prices = load_table(reader.meta(PRICES_META))
     shape = _Shape(dtypes, None, var_names, tag_names, prices)
     if not rows:
         return shape
@@ -207,50 +152,17 @@ def _report_frame(frame: pd.DataFrame, shape: _Shape) -> pd.DataFrame:
     return pd.concat([frame[COLUMNS], pd.DataFrame(extra, index=frame.index)], axis=1)
 
 
-_TAIL = 1 << 40  # a retired row's place: after every row of the manifest (seq < 2**40)
-
-
-def _page_order(sql: dict[str, str]) -> str:
-    """ORDER BY for the gallery's order: prompt rows in report order (a prompt where its first
-    job is), its jobs by repeat (missing last), then in report order (as gallery._page_order)."""
-    place = f"(active = 0) * {_TAIL} + seq"
-    first = f"min({place}) OVER (PARTITION BY {sql['prompt_id']})"
-    repeat = sql["repeat"]
-    return f"{first}, {repeat} IS NULL, {repeat}, {place}"
-
-
 def _report_slices(
     folder: str | Path, *, page: bool = False
 ) -> Iterator[tuple[pd.DataFrame, _Shape]]:
     """The report of an output folder a slice at a time (at least one, maybe empty), in
     manifest order (``page``: the gallery's order), from one snapshot of the journal (works
     during a run)."""
-    path = Path(folder) / "journal.sqlite"
-    db = _connect(Path(folder))
-    try:
-        db.execute("BEGIN")  # one read snapshot, even while a run writes
-        sql = _selected(db)
-        shape = _shape(db, sql)
-        columns = ", ".join(sql[c] for c in _RAW)
-        first = True
-        queries = [
-            f"SELECT {columns} FROM jobs WHERE {w} ORDER BY seq" for w in (_ACTIVE, _retired(sql))
-        ]
-        if page:
-            where = f"({_ACTIVE}) OR ({_retired(sql)})"
-            queries = [f"SELECT {columns} FROM jobs WHERE {where} ORDER BY {_page_order(sql)}"]
-        for query in queries:
-            cursor = db.execute(query)
-            while (rows := cursor.fetchmany(SLICE_ROWS)) or first:
-                first = False  # at least one slice, maybe empty
-                yield _report_frame(_raw_frame(rows, shape), shape), shape
-                _release_arrow_memory()  # whatever the reader did with the slice
-                if not rows:
-                    break
-    except sqlite3.Error as exc:
-        raise StateError(f"{path}: cannot read the journal: {exc}") from None
-    finally:
-        db.close()
+    with open_reader(folder) as reader:
+        shape = _shape(reader)
+        for rows in reader.rows(_RAW, SLICE_ROWS, gallery=page):
+            yield _report_frame(_raw_frame(rows, shape), shape), shape
+            _release_arrow_memory()  # whatever the reader did with the slice
 
 
 def _concat(slices: list[pd.DataFrame]) -> pd.DataFrame:
@@ -442,17 +354,5 @@ def refresh_reports(folder: str | Path) -> None:
 def counts(folder: str | Path) -> dict[str, int]:
     """Jobs of the manifest per journal state (pending, submitting, running, downloading,
     completed, failed), and ``retired``: jobs no longer in the manifest, kept in the report."""
-    db = _connect(Path(folder))
-    try:
-        rows = db.execute(
-            "SELECT state, count(*) FROM jobs WHERE active = 1 GROUP BY state"
-        ).fetchall()
-        where = _retired(_selected(db))
-        retired = db.execute(f"SELECT count(*) FROM jobs WHERE {where}").fetchone()[0]
-        rows.append((RETIRED, retired))
-    except sqlite3.Error as exc:
-        path = Path(folder) / "journal.sqlite"
-        raise StateError(f"{path}: cannot read the journal: {exc}") from None
-    finally:
-        db.close()
-    return {state: n for state, n in rows}
+    with open_reader(folder) as reader:
+        return reader.counts()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from omni_batch.errors import StateError, UsageError
-from omni_batch.journal.sqlite import KEEP, Journal, Review, _lock_folder
+from omni_batch.journal import JOURNAL_FILE, KEEP, Review, lock_folder, open_journal
 
 
 class RunGoing(StateError):
@@ -35,7 +35,7 @@ def check_folder(folder: str | Path) -> Path:
     folder = Path(folder)
     if not folder.is_dir():
         raise StateError(f"{folder}: no such folder")
-    if not (folder / Journal.FILE).is_file() and not (folder / "events.jsonl").is_file():
+    if not (folder / JOURNAL_FILE).is_file() and not (folder / "events.jsonl").is_file():
         raise StateError(f"{folder}: no journal.sqlite here; is this an omni-batch output folder?")
     return folder
 
@@ -49,7 +49,7 @@ def _held(folder: Path, wait: float = LOCK_WAIT_S) -> Iterator[IO[str]]:
     deadline = time.monotonic() + wait
     while True:
         try:
-            handle = _lock_folder(folder)
+            handle = lock_folder(folder)
             break
         except StateError:
             if time.monotonic() >= deadline:
@@ -91,7 +91,7 @@ def save_reviews(
         raise UsageError("name at least one job id")
     with _held(folder):
         pass  # a run going: the friendly message, before the journal's own
-    journal = Journal(folder)
+    journal = open_journal(folder)
     try:
         known = set(journal.known_jobs(ids))
         unknown = [j for j in ids if j not in known]

@@ -31,7 +31,7 @@ from aiohttp import web
 
 from omni_batch.outputs import review_assets as assets
 from omni_batch.errors import OmniBatchError, StateError, UsageError
-from omni_batch.journal.sqlite import KEEP, NOTE_MAX, check_review
+from omni_batch.journal import KEEP, NOTE_MAX, check_review
 from omni_batch.outputs.review import RunGoing, check_folder, refresh, run_going, save_reviews
 
 COOKIE = "omni_review"

@@ -8,8 +8,7 @@ counts what the run will submit, streaming the jobs: memory stays flat in job co
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,9 +93,15 @@ class SlicePlan:
         )
 
 
-def check(manifest: Manifest, only: Only, limit: int | None, folder: Path | None) -> SlicePlan:
+def check(
+    manifest: Manifest,
+    only: Only,
+    limit: int | None,
+    started: Callable[[list[str]], int] | None = None,
+) -> SlicePlan:
     """Refuse a NAME the manifest does not have and a VALUE no job has (UsageError, exit 2);
-    count the matching jobs and, in ``folder``'s journal if there is one, those already done."""
+    count the matching jobs and, with ``started`` (how many of some job ids the output folder's
+    journal already has past pending: journal.started_counter), those already done."""
     names = known_names(manifest)
     for name in only:
         if name not in names:
@@ -109,28 +114,23 @@ def check(manifest: Manifest, only: Only, limit: int | None, folder: Path | None
     jobs = matching = 0
     batch: list[str] = []
     done = 0
-    db = _folder_journal(folder)
-    try:
-        for job in manifest.jobs():
-            jobs += 1
-            for name, values in only.items():
-                for value in _values_of(job, name):
-                    if value in values:
-                        found[name].add(value)
-                    if len(seen[name]) < SHOWN_VALUES:
-                        seen[name].add(value)
-            if matches(job, only):
-                matching += 1
-                if db is not None:
-                    batch.append(job.job_id)
-                    if len(batch) >= _BATCH:
-                        done += _started(db, batch)
-                        batch.clear()
-        if batch and db is not None:
-            done += _started(db, batch)
-    finally:
-        if db is not None:
-            db.close()
+    for job in manifest.jobs():
+        jobs += 1
+        for name, values in only.items():
+            for value in _values_of(job, name):
+                if value in values:
+                    found[name].add(value)
+                if len(seen[name]) < SHOWN_VALUES:
+                    seen[name].add(value)
+        if matches(job, only):
+            matching += 1
+            if started is not None:
+                batch.append(job.job_id)
+                if len(batch) >= _BATCH:
+                    done += started(batch)
+                    batch.clear()
+    if batch and started is not None:
+        done += started(batch)
     for name, values in only.items():
         for value in values:
             if value not in found[name]:
@@ -141,22 +141,3 @@ def check(manifest: Manifest, only: Only, limit: int | None, folder: Path | None
                     f"{', '.join(have) or '(none)'}{more}{suggest(value, have)}"
                 )
     return SlicePlan(jobs, matching, done, limit)
-
-
-def _folder_journal(folder: Path | None) -> sqlite3.Connection | None:
-    if folder is None or not (folder / "journal.sqlite").is_file():
-        return None
-    try:
-        return sqlite3.connect(f"file:{folder / 'journal.sqlite'}?mode=ro", uri=True, timeout=10)
-    except sqlite3.Error:
-        return None  # the run itself says what is wrong with it
-
-
-def _started(db: sqlite3.Connection, job_ids: list[str]) -> int:
-    marks = ",".join("?" * len(job_ids))
-    try:
-        return db.execute(
-            f"SELECT count(*) FROM jobs WHERE state != 'pending' AND job_id IN ({marks})", job_ids
-        ).fetchone()[0]
-    except sqlite3.Error:
-        return 0

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from omni_batch.errors import InputError, Problem, Where
 
 if TYPE_CHECKING:
-    from omni_batch.journal.sqlite import Journal
+    from omni_batch.journal import Journal
     from omni_batch.running.api import ToapisClient
     from omni_batch.running.budgets import Account
 

@@ -34,7 +34,7 @@ from omni_batch.errors import (
     ThrottledTooLong,
     TransportError,
 )
-from omni_batch.journal.sqlite import DEFER_S, JobRow, Journal
+from omni_batch.journal import DEFER_S, JobRow, Journal
 from omni_batch.running.accounts import AccountRun
 from omni_batch.running.api import TaskState, ToapisClient
 from omni_batch.running.budgets import MAX_IN_FLIGHT, QUERY, SUBMIT, RateHeaders

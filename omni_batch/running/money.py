@@ -22,6 +22,7 @@ from omni_batch.errors import (
     OmniBatchError,
     TransportError,
 )
+from omni_batch.journal import IN_FLIGHT
 from omni_batch.planning.catalog import Catalog, usd
 from omni_batch.running.api import Balance, ToapisClient
 
@@ -122,7 +123,7 @@ class Spend:
                 spend.unpriced_billed += 1
                 continue
             spend.spent_usd += cost
-            if state in ("submitting", "running", "downloading"):
+            if state in IN_FLIGHT:
                 spend.held[job_id] = cost
         spend.at_start = spend.spent_usd
         spend.to_submit = estimate(journal.pending_groups(), table)

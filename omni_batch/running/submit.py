@@ -36,7 +36,7 @@ from omni_batch.errors import (
     TransportError,
     UnrecognisedAnswer,
 )
-from omni_batch.journal.sqlite import JobRow, Journal
+from omni_batch.journal import JobRow, Journal
 from omni_batch.running.accounts import AccountRun, choose
 from omni_batch.running.api import Submitted, TaskState
 from omni_batch.running.options import Policy, retried
