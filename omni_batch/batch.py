@@ -382,6 +382,7 @@ async def _run(
             )
             repolled, requeued = journal.reopen(options.retry_failed)
             store = LocalStore(folder)
+            journal.adopt_videos((v.name, store.link(v.name), v.size) for v in store.stored())
             lost = requeue_lost_videos(journal, store)
             store.prepare()
             # the resolver refuses names (other than the API's) that resolve to internal

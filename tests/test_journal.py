@@ -327,7 +327,12 @@ def test_a_video_in_place_whose_lines_were_lost_with_the_journal_is_kept_not_bou
     (folder / SqliteJournal.FILE).unlink()
     rebuilt = SqliteJournal(folder)
     rebuilt.sync(manifest(tmp_path))
+    store = LocalStore(folder)
+    found = [(v.name, store.link(v.name), v.size) for v in store.stored()]
+    assert found == [(A, f"videos/{A}.mp4", 100)]
+    assert rebuilt.adopt_videos(found) == 1
     assert rebuilt.recovered and "1 of them from videos in place" in rebuilt.recovered
+    assert rebuilt.adopt_videos(found) == 0  # once per rebuild
     assert rebuilt.counts() == {**dict.fromkeys(STATES, 0), "completed": 1, "submitting": 1}
     assert [r.job_id for r in rebuilt.pending_page(-1, 10)] == []
     rebuilt.close()

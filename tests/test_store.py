@@ -45,8 +45,18 @@ def test_the_local_store_has_every_method_of_the_protocol():
     assert wanted <= set(dir(LocalStore))
     assert wanted == {
         "prepare", "put", "size", "remove", "open", "local_path", "link", "put_poster",
-        "poster_link",
+        "poster_link", "stored",
     }  # fmt: skip
+
+
+def test_stored_lists_whole_videos_only(tmp_path):
+    store = store_in(tmp_path)
+    put(store, "job-1", stream(b"abc"))
+    (tmp_path / "out" / "videos" / ".job-2.mp4.part").write_bytes(b"x")  # a download under way
+    (tmp_path / "out" / "videos" / "job-3.mp4").write_bytes(b"")  # nothing in it
+    (tmp_path / "out" / "videos" / "notes.txt").write_bytes(b"x")
+    assert list(store.stored()) == [Stored("job-1", 3)]
+    assert list(store_in(tmp_path / "nowhere").stored()) == []
 
 
 def test_a_put_stores_the_whole_stream_under_its_name(tmp_path):

@@ -267,6 +267,10 @@ class MemoryJournal:
             if r.active and r.state == "completed" and r.video_path is not None:
                 yield r.job_id, r.video_path, r.bytes or 0
 
+    def adopt_videos(self, found: Iterable[tuple[str, str, int]]) -> int:
+        """Never rebuilt from events: nothing to adopt."""
+        return 0
+
     def requeue(self, job_ids: Iterable[str], reason: str) -> int:
         now, n = time.time(), 0
         for job_id in job_ids:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,7 +181,6 @@ class Replayed:
     applied: int = 0
     skipped: int = 0  # lines that were not JSON or not a transition we know
     top: int = 0
-    adopted: int = 0  # videos in place recorded by adopt_videos
     reviews: int = 0  # review lines applied (omni-batch review / pick)
 
 
@@ -256,24 +256,13 @@ def replay(
     return done
 
 
-def adopt_videos(db: sqlite3.Connection, folder: Path) -> int:
-    """After a rebuild: a whole video in place for a job the events never saw finish (lines
-    lost with the journal) is recorded as completed: it was paid for and is kept, not bought
-    again. Returns how many."""
-    videos = folder / "videos"
-    if not videos.is_dir():
-        return 0
+def adopt_videos(db: sqlite3.Connection, found: Iterable[tuple[str, str, int]]) -> int:
+    """After a rebuild: a whole video in the store (``found``: job id, link, bytes) for a job
+    the events never saw finish (lines lost with the journal) is recorded as completed: it was
+    paid for and is kept, not bought again. Returns how many."""
     adopted = 0
-    for path in videos.iterdir():
-        if path.suffix != ".mp4" or path.name.startswith("."):
-            continue
-        try:
-            size = path.stat().st_size
-        except OSError:
-            continue
-        if not size:
-            continue
-        params = {"job_id": path.stem, "path": f"videos/{path.name}", "bytes": size}
+    for job_id, link, size in found:
+        params = {"job_id": job_id, "path": link, "bytes": size}
         db.execute(_PLACEHOLDER, params)
         adopted += db.execute(
             "UPDATE jobs SET state = 'completed', video_path = :path, bytes = :bytes "

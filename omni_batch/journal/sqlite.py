@@ -44,6 +44,7 @@ from omni_batch.journal.base import (
 from omni_batch.planning.jobs import Job
 
 SCHEMA_VERSION = 1
+ADOPT_META = "adopt_videos"  # set by a rebuild until the store's videos are adopted
 _EVENT_JSON = json.JSONEncoder(ensure_ascii=False)  # one encoder: json.dumps makes one a call
 DEFER_MAX = 256  # ... or this many of them
 CACHE_KIB = 512  # SQLite page cache of the journal's connection, and of its temp tables
@@ -145,6 +146,7 @@ class SqliteJournal:
 
     def __init__(self, folder: Path, events: bool = True):
         self.folder = folder
+        self._rebuilt: tuple[str, int, int, int, int, str] | None = None
         self.recovered: str | None = None  # what opening had to repair, said once in the log
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -284,12 +286,30 @@ class SqliteJournal:
         jobs, tasks, completed = db.execute(
             "SELECT count(*), count(task_id), count(*) FILTER (WHERE state = 'completed') FROM jobs"
         ).fetchone()
-        adopted = f", {done.adopted} of them from videos in place" if done.adopted else ""
-        self.recovered = (
-            f"{self.FILE} was {how}: rebuilt from events.jsonl ({done.applied} transitions: "
-            f"{jobs} jobs, {tasks} with a task id, {completed} completed{adopted}){kept}"
-        )
+        self._rebuilt = (how, done.applied, jobs, tasks, completed, kept)
+        self.recovered = self._rebuilt_message(0)
         return db
+
+    def _rebuilt_message(self, adopted: int) -> str:
+        how, applied, jobs, tasks, completed, kept = self._rebuilt or ("", 0, 0, 0, 0, "")
+        also = f", {adopted} of them from videos in place" if adopted else ""
+        return (
+            f"{self.FILE} was {how}: rebuilt from events.jsonl ({applied} transitions: "
+            f"{jobs} jobs, {tasks} with a task id, {completed + adopted} completed{also}){kept}"
+        )
+
+    def adopt_videos(self, found: Iterable[tuple[str, str, int]]) -> int:
+        """After a rebuild from events.jsonl (by this or any earlier opening that did not
+        adopt): the videos in the store (``found``: job id, link, bytes) of jobs the events
+        never saw finish are recorded as completed, never bought again. Returns how many."""
+        if self.meta(ADOPT_META) is None:
+            return 0
+        with self._writing(), self.db:
+            adopted = replay.adopt_videos(self.db, found)
+            self.db.execute("DELETE FROM meta WHERE key = ?", (ADOPT_META,))
+        if self._rebuilt is not None:
+            self.recovered = self._rebuilt_message(adopted)
+        return adopted
 
     def _catch_up(self, db: sqlite3.Connection) -> None:
         """Replay the event lines a crashed run wrote after the last clean close that the
@@ -315,8 +335,8 @@ class SqliteJournal:
         try:
             db.execute("BEGIN")
             done = replay.replay(db, self.folder, offset, fresh=fresh, above=above)
-            if fresh:
-                done.adopted = replay.adopt_videos(db, self.folder)
+            if fresh:  # the store's videos are adopted by adopt_videos, on the run's behalf
+                db.execute("INSERT OR REPLACE INTO meta VALUES (?, '1')", (ADOPT_META,))
             db.execute("INSERT OR REPLACE INTO meta VALUES ('events_size', ?)", (str(size),))
             db.execute("COMMIT")  # made durable by the first _sync, before any POST
         except sqlite3.Error as exc:

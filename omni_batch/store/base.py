@@ -9,7 +9,7 @@ object store, which obstore also offers synchronously).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -36,6 +36,10 @@ class VideoStore(Protocol):
 
     def size(self, name: str) -> int | None:
         """The stored video's size in bytes; None when there is none."""
+        ...
+
+    def stored(self) -> Iterator[Stored]:
+        """Every whole video in the store (a journal rebuilt from its events adopts them)."""
         ...
 
     def remove(self, name: str) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -86,6 +86,23 @@ class LocalStore:
 
     def _unwritable(self, exc: OSError) -> OutputError:
         return OutputError(f"{self._resolved}: cannot write video: {exc.strerror}")
+
+    def stored(self) -> Iterator[Stored]:
+        try:
+            entries = os.scandir(self._videos)
+        except OSError:
+            return
+        with entries:
+            for entry in entries:
+                name, suffix = os.path.splitext(entry.name)
+                if suffix != ".mp4" or name.startswith("."):
+                    continue  # a temporary file is never a whole video
+                try:
+                    size = entry.stat().st_size
+                except OSError:
+                    continue
+                if size:
+                    yield Stored(name, size)
 
     def size(self, name: str) -> int | None:
         try:
