@@ -14,9 +14,9 @@ import json
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -28,9 +28,10 @@ from omni_batch.outputs.digest import ReportDigest
 from omni_batch.outputs.gallery import write_gallery
 from omni_batch.outputs.report import build_report, refresh_reports, write_reports_digest
 from omni_batch.planning.catalog import Catalog
-from omni_batch.planning.manifest import Manifest, load_manifest
+from omni_batch.planning.manifest import Manifest
+from omni_batch.planning.plan import Plan, plan
+from omni_batch.planning.slicing import SlicePlan, normalise, parse_only
 from omni_batch.planning.slicing import check as check_slice
-from omni_batch.planning.slicing import normalise
 from omni_batch.running.accounts import (
     KEYS_ENV,
     AccountKeys,
@@ -40,8 +41,8 @@ from omni_batch.running.accounts import (
     parse_keys_file,
     recognise,
 )
-from omni_batch.running.api import DEFAULT_BASE_URL, ToapisClient
-from omni_batch.running.budgets import DEFAULT_TIER, MAX_IN_FLIGHT, Account, Rates
+from omni_batch.running.api import DEFAULT_BASE_URL, ToapisClient, check_base_url
+from omni_batch.running.budgets import Account, Rates
 from omni_batch.running.download import LocalStore
 from omni_batch.running.engine import CANCEL_WITHIN_S, Engine, RunStats, cancel_and_wait
 from omni_batch.running.money import (
@@ -53,7 +54,7 @@ from omni_batch.running.money import (
     price_table,
 )
 from omni_batch.running.netguard import GuardedResolver, VideoGuard
-from omni_batch.running.options import Policy
+from omni_batch.running.options import Policy, RunOptions
 from omni_batch.running.redact import Redactor
 
 if TYPE_CHECKING:
@@ -64,50 +65,6 @@ BASE_URL_ENV = "TOAPIS_BASE_URL"
 DEFAULT_OUT = Path("outputs")
 SIMULATOR_DIR = ".simulator"  # the embedded simulator's tasks, in the output folder
 T = TypeVar("T")
-
-
-@dataclass
-class RunOptions:
-    """How to run; every field has a sensible default for the real API."""
-
-    out: Path | None = None  # default: outputs/<manifest name>/
-    base_url: str | None = None  # default: $TOAPIS_BASE_URL, else https://toapis.com
-    api_key: str | None = None  # default: $TOAPIS_API_KEYS, else $TOAPIS_API_KEY
-    # several accounts (issue #14 item 8): KEY or ACCOUNT=KEY items, comma-separated (the
-    # TOAPIS_API_KEYS syntax), or a keys file with one a line; either wins over api_key
-    api_keys: str | None = None
-    keys_file: str | Path | None = None
-    simulate: str | None = None  # a simulator profile: run against the embedded simulator
-    simulator_settings: dict[str, Any] = field(default_factory=dict)
-    # Rate budgets of the account, requests per second (issue #14): by default the published
-    # limits of `tier` (submit 5/s, status calls 50/s on the default tier), corrected by the
-    # API's own X-RateLimit-* headers. `rate`: one budget shared by every call (a gateway with
-    # a single limit); it replaces the tier's unless submit_rate / query_rate are given too.
-    tier: str = DEFAULT_TIER
-    submit_rate: float | None = None
-    query_rate: float | None = None
-    rate: float | None = None
-    max_in_flight: int = MAX_IN_FLIGHT
-    policy: Policy | None = None  # default: documented timings, or the simulator profile's
-    retry_failed: bool = False
-    reconcile: bool | None = None  # look ambiguous submits up by client_business_id
-    report_every: float = 30.0
-    verify: bool = True  # decode every video and check it (and make its gallery poster)
-    catalog: Catalog | str | Path | None = None
-    # a slice of the manifest (the rest stays pending for a later run in the same folder):
-    limit: int | None = None  # at most this many new submits this run (resumed jobs not counted)
-    # NAME → values (a template variable, a tag, aspect_ratio or duration): only the jobs that
-    # match every NAME (any of its values), e.g. {"product": ["shoe", "bag"]}
-    only: Mapping[str, Sequence[str] | str] | None = None
-    # money (issue #15): before the first submit, check the balance and the model list (an
-    # API without those endpoints skips them with a note); skipped with --simulate unless its
-    # balance_credits knob is set
-    preflight: bool = True
-    allow_partial: bool = False  # a short balance runs what it pays for instead of refusing
-
-    @property
-    def sliced(self) -> bool:
-        return self.limit is not None or bool(self.only)
 
 
 class _PacedQueries:
@@ -170,7 +127,7 @@ async def _target(
     if options.simulate is not None:
         from omni_batch.simulator import SimConfig, start_simulator
 
-        config = SimConfig.from_profile(options.simulate, **options.simulator_settings)
+        config = SimConfig.from_profile(options.simulate, **sim_settings(options))
         # the simulator judges bodies by the same catalog (overlay included) as the manifest
         state_dir = folder / SIMULATOR_DIR
         explicit = options.keys_file is not None or options.api_keys
@@ -218,8 +175,123 @@ def _default_policy(options: RunOptions) -> Policy:
         return Policy()
     from omni_batch.simulator.config import SimConfig, run_policy
 
-    config = SimConfig.from_profile(options.simulate, **options.simulator_settings)
+    config = SimConfig.from_profile(options.simulate, **sim_settings(options))
     return run_policy(options.simulate, config)
+
+
+def sim_settings(options: RunOptions) -> dict[str, Any]:
+    """The simulator knobs of ``sim_set`` (``KNOB=VALUE`` items or a mapping) and of its old
+    name ``simulator_settings``; a bad knob or value raises UsageError."""
+    settings = dict(options.simulator_settings)
+    if options.sim_set:
+        from omni_batch.simulator.config import parse_settings
+
+        given = options.sim_set
+        if isinstance(given, Mapping):
+            settings.update(given)
+        else:
+            settings.update(parse_settings([given] if isinstance(given, str) else given))
+    return settings
+
+
+def only_of(options: RunOptions) -> dict[str, list[str]]:
+    """``only`` as NAME → values, from a mapping or from ``NAME=VALUE`` items (--only)."""
+    if not options.only:
+        return {}
+    if isinstance(options.only, Mapping):
+        return normalise(options.only)
+    return parse_only([options.only] if isinstance(options.only, str) else options.only)
+
+
+@dataclass
+class PreparedRun:
+    """A run checked and planned, nothing sent yet: what `omni-batch run` shows before it
+    asks. Give it to `run_folder_async` (or `run_async`) to run it."""
+
+    plan: Plan
+    options: RunOptions
+    folder: Path
+    policy: Policy  # the timings the run uses, flags applied
+    only: dict[str, list[str]]
+    slice: SlicePlan | None  # with --limit / --only: what the slice holds
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.plan.manifest
+
+    @property
+    def reconcile(self) -> bool:
+        """Ambiguous submits are looked up: as asked, else with the simulator only."""
+        given = self.options.reconcile
+        return given if given is not None else self.options.simulate is not None
+
+
+def prepare(
+    manifest: str | Path | Manifest | Plan,
+    options: RunOptions | None = None,
+    *,
+    on_folder: Callable[[Path], None] | None = None,
+) -> PreparedRun:
+    """Every check a run makes before it sends anything, in the order the CLI reports them:
+    the simulator profile and knobs, the manifest, --only, the keys, the base URL, the output
+    folder (refused while another run holds it) and the slice. ``on_folder`` hears the output
+    folder as soon as it is known. Raises the library's errors (one line each)."""
+    options = options or RunOptions()
+    sim_config = None
+    if options.simulate is not None:  # a bad profile or knob: before anything else
+        from omni_batch.simulator.config import SimConfig
+
+        sim_config = SimConfig.from_profile(options.simulate, **sim_settings(options))
+    elif options.sim_set or options.simulator_settings:
+        raise UsageError("--sim-set works with --simulate only")
+    if isinstance(manifest, Plan):
+        planned = manifest
+    elif isinstance(manifest, Manifest):
+        planned = Plan(manifest, manifest.summary())
+    else:  # a bad manifest: before the rest
+        planned = plan(manifest, options.catalog, max_jobs=options.max_jobs)
+    only = only_of(options)
+    if options.keys_file is not None:  # a bad keys file: one line per problem, before the rest
+        parse_keys_file(options.keys_file)
+    elif options.api_keys:
+        parse_keys_env(options.api_keys, "api_keys")
+    elif options.simulate is None and (keys_env := os.environ.get(KEYS_ENV, "").strip()):
+        parse_keys_env(keys_env)
+    if options.base_url is not None:  # a URL that cannot be the API root: one line
+        check_base_url(options.base_url)
+    elif options.simulate is None and (from_env := os.environ.get(BASE_URL_ENV, "").strip()):
+        check_base_url(from_env, BASE_URL_ENV)
+    if options.policy is not None:
+        base = options.policy
+    elif sim_config is not None:  # the timings that fit the profile's tasks
+        from omni_batch.simulator.config import run_policy
+
+        base = run_policy(options.simulate, sim_config)  # type: ignore[arg-type]
+    else:
+        base = Policy()
+    policy = options.timed(base)
+    folder = output_folder(planned.manifest, options.out)
+    if on_folder is not None:
+        on_folder(folder)
+    refuse_a_busy_folder(folder)
+    if options.limit is not None and options.limit < 0:
+        raise UsageError(f"limit must be 0 or more, not {options.limit}")
+    sliced = None
+    if options.limit is not None or only:  # a NAME or VALUE that selects nothing: refused here
+        sliced = check_slice(planned.manifest, only, options.limit, folder)
+    return PreparedRun(planned, options, folder, policy, only, sliced)
+
+
+def refuse_a_busy_folder(folder: Path) -> None:
+    """A folder another run holds is refused (StateError) before anything is shown or sent.
+
+    (The journal takes the lock for the run itself; between this look and that, another run
+    could still start, and is then refused by the journal.)"""
+    from omni_batch.journal.sqlite import _lock_folder
+
+    if folder.is_dir():
+        with contextlib.suppress(OSError):  # unreadable or unwritable: the journal says so
+            _lock_folder(folder).close()
 
 
 @contextlib.contextmanager
@@ -303,7 +375,7 @@ class _ReportWriter:
 
 
 async def run_async(
-    manifest: str | Path | Manifest,
+    manifest: str | Path | Manifest | Plan | PreparedRun,
     options: RunOptions | None = None,
     *,
     on_start: Callable[[RunStats, Engine], None] | None = None,
@@ -325,7 +397,7 @@ async def run_async(
 
 
 async def run_folder_async(
-    manifest: str | Path | Manifest,
+    manifest: str | Path | Manifest | Plan | PreparedRun,
     options: RunOptions | None = None,
     *,
     on_start: Callable[[RunStats, Engine], None] | None = None,
@@ -338,34 +410,26 @@ async def run_folder_async(
 
     Raises as `run_async` does.
     """
-    options = options or RunOptions(**kw)
-    if not isinstance(manifest, Manifest):
-        manifest = load_manifest(manifest, options.catalog)
-    folder = output_folder(manifest, options.out)
-    if options.limit is not None and options.limit < 0:
-        raise UsageError(f"limit must be 0 or more, not {options.limit}")
-    if options.only:  # a NAME or VALUE that selects nothing: refused before anything runs
-        check_slice(manifest, normalise(options.only), options.limit, None)
-    policy = options.policy or _default_policy(options)
-    reconcile = options.reconcile if options.reconcile is not None else options.simulate is not None
+    if isinstance(manifest, PreparedRun):
+        prepared = manifest
+    else:
+        prepared = prepare(manifest, options or RunOptions(**kw))
     stop = stop or asyncio.Event()
     # signals are handled from here to the end, the final report included: a signal at any
     # moment of the run stops it, and a second one leaves at once
     with _interrupts(stop):
-        digest = await _run(manifest, options, folder, policy, reconcile, stop, on_start)
-    digest.folder = folder
+        digest = await _run(prepared, stop, on_start)
+    digest.folder = prepared.folder
     return digest
 
 
 async def _run(
-    manifest: Manifest,
-    options: RunOptions,
-    folder: Path,
-    policy: Policy,
-    reconcile: bool,
+    prepared: PreparedRun,
     stop: asyncio.Event,
     on_start: Callable[[RunStats, Engine], None] | None,
 ) -> ReportDigest:
+    manifest, options, folder = prepared.manifest, prepared.options, prepared.folder
+    policy, reconcile = prepared.policy, prepared.reconcile
     ended: OmniBatchError | None = None
     reports = _ReportWriter(folder)
     async with _target(options, manifest.catalog, folder) as (base_url, keys):
@@ -376,9 +440,7 @@ async def _run(
             journal.set_meta("var_names", ",".join(manifest.var_names))
             journal.set_meta("tag_names", ",".join(manifest.tag_names))
             journal.sync(manifest.jobs())
-            journal.set_slice(
-                normalise(options.only), options.limit, manifest.var_names, manifest.tag_names
-            )
+            journal.set_slice(prepared.only, options.limit, manifest.var_names, manifest.tag_names)
             repolled, requeued = journal.reopen(options.retry_failed)
             lost = journal.requeue_lost_videos()
             store = LocalStore(folder)
@@ -498,7 +560,7 @@ def _preflight_wanted(options: RunOptions) -> bool:
         return True
     from omni_batch.simulator.config import SimConfig
 
-    config = SimConfig.from_profile(options.simulate, **options.simulator_settings)
+    config = SimConfig.from_profile(options.simulate, **sim_settings(options))
     return config.balance_credits is not None
 
 
@@ -548,7 +610,41 @@ def _left_message(journal: Journal) -> str:
 
 
 def run(
-    manifest: str | Path | Manifest, options: RunOptions | None = None, **kw: Any
+    manifest: str | Path | Manifest | Plan | PreparedRun,
+    options: RunOptions | None = None,
+    **kw: Any,
 ) -> pd.DataFrame:
-    """The blocking form of :func:`run_async`, for scripts and notebooks without a loop."""
-    return asyncio.run(run_async(manifest, options, **kw))
+    """The blocking form of :func:`run_async`, for scripts and notebooks.
+
+    Inside a running event loop (a Jupyter cell) the run gets a loop of its own on a worker
+    thread, and this call waits for it; an interrupt (the notebook's stop button) stops the run
+    as Ctrl-C does, and raises Interrupted once the journal and report are consistent.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # no loop here: the usual case
+        return asyncio.run(run_async(manifest, options, **kw))
+    return _run_beside_a_loop(manifest, options, kw)
+
+
+def _run_beside_a_loop(
+    manifest: str | Path | Manifest | Plan | PreparedRun,
+    options: RunOptions | None,
+    kw: dict[str, Any],
+) -> pd.DataFrame:
+    ready = threading.Event()
+    running: dict[str, Any] = {}
+
+    async def main() -> pd.DataFrame:
+        running["loop"], running["stop"] = asyncio.get_running_loop(), asyncio.Event()
+        ready.set()
+        return await run_async(manifest, options, stop=running["stop"], **kw)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="omni-batch-run") as pool:
+        future = pool.submit(asyncio.run, main())
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            if ready.is_set():  # stop submitting and settle, as the first Ctrl-C does
+                running["loop"].call_soon_threadsafe(running["stop"].set)
+            return future.result()  # raises Interrupted once the run has settled
