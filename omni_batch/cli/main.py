@@ -429,14 +429,12 @@ def _print_json(
 @reports_errors
 def status(folder: str) -> None:
     """Jobs per state in an output FOLDER (works while a run is going)."""
-    from omni_batch.cli.progress import ORDER
-    from omni_batch.outputs.report import counts
+    from omni_batch.results import status as jobs_per_state
 
-    found = counts(folder)
-    total = sum(found.values())
-    for state in (*ORDER, "retired"):  # retired: no longer in the manifest, kept in the report
-        click.echo(f"{state:<12}{found.get(state, 0):>8}")
-    click.echo(f"{'total':<12}{total:>8}")
+    found = jobs_per_state(folder)  # retired: no longer in the manifest, kept in the report
+    for state, n in found.items():
+        click.echo(f"{state:<12}{n:>8}")
+    click.echo(f"{'total':<12}{sum(found.values()):>8}")
 
 
 @main.command()
@@ -447,17 +445,16 @@ def report(folder: str) -> None:
     from pathlib import Path
 
     from omni_batch.cli.progress import final_table
-    from omni_batch.outputs.gallery import write_gallery
-    from omni_batch.outputs.report import write_reports_digest
+    from omni_batch.outputs.gallery import GALLERY
     from omni_batch.outputs.summary import summary_renderable
+    from omni_batch.results import write_reports
 
-    digest = write_reports_digest(folder)  # a slice at a time: never the whole table
-    page = write_gallery(Path(folder), digest=digest)
+    digest = write_reports(folder)  # a slice at a time: never the whole table
     console = _console()
     console.print(final_table(digest))
     tables = digest.summary_tables()
     console.print(summary_renderable(tables, value_width=_value_width(console)))
-    click.echo(f"wrote {Path(folder) / 'report.csv'}, report.parquet, failures.csv, {page.name}")
+    click.echo(f"wrote {Path(folder) / 'report.csv'}, report.parquet, failures.csv, {GALLERY}")
 
 
 main.add_command(simulate)

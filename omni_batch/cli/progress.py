@@ -19,10 +19,11 @@ from rich.table import Table
 from rich.text import Text
 
 from omni_batch.errors import InputError, OmniBatchError, StateError, UsageError
+from omni_batch.journal.sqlite import STATES
 from omni_batch.outputs.digest import ReportDigest, value_counts
 from omni_batch.running.engine import RunStats
 
-ORDER = ("pending", "submitting", "running", "downloading", "completed", "failed")
+ORDER = STATES  # the journal's one list of job states, in the order a job goes through them
 
 
 def _duration(seconds: float) -> str:
