@@ -5,6 +5,7 @@ The public API: everything a notebook user needs is importable from here (``__al
 first use of a name that needs it.
 """
 
+from omni_batch._version import __version__
 from omni_batch.errors import (
     Ambiguous,
     ApiChanged,
@@ -40,8 +41,6 @@ from omni_batch.planning.catalog import Catalog, ModelRules, load_catalog
 from omni_batch.planning.jobs import Job
 from omni_batch.planning.manifest import Manifest, PlanSummary, load_manifest
 from omni_batch.planning.plan import Plan, plan
-
-__version__ = "0.1.0"
 
 # name -> the module (under omni_batch) that defines it, imported on first use
 _LAZY = {

@@ -153,3 +153,11 @@ def test_the_status_command_prints_what_status_returns(tmp_path):
     assert lines[4].split() == ["completed", "2"]
     assert lines[-1].split() == ["total", "2"]
     assert [line.split()[0] for line in lines[:-1]] == list(omni_batch.status(out))
+
+
+def test_the_version_is_the_one_pyproject_declares():
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    assert omni_batch.__version__ == project["project"]["version"]

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from omni_batch import __version__
+from omni_batch._version import __version__
 from omni_batch.cli.errors import reports_errors
 from omni_batch.cli.simulate import simulate
 from omni_batch.errors import OmniBatchError, UsageError
