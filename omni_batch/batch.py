@@ -393,6 +393,7 @@ async def run_async(
     """
     options = options or RunOptions(**kw)
     digest = await run_folder_async(manifest, options, on_start=on_start, stop=stop)
+    assert digest.folder is not None  # run_folder_async names it
     return build_report(digest.folder)
 
 
