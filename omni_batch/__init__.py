@@ -46,8 +46,8 @@ from omni_batch.planning.plan import Plan, plan
 _LAZY = {
     "run": "batch",
     "run_async": "batch",
-    "prepare": "batch",
-    "PreparedRun": "batch",
+    "prepare": "preparing",
+    "PreparedRun": "preparing",
     "RunOptions": "running.options",
     "Policy": "running.options",
     "status": "results",

@@ -19,7 +19,7 @@ STAGES = (
     ("store",),
     ("running",),
     ("outputs",),
-    ("batch", "results"),
+    ("preparing", "batch", "results"),
     ("cli", "__main__"),
 )
 # the embedded simulator stands beside the pipeline: it imports only these (and itself); only

@@ -88,7 +88,7 @@ def test_timing_fields_change_the_policy_as_the_flags_do():
 
 
 def test_only_takes_the_flags_name_value_items_or_a_mapping(tmp_path):
-    from omni_batch.batch import only_of
+    from omni_batch.preparing import only_of
 
     given = RunOptions(only=["n=1", "n=2"])
     assert only_of(given) == only_of(RunOptions(only={"n": ["1", "2"]})) == {"n": ["1", "2"]}

@@ -340,9 +340,10 @@ def _run(
     """The run itself; returns the report's digest, or None when the user declined."""
     import asyncio
 
-    from omni_batch.batch import prepare, run_folder_async
+    from omni_batch.batch import run_folder_async
     from omni_batch.cli.progress import Progress, final_table
     from omni_batch.cli.views import plan_summary
+    from omni_batch.preparing import prepare
 
     prepared = prepare(manifest, options, on_folder=lambda f: where.update(folder=f))
     result, folder, sliced = prepared.plan, prepared.folder, prepared.slice
