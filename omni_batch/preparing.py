@@ -100,11 +100,10 @@ def prepare(
     folder (refused while another run holds it) and the slice. ``on_folder`` hears the output
     folder as soon as it is known. Raises the library's errors (one line each)."""
     options = options or RunOptions()
-    sim_config = None
     if options.simulate is not None:  # a bad profile or knob: before anything else
         from omni_batch.simulator.config import SimConfig
 
-        sim_config = SimConfig.from_profile(options.simulate, **sim_settings(options))
+        SimConfig.from_profile(options.simulate, **sim_settings(options))
     elif options.sim_set or options.simulator_settings:
         raise UsageError("--sim-set works with --simulate only")
     if isinstance(manifest, Plan):
@@ -124,15 +123,7 @@ def prepare(
         check_base_url(options.base_url)
     elif options.simulate is None and (from_env := os.environ.get(BASE_URL_ENV, "").strip()):
         check_base_url(from_env, BASE_URL_ENV)
-    if options.policy is not None:
-        base = options.policy
-    elif sim_config is not None:  # the timings that fit the profile's tasks
-        from omni_batch.simulator.config import run_policy
-
-        base = run_policy(options.simulate, sim_config)  # type: ignore[arg-type]
-    else:
-        base = Policy()
-    policy = options.timed(base)
+    policy = options.timed(options.policy or _default_policy(options))
     folder = output_folder(planned.manifest, options.out)
     if on_folder is not None:
         on_folder(folder)
