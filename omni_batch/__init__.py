@@ -1,14 +1,39 @@
 """omni-batch: run large batches of text-to-video generations against the ToAPIs task API.
 
-The public API: everything a notebook user needs is importable from here.
+The public API: everything a notebook user needs is importable from here (``__all__``).
+``import omni_batch`` and `plan` stay light: the run engine (aiohttp, pandas) is imported on
+first use of a name that needs it.
 """
 
+from omni_batch._version import __version__
 from omni_batch.errors import (
+    Ambiguous,
+    ApiChanged,
+    ApiError,
+    ApiUnreachable,
+    AuthError,
+    BadResponse,
+    BudgetReached,
     CatalogError,
+    GatewayError,
     InputError,
+    InsufficientBalance,
+    Interrupted,
     ManifestError,
+    ModelNotAvailable,
+    NotAccepted,
+    NotSent,
     OmniBatchError,
+    OutputError,
     Problem,
+    QuotaError,
+    RateLimited,
+    RequestRejected,
+    ServerError,
+    StateError,
+    ThrottledTooLong,
+    TransportError,
+    UnrecognisedAnswer,
     UsageError,
     Where,
 )
@@ -17,12 +42,17 @@ from omni_batch.planning.jobs import Job
 from omni_batch.planning.manifest import Manifest, PlanSummary, load_manifest
 from omni_batch.planning.plan import Plan, plan
 
-__version__ = "0.1.0"
-
+# name -> the module (under omni_batch) that defines it, imported on first use
 _LAZY = {
     "run": "batch",
     "run_async": "batch",
-    "RunOptions": "batch",
+    "prepare": "preparing",
+    "PreparedRun": "preparing",
+    "RunOptions": "running.options",
+    "Policy": "running.options",
+    "status": "results",
+    "write_reports": "results",
+    "write_gallery": "results",
     "build_report": "outputs.report",
 }
 
@@ -38,19 +68,47 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'omni_batch' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
 __all__ = [
+    "Ambiguous",
+    "ApiChanged",
+    "ApiError",
+    "ApiUnreachable",
+    "AuthError",
+    "BadResponse",
+    "BudgetReached",
     "Catalog",
     "CatalogError",
+    "GatewayError",
     "InputError",
+    "InsufficientBalance",
+    "Interrupted",
     "Job",
     "Manifest",
     "ManifestError",
+    "ModelNotAvailable",
     "ModelRules",
+    "NotAccepted",
+    "NotSent",
     "OmniBatchError",
+    "OutputError",
     "Plan",
     "PlanSummary",
+    "Policy",
+    "PreparedRun",
     "Problem",
+    "QuotaError",
+    "RateLimited",
+    "RequestRejected",
     "RunOptions",
+    "ServerError",
+    "StateError",
+    "ThrottledTooLong",
+    "TransportError",
+    "UnrecognisedAnswer",
     "UsageError",
     "Where",
     "__version__",
@@ -58,6 +116,10 @@ __all__ = [
     "load_catalog",
     "load_manifest",
     "plan",
+    "prepare",
     "run",
     "run_async",
+    "status",
+    "write_gallery",
+    "write_reports",
 ]

@@ -14,9 +14,8 @@ import json
 import os
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -28,9 +27,9 @@ from omni_batch.outputs.digest import ReportDigest
 from omni_batch.outputs.gallery import write_gallery
 from omni_batch.outputs.report import build_report, refresh_reports, write_reports_digest
 from omni_batch.planning.catalog import Catalog
-from omni_batch.planning.manifest import Manifest, load_manifest
-from omni_batch.planning.slicing import check as check_slice
-from omni_batch.planning.slicing import normalise
+from omni_batch.planning.manifest import Manifest
+from omni_batch.planning.plan import Plan
+from omni_batch.preparing import BASE_URL_ENV, KEY_ENV, PreparedRun, prepare, sim_settings
 from omni_batch.running.accounts import (
     KEYS_ENV,
     AccountKeys,
@@ -40,8 +39,8 @@ from omni_batch.running.accounts import (
     parse_keys_file,
     recognise,
 )
-from omni_batch.running.api import DEFAULT_BASE_URL, ToapisClient
-from omni_batch.running.budgets import DEFAULT_TIER, MAX_IN_FLIGHT, Account, Rates
+from omni_batch.running.api import DEFAULT_BASE_URL, Balance, ToapisClient
+from omni_batch.running.budgets import Account, Rates
 from omni_batch.running.download import requeue_lost_videos
 from omni_batch.running.engine import CANCEL_WITHIN_S, Engine, RunStats, cancel_and_wait
 from omni_batch.running.money import (
@@ -53,62 +52,15 @@ from omni_batch.running.money import (
     price_table,
 )
 from omni_batch.running.netguard import GuardedResolver, VideoGuard
-from omni_batch.running.options import Policy
+from omni_batch.running.options import Policy, RunOptions  # RunOptions: also its old home
 from omni_batch.running.redact import Redactor
 from omni_batch.store.local import LocalStore
 
 if TYPE_CHECKING:
     import pandas as pd
 
-KEY_ENV = "TOAPIS_API_KEY"
-BASE_URL_ENV = "TOAPIS_BASE_URL"
-DEFAULT_OUT = Path("outputs")
 SIMULATOR_DIR = ".simulator"  # the embedded simulator's tasks, in the output folder
 T = TypeVar("T")
-
-
-@dataclass
-class RunOptions:
-    """How to run; every field has a sensible default for the real API."""
-
-    out: Path | None = None  # default: outputs/<manifest name>/
-    base_url: str | None = None  # default: $TOAPIS_BASE_URL, else https://toapis.com
-    api_key: str | None = None  # default: $TOAPIS_API_KEYS, else $TOAPIS_API_KEY
-    # several accounts (issue #14 item 8): KEY or ACCOUNT=KEY items, comma-separated (the
-    # TOAPIS_API_KEYS syntax), or a keys file with one a line; either wins over api_key
-    api_keys: str | None = None
-    keys_file: str | Path | None = None
-    simulate: str | None = None  # a simulator profile: run against the embedded simulator
-    simulator_settings: dict[str, Any] = field(default_factory=dict)
-    # Rate budgets of the account, requests per second (issue #14): by default the published
-    # limits of `tier` (submit 5/s, status calls 50/s on the default tier), corrected by the
-    # API's own X-RateLimit-* headers. `rate`: one budget shared by every call (a gateway with
-    # a single limit); it replaces the tier's unless submit_rate / query_rate are given too.
-    tier: str = DEFAULT_TIER
-    submit_rate: float | None = None
-    query_rate: float | None = None
-    rate: float | None = None
-    max_in_flight: int = MAX_IN_FLIGHT
-    policy: Policy | None = None  # default: documented timings, or the simulator profile's
-    retry_failed: bool = False
-    reconcile: bool | None = None  # look ambiguous submits up by client_business_id
-    report_every: float = 30.0
-    verify: bool = True  # decode every video and check it (and make its gallery poster)
-    catalog: Catalog | str | Path | None = None
-    # a slice of the manifest (the rest stays pending for a later run in the same folder):
-    limit: int | None = None  # at most this many new submits this run (resumed jobs not counted)
-    # NAME → values (a template variable, a tag, aspect_ratio or duration): only the jobs that
-    # match every NAME (any of its values), e.g. {"product": ["shoe", "bag"]}
-    only: Mapping[str, Sequence[str] | str] | None = None
-    # money (issue #15): before the first submit, check the balance and the model list (an
-    # API without those endpoints skips them with a note); skipped with --simulate unless its
-    # balance_credits knob is set
-    preflight: bool = True
-    allow_partial: bool = False  # a short balance runs what it pays for instead of refusing
-
-    @property
-    def sliced(self) -> bool:
-        return self.limit is not None or bool(self.only)
 
 
 class _PacedQueries:
@@ -118,11 +70,11 @@ class _PacedQueries:
     def __init__(self, engine: Engine):
         self._engine = engine
 
-    async def models(self) -> list[str]:
-        return await self._engine._pressured(lambda client: client.models())
+    async def models(self) -> tuple[str, ...]:
+        return await self._engine.pressured(lambda client: client.models())
 
-    async def balance(self, account: bool = False) -> Any:
-        return await self._engine._pressured(lambda client: client.balance(account=account))
+    async def balance(self, account: bool = False) -> Balance:
+        return await self._engine.pressured(lambda client: client.balance(account=account))
 
 
 def _rates(options: RunOptions) -> Rates:
@@ -136,10 +88,6 @@ def _rates(options: RunOptions) -> Rates:
         shared=options.rate,
         tier=options.tier,
     )
-
-
-def output_folder(manifest: Manifest, out: str | Path | None) -> Path:
-    return Path(out) if out is not None else DEFAULT_OUT / manifest.name
 
 
 def account_keys(options: RunOptions) -> list[AccountKeys] | None:
@@ -171,7 +119,7 @@ async def _target(
     if options.simulate is not None:
         from omni_batch.simulator import SimConfig, start_simulator
 
-        config = SimConfig.from_profile(options.simulate, **options.simulator_settings)
+        config = SimConfig.from_profile(options.simulate, **sim_settings(options))
         # the simulator judges bodies by the same catalog (overlay included) as the manifest
         state_dir = folder / SIMULATOR_DIR
         explicit = options.keys_file is not None or options.api_keys
@@ -211,16 +159,6 @@ def _watchdog(armed: threading.Event, released: threading.Event) -> None:
 def _restore(previous: dict[int, Any]) -> None:
     for sig, old in previous.items():
         signal.signal(sig, signal.SIG_DFL if old is None else old)  # None: not set from Python
-
-
-def _default_policy(options: RunOptions) -> Policy:
-    """The real API's documented timings, or the ones that fit the simulator profile's tasks."""
-    if options.simulate is None:
-        return Policy()
-    from omni_batch.simulator.config import SimConfig, run_policy
-
-    config = SimConfig.from_profile(options.simulate, **options.simulator_settings)
-    return run_policy(options.simulate, config)
 
 
 @contextlib.contextmanager
@@ -304,7 +242,7 @@ class _ReportWriter:
 
 
 async def run_async(
-    manifest: str | Path | Manifest,
+    manifest: str | Path | Manifest | Plan | PreparedRun,
     options: RunOptions | None = None,
     *,
     on_start: Callable[[RunStats, Engine], None] | None = None,
@@ -322,11 +260,12 @@ async def run_async(
     """
     options = options or RunOptions(**kw)
     digest = await run_folder_async(manifest, options, on_start=on_start, stop=stop)
+    assert digest.folder is not None  # run_folder_async names it
     return build_report(digest.folder)
 
 
 async def run_folder_async(
-    manifest: str | Path | Manifest,
+    manifest: str | Path | Manifest | Plan | PreparedRun,
     options: RunOptions | None = None,
     *,
     on_start: Callable[[RunStats, Engine], None] | None = None,
@@ -339,34 +278,26 @@ async def run_folder_async(
 
     Raises as `run_async` does.
     """
-    options = options or RunOptions(**kw)
-    if not isinstance(manifest, Manifest):
-        manifest = load_manifest(manifest, options.catalog)
-    folder = output_folder(manifest, options.out)
-    if options.limit is not None and options.limit < 0:
-        raise UsageError(f"limit must be 0 or more, not {options.limit}")
-    if options.only:  # a NAME or VALUE that selects nothing: refused before anything runs
-        check_slice(manifest, normalise(options.only), options.limit, None)
-    policy = options.policy or _default_policy(options)
-    reconcile = options.reconcile if options.reconcile is not None else options.simulate is not None
+    if isinstance(manifest, PreparedRun):
+        prepared = manifest
+    else:
+        prepared = prepare(manifest, options or RunOptions(**kw))
     stop = stop or asyncio.Event()
     # signals are handled from here to the end, the final report included: a signal at any
     # moment of the run stops it, and a second one leaves at once
     with _interrupts(stop):
-        digest = await _run(manifest, options, folder, policy, reconcile, stop, on_start)
-    digest.folder = folder
+        digest = await _run(prepared, stop, on_start)
+    digest.folder = prepared.folder
     return digest
 
 
 async def _run(
-    manifest: Manifest,
-    options: RunOptions,
-    folder: Path,
-    policy: Policy,
-    reconcile: bool,
+    prepared: PreparedRun,
     stop: asyncio.Event,
     on_start: Callable[[RunStats, Engine], None] | None,
 ) -> ReportDigest:
+    manifest, options, folder = prepared.manifest, prepared.options, prepared.folder
+    policy, reconcile = prepared.policy, prepared.reconcile
     ended: OmniBatchError | None = None
     reports = _ReportWriter(folder)
     async with _target(options, manifest.catalog, folder) as (base_url, keys):
@@ -377,9 +308,7 @@ async def _run(
             journal.set_meta("var_names", ",".join(manifest.var_names))
             journal.set_meta("tag_names", ",".join(manifest.tag_names))
             journal.sync(manifest.jobs())
-            journal.set_slice(
-                normalise(options.only), options.limit, manifest.var_names, manifest.tag_names
-            )
+            journal.set_slice(prepared.only, options.limit, manifest.var_names, manifest.tag_names)
             repolled, requeued = journal.reopen(options.retry_failed)
             store = LocalStore(folder)
             journal.adopt_videos((v.name, store.link(v.name), v.size) for v in store.stored())
@@ -400,13 +329,18 @@ async def _run(
                 engine: Engine | None = None
                 # the journal's accounts recognised by their keys, never by name or place
                 identities, known_as = recognise(journal, keys)
+
+                def engine_log(message: str) -> None:
+                    if engine is not None:
+                        engine.log(message)
+
                 accounts = _accounts(
                     keys,
                     options,
                     policy,
                     base_url,
                     session,
-                    lambda m: engine and engine.log(m),
+                    engine_log,
                     identities,
                 )
                 engine = Engine(
@@ -426,7 +360,7 @@ async def _run(
                 if _preflight_wanted(options):
                     try:
                         checked = await preflight(
-                            paced,  # type: ignore[arg-type]
+                            paced,
                             journal,
                             table,
                             allow_partial=options.allow_partial,
@@ -457,7 +391,7 @@ async def _run(
                         if checked.balance is not None and not stop.is_set():
                             here = spend.spent_usd - spend.at_start
                             await balance_after(
-                                paced,  # type: ignore[arg-type]
+                                paced,
                                 checked,
                                 here,
                                 engine.log,
@@ -500,8 +434,12 @@ def _preflight_wanted(options: RunOptions) -> bool:
         return True
     from omni_batch.simulator.config import SimConfig
 
-    config = SimConfig.from_profile(options.simulate, **options.simulator_settings)
+    config = SimConfig.from_profile(options.simulate, **sim_settings(options))
     return config.balance_credits is not None
+
+
+def _prefixed(log: Callable[[str], None], prefix: str) -> Callable[[str], None]:
+    return lambda message: log(prefix + message)
 
 
 def _accounts(
@@ -520,7 +458,7 @@ def _accounts(
     made = []
     for n, spec in enumerate(keys):
         prefix = f"account {spec.name}: " if several else ""
-        budgets = Account(spec.name, _rates(options), on_change=lambda m, p=prefix: log(p + m))
+        budgets = Account(spec.name, _rates(options), on_change=_prefixed(log, prefix))
         clients = []
         for key in spec.keys:
             client = ToapisClient(
@@ -550,7 +488,41 @@ def _left_message(journal: Journal) -> str:
 
 
 def run(
-    manifest: str | Path | Manifest, options: RunOptions | None = None, **kw: Any
+    manifest: str | Path | Manifest | Plan | PreparedRun,
+    options: RunOptions | None = None,
+    **kw: Any,
 ) -> pd.DataFrame:
-    """The blocking form of :func:`run_async`, for scripts and notebooks without a loop."""
-    return asyncio.run(run_async(manifest, options, **kw))
+    """The blocking form of :func:`run_async`, for scripts and notebooks.
+
+    Inside a running event loop (a Jupyter cell) the run gets a loop of its own on a worker
+    thread, and this call waits for it; an interrupt (the notebook's stop button) stops the run
+    as Ctrl-C does, and raises Interrupted once the journal and report are consistent.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # no loop here: the usual case
+        return asyncio.run(run_async(manifest, options, **kw))
+    return _run_beside_a_loop(manifest, options, kw)
+
+
+def _run_beside_a_loop(
+    manifest: str | Path | Manifest | Plan | PreparedRun,
+    options: RunOptions | None,
+    kw: dict[str, Any],
+) -> pd.DataFrame:
+    ready = threading.Event()
+    running: dict[str, Any] = {}
+
+    async def main() -> pd.DataFrame:
+        running["loop"], running["stop"] = asyncio.get_running_loop(), asyncio.Event()
+        ready.set()
+        return await run_async(manifest, options, stop=running["stop"], **kw)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="omni-batch-run") as pool:
+        future = pool.submit(asyncio.run, main())
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            if ready.is_set():  # stop submitting and settle, as the first Ctrl-C does
+                running["loop"].call_soon_threadsafe(running["stop"].set)
+            return future.result()  # raises Interrupted once the run has settled

@@ -106,7 +106,7 @@ def test_a_wrong_profile_or_a_missing_manifest_is_a_one_line_error(manifest, tmp
 
 
 def test_each_profile_waits_long_enough_for_its_tasks_and_help_says_so():
-    from omni_batch.batch import RunOptions, _default_policy
+    from omni_batch.preparing import RunOptions, _default_policy
     from omni_batch.simulator import PROFILES
 
     for name, config in PROFILES.items():

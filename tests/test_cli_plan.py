@@ -84,3 +84,21 @@ def test_console_script_runs_as_a_real_process():
     )
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads(proc.stdout)) == 8
+
+
+def test_many_duplicate_job_ids_end_in_one_line_per_problem_not_a_traceback(tmp_path):
+    # 25 entries with one id: 24 duplicates, more than the 20 listed one by one
+    entries = "".join(f"  - id: same\n    prompt: a cat {n}\n" for n in range(1, 26))
+    manifest = tmp_path / "dup.yaml"
+    manifest.write_text("name: dup\nprompts:\n" + entries)
+    result = run("plan", str(manifest))
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert not isinstance(result.exception, AttributeError)
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 21
+    assert lines[0] == f"{manifest}:5: id: job id 'same-16x9-6s-r1' is produced at {manifest}:3 too"
+    # the rest in one line, naming the file, the line of the last duplicate and the field
+    assert (
+        lines[-1] == f"{manifest}:51: id: ... and 4 more duplicate job ids, the last of them here"
+    )

@@ -7,11 +7,16 @@ import sys
 
 import click
 
-from omni_batch import __version__
+from omni_batch._version import __version__
 from omni_batch.cli.errors import reports_errors
 from omni_batch.cli.simulate import simulate
 from omni_batch.errors import OmniBatchError, UsageError
-from omni_batch.running.budgets import MAX_IN_FLIGHT
+from omni_batch.planning.manifest import DEFAULT_MAX_JOBS
+from omni_batch.running.options import FAST, MB, Policy, RunOptions
+
+# every default of a run is written once, in RunOptions and Policy; the flags show them
+DEFAULTS = RunOptions()
+TIMINGS = Policy()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,7 +30,7 @@ MAX_JOBS_OPTION = click.option(
     type=click.IntRange(min=1),
     metavar="N",
     help="Refuse a manifest that expands to more than N jobs, counted before any is made "
-    "[default: its budget.max_jobs, else 1,000,000].",
+    f"[default: its budget.max_jobs, else {DEFAULT_MAX_JOBS:,}].",
 )
 
 
@@ -87,7 +92,10 @@ def _value_width(console) -> int | None:
     return 32 if console.is_terminal else None
 
 
-_TIMINGS_HELP = "{real}; {fast} with --simulate default/fast/chaos"
+def _timings_help(name: str) -> str:
+    """The documented default of a Policy field, and the simulator profiles' one."""
+    real, fast = getattr(TIMINGS, name), getattr(FAST, name)
+    return f"{real:g}; {fast:g} with --simulate default/fast/chaos"
 
 
 def _manifest_and_profile(manifest: str | None, profile: str | None) -> tuple[str, str | None]:
@@ -113,18 +121,6 @@ def _looks_like_a_path(text: str) -> bool:
     )
 
 
-def _refuse_a_busy_folder(folder) -> None:
-    """A folder another run holds is refused before the plan is printed, not after.
-
-    (The journal takes the lock for the run itself; between this look and that, another run
-    could still start, and is then refused by the journal.)"""
-    from omni_batch.journal import lock_folder
-
-    if folder.is_dir():
-        with contextlib.suppress(OSError):  # unreadable or unwritable: the journal says so
-            lock_folder(folder).close()
-
-
 @main.command()
 @click.argument("manifest", required=False, metavar="MANIFEST", type=click.Path(path_type=str))
 @click.option(
@@ -145,7 +141,7 @@ def _refuse_a_busy_folder(folder) -> None:
 )
 @click.option(
     "--sim-set",
-    "sim_settings",
+    "sim_set",
     multiple=True,
     metavar="KNOB=VALUE",
     help="Simulator knob for --simulate (repeatable).",
@@ -164,7 +160,7 @@ def _refuse_a_busy_folder(folder) -> None:
 @click.option(
     "--tier",
     type=click.Choice(["default", "vip", "svip"]),
-    default="default",
+    default=DEFAULTS.tier,
     show_default=True,
     help="The account's published rate limits: submits 5/16.7/33.3 per s, status calls "
     "50/167/500 per s (the API's X-RateLimit-* headers, when sent, correct them).",
@@ -188,7 +184,7 @@ def _refuse_a_busy_folder(folder) -> None:
 @click.option(
     "--max-in-flight",
     type=click.IntRange(min=1),
-    default=MAX_IN_FLIGHT,
+    default=DEFAULTS.max_in_flight,
     show_default=True,
     help="Tasks submitted and not yet finished, at most (lowered by itself when the API "
     "refuses more tasks at once).",
@@ -198,14 +194,14 @@ def _refuse_a_busy_folder(folder) -> None:
     type=click.FloatRange(min=0, min_open=True),
     help="Poll every this many seconds, a fixed cadence; without it polls are planned from "
     "each task's progress, this cadence only for a task that reports none [default: "
-    + _TIMINGS_HELP.format(real="10", fast="0.3")
+    + _timings_help("poll_interval")
     + "].",
 )
 @click.option(
     "--max-wait",
     type=click.FloatRange(min=0, min_open=True),
     help="Give up on a task after this many seconds (its id is kept) [default: "
-    + _TIMINGS_HELP.format(real="900", fast="120")
+    + _timings_help("max_wait")
     + ", raised to twice the longest task --sim-set knobs allow].",
 )
 @click.option(
@@ -213,12 +209,12 @@ def _refuse_a_busy_folder(folder) -> None:
     type=click.FloatRange(min=0),
     help="Seconds a client_business_id lookup may lag behind a create: its 404 after an "
     "ambiguous submit is believed only when asked again this long after the POST "
-    "[default: 10; 1 with --simulate default/fast/chaos].",
+    "[default: " + _timings_help("lookup_grace") + "].",
 )
 @click.option(
     "--max-video-mb",
     type=click.FloatRange(min=0, min_open=True),
-    default=2048,
+    default=TIMINGS.max_download_bytes // MB,
     show_default=True,
     help="Refuse a video larger than this (a failed job, not a full disk).",
 )
@@ -241,7 +237,7 @@ def _refuse_a_busy_folder(folder) -> None:
 )
 @click.option(
     "--verify/--no-verify",
-    default=True,
+    default=DEFAULTS.verify,
     show_default=True,
     help="Decode every video, check its ratio and duration, and make its gallery poster.",
 )
@@ -285,7 +281,15 @@ def _refuse_a_busy_folder(folder) -> None:
 )
 @MAX_JOBS_OPTION
 @reports_errors
-def run(manifest: str | None, simulate_profile: str | None, json_out: bool, **options) -> None:
+def run(
+    manifest: str | None,
+    simulate_profile: str | None,
+    json_out: bool,
+    yes: bool,
+    no_progress: bool,
+    no_preflight: bool,
+    **flags,
+) -> None:
     """Submit every job of MANIFEST, poll, download the videos and write the report.
 
     Exit 0 when every job completed, 1 when some failed, 2 on bad input, 3 when the API key is
@@ -293,100 +297,30 @@ def run(manifest: str | None, simulate_profile: str | None, json_out: bool, **op
     budget.max_cost reached), 130 when interrupted (run again to resume).
     """
     manifest, simulate_profile = _manifest_and_profile(manifest, simulate_profile)
+    options = RunOptions(simulate=simulate_profile, preflight=not no_preflight, **flags)
     where: dict = {"folder": None}  # the output folder, once the manifest has named it
-    sliced = options["limit"] is not None or bool(options["only"])
     try:
-        report = _run(where, manifest, simulate_profile, json_out, **options)
+        report = _run(where, manifest, options, json_out, yes, no_progress)
     except OmniBatchError as exc:
         if json_out:
-            _print_json(where["folder"], None, exc, simulate_profile, sliced=sliced)
+            _print_json(where["folder"], None, exc, simulate_profile, sliced=options.sliced)
         raise
     if json_out:
         _print_json(
-            where["folder"], report, None, simulate_profile, declined=report is None, sliced=sliced
+            where["folder"],
+            report,
+            None,
+            simulate_profile,
+            declined=report is None,
+            sliced=options.sliced,
         )
     from omni_batch.cli.progress import unfinished
 
-    if report is not None and unfinished(report, sliced):
+    if report is not None and unfinished(report, options.sliced):
         sys.exit(1)
 
 
-def _run(
-    where: dict, manifest: str, simulate_profile: str | None, json_out: bool, *,
-    out, sim_settings, base_url, keys_file, tier, submit_rate, query_rate, rate, max_in_flight,
-    poll_interval, max_wait, lookup_grace, max_video_mb,
-    retry_failed, reconcile, catalog, verify, yes, no_progress, max_jobs, limit, only,
-    allow_partial, no_preflight,
-):  # fmt: skip
-    """The run itself; returns the report's digest, or None when the user declined."""
-    settings: dict = {}
-    sim_config = None
-    if simulate_profile is not None:  # a bad profile or knob: before anything else
-        from omni_batch.simulator.config import SimConfig, parse_settings
-
-        settings = parse_settings(sim_settings)
-        sim_config = SimConfig.from_profile(simulate_profile, **settings)
-    elif sim_settings:
-        raise UsageError("--sim-set works with --simulate only")
-    from omni_batch.planning.plan import plan as make_plan
-
-    result = make_plan(manifest, catalog, max_jobs=max_jobs)  # a bad manifest: before the rest
-    from omni_batch.planning.slicing import parse_only
-
-    only_values = parse_only(only)
-    import asyncio
-    import os
-
-    from omni_batch.batch import BASE_URL_ENV, RunOptions, output_folder, run_folder_async
-    from omni_batch.cli.progress import Progress, final_table
-    from omni_batch.cli.views import plan_summary
-    from omni_batch.running.api import check_base_url
-    from omni_batch.running.options import Policy
-
-    if keys_file is not None:  # a bad keys file: one line per problem, exit 2, before the rest
-        from omni_batch.running.accounts import parse_keys_file
-
-        parse_keys_file(keys_file)
-    elif simulate_profile is None and (keys_env := os.environ.get("TOAPIS_API_KEYS", "").strip()):
-        from omni_batch.running.accounts import parse_keys_env
-
-        parse_keys_env(keys_env)
-    if base_url is not None:  # a URL that cannot be the API root: one line, exit 2
-        check_base_url(base_url)
-    elif simulate_profile is None and (from_env := os.environ.get(BASE_URL_ENV, "").strip()):
-        check_base_url(from_env, BASE_URL_ENV)
-    if simulate_profile is None:
-        policy = Policy()
-    else:  # the timings that fit the profile's tasks
-        from omni_batch.simulator.config import run_policy
-
-        policy = run_policy(simulate_profile, sim_config)
-    folder = output_folder(result.manifest, out)
-    where["folder"] = folder
-    _refuse_a_busy_folder(folder)
-    sliced = None
-    if limit is not None or only_values:  # a NAME or VALUE that selects nothing: before the plan
-        from omni_batch.journal import started_counter
-        from omni_batch.planning.slicing import check as check_slice
-
-        with started_counter(folder) as started:
-            sliced = check_slice(result.manifest, only_values, limit, started)
-    console = _console(err=json_out)  # with --json, stdout holds the JSON object alone
-    err = _console(err=True)
-    console.print(plan_summary(result, console.width, first=5))
-    if sliced is not None:
-        console.print(sliced.describe(only_values), highlight=False, soft_wrap=True)
-    if poll_interval is not None:
-        policy = policy.scaled(
-            poll_interval=poll_interval,
-            first_poll=min(policy.first_poll, poll_interval),
-            plan_polls=False,
-        )
-    if max_wait is not None:
-        policy = policy.scaled(max_wait=max_wait)
-    if lookup_grace is not None:
-        policy = policy.scaled(lookup_grace=lookup_grace)
-    policy = policy.scaled(max_download_bytes=int(max_video_mb * 1_000_000))
+def _polling_line(policy: Policy) -> str:
     polling = (
         f"planned from each task's progress and the generation times seen, at least "
         f"{policy.poll_min_interval:g} s apart (every {policy.poll_interval:g} s for a task "
@@ -394,13 +328,32 @@ def _run(
         if policy.plan_polls
         else f"first after {policy.first_poll:g} s, then every {policy.poll_interval:g} s"
     )
-    console.print(
+    return (
         f"polling: {polling}; a task still unfinished after {policy.max_wait:g} s is given up, "
-        "its id kept (--max-wait)",
-        style="dim",
-        highlight=False,
+        "its id kept (--max-wait)"
     )
-    if simulate_profile is None and not yes and sys.stdin.isatty():
+
+
+def _run(
+    where: dict, manifest: str, options: RunOptions, json_out: bool, yes: bool, no_progress: bool
+):
+    """The run itself; returns the report's digest, or None when the user declined."""
+    import asyncio
+
+    from omni_batch.batch import run_folder_async
+    from omni_batch.cli.progress import Progress, final_table
+    from omni_batch.cli.views import plan_summary
+    from omni_batch.preparing import prepare
+
+    prepared = prepare(manifest, options, on_folder=lambda f: where.update(folder=f))
+    result, folder, sliced = prepared.plan, prepared.folder, prepared.slice
+    console = _console(err=json_out)  # with --json, stdout holds the JSON object alone
+    err = _console(err=True)
+    console.print(plan_summary(result, console.width, first=5))
+    if sliced is not None:
+        console.print(sliced.describe(prepared.only), highlight=False, soft_wrap=True)
+    console.print(_polling_line(prepared.policy), style="dim", highlight=False)
+    if options.simulate is None and not yes and sys.stdin.isatty():
         s = result.summary
         what = f"{s.jobs:,} jobs ({s.video_seconds:,} s of video)"
         if sliced is not None:
@@ -411,13 +364,6 @@ def _run(
         ):
             click.echo("nothing submitted", err=True)
             return None
-    options = RunOptions(
-        out=folder, base_url=base_url, simulate=simulate_profile, simulator_settings=settings,
-        keys_file=keys_file, tier=tier, submit_rate=submit_rate, query_rate=query_rate, rate=rate,
-        max_in_flight=max_in_flight, policy=policy, retry_failed=retry_failed,
-        reconcile=reconcile, verify=verify, limit=limit, only=only_values or None,
-        allow_partial=allow_partial, preflight=not no_preflight,
-    )  # fmt: skip
     display = Progress(err, live=err.is_terminal and not no_progress)
 
     async def main():
@@ -426,7 +372,7 @@ def _run(
 
         try:
             # the digest, never the table: memory stays flat for any number of jobs
-            return await run_folder_async(result.manifest, options, on_start=started)
+            return await run_folder_async(prepared, on_start=started)
         finally:
             await display.stop()
 
@@ -484,14 +430,12 @@ def _print_json(
 @reports_errors
 def status(folder: str) -> None:
     """Jobs per state in an output FOLDER (works while a run is going)."""
-    from omni_batch.cli.progress import ORDER
-    from omni_batch.outputs.report import counts
+    from omni_batch.results import status as jobs_per_state
 
-    found = counts(folder)
-    total = sum(found.values())
-    for state in (*ORDER, "retired"):  # retired: no longer in the manifest, kept in the report
-        click.echo(f"{state:<12}{found.get(state, 0):>8}")
-    click.echo(f"{'total':<12}{total:>8}")
+    found = jobs_per_state(folder)  # retired: no longer in the manifest, kept in the report
+    for state, n in found.items():
+        click.echo(f"{state:<12}{n:>8}")
+    click.echo(f"{'total':<12}{sum(found.values()):>8}")
 
 
 @main.command()
@@ -502,17 +446,16 @@ def report(folder: str) -> None:
     from pathlib import Path
 
     from omni_batch.cli.progress import final_table
-    from omni_batch.outputs.gallery import write_gallery
-    from omni_batch.outputs.report import write_reports_digest
+    from omni_batch.outputs.gallery import GALLERY
     from omni_batch.outputs.summary import summary_renderable
+    from omni_batch.results import write_reports
 
-    digest = write_reports_digest(folder)  # a slice at a time: never the whole table
-    page = write_gallery(Path(folder), digest=digest)
+    digest = write_reports(folder)  # a slice at a time: never the whole table
     console = _console()
     console.print(final_table(digest))
     tables = digest.summary_tables()
     console.print(summary_renderable(tables, value_width=_value_width(console)))
-    click.echo(f"wrote {Path(folder) / 'report.csv'}, report.parquet, failures.csv, {page.name}")
+    click.echo(f"wrote {Path(folder) / 'report.csv'}, report.parquet, failures.csv, {GALLERY}")
 
 
 main.add_command(simulate)

@@ -23,7 +23,7 @@ from omni_batch.journal import JOURNAL_FILE, STATES
 from omni_batch.outputs.digest import ReportDigest, value_counts
 from omni_batch.running.engine import RunStats
 
-ORDER = STATES
+ORDER = STATES  # the journal's one list of job states, in the order a job goes through them
 
 
 def _duration(seconds: float) -> str:
@@ -122,11 +122,14 @@ def _failure_rows(report: pd.DataFrame | ReportDigest) -> list[tuple[Any, Any, i
 def final_table(report: pd.DataFrame | ReportDigest) -> Group:
     """Counts by status, and failures by error type with one example message each; from the
     report table, or from the digest the CLI keeps instead (the same table)."""
-    digest = isinstance(report, ReportDigest)
     table = Table(title="run summary", title_justify="left")
     table.add_column("status")
     table.add_column("jobs", justify="right")
-    counts = report.status_counts() if digest else report["status"].value_counts()
+    counts = (
+        report.status_counts()
+        if isinstance(report, ReportDigest)
+        else report["status"].value_counts()
+    )
     for status, n in counts.items():
         table.add_row(str(status), str(n))
     parts: list = [table]
@@ -143,7 +146,11 @@ def final_table(report: pd.DataFrame | ReportDigest) -> Group:
                 Text(str(message)[:120]),
             )
         parts.append(why)
-    dups = report.possible_duplicates if digest else report["possible_duplicate"].sum()
+    dups = (
+        report.possible_duplicates
+        if isinstance(report, ReportDigest)
+        else report["possible_duplicate"].sum()
+    )
     duplicates = int(dups)
     if duplicates:
         parts.append(

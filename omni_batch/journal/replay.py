@@ -244,7 +244,7 @@ def replay(
                 continue
             job_id = record.get("job_id") if isinstance(record, dict) else None
             kind = _kind(record) if isinstance(job_id, str) and job_id else None
-            if kind is None:
+            if kind is None or not isinstance(job_id, str):
                 done.skipped += 1
                 continue
             params = _params(record, job_id)

@@ -6,7 +6,6 @@ them. The manifest loader and the simulator both judge request bodies with ``Mod
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from collections.abc import Mapping
@@ -17,6 +16,7 @@ from typing import Any
 
 from omni_batch.errors import CatalogError, Problem, Where
 from omni_batch.planning._yaml import LDict, YamlSyntaxError, load_located
+from omni_batch.planning.problems import suggest
 
 BODY_FIELDS = ("aspect_ratio", "duration", "resolution")
 
@@ -97,7 +97,7 @@ class ModelRules:
             choices = self.aspect_ratios if name == "aspect_ratio" else self.resolutions
             ok = value in choices
             if not ok:
-                hint = _suggest(str(value), [str(c) for c in choices])
+                hint = suggest(str(value), [str(c) for c in choices], fold_case=True)
                 return (
                     f"{value} is not allowed for {self.name} (allowed: {self.allowed(name)}){hint}"
                 )
@@ -151,8 +151,12 @@ class Catalog:
     def get(self, name: str) -> ModelRules | None:
         return self.models.get(name)
 
+    def default_resolutions(self) -> dict[str, str]:
+        """Each model's default resolution ('' when it has none)."""
+        return {name: rules.defaults.get("resolution", "") for name, rules in self.models.items()}
+
     def unknown_model(self, name: Any) -> str:
-        hint = _suggest(str(name), list(self.models))
+        hint = suggest(str(name), list(self.models), fold_case=True)
         return f"unknown model {name!r} (known: {_list(self.models)}){hint}"
 
 
@@ -167,15 +171,6 @@ def usd(amount: float | None, unknown: str = "price unknown") -> str:
 
 def _list(values: Any) -> str:
     return ", ".join(str(v) for v in values)
-
-
-def _suggest(word: str, choices: list[str]) -> str:
-    """' (did you mean X?)' for the closest choice, or ''."""
-    folded = {c.casefold(): c for c in choices}
-    if word.casefold() in folded:
-        return f"; did you mean {folded[word.casefold()]}?"
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f"; did you mean {close[0]}?" if close else ""
 
 
 _MODEL_KEYS = {
@@ -229,7 +224,7 @@ class _CatalogReader:
                 self.problem(
                     line_of(key),
                     f"{name}.{key}",
-                    "unknown key" + _suggest(key, sorted(_MODEL_KEYS)),
+                    "unknown key" + suggest(key, sorted(_MODEL_KEYS), fold_case=True),
                 )
         if "usd_per_second" in raw and not any(k in raw for k in PRICE_KEYS[1:]):
             # a price the user gave replaces ours, and with it our "estimate" label
@@ -338,7 +333,7 @@ class _CatalogReader:
                         at,
                         f"{field_name}.{res}",
                         f"{name} has no resolution {res!r} (resolutions: {_list(resolutions)})"
-                        + _suggest(str(res), list(resolutions)),
+                        + suggest(str(res), list(resolutions), fold_case=True),
                     )
                     continue
                 if (found := number(value, f"{field_name}.{res}", at)) is not None:

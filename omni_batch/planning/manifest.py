@@ -18,7 +18,8 @@ from omni_batch.errors import ManifestError, Problem, Where
 from omni_batch.planning._yaml import LDict, LList, YamlSyntaxError, load_located
 from omni_batch.planning.catalog import Catalog, load_catalog, usd
 from omni_batch.planning.jobs import Job, PromptSpec, slug
-from omni_batch.planning.resolve import Field, Problems, Resolver, suggest, text_of
+from omni_batch.planning.problems import Field, Problems, suggest
+from omni_batch.planning.resolve import Resolver, text_of
 from omni_batch.planning.sources import csv_entries, read_text
 
 DEFAULT_MODEL = "gemini_omni"
@@ -95,10 +96,7 @@ class Manifest:
             yield from spec.expand(self.model, defaults)
 
     def _default_resolutions(self) -> dict[str, str]:
-        return {
-            name: rules.defaults.get("resolution", "")
-            for name, rules in self.catalog.models.items()
-        }
+        return self.catalog.default_resolutions()
 
     def price(self, model: str, resolution: str) -> float | None:
         """USD per second of video of a job, None when the catalog has no price for it."""
@@ -450,7 +448,7 @@ class _Reader:
         # a single job is made, so ten million jobs cost milliseconds, not minutes and gigabytes
         summary = manifest.summary()
         if not self.over_job_limits(summary.jobs, budget, budget_fields):
-            self.resolver.check_expansion(manifest)
+            self.resolver.check_expansion(manifest.prompts, manifest.model)
         if self.problems:
             return None  # a budget over a partly valid manifest would mislead
         if (

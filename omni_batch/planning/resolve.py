@@ -6,27 +6,18 @@ every problem goes to one Problems collector with the place it was written.
 
 from __future__ import annotations
 
-import difflib
 import re
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
-from omni_batch.errors import Problem, Where
-from omni_batch.planning._yaml import LList
+from omni_batch.errors import Where
 from omni_batch.planning.catalog import BODY_FIELDS, Catalog
 from omni_batch.planning.jobs import Axis, PromptSpec, Template, TemplateError, slug
-
-if TYPE_CHECKING:
-    from omni_batch.planning.manifest import Manifest
+from omni_batch.planning.problems import Field, Problems, suggest
 
 MAX_REPEATS = 1000
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # tabs and newlines are fine
 MAX_DUPLICATES_SHOWN = 20
-
-
-def suggest(word: str, choices: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]}?" if close else ""
 
 
 def text_of(value: Any) -> str | None:
@@ -36,53 +27,6 @@ def text_of(value: Any) -> str | None:
     if isinstance(value, str | int | float):
         return str(value)
     return None
-
-
-@dataclass
-class Problems:
-    """Every problem found so far, each once; ``raised`` also counts repeats.
-
-    ``notes`` are not problems: guesses made on the user's behalf (a CSV delimiter), shown
-    beside the plan, and beside the problems when there are some (they may explain them).
-    """
-
-    items: list[Problem] = field(default_factory=list)
-    raised: int = 0
-    notes: list[Problem] = field(default_factory=list)
-    _seen: set[tuple[str, str, str]] = field(default_factory=set)
-
-    def note(self, where: Where, message: str) -> None:
-        self.notes.append(Problem(where, "note", message))
-
-    def add(self, where: Where, name: str, message: str) -> None:
-        self.raised += 1
-        key = (str(where), name, message)
-        if key not in self._seen:
-            self._seen.add(key)
-            self.items.append(Problem(where, name, message))
-
-    def __bool__(self) -> bool:
-        return bool(self.items)
-
-
-@dataclass
-class Field:
-    """A raw manifest value with where it was written."""
-
-    value: Any
-    where: Where
-    name: str
-    split: bool = False  # CSV cells hold several values separated by |
-
-    def items(self) -> list[tuple[Any, Where]]:
-        if isinstance(self.value, LList):
-            lines = self.value.lines
-            return [(v, Where(self.where.path, lines[i])) for i, v in enumerate(self.value)]
-        if isinstance(self.value, list):
-            return [(v, self.where) for v in self.value]
-        if self.split and isinstance(self.value, str):
-            return [(part.strip(), self.where) for part in self.value.split("|")]
-        return [(self.value, self.where)]
 
 
 class Resolver:
@@ -157,8 +101,8 @@ class Resolver:
                     axes[name][model] = Axis((rules.defaults[name],), where, name)
                     continue
                 for value in values:
-                    if message := rules.value_problem(name, value):
-                        self.problems.add(given.where, given.name, message)
+                    if problem := rules.value_problem(name, value):
+                        self.problems.add(given.where, given.name, problem)
                 axes[name][model] = Axis(values, given.where, given.name)
         for model in models:
             rules = self.catalog.get(model)
@@ -171,8 +115,8 @@ class Resolver:
                             "duration": duration,
                             "resolution": resolution,
                         }
-                        if found := rules.combination_problem(body):
-                            self.problems.add(where, found[0], found[1])
+                        if clash := rules.combination_problem(body):
+                            self.problems.add(where, clash[0], clash[1])
         repeats = self.repeats(pick("repeats"))
         tags = self.tags(defaults.get("tags"), fields.get("tags"))
         if self.problems.raised > before or template is None or not models:
@@ -276,14 +220,16 @@ class Resolver:
                     out[str(key)] = text
         return out
 
-    def check_expansion(self, manifest: Manifest) -> None:
-        """Prompt limits per rendered prompt, and job ids unique across the whole manifest."""
+    def check_expansion(self, prompts: Sequence[PromptSpec], model: str) -> None:
+        """Prompt limits per rendered prompt, and job ids unique across the whole manifest
+        (``model``: the manifest's default model)."""
         seen: dict[str, Where] = {}
         duplicates = 0
-        defaults = manifest._default_resolutions()
-        for spec in manifest.prompts:
+        last: Where | None = None  # the entry of the last duplicate not listed one by one
+        defaults = self.catalog.default_resolutions()
+        for spec in prompts:
             limits = [self.catalog.get(m) for m in spec.models.values]
-            for job in spec.expand(manifest.model, defaults):
+            for job in spec.expand(model, defaults):
                 if job.repeat == 1:
                     for rules in limits:
                         if rules and (message := rules.prompt_problem(job.prompt)):
@@ -293,14 +239,18 @@ class Resolver:
                     seen[job.job_id] = spec.where
                     continue
                 duplicates += 1
+                last = spec.where
                 if duplicates <= MAX_DUPLICATES_SHOWN:
                     where = "by this entry twice" if first is spec.where else f"at {first} too"
                     self.problems.add(
                         spec.where, "id", f"job id {job.job_id!r} is produced {where}"
                     )
-        if duplicates > MAX_DUPLICATES_SHOWN:
+        if duplicates > MAX_DUPLICATES_SHOWN and last is not None:
+            # one line for the rest, at the entry of the last one (each listed would drown
+            # the first twenty)
             self.problems.add(
-                self.at(None),
+                last,
                 "id",
-                f"... and {duplicates - MAX_DUPLICATES_SHOWN} more duplicate job ids",
+                f"... and {duplicates - MAX_DUPLICATES_SHOWN} more duplicate job ids, "
+                "the last of them here",
             )

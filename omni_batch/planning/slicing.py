@@ -15,7 +15,7 @@ from pathlib import Path
 from omni_batch.errors import UsageError
 from omni_batch.planning.jobs import Job
 from omni_batch.planning.manifest import Manifest
-from omni_batch.planning.resolve import suggest
+from omni_batch.planning.problems import suggest
 
 BUILT_IN = ("aspect_ratio", "duration")
 SHOWN_VALUES = 20  # values named in a "matches no job" error, at most

@@ -13,7 +13,7 @@ from itertools import islice
 from pathlib import Path
 
 from omni_batch.errors import ManifestError, Problem, Where
-from omni_batch.planning.resolve import Field, Problems, suggest
+from omni_batch.planning.problems import Field, Problems, suggest
 
 CSV_COLUMNS = ("id", "prompt", "model", "aspect_ratio", "duration", "resolution", "repeats")
 MAX_CELL = 64 << 20  # Python's csv stops at 128 KiB per cell; a long prompt is still a prompt

@@ -435,7 +435,6 @@ class Engine:
         assert last is not None
         raise last
 
-    _pressured = pressured  # the name batch.py's _PacedQueries still calls
 
     def _answered(self, submit: bool, acct: AccountRun) -> None:
         if submit:  # a status or balance call proves the key, not that a submit is paid for

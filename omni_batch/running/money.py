@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from omni_batch.errors import (
     ApiError,
@@ -24,7 +24,15 @@ from omni_batch.errors import (
 )
 from omni_batch.journal import IN_FLIGHT
 from omni_batch.planning.catalog import Catalog, usd
-from omni_batch.running.api import Balance, ToapisClient
+from omni_batch.running.api import Balance
+
+
+class BalanceSource(Protocol):
+    """The two account calls the preflight makes (a client, or a client under the budget)."""
+
+    async def models(self) -> tuple[str, ...]: ...
+    async def balance(self, account: bool = False) -> Balance: ...
+
 
 PRICES_META = "prices"  # journal meta key: the price table the run used (for the report)
 PriceTable = Mapping[str, float | Mapping[str, float] | None]
@@ -226,7 +234,7 @@ class Preflight:
 
 
 async def preflight(
-    client: ToapisClient,
+    client: BalanceSource,
     journal: Any,
     table: PriceTable,
     *,
@@ -279,7 +287,9 @@ async def preflight(
     )
 
 
-async def _check_models(client: ToapisClient, needed: set[str], say: Callable[[str], None]) -> None:
+async def _check_models(
+    client: BalanceSource, needed: set[str], say: Callable[[str], None]
+) -> None:
     try:
         ids = await client.models()
     except AuthError:
@@ -300,7 +310,7 @@ async def _check_models(client: ToapisClient, needed: set[str], say: Callable[[s
 
 
 async def _read_balance(
-    client: ToapisClient, say: Callable[[str], None]
+    client: BalanceSource, say: Callable[[str], None]
 ) -> tuple[Balance | None, bool]:
     """The key's balance, else the account's; (None, _) with a note when neither answers."""
     for account in (False, True):
@@ -321,7 +331,7 @@ async def _read_balance(
 
 
 async def balance_after(
-    client: ToapisClient, before: Preflight, spent_here: float, say: Callable[[str], None]
+    client: BalanceSource, before: Preflight, spent_here: float, say: Callable[[str], None]
 ) -> Balance | None:
     """At the end: the balance again, against the one before and the catalog's estimate."""
     if before.balance is None or before.balance.remain_usd is None:

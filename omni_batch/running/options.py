@@ -1,4 +1,5 @@
-"""Retry and timing rules as values, per error class, in one place.
+"""How a run runs, as values: ``RunOptions`` (one field per `omni-batch run` flag) and ``Policy``
+(every timing and retry rule, per error class). Every default is written here, once.
 
 Which failures are retried, how often and how long to wait: tenacity strategies built from a
 ``Policy`` so tests and benchmarks can shrink every delay without touching the engine.
@@ -8,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tenacity import (
     DoAttempt,
@@ -24,6 +26,10 @@ from tenacity import (
 )
 
 from omni_batch.errors import Ambiguous, BadResponse, NotAccepted, NotSent, ServerError
+from omni_batch.running.budgets import DEFAULT_TIER, MAX_IN_FLIGHT
+
+if TYPE_CHECKING:
+    from omni_batch.planning.catalog import Catalog
 
 T = TypeVar("T")
 
@@ -33,6 +39,9 @@ T = TypeVar("T")
 SUBMIT_RETRYABLE = (NotSent, NotAccepted)
 # A status call changes nothing upstream, so any transient failure may be retried.
 POLL_RETRYABLE = (NotSent, ServerError, Ambiguous, BadResponse)
+
+
+MB = 1_000_000  # --max-video-mb counts decimal megabytes
 
 
 @dataclass(frozen=True)
@@ -73,7 +82,7 @@ class Policy:
     download_retries: int = 3
     request_timeout: float = 30.0
     download_timeout: float = 300.0
-    max_download_bytes: int = 2 << 30
+    max_download_bytes: int = 2048 * MB  # --max-video-mb
 
     def scaled(self, **changes: Any) -> Policy:
         return replace(self, **changes)
@@ -148,3 +157,83 @@ async def retried(rules: Callable[[], Retrying], call: Callable[[], Awaitable[T]
             await asyncio.sleep(do)
         else:
             return do
+
+
+@dataclass
+class RunOptions:
+    """How to run; one field per `omni-batch run` flag (``--poll-interval`` → ``poll_interval``),
+    and every field has a sensible default for the real API.
+
+    The CLI's own flags (``--yes``, ``--no-progress``, ``--json``) are about the terminal and
+    have no field; ``--no-preflight`` is ``preflight=False``, ``--no-verify`` ``verify=False``.
+    """
+
+    out: Path | str | None = None  # default: outputs/<manifest name>/
+    # a simulator profile: run against the embedded simulator (``--simulate``)
+    simulate: str | None = None
+    # simulator knobs: ``{"gen_max": 200}`` or ``["gen_max=200"]`` (``--sim-set``)
+    sim_set: Mapping[str, Any] | Sequence[str] = ()
+    base_url: str | None = None  # default: $TOAPIS_BASE_URL, else https://toapis.com
+    # several accounts (issue #14 item 8): a keys file with one KEY or ACCOUNT=KEY a line
+    keys_file: str | Path | None = None
+    # Rate budgets of the account, requests per second (issue #14): by default the published
+    # limits of `tier` (submit 5/s, status calls 50/s on the default tier), corrected by the
+    # API's own X-RateLimit-* headers. `rate`: one budget shared by every call (a gateway with
+    # a single limit); it replaces the tier's unless submit_rate / query_rate are given too.
+    tier: str = DEFAULT_TIER
+    submit_rate: float | None = None
+    query_rate: float | None = None
+    rate: float | None = None
+    max_in_flight: int = MAX_IN_FLIGHT
+    # timings; None: the policy's (the documented ones, or the simulator profile's)
+    poll_interval: float | None = None  # a fixed cadence instead of polls planned from progress
+    max_wait: float | None = None  # give up on a task (its id kept) after this many seconds
+    lookup_grace: float | None = None
+    max_video_mb: float | None = None  # default: Policy.max_download_bytes (2048 MB)
+    retry_failed: bool = False
+    reconcile: bool | None = None  # look ambiguous submits up by client_business_id
+    catalog: Catalog | str | Path | None = None
+    verify: bool = True  # decode every video and check it (and make its gallery poster)
+    # a slice of the manifest (the rest stays pending for a later run in the same folder):
+    limit: int | None = None  # at most this many new submits this run (resumed jobs not counted)
+    # NAME → values (a template variable, a tag, aspect_ratio or duration): only the jobs that
+    # match every NAME (any of its values), e.g. {"product": ["shoe", "bag"]}, or the CLI's
+    # ["product=shoe", "product=bag"]
+    only: Mapping[str, Sequence[str] | str] | Sequence[str] | None = None
+    # money (issue #15): a short balance runs what it pays for instead of refusing
+    allow_partial: bool = False
+    # before the first submit, check the balance and the model list (an API without those
+    # endpoints skips them with a note); skipped with --simulate unless its balance_credits
+    # knob is set (``--no-preflight``: False)
+    preflight: bool = True
+    max_jobs: int | None = None  # refuse a manifest of more jobs [default: budget.max_jobs]
+    # library only (no flag):
+    api_key: str | None = None  # default: $TOAPIS_API_KEYS, else $TOAPIS_API_KEY
+    # KEY or ACCOUNT=KEY items, comma-separated (the TOAPIS_API_KEYS syntax); wins over api_key
+    api_keys: str | None = None
+    policy: Policy | None = None  # the base the timing fields above change
+    report_every: float = 30.0  # seconds between report refreshes during a run
+    # the old name of sim_set (a mapping), still accepted
+    simulator_settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sliced(self) -> bool:
+        return self.limit is not None or bool(self.only)
+
+    def timed(self, base: Policy) -> Policy:
+        """``base`` with the timing fields given here (--poll-interval, --max-wait,
+        --lookup-grace, --max-video-mb) applied."""
+        policy = base
+        if self.poll_interval is not None:
+            policy = policy.scaled(
+                poll_interval=self.poll_interval,
+                first_poll=min(policy.first_poll, self.poll_interval),
+                plan_polls=False,
+            )
+        if self.max_wait is not None:
+            policy = policy.scaled(max_wait=self.max_wait)
+        if self.lookup_grace is not None:
+            policy = policy.scaled(lookup_grace=self.lookup_grace)
+        if self.max_video_mb is not None:
+            policy = policy.scaled(max_download_bytes=int(self.max_video_mb * MB))
+        return policy

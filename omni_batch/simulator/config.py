@@ -5,13 +5,13 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from omni_batch.errors import UsageError
+from omni_batch.planning.problems import suggest
 
 if TYPE_CHECKING:
     from omni_batch.running.options import Policy
@@ -164,7 +164,7 @@ class SimConfig:
         if name not in PROFILES:
             raise UsageError(
                 f"unknown simulator profile {name!r} (known: {', '.join(PROFILES)})"
-                + _hint(name, PROFILES)
+                + suggest(name, PROFILES)
             )
         for knob in overrides:
             _check_knob(knob)
@@ -297,14 +297,9 @@ def _hostile_problem(c: SimConfig) -> str | None:
     return None
 
 
-def _hint(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]}?" if close else ""
-
-
 def _check_knob(name: str) -> None:
     if name not in KNOBS:
-        raise UsageError(f"unknown simulator knob {name!r}{_hint(name, KNOBS)}")
+        raise UsageError(f"unknown simulator knob {name!r}{suggest(name, KNOBS)}")
 
 
 def _convert(name: str, text: str) -> Any:
@@ -327,7 +322,7 @@ def _convert(name: str, text: str) -> Any:
         if text not in allowed:
             raise UsageError(
                 f"simulator knob {name}: {text!r} is not one of {', '.join(allowed)}"
-                + _hint(text, allowed)
+                + suggest(text, allowed)
             )
         return text
     if get_origin(hint) is tuple:

@@ -1,0 +1,151 @@
+"""Everything a run checks and works out before it sends anything: the simulator profile and
+knobs, the manifest, --only, the keys, the base URL, the output folder, the slice, the timings.
+
+`prepare` returns a `PreparedRun`, what `omni-batch run` shows before it asks; `run_folder_async`
+runs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omni_batch.errors import UsageError
+from omni_batch.planning.manifest import Manifest
+from omni_batch.planning.plan import Plan, plan
+from omni_batch.planning.slicing import SlicePlan, normalise, parse_only
+from omni_batch.planning.slicing import check as check_slice
+from omni_batch.running.accounts import KEYS_ENV, parse_keys_env, parse_keys_file
+from omni_batch.running.api import check_base_url
+from omni_batch.running.options import Policy, RunOptions
+
+KEY_ENV = "TOAPIS_API_KEY"
+BASE_URL_ENV = "TOAPIS_BASE_URL"
+DEFAULT_OUT = Path("outputs")
+
+
+def output_folder(manifest: Manifest, out: str | Path | None) -> Path:
+    return Path(out) if out is not None else DEFAULT_OUT / manifest.name
+
+
+def _default_policy(options: RunOptions) -> Policy:
+    """The real API's documented timings, or the ones that fit the simulator profile's tasks."""
+    if options.simulate is None:
+        return Policy()
+    from omni_batch.simulator.config import SimConfig, run_policy
+
+    config = SimConfig.from_profile(options.simulate, **sim_settings(options))
+    return run_policy(options.simulate, config)
+
+
+def sim_settings(options: RunOptions) -> dict[str, Any]:
+    """The simulator knobs of ``sim_set`` (``KNOB=VALUE`` items or a mapping) and of its old
+    name ``simulator_settings``; a bad knob or value raises UsageError."""
+    settings = dict(options.simulator_settings)
+    if options.sim_set:
+        from omni_batch.simulator.config import parse_settings
+
+        given = options.sim_set
+        if isinstance(given, Mapping):
+            settings.update(given)
+        else:
+            settings.update(parse_settings([given] if isinstance(given, str) else given))
+    return settings
+
+
+def only_of(options: RunOptions) -> dict[str, list[str]]:
+    """``only`` as NAME → values, from a mapping or from ``NAME=VALUE`` items (--only)."""
+    if not options.only:
+        return {}
+    if isinstance(options.only, Mapping):
+        return normalise(options.only)
+    return parse_only([options.only] if isinstance(options.only, str) else options.only)
+
+
+@dataclass
+class PreparedRun:
+    """A run checked and planned, nothing sent yet: what `omni-batch run` shows before it
+    asks. Give it to `run_folder_async` (or `run_async`) to run it."""
+
+    plan: Plan
+    options: RunOptions
+    folder: Path
+    policy: Policy  # the timings the run uses, flags applied
+    only: dict[str, list[str]]
+    slice: SlicePlan | None  # with --limit / --only: what the slice holds
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.plan.manifest
+
+    @property
+    def reconcile(self) -> bool:
+        """Ambiguous submits are looked up: as asked, else with the simulator only."""
+        given = self.options.reconcile
+        return given if given is not None else self.options.simulate is not None
+
+
+def prepare(
+    manifest: str | Path | Manifest | Plan,
+    options: RunOptions | None = None,
+    *,
+    on_folder: Callable[[Path], None] | None = None,
+) -> PreparedRun:
+    """Every check a run makes before it sends anything, in the order the CLI reports them:
+    the simulator profile and knobs, the manifest, --only, the keys, the base URL, the output
+    folder (refused while another run holds it) and the slice. ``on_folder`` hears the output
+    folder as soon as it is known. Raises the library's errors (one line each)."""
+    options = options or RunOptions()
+    if options.simulate is not None:  # a bad profile or knob: before anything else
+        from omni_batch.simulator.config import SimConfig
+
+        SimConfig.from_profile(options.simulate, **sim_settings(options))
+    elif options.sim_set or options.simulator_settings:
+        raise UsageError("--sim-set works with --simulate only")
+    if isinstance(manifest, Plan):
+        planned = manifest
+    elif isinstance(manifest, Manifest):
+        planned = Plan(manifest, manifest.summary())
+    else:  # a bad manifest: before the rest
+        planned = plan(manifest, options.catalog, max_jobs=options.max_jobs)
+    only = only_of(options)
+    if options.keys_file is not None:  # a bad keys file: one line per problem, before the rest
+        parse_keys_file(options.keys_file)
+    elif options.api_keys:
+        parse_keys_env(options.api_keys, "api_keys")
+    elif options.simulate is None and (keys_env := os.environ.get(KEYS_ENV, "").strip()):
+        parse_keys_env(keys_env)
+    if options.base_url is not None:  # a URL that cannot be the API root: one line
+        check_base_url(options.base_url)
+    elif options.simulate is None and (from_env := os.environ.get(BASE_URL_ENV, "").strip()):
+        check_base_url(from_env, BASE_URL_ENV)
+    policy = options.timed(options.policy or _default_policy(options))
+    folder = output_folder(planned.manifest, options.out)
+    if on_folder is not None:
+        on_folder(folder)
+    refuse_a_busy_folder(folder)
+    if options.limit is not None and options.limit < 0:
+        raise UsageError(f"limit must be 0 or more, not {options.limit}")
+    sliced = None
+    if options.limit is not None or only:  # a NAME or VALUE that selects nothing: refused here
+        from omni_batch.journal import started_counter
+
+        with started_counter(folder) as started:
+            sliced = check_slice(planned.manifest, only, options.limit, started)
+    return PreparedRun(planned, options, folder, policy, only, sliced)
+
+
+def refuse_a_busy_folder(folder: Path) -> None:
+    """A folder another run holds is refused (StateError) before anything is shown or sent.
+
+    (The journal takes the lock for the run itself; between this look and that, another run
+    could still start, and is then refused by the journal.)"""
+    from omni_batch.journal import lock_folder
+
+    if folder.is_dir():
+        with contextlib.suppress(OSError):  # unreadable or unwritable: the journal says so
+            lock_folder(folder).close()

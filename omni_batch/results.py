@@ -1,0 +1,32 @@
+"""An output folder, during or after a run: its jobs per state (`status`), its reports and its
+gallery rebuilt from the journal (`write_reports`) - what `omni-batch status` and `report` do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omni_batch.journal import STATES
+from omni_batch.outputs.digest import ReportDigest
+from omni_batch.outputs.gallery import write_gallery
+from omni_batch.outputs.report import RETIRED, counts, write_reports_digest
+
+__all__ = ["RETIRED", "STATES", "status", "write_gallery", "write_reports"]
+
+
+def status(folder: str | Path) -> dict[str, int]:
+    """Jobs of an output folder per state, every state named (0 when none), in the order a job
+    goes through them, then ``retired`` (no longer in the manifest, kept in the report). Works
+    while a run is going; StateError when the folder has no readable journal."""
+    found = counts(folder)
+    return {state: found.get(state, 0) for state in (*STATES, RETIRED)}
+
+
+def write_reports(folder: str | Path) -> ReportDigest:
+    """Rebuild report.csv, report.parquet, failures.csv and gallery.html of an output folder
+    from its journal, a slice at a time (memory stays flat for any number of jobs); return the
+    report's digest: counts, failures, spend, summary tables (``build_report`` gives the table).
+    """
+    digest = write_reports_digest(folder)
+    write_gallery(Path(folder), digest=digest)
+    return digest
