@@ -128,7 +128,16 @@ def postgres_server() -> Iterator[Postgres]:
 
             entry = pwd.getpwnam(PG_USER)
             os.chown(root, entry.pw_uid, entry.pw_gid)
-        init = ["-D", str(datadir), "-U", PG_USER, "--auth=trust", "--encoding=UTF8", "-N"]
+        init = [
+            "-D",
+            str(datadir),
+            "-U",
+            PG_USER,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "-N",
+            "--no-sync",
+        ]
         _pg_tool(as_user, bindir, "initdb", *init)
         port = free_port()
         options = (
