@@ -135,3 +135,26 @@ def any_journal(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
     journal = open_journal(tmp_path / "out") if request.param == "sqlite" else MemoryJournal()
     yield journal
     journal.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Any:
+    """A real PostgreSQL cluster on a free loopback port for the session (tests/servers.py);
+    each test takes a fresh database with ``postgres.create_database()``."""
+    from tests.servers import postgres_missing, postgres_server
+
+    if why := postgres_missing():
+        pytest.skip(why)
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Any:
+    """moto's S3 server on a free loopback port for the session (tests/servers.py)."""
+    from tests.servers import moto_missing, s3_server
+
+    if why := moto_missing():
+        pytest.skip(why)
+    with s3_server() as server:
+        yield server

@@ -435,7 +435,6 @@ class Engine:
         assert last is not None
         raise last
 
-
     def _answered(self, submit: bool, acct: AccountRun) -> None:
         if submit:  # a status or balance call proves the key, not that a submit is paid for
             acct.key_proven.set()
