@@ -47,13 +47,16 @@ def write_manifest(folder: Path, prompts: int) -> Path:
 def journal_child(manifest: Path, out: Path) -> None:
     """In a fresh process: load + validate the manifest, then create the journal from it."""
     start = time.perf_counter()
-    from omni_batch.journal.sqlite import Journal
+    try:
+        from omni_batch.journal import open_journal
+    except ImportError:  # an older checkout
+        from omni_batch.journal import Journal as open_journal  # type: ignore[no-redef]
     from omni_batch.planning.manifest import load_manifest
 
     imported = time.perf_counter()
     loaded = load_manifest(manifest)
     planned = time.perf_counter()
-    journal = Journal(out)
+    journal = open_journal(out)
     try:
         jobs = journal.sync(loaded.jobs())
     finally:

@@ -41,7 +41,7 @@ from omni_batch.running.accounts import (
 )
 from omni_batch.running.api import DEFAULT_BASE_URL, Balance, ToapisClient
 from omni_batch.running.budgets import Account, Rates
-from omni_batch.running.download import requeue_lost_videos
+from omni_batch.running.download import adopt_stored_videos, requeue_lost_videos
 from omni_batch.running.engine import CANCEL_WITHIN_S, Engine, RunStats, cancel_and_wait
 from omni_batch.running.money import (
     PRICES_META,
@@ -311,7 +311,7 @@ async def _run(
             journal.set_slice(prepared.only, options.limit, manifest.var_names, manifest.tag_names)
             repolled, requeued = journal.reopen(options.retry_failed)
             store = LocalStore(folder)
-            journal.adopt_videos((v.name, store.link(v.name), v.size) for v in store.stored())
+            adopted = adopt_stored_videos(journal, store)
             lost = requeue_lost_videos(journal, store)
             store.prepare()
             # the resolver refuses names (other than the API's) that resolve to internal
@@ -370,6 +370,8 @@ async def _run(
                         ended = exc
                 if journal.recovered:  # a journal rebuilt or caught up from events.jsonl
                     engine.log(journal.recovered)
+                elif adopted:  # rebuilt by an earlier command (review, pick), adopted now
+                    engine.log(f"{adopted} completed jobs recorded from videos in place")
                 if journal.left_manifest:
                     engine.log(_left_message(journal))
                 if repolled or requeued or lost:

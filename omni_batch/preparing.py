@@ -45,16 +45,28 @@ def _default_policy(options: RunOptions) -> Policy:
 def sim_settings(options: RunOptions) -> dict[str, Any]:
     """The simulator knobs of ``sim_set`` (``KNOB=VALUE`` items or a mapping) and of its old
     name ``simulator_settings``; a bad knob or value raises UsageError."""
-    settings = dict(options.simulator_settings)
-    if options.sim_set:
-        from omni_batch.simulator.config import parse_settings
+    if not options.sim_set and not options.simulator_settings:
+        return {}
+    from omni_batch.simulator.config import parse_settings
 
-        given = options.sim_set
-        if isinstance(given, Mapping):
-            settings.update(given)
-        else:
+    settings: dict[str, Any] = {}
+    for given in (options.simulator_settings, options.sim_set):
+        if isinstance(given, Mapping):  # each value checked as its --sim-set text would be
+            settings.update(parse_settings(f"{name}={_knob_text(v)}" for name, v in given.items()))
+        elif given:
             settings.update(parse_settings([given] if isinstance(given, str) else given))
     return settings
+
+
+def _knob_text(value: Any) -> str:
+    """A knob's value as --sim-set would spell it."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return ",".join(str(part) for part in value)
+    return str(value)
 
 
 def only_of(options: RunOptions) -> dict[str, list[str]]:

@@ -243,3 +243,32 @@ def test_reviews_are_saved_checked_and_kept_field_by_field(any_journal, tmp_path
     with pytest.raises(UsageError, match="no job 'nope'"):
         journal.set_review("nope", pick="picked")
     assert journal.reviews()[A] == second  # nothing saved by a refused change
+
+
+def test_a_completed_video_the_store_lost_goes_back_to_downloading(any_journal, tmp_path):
+    journal = any_journal
+    journal.sync(two_prompt_jobs(tmp_path))
+    sent(journal, A, "task-a")
+    journal.mark_downloading(A, "http://cdn/a.mp4", 2e9, None, polls=1)
+    journal.mark_completed(A, f"videos/{A}.mp4", 1234)
+    journal.commit()
+    assert list(journal.completed_videos()) == [(A, f"videos/{A}.mp4", 1234)]
+    # only a completed job goes back, once: an unknown id or a pending job is left alone
+    assert journal.requeue([A, A, B, "no-such-job"], "video lost on disk") == 1
+    row = by_id(journal.in_flight())[A]
+    assert (row.state, row.task_id, row.video_url) == ("downloading", "task-a", "http://cdn/a.mp4")
+    assert list(journal.completed_videos()) == []
+    assert journal.requeue([A], "again") == 0
+    assert journal.counts() == {**dict.fromkeys(STATES, 0), "pending": 1, "downloading": 1}
+
+
+def test_a_journal_that_was_never_rebuilt_adopts_nothing(any_journal, tmp_path):
+    journal = any_journal
+    journal.sync(two_prompt_jobs(tmp_path))
+
+    def found():
+        raise AssertionError("the store is not even listed")
+        yield
+
+    assert journal.adopt_videos(found()) == 0
+    assert journal.counts() == {**dict.fromkeys(STATES, 0), "pending": 2}

@@ -161,3 +161,43 @@ def test_the_version_is_the_one_pyproject_declares():
 
     project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
     assert omni_batch.__version__ == project["project"]["version"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("rate", -1, "rate: -1 must be above 0"),
+        ("submit_rate", 0, "submit_rate: 0 must be above 0"),
+        ("max_in_flight", 0, "max_in_flight: 0 must be at least 1"),
+        ("max_in_flight", 2.5, "max_in_flight: 2.5 is not a whole number"),
+        ("poll_interval", -1, "poll_interval: -1 must be above 0"),
+        ("max_video_mb", -1, "max_video_mb: -1 must be above 0"),
+        ("lookup_grace", float("nan"), "lookup_grace: nan must be at least 0"),
+        ("limit", "3", "limit: '3' is not a whole number"),
+    ],
+)
+def test_run_options_out_of_range_say_so_in_one_line_as_the_cli_does(field, value, says):
+    with pytest.raises(omni_batch.UsageError) as refused:
+        omni_batch.RunOptions(**{field: value})
+    assert str(refused.value) == says
+
+
+def test_the_cli_flags_take_their_ranges_from_run_options():
+    from omni_batch.cli.main import main as cli_group
+    from omni_batch.running.options import RANGES
+
+    run = cli_group.commands["run"]
+    for name, (low, open_) in RANGES.items():
+        option = next(p for p in run.params if p.name == name)
+        assert (option.type.min, option.type.min_open) == (low, open_), name
+
+
+def test_sim_set_as_a_mapping_is_checked_like_the_flag():
+    from omni_batch.preparing import sim_settings
+
+    good = omni_batch.RunOptions(simulate="fast", sim_set={"gen_max": 200, "rate": None})
+    assert sim_settings(good) == {"gen_max": 200.0, "rate": None}
+    with pytest.raises(
+        omni_batch.UsageError, match="simulator knob gen_max: 'abc' is not a number"
+    ):
+        sim_settings(omni_batch.RunOptions(simulate="fast", sim_set={"gen_max": "abc"}))

@@ -131,6 +131,24 @@ def test_reviews_survive_a_journal_rebuilt_from_events(folder):
     assert (saved[b].pick, saved[b].score) == ("picked", 2)  # pick overrides --reject
 
 
+def test_a_pick_that_rebuilds_the_journal_keeps_every_paid_video_in_the_reports(folder, pristine):
+    a, lost = jobs(folder)[:2]
+    events = folder / "events.jsonl"  # the lost job's lines went with the journal
+    kept = [line for line in events.read_text().splitlines() if f'"{lost}"' not in line]
+    events.write_text("\n".join(kept) + "\n")
+    for suffix in ("-wal", "-shm"):
+        (folder / f"journal.sqlite{suffix}").unlink(missing_ok=True)
+    (folder / "journal.sqlite").write_bytes(b"")  # an empty file: rebuilt from the events
+    cli("pick", str(folder), a)
+    report = build_report(folder).set_index("job_id")
+    assert len(report) == 8  # the video in place is recorded, not dropped from the reports
+    assert report.loc[lost, "video_path"] == f"videos/{lost}.mp4" and report.loc[lost, "bytes"] > 0
+    # the next run finds it completed: nothing is bought again
+    again = omni_batch.run(pristine.parent / "review.yaml", out=folder, simulate="fast")
+    assert set(again.status) == {"completed"} and len(again) == 8
+    assert again.set_index("job_id").loc[lost, "attempts"] == 0
+
+
 def test_pick_is_refused_while_a_run_holds_the_folder(folder):
     a = jobs(folder)[0]
     lock = lock_folder(folder)  # what a run holds for its whole length

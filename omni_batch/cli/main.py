@@ -12,7 +12,7 @@ from omni_batch.cli.errors import reports_errors
 from omni_batch.cli.simulate import simulate
 from omni_batch.errors import OmniBatchError, UsageError
 from omni_batch.planning.manifest import DEFAULT_MAX_JOBS
-from omni_batch.running.options import FAST, MB, Policy, RunOptions
+from omni_batch.running.options import FAST, MB, RANGES, Policy, RunOptions
 
 # every default of a run is written once, in RunOptions and Policy; the flags show them
 DEFAULTS = RunOptions()
@@ -25,9 +25,17 @@ def main() -> None:
     """Run batches of text-to-video generations against the ToAPIs video task API."""
 
 
+def _range(name: str) -> click.ParamType:
+    """The click type of a numeric run flag, from RunOptions' one table of ranges."""
+    low, open_ = RANGES[name]
+    if name in ("max_in_flight", "limit", "max_jobs"):
+        return click.IntRange(min=int(low), min_open=open_)
+    return click.FloatRange(min=low, min_open=open_)
+
+
 MAX_JOBS_OPTION = click.option(
     "--max-jobs",
-    type=click.IntRange(min=1),
+    type=_range("max_jobs"),
     metavar="N",
     help="Refuse a manifest that expands to more than N jobs, counted before any is made "
     f"[default: its budget.max_jobs, else {DEFAULT_MAX_JOBS:,}].",
@@ -167,23 +175,23 @@ def _looks_like_a_path(text: str) -> bool:
 )
 @click.option(
     "--submit-rate",
-    type=click.FloatRange(min=0, min_open=True),
+    type=_range("submit_rate"),
     help="Submits per second for the account [default: the tier's].",
 )
 @click.option(
     "--query-rate",
-    type=click.FloatRange(min=0, min_open=True),
+    type=_range("query_rate"),
     help="Status calls and lookups per second for the account [default: the tier's].",
 )
 @click.option(
     "--rate",
-    type=click.FloatRange(min=0, min_open=True),
+    type=_range("rate"),
     help="One budget of R requests/s shared by every API call, for a gateway with a single "
     "limit (replaces the tier's unless --submit-rate/--query-rate are given too).",
 )
 @click.option(
     "--max-in-flight",
-    type=click.IntRange(min=1),
+    type=_range("max_in_flight"),
     default=DEFAULTS.max_in_flight,
     show_default=True,
     help="Tasks submitted and not yet finished, at most (lowered by itself when the API "
@@ -191,7 +199,7 @@ def _looks_like_a_path(text: str) -> bool:
 )
 @click.option(
     "--poll-interval",
-    type=click.FloatRange(min=0, min_open=True),
+    type=_range("poll_interval"),
     help="Poll every this many seconds, a fixed cadence; without it polls are planned from "
     "each task's progress, this cadence only for a task that reports none [default: "
     + _timings_help("poll_interval")
@@ -199,21 +207,21 @@ def _looks_like_a_path(text: str) -> bool:
 )
 @click.option(
     "--max-wait",
-    type=click.FloatRange(min=0, min_open=True),
+    type=_range("max_wait"),
     help="Give up on a task after this many seconds (its id is kept) [default: "
     + _timings_help("max_wait")
     + ", raised to twice the longest task --sim-set knobs allow].",
 )
 @click.option(
     "--lookup-grace",
-    type=click.FloatRange(min=0),
+    type=_range("lookup_grace"),
     help="Seconds a client_business_id lookup may lag behind a create: its 404 after an "
     "ambiguous submit is believed only when asked again this long after the POST "
     "[default: " + _timings_help("lookup_grace") + "].",
 )
 @click.option(
     "--max-video-mb",
-    type=click.FloatRange(min=0, min_open=True),
+    type=_range("max_video_mb"),
     default=TIMINGS.max_download_bytes // MB,
     show_default=True,
     help="Refuse a video larger than this (a failed job, not a full disk).",
@@ -254,7 +262,7 @@ def _looks_like_a_path(text: str) -> bool:
 )
 @click.option(
     "--limit",
-    type=click.IntRange(min=0),
+    type=_range("limit"),
     metavar="N",
     help="Submit at most N new jobs this run (jobs resumed from an earlier run are always "
     "finished); the rest stay pending for the next run in the same folder.",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from omni_batch.journal import replay
 from omni_batch.journal.base import (
     DEFER_S,
     DONE,
@@ -42,6 +43,12 @@ def open_journal(folder: str | Path, events: bool = True) -> SqliteJournal:
     return SqliteJournal(Path(folder), events=events)
 
 
+def journal_in(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a journal, or the events.jsonl that rebuilds one."""
+    folder = Path(folder)
+    return (folder / JOURNAL_FILE).is_file() or (folder / replay.EVENTS).is_file()
+
+
 def open_reader(folder: str | Path) -> ReadOnlyJournal:
     """A read-only snapshot of the folder's journal, as a context manager (works during a run)."""
     return ReadOnlyJournal(folder)
@@ -70,6 +77,7 @@ __all__ = [
     "StartedCount",
     "body_hash",
     "check_review",
+    "journal_in",
     "lock_folder",
     "open_journal",
     "open_reader",

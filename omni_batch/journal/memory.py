@@ -273,8 +273,10 @@ class MemoryJournal:
 
     def requeue(self, job_ids: Iterable[str], reason: str) -> int:
         now, n = time.time(), 0
-        for job_id in job_ids:
-            r = self._jobs[job_id]
+        for job_id in dict.fromkeys(job_ids):
+            r = self._jobs.get(job_id)
+            if r is None or r.state != "completed":
+                continue  # only a completed job goes back
             r.state, r.updated_at = "downloading", now
             self._event(job_id, "downloading", reason=reason)
             n += 1

@@ -737,7 +737,14 @@ class SqliteJournal:
     def requeue(self, job_ids: Iterable[str], reason: str) -> int:
         """Completed jobs whose video the store lost go back to downloading, so resume fetches
         them again (after a status call for a fresh link when the old one expired)."""
-        lost = [(job_id,) for job_id in job_ids]
+        wanted = list(dict.fromkeys(job_ids))
+        lost = [
+            (job_id,)
+            for job_id in wanted
+            if self.db.execute(
+                "SELECT 1 FROM jobs WHERE job_id = ? AND state = 'completed'", (job_id,)
+            ).fetchone()
+        ]  # only a completed job goes back (an unknown id, or one in another state, is left)
         if not lost:
             return 0
         n = self._n

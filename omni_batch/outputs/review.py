@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from omni_batch.errors import StateError, UsageError
-from omni_batch.journal import JOURNAL_FILE, KEEP, Review, lock_folder, open_journal
+from omni_batch.journal import KEEP, Review, journal_in, lock_folder, open_journal
+from omni_batch.running.download import adopt_stored_videos
+from omni_batch.store import LocalStore
 
 
 class RunGoing(StateError):
@@ -35,7 +37,7 @@ def check_folder(folder: str | Path) -> Path:
     folder = Path(folder)
     if not folder.is_dir():
         raise StateError(f"{folder}: no such folder")
-    if not (folder / JOURNAL_FILE).is_file() and not (folder / "events.jsonl").is_file():
+    if not journal_in(folder):
         raise StateError(f"{folder}: no journal.sqlite here; is this an omni-batch output folder?")
     return folder
 
@@ -93,6 +95,9 @@ def save_reviews(
         pass  # a run going: the friendly message, before the journal's own
     journal = open_journal(folder)
     try:
+        # a journal this opening rebuilt from events.jsonl records the videos in place first
+        # (as a run would): the reports refreshed below must not lose a paid video's row
+        adopt_stored_videos(journal, LocalStore(folder))
         known = set(journal.known_jobs(ids))
         unknown = [j for j in ids if j not in known]
         if unknown:

@@ -155,10 +155,18 @@ async def _body(
 
 
 class VideoLedger(Protocol):
-    """What `requeue_lost_videos` needs of the journal."""
+    """What `requeue_lost_videos` and `adopt_stored_videos` need of the journal."""
 
     def completed_videos(self) -> Iterator[tuple[str, str, int]]: ...
     def requeue(self, job_ids: Iterable[str], reason: str) -> int: ...
+    def adopt_videos(self, found: Iterable[tuple[str, str, int]]) -> int: ...
+
+
+def adopt_stored_videos(journal: VideoLedger, store: VideoStore) -> int:
+    """After a journal rebuilt from events.jsonl (by whichever command opened it): the videos in
+    the store of jobs the events never saw finish are recorded as completed, never bought
+    again. Nothing (not even a listing) when no rebuild is waiting for it. Returns how many."""
+    return journal.adopt_videos((v.name, store.link(v.name), v.size) for v in store.stored())
 
 
 def requeue_lost_videos(journal: VideoLedger, store: VideoStore) -> int:

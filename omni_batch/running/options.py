@@ -25,7 +25,7 @@ from tenacity import (
     wait_random,
 )
 
-from omni_batch.errors import Ambiguous, BadResponse, NotAccepted, NotSent, ServerError
+from omni_batch.errors import Ambiguous, BadResponse, NotAccepted, NotSent, ServerError, UsageError
 from omni_batch.running.budgets import DEFAULT_TIER, MAX_IN_FLIGHT
 
 if TYPE_CHECKING:
@@ -159,6 +159,35 @@ async def retried(rules: Callable[[], Retrying], call: Callable[[], Awaitable[T]
             return do
 
 
+# The range of every numeric run flag, written once: RunOptions checks its fields against it and
+# the CLI's click types are made from it. (lowest, whether the lowest itself is refused)
+RANGES: dict[str, tuple[float, bool]] = {
+    "submit_rate": (0, True),
+    "query_rate": (0, True),
+    "rate": (0, True),
+    "max_in_flight": (1, False),
+    "poll_interval": (0, True),
+    "max_wait": (0, True),
+    "lookup_grace": (0, False),
+    "max_video_mb": (0, True),
+    "limit": (0, False),
+    "max_jobs": (1, False),
+}
+
+
+def range_problem(name: str, value: Any) -> str | None:
+    """Why ``value`` cannot be the run option ``name`` (None when it can, or is unset)."""
+    if value is None or name not in RANGES:
+        return None
+    low, open_ = RANGES[name]
+    whole = name in ("max_in_flight", "limit", "max_jobs")
+    if isinstance(value, bool) or not isinstance(value, int if whole else int | float):
+        return f"{name}: {value!r} is not {'a whole number' if whole else 'a number'}"
+    if value < low or (open_ and value == low) or value != value:  # NaN: never in range
+        return f"{name}: {value!r} must be {'above' if open_ else 'at least'} {low:g}"
+    return None
+
+
 @dataclass
 class RunOptions:
     """How to run; one field per `omni-batch run` flag (``--poll-interval`` → ``poll_interval``),
@@ -215,6 +244,11 @@ class RunOptions:
     report_every: float = 30.0  # seconds between report refreshes during a run
     # the old name of sim_set (a mapping), still accepted
     simulator_settings: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in RANGES:
+            if problem := range_problem(name, getattr(self, name)):
+                raise UsageError(problem)
 
     @property
     def sliced(self) -> bool:
