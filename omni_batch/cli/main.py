@@ -11,7 +11,9 @@ from omni_batch._version import __version__
 from omni_batch.cli.errors import reports_errors
 from omni_batch.cli.simulate import simulate
 from omni_batch.errors import OmniBatchError, UsageError
+from omni_batch.outputs import PROMOTE_REPEATS, REVIEW_HOST, REVIEW_PORT
 from omni_batch.planning.manifest import DEFAULT_MAX_JOBS
+from omni_batch.running.budgets import TIERS
 from omni_batch.running.options import FAST, MB, RANGES, Policy, RunOptions
 
 # every default of a run is written once, in RunOptions and Policy; the flags show them
@@ -167,11 +169,14 @@ def _looks_like_a_path(text: str) -> bool:
 )
 @click.option(
     "--tier",
-    type=click.Choice(["default", "vip", "svip"]),
+    type=click.Choice(list(TIERS)),
     default=DEFAULTS.tier,
     show_default=True,
-    help="The account's published rate limits: submits 5/16.7/33.3 per s, status calls "
-    "50/167/500 per s (the API's X-RateLimit-* headers, when sent, correct them).",
+    help="The account's published rate limits: submits "
+    + "/".join(f"{s:.3g}" for s, _ in TIERS.values())
+    + " per s, status calls "
+    + "/".join(f"{q:.3g}" for _, q in TIERS.values())
+    + " per s (the API's X-RateLimit-* headers, when sent, correct them).",
 )
 @click.option(
     "--submit-rate",
@@ -532,7 +537,7 @@ def pick(
 @click.option(
     "--repeats",
     type=click.IntRange(1, 1000),
-    default=1,
+    default=PROMOTE_REPEATS,
     show_default=True,
     help="Takes of each winner in the next run.",
 )
@@ -577,13 +582,13 @@ def promote(
 @click.option(
     "--port",
     type=click.IntRange(0, 65535),
-    default=8765,
+    default=REVIEW_PORT,
     show_default=True,
     help="0: any free port.",
 )
 @click.option(
     "--host",
-    default="127.0.0.1",
+    default=REVIEW_HOST,
     show_default=True,
     help="Address to listen on; anything but loopback needs --token.",
 )

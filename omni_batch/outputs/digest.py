@@ -34,7 +34,7 @@ from omni_batch.outputs.summary import (
 )
 from omni_batch.outputs.summary import work_frame as _work_frame
 
-_STATUS_ORDER = ["completed", "failed", "running", "pending"]  # the gallery header's order
+STATUS_ORDER = ("completed", "failed", "running", "pending")  # the gallery header's order
 
 
 def _key(value: Any) -> Any:

@@ -20,7 +20,7 @@ import pandas as pd
 
 from omni_batch.errors import OutputError
 from omni_batch.outputs import gallery_template as tpl
-from omni_batch.outputs.digest import ReportDigest
+from omni_batch.outputs.digest import STATUS_ORDER, ReportDigest
 from omni_batch.outputs.summary import SHOWN_ROWS, formatted, informative, label, summary_tables
 from omni_batch.running.verify import poster_stored, probe_stored
 from omni_batch.store.base import VideoStore
@@ -361,8 +361,8 @@ def _summary_html(tables: dict[str, pd.DataFrame], max_rows: int = SHOWN_ROWS) -
 
 def _counts(rows: int, counts: pd.Series) -> str:
     """The header's line; ``counts``: as the report's ``status.value_counts()``."""
-    order = ["completed", "failed", "running", "pending"]
-    known = [s for s in order if s in counts] + [s for s in counts.index if s not in order]
+    known = [s for s in STATUS_ORDER if s in counts]
+    known += [s for s in counts.index if s not in STATUS_ORDER]
     parts = [f"{rows} jobs"] + [f"{int(counts[s])} {_e(s)}" for s in known]
     return " · ".join(parts) + f" · written {time.strftime('%Y-%m-%d %H:%M')}"
 

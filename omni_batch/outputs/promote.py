@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from omni_batch.outputs import PROMOTE_REPEATS
 from omni_batch.errors import ManifestError, UsageError
 
 OVERRIDABLE = ("model", "aspect_ratio", "duration", "resolution")
@@ -202,7 +203,7 @@ def promote(
     picked: bool = False,
     min_score: int | None = None,
     overrides: dict[str, Any] | None = None,
-    repeats: int = 1,
+    repeats: int = PROMOTE_REPEATS,
 ) -> Promoted:
     """Write the manifest of ``folder``'s winners to ``out`` (planned first; see the module)."""
     from omni_batch.planning.plan import plan

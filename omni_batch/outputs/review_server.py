@@ -29,6 +29,7 @@ from typing import Any
 import pandas as pd
 from aiohttp import web
 
+from omni_batch.outputs import REVIEW_HOST
 from omni_batch.outputs import review_assets as assets
 from omni_batch.errors import OmniBatchError, StateError, UsageError
 from omni_batch.journal import KEEP, NOTE_MAX, check_review
@@ -300,7 +301,7 @@ def make_app(folder: str | Path, token: str | None = None) -> web.Application:
 
 @asynccontextmanager
 async def serving(
-    folder: str | Path, host: str = "127.0.0.1", port: int = 0, token: str | None = None
+    folder: str | Path, host: str = REVIEW_HOST, port: int = 0, token: str | None = None
 ) -> AsyncIterator[str]:
     """Serve ``folder`` until the block ends; yields the base URL."""
     check_bind(host, token)

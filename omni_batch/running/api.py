@@ -35,6 +35,7 @@ from omni_batch.errors import (
     UsageError,
 )
 from omni_batch.running.budgets import QUERY, SUBMIT, RateHeaders, parse_rate_headers
+from omni_batch.running.options import Policy
 from omni_batch.running.redact import Redactor
 
 DEFAULT_BASE_URL = "https://toapis.com"
@@ -440,7 +441,7 @@ class ToapisClient:
         session: aiohttp.ClientSession,
         base_url: str,
         api_key: str,
-        timeout: float = 30.0,
+        timeout: float = Policy.request_timeout,
         *,
         redact: Redactor | None = None,
     ):
