@@ -258,7 +258,7 @@ async def run_async(
     Raises AuthError (the key was refused), QuotaError (the balance ran out; in-flight tasks
     were finished first) or Interrupted (Ctrl-C) after the journal and report are consistent.
     """
-    options = options or RunOptions(**kw)
+    options = options or RunOptions.of(**kw)
     digest = await run_folder_async(manifest, options, on_start=on_start, stop=stop)
     assert digest.folder is not None  # run_folder_async names it
     return build_report(digest.folder)
@@ -281,7 +281,7 @@ async def run_folder_async(
     if isinstance(manifest, PreparedRun):
         prepared = manifest
     else:
-        prepared = prepare(manifest, options or RunOptions(**kw))
+        prepared = prepare(manifest, options or RunOptions.of(**kw))
     stop = stop or asyncio.Event()
     # signals are handled from here to the end, the final report included: a signal at any
     # moment of the run stops it, and a second one leaves at once

@@ -201,3 +201,11 @@ def test_sim_set_as_a_mapping_is_checked_like_the_flag():
         omni_batch.UsageError, match="simulator knob gen_max: 'abc' is not a number"
     ):
         sim_settings(omni_batch.RunOptions(simulate="fast", sim_set={"gen_max": "abc"}))
+
+
+def test_a_misspelt_run_option_is_one_line_with_the_closest_field(tmp_path):
+    with pytest.raises(omni_batch.UsageError) as refused:
+        omni_batch.run("manifests/demo.yaml", poll_intervall=3)
+    assert str(refused.value) == (
+        "RunOptions has no field 'poll_intervall'; did you mean poll_interval?"
+    )

@@ -245,6 +245,20 @@ class RunOptions:
     # the old name of sim_set (a mapping), still accepted
     simulator_settings: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def of(cls, **fields: Any) -> RunOptions:
+        """RunOptions from keyword arguments, a misspelt name refused in one line (with the
+        closest field) instead of Python's TypeError."""
+        from dataclasses import fields as declared
+
+        from omni_batch.planning.problems import suggest
+
+        names = [f.name for f in declared(cls)]
+        for name in fields:
+            if name not in names:
+                raise UsageError(f"RunOptions has no field {name!r}{suggest(name, names)}")
+        return cls(**fields)
+
     def __post_init__(self) -> None:
         for name in RANGES:
             if problem := range_problem(name, getattr(self, name)):
