@@ -167,3 +167,42 @@ def test_a_folder_is_not_resumed_into_another_store(manifest, tmp_path, s3_serve
     assert first.exit_code == 0, first.output
     assert other.exit_code == 2
     assert f"resume with --store s3://{bucket}/{PREFIX}" in other.output
+
+
+def test_a_video_another_runner_stored_is_recorded_not_fetched(
+    manifest, tmp_path, s3_server, bucket
+):
+    import asyncio
+
+    from omni_batch import plan
+    from omni_batch.simulator.clips import get_clip
+
+    job = next(iter(plan(manifest).manifest.jobs()))
+    clip = get_clip(job.aspect_ratio, job.duration, job.resolution)
+    store = S3Store.from_url(f"s3://{bucket}/{PREFIX}")
+
+    async def one_chunk() -> Any:
+        yield clip
+
+    asyncio.run(store.put(job.job_id, one_chunk()))
+    out = tmp_path / "out"
+    with sim() as server:
+        result = run(server, s3_server, manifest, out, "--store", f"s3://{bucket}/{PREFIX}")
+        stats = server.stats()
+    assert result.exit_code == 0, result.output
+    assert stats["submits"] == JOBS and stats["downloads"] == JOBS - 1, stats
+    rows = pd.read_csv(out / "report.csv").set_index("job_id")
+    assert rows.loc[job.job_id, "bytes"] == len(clip)
+    assert bool(rows.verified.all())
+
+
+def test_review_says_in_one_line_that_it_serves_local_videos_only(
+    manifest, tmp_path, s3_server, bucket
+):
+    out = tmp_path / "out"
+    with sim() as server:
+        first = run(server, s3_server, manifest, out, "--store", f"s3://{bucket}/{PREFIX}")
+        review = cli(server, s3_server, "review", str(out), "--port", "0")
+    assert first.exit_code == 0, first.output
+    assert review.exit_code == 2 and len(review.output.splitlines()) == 1, review.output
+    assert f"its videos are in s3://{bucket}/{PREFIX}" in review.output
