@@ -5,6 +5,7 @@ again, a wrong bucket fails before any submit, and no AWS credential is written 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,9 @@ def test_a_run_puts_its_videos_in_the_bucket_and_links_them(manifest, tmp_path, 
     assert result.exit_code == 0, result.output
     assert stats["submits"] == JOBS and stats["downloads_ok"] == JOBS
     assert f"videos: s3://{bucket}/{PREFIX}" in result.output
+    with sim() as server:  # run --json names the bucket as where the videos are
+        again = run(server, s3_server, manifest, out, "--json")
+    assert json.loads(again.stdout)["reports"]["videos"] == f"s3://{bucket}/{PREFIX}"
     # the folder keeps the journal and reports, never a video or a poster
     assert not (out / "videos").exists() or not any((out / "videos").iterdir())
     assert not (out / "posters").exists()
