@@ -7,6 +7,7 @@ first use of a name that needs it.
 
 from omni_batch._version import __version__
 from omni_batch.errors import (
+    AlreadyStored,
     Ambiguous,
     ApiChanged,
     ApiError,
@@ -73,6 +74,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AlreadyStored",
     "Ambiguous",
     "ApiChanged",
     "ApiError",

@@ -54,7 +54,8 @@ from omni_batch.running.money import (
 from omni_batch.running.netguard import GuardedResolver, VideoGuard
 from omni_batch.running.options import Policy, RunOptions  # RunOptions: also its old home
 from omni_batch.running.redact import Redactor
-from omni_batch.store.local import LocalStore
+from omni_batch.store.base import VideoStore
+from omni_batch.store.location import STORE_META
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -215,8 +216,9 @@ class _ReportWriter:
     each allocator arena kept its own (~20 MB at 20,000 jobs).
     """
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, store: VideoStore):
         self.folder = folder
+        self.store = store  # the gallery links the videos and posters where the run put them
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omni-batch-reports")
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -234,7 +236,12 @@ class _ReportWriter:
         try:
             digest = await self._call(write_reports_digest, self.folder)
             await self._call(
-                write_gallery, self.folder, title=title, posters=posters, digest=digest
+                write_gallery,
+                self.folder,
+                title=title,
+                posters=posters,
+                digest=digest,
+                store=self.store,
             )
             return digest
         finally:
@@ -299,7 +306,7 @@ async def _run(
     manifest, options, folder = prepared.manifest, prepared.options, prepared.folder
     policy, reconcile = prepared.policy, prepared.reconcile
     ended: OmniBatchError | None = None
-    reports = _ReportWriter(folder)
+    reports = _ReportWriter(folder, prepared.store)
     async with _target(options, manifest.catalog, folder) as (base_url, keys):
         journal = open_journal(folder)
         try:
@@ -310,10 +317,13 @@ async def _run(
             journal.sync(manifest.jobs())
             journal.set_slice(prepared.only, options.limit, manifest.var_names, manifest.tag_names)
             repolled, requeued = journal.reopen(options.retry_failed)
-            store = LocalStore(folder)
+            store = prepared.store
+            if prepared.store_url is not None:  # report, status and a resume find it there
+                journal.set_meta(STORE_META, prepared.store_url)
+            # first: a store that cannot be reached must not make every video look lost
+            store.prepare()
             adopted = adopt_stored_videos(journal, store)
             lost = requeue_lost_videos(journal, store)
-            store.prepare()
             # the resolver refuses names (other than the API's) that resolve to internal
             # addresses, on the very lookup a video download connects with
             resolver = GuardedResolver(VideoGuard(base_url))

@@ -85,9 +85,19 @@ class StateError(OmniBatchError):
 
 
 class OutputError(OmniBatchError):
-    """The output folder cannot be written (permissions, full disk)."""
+    """The output folder or the video store cannot be written (permissions, full disk, a
+    bucket that cannot be reached)."""
 
     exit_code = 2
+
+
+class AlreadyStored(OutputError):
+    """A create-only put found a video already under that name (another runner, or an earlier
+    attempt, stored it first); what is there was left as it was."""
+
+    def __init__(self, message: str, name: str):
+        super().__init__(message)
+        self.name = name
 
 
 class ApiError(OmniBatchError):

@@ -1,5 +1,6 @@
 """Everything a run checks and works out before it sends anything: the simulator profile and
-knobs, the manifest, --only, the keys, the base URL, the output folder, the slice, the timings.
+knobs, the manifest, --only, the keys, the base URL, the output folder, the video store, the
+slice, the timings.
 
 `prepare` returns a `PreparedRun`, what `omni-batch run` shows before it asks; `run_folder_async`
 runs it.
@@ -22,6 +23,9 @@ from omni_batch.planning.slicing import check as check_slice
 from omni_batch.running.accounts import KEYS_ENV, parse_keys_env, parse_keys_file
 from omni_batch.running.api import check_base_url
 from omni_batch.running.options import Policy, RunOptions
+from omni_batch.store.base import VideoStore
+from omni_batch.store.local import LocalStore
+from omni_batch.store.location import open_store, parse_location, recorded_location
 
 KEY_ENV = "TOAPIS_API_KEY"
 BASE_URL_ENV = "TOAPIS_BASE_URL"
@@ -89,6 +93,15 @@ class PreparedRun:
     policy: Policy  # the timings the run uses, flags applied
     only: dict[str, list[str]]
     slice: SlicePlan | None  # with --limit / --only: what the slice holds
+    store: VideoStore  # where the videos go (reached already when it is not the folder)
+    # the store's location (``s3://BUCKET/PREFIX``, recorded in the journal's meta); None: the
+    # output folder's own videos/
+    store_url: str | None = None
+
+    @property
+    def videos(self) -> str:
+        """Where the videos are, as the run's last line says it."""
+        return self.store_url or str(self.folder / "videos")
 
     @property
     def manifest(self) -> Manifest:
@@ -140,6 +153,10 @@ def prepare(
     if on_folder is not None:
         on_folder(folder)
     refuse_a_busy_folder(folder)
+    store_url = store_location(folder, options.store)
+    store = open_store(store_url, folder)
+    if store_url is not None:  # a wrong bucket, endpoint or key: one line, before any submit
+        store.prepare()
     if options.limit is not None and options.limit < 0:
         raise UsageError(f"limit must be 0 or more, not {options.limit}")
     sliced = None
@@ -148,7 +165,27 @@ def prepare(
 
         with started_counter(folder) as started:
             sliced = check_slice(planned.manifest, only, options.limit, started)
-    return PreparedRun(planned, options, folder, policy, only, sliced)
+    return PreparedRun(planned, options, folder, policy, only, sliced, store, store_url)
+
+
+def store_location(folder: Path, given: str | None) -> str | None:
+    """The run's store: ``given`` (checked), else the one the folder's earlier runs used. A
+    folder whose videos are in one store is not resumed into another (its completed videos
+    would look lost and be fetched again): UsageError, one line."""
+    wanted = str(parse_location(given)) if given is not None else None
+    recorded = recorded_location(folder)
+    if wanted is None or wanted == recorded:
+        return recorded
+    # nothing recorded: a new folder, one whose journal was rebuilt (its meta lost), or the
+    # folder's own store, which is switched away from only while it holds no video
+    if recorded is None and next(LocalStore(folder).stored(), None) is None:
+        return wanted
+    where = recorded or str(folder / "videos")
+    raise UsageError(
+        f"--store {given}: the videos of {folder} are in {where}; resume with "
+        + (f"--store {recorded}" if recorded else "no --store")
+        + ", or use a new --out"
+    )
 
 
 def refuse_a_busy_folder(folder: Path) -> None:

@@ -139,6 +139,13 @@ def _looks_like_a_path(text: str) -> bool:
     help="Output folder [default: outputs/<manifest name>/]. The same folder resumes.",
 )
 @click.option(
+    "--store",
+    metavar="s3://BUCKET/PREFIX",
+    help="Put the videos and posters in an S3-compatible bucket (endpoint and credentials "
+    "from the AWS_* environment) instead of the output folder, which keeps the journal and "
+    "the reports [default: the store the folder's earlier runs used, else its videos/].",
+)
+@click.option(
     "--simulate",
     "simulate_profile",
     is_flag=False,
@@ -408,7 +415,7 @@ def _run(
         console.print(LEFT_PENDING.format(n=left), highlight=False)
     console.print(
         f"gallery: {folder / 'gallery.html'}  report: {folder / 'report.csv'}  "
-        f"videos: {folder / 'videos'}",
+        f"videos: {prepared.videos}",
         highlight=False,
         soft_wrap=True,
     )

@@ -334,4 +334,8 @@ def run_summary(
         for name, file in REPORT_FILES.items():
             if (folder / file).exists():
                 out["reports"][name] = str(folder / file)
+        from omni_batch.store.location import recorded_location
+
+        if where := recorded_location(folder):  # --store: the videos are in a bucket
+            out["reports"]["videos"] = where
     return out

@@ -20,6 +20,9 @@ from omni_batch import crash
 
 EVENTS = "events.jsonl"
 _N = b', "n": '  # where a state line's counter starts: the third key of every state line
+# meta a rebuilt journal needs back from events.jsonl: where the run's videos are stored (a rebuilt
+# journal that forgot it would look for them in the folder, find none and buy them again)
+KEPT_META = ("store",)
 _HISTORY = ("report.csv", "report.parquet", "failures.csv", "gallery.html")
 
 _PLACEHOLDER = (
@@ -128,7 +131,7 @@ def _params(record: dict[str, Any], job_id: str) -> dict[str, Any]:
         "video_url": _text(record.get("video_url"), 10_000),
         "expires_at": _num(record.get("expires_at")),
         "polls": _int(record.get("polls")),
-        "video_path": f"videos/{job_id}.mp4",  # LocalStore.relative
+        "video_path": _video_path(record.get("video_path"), job_id),
         "bytes": _int(record.get("bytes")),
         "verified": _flag(record.get("verified")),
         "verify": _text(record.get("verify")),
@@ -187,6 +190,55 @@ class Replayed:
 _PICKS = ("picked", "rejected")
 
 
+def _video_path(given: object, job_id: str) -> str:
+    """Where the line says the job's video is stored, if that is a store's link for this job
+    (the folder's ``videos/JOB.mp4``, or an object URL ending so); else the folder's: the file
+    is anyone's to edit, and a report must not link elsewhere on its say-so."""
+    local = f"videos/{job_id}.mp4"  # LocalStore.link
+    if (
+        isinstance(given, str)
+        and len(given) <= 2000
+        and given.startswith(("https://", "http://"))
+        and given.endswith(f"/{local}")
+        and "\n" not in given
+    ):
+        return given
+    return local
+
+
+def kept_meta(folder: Path, key: str) -> str | None:
+    """The last value events.jsonl holds for the kept meta ``key`` (KEPT_META): what a journal
+    rebuilt from it will know, read before it is rebuilt. Streams the file."""
+    found = None
+    try:
+        with (Path(folder) / EVENTS).open("rb") as handle:
+            for line in handle:
+                if b'"event": "meta"' in line:
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(record, dict) and record.get("key") == key:
+                        value = record.get("value")
+                        found = value if isinstance(value, str) else found
+    except OSError:
+        return None
+    return found
+
+
+def _meta(db: sqlite3.Connection, line: bytes) -> None:
+    """A kept meta line (KEPT_META) applied; anything else on such a line is skipped."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return
+    if not isinstance(record, dict) or record.get("event") != "meta":
+        return
+    key, value = record.get("key"), record.get("value")
+    if key in KEPT_META and isinstance(value, str):
+        db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+
 def _review(db: sqlite3.Connection, line: bytes) -> int:
     """A review line (Journal.set_review) applied as it was saved; a line whose values are
     not what set_review writes is skipped (the file is anyone's to edit). Returns 1 if applied."""
@@ -231,6 +283,9 @@ def replay(
             done.lines += 1
             if b'"event": "review"' in line:
                 done.reviews += _review(db, line)
+                continue
+            if b'"event": "meta"' in line:
+                _meta(db, line)
                 continue
             if b'"event": "state"' not in line:
                 continue

@@ -369,6 +369,8 @@ class SqliteJournal:
     def set_meta(self, key: str, value: str) -> None:
         with self.db:
             self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        if key in replay.KEPT_META:  # a journal rebuilt from events.jsonl must know it too
+            self.event("meta", key=key, value=value)
 
     # -- events -------------------------------------------------------------------------------
     def event(self, kind: str, **fields: Any) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import numpy as np
 import pandas as pd
@@ -24,7 +25,7 @@ from omni_batch.outputs.digest import STATUS_ORDER, ReportDigest
 from omni_batch.outputs.summary import SHOWN_ROWS, formatted, informative, label, summary_tables
 from omni_batch.running.verify import poster_stored, probe_stored
 from omni_batch.store.base import VideoStore
-from omni_batch.store.local import LocalStore
+from omni_batch.store.location import folder_store
 
 GALLERY = "gallery.html"
 TILE_SIDE = 240  # px: the long side of a tile's picture
@@ -85,6 +86,21 @@ def _href(link: str) -> str:
     """A store's link as the page's URL: a path relative to the page (the local store's, so
     the folder works from disk, a web server or a zip), or a whole URL as it is."""
     return link if "://" in link else _url(link)
+
+
+def _csp(store: VideoStore) -> str:
+    """The page's Content-Security-Policy: its own folder's files, and the store's origin
+    when the store is elsewhere (an S3 bucket), for the videos and posters only."""
+    link = store.link("video")
+    if "://" not in link:
+        return tpl.CSP
+    parts = urlsplit(link)
+    if parts.scheme not in ("http", "https") or not re.fullmatch(r"[A-Za-z0-9.:\[\]-]+", parts.netloc):
+        return tpl.CSP  # not an origin a policy can name safely: the page shows no video
+    origin = f"{parts.scheme}://{parts.netloc}"
+    return tpl.CSP.replace("img-src 'self'", f"img-src 'self' {origin}").replace(
+        "media-src 'self'", f"media-src 'self' {origin}"
+    )
 
 
 def _videos(store: VideoStore, frame: pd.DataFrame) -> dict[str, str]:
@@ -369,6 +385,7 @@ def _counts(rows: int, counts: pd.Series) -> str:
 
 def _frame_of(
     folder: Path,
+    csp: str,
     title: str | None,
     rows: int,
     counts: pd.Series,
@@ -378,7 +395,7 @@ def _frame_of(
 ) -> Iterator[str]:
     before, after = tpl.PAGE.split("{matrix}")
     yield before.format(
-        csp=escape(tpl.CSP, quote=True),
+        csp=escape(csp, quote=True),
         title=_e(title or folder.resolve().name),
         css=tpl.CSS,
         counts=_counts(rows, counts),
@@ -402,6 +419,7 @@ def _page(
     matrix = _matrix(_Layout.of(frame), records) if len(frame) else iter(())
     yield from _frame_of(
         folder,
+        _csp(store),
         title,
         len(frame),
         frame["status"].value_counts(),
@@ -437,6 +455,7 @@ def _streamed_page(
     }
     yield from _frame_of(
         folder,
+        _csp(store),
         title,
         digest.rows,
         digest.status_counts(),
@@ -455,10 +474,10 @@ def render_gallery(
     store: VideoStore | None = None,
 ) -> str:
     """The page for ``frame`` (a report), extracting missing posters into the store (default:
-    the folder's own, posters in ``folder/posters``; with ``posters=False``, only those already
-    there are shown: no video is decoded)."""
+    the one the folder's journal names, else the folder's own, posters in ``folder/posters``;
+    with ``posters=False``, only those already there are shown: no video is decoded)."""
     folder = Path(folder)
-    return "".join(_page(folder, store or LocalStore(folder), frame, title, posters))
+    return "".join(_page(folder, store or folder_store(folder), frame, title, posters))
 
 
 def write_gallery(
@@ -478,10 +497,10 @@ def write_gallery(
     (default: the folder's name). Without a ``verified`` column the videos are probed here, so
     the page flags mismatches either way. ``posters=False`` (a run with ``verify=False``)
     extracts no poster, so nothing is decoded. Videos and posters are the ``store``'s
-    (default: the folder's own, `LocalStore`).
+    (default: the one the folder's journal names, else the folder's own, `LocalStore`).
     """
     folder = Path(folder)
-    store = store or LocalStore(folder)
+    store = store or folder_store(folder)
     if frame is None:
         from omni_batch.outputs.report import digest_report
 

@@ -19,7 +19,7 @@ from typing import IO, Any
 from omni_batch.errors import StateError, UsageError
 from omni_batch.journal import KEEP, Review, journal_in, lock_folder, open_journal
 from omni_batch.running.download import adopt_stored_videos
-from omni_batch.store import LocalStore
+from omni_batch.store.location import STORE_META, open_store
 
 
 class RunGoing(StateError):
@@ -97,7 +97,7 @@ def save_reviews(
     try:
         # a journal this opening rebuilt from events.jsonl records the videos in place first
         # (as a run would): the reports refreshed below must not lose a paid video's row
-        adopt_stored_videos(journal, LocalStore(folder))
+        adopt_stored_videos(journal, open_store(journal.meta(STORE_META), folder))
         known = set(journal.known_jobs(ids))
         unknown = [j for j in ids if j not in known]
         if unknown:

@@ -34,6 +34,7 @@ from omni_batch.outputs import review_assets as assets
 from omni_batch.errors import OmniBatchError, StateError, UsageError
 from omni_batch.journal import KEEP, NOTE_MAX, check_review
 from omni_batch.outputs.review import RunGoing, check_folder, refresh, run_going, save_reviews
+from omni_batch.store.location import recorded_location
 
 COOKIE = "omni_review"
 HEADER = "X-Omni-Review"
@@ -305,6 +306,11 @@ async def serving(
 ) -> AsyncIterator[str]:
     """Serve ``folder`` until the block ends; yields the base URL."""
     check_bind(host, token)
+    if where := recorded_location(folder):  # the server sends the folder's own files only
+        raise UsageError(
+            f"{folder}: its videos are in {where}, and review serves an output folder's own "
+            "videos: open its gallery.html, or pick and score with `omni-batch pick`"
+        )
     app = make_app(folder, token)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

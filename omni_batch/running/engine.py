@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import aiohttp
 
 from omni_batch.errors import (
+    AlreadyStored,
     ApiError,
     ApiUnreachable,
     AuthError,
@@ -753,7 +754,18 @@ class Engine:
         await self.release(flight.job_id)
 
     # -- downloading ------------------------------------------------------------------------------
+    async def _already_stored(self, job_id: str) -> Stored | None:
+        """The job's video when a store elsewhere (an object store) already holds it whole:
+        one HEAD, off the event loop. A local store is not asked: its puts replace, and
+        resume already found the videos a crash left unrecorded (`resume`)."""
+        if self.store.local_path(job_id) is not None:
+            return None
+        size = await asyncio.to_thread(self.store.size, job_id)
+        return Stored(job_id, size) if size else None
+
     async def fetch(self, flight: Flight, url: str) -> None:
+        if flight.on_disk is None:  # stored by an earlier attempt or runner: never fetched again
+            flight.on_disk = await self._already_stored(flight.job_id)
         if flight.on_disk is not None:
             return await self._completed(flight, flight.on_disk)
         p = self.policy
@@ -794,6 +806,11 @@ class Engine:
             kind = exc.kind or ("link_expired" if exc.expired else "download_failed")
             message = self.client.redact(exc.message)  # it may quote the video host's headers
             return await self._fail(flight, "downloading", kind, message, exc.status, None)
+        except AlreadyStored:  # a create-only store kept the copy stored first: record that one
+            size = await asyncio.to_thread(self.store.size, flight.job_id)
+            if not size:
+                raise
+            got = Stored(flight.job_id, size)
         await self._completed(flight, got)
 
     async def _completed(self, flight: Flight, got: Stored) -> None:

@@ -198,6 +198,10 @@ class RunOptions:
     """
 
     out: Path | str | None = None  # default: outputs/<manifest name>/
+    # where the videos and posters go: ``s3://BUCKET/PREFIX`` (endpoint and credentials from
+    # the AWS_* environment only); default: the one an earlier run in the folder used, else
+    # the output folder's videos/ and posters/ (the journal and reports stay in the folder)
+    store: str | None = None
     # a simulator profile: run against the embedded simulator (``--simulate``)
     simulate: str | None = None
     # simulator knobs: ``{"gen_max": 200}`` or ``["gen_max=200"]`` (``--sim-set``)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +23,7 @@ import obstore
 from obstore.exceptions import AlreadyExistsError, BaseError
 from obstore.store import S3Store as _ObjectStore
 
-from omni_batch.errors import OutputError
+from omni_batch.errors import AlreadyStored, OutputError
 from omni_batch.store.base import Stored
 
 if TYPE_CHECKING:
@@ -34,14 +35,14 @@ POSTERS = "posters"
 # environment values that must never be echoed, whatever an error message carries
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 
+_STATUS = re.compile(r"status code: (\d{3}) ([A-Za-z ]*)")
+_HINTS = {
+    "404": " (no such bucket?)",
+    "403": " (check the AWS_* credentials and the bucket's policy)",
+    "301": " (the bucket is in another region: set AWS_REGION)",
+}
 
-class AlreadyStored(OutputError):
-    """A create-only put found a video already under that name (another runner stored it
-    first); what is there was left as it was."""
-
-    def __init__(self, message: str, name: str):
-        super().__init__(message)
-        self.name = name
+__all__ = ["AlreadyStored", "S3Store"]  # AlreadyStored lives in errors; its old home kept
 
 
 class S3Store:
@@ -236,6 +237,11 @@ def _one_line(exc: BaseException) -> str:
     """obstore's message cut to its first line (the rest is a debug dump), with every
     credential from the environment redacted."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if answered := _STATUS.search(text):  # the server's answer, not obstore's request dump
+        code = answered.group(1)
+        text = f"HTTP {code} {answered.group(2).strip()}" + _HINTS.get(code, "")
+    elif "error sending request" in text:  # no answer at all, after obstore's retries
+        text = "no answer from the endpoint (AWS_ENDPOINT_URL, or the bucket's region)"
     for var in _SECRET_ENV:
         value = os.environ.get(var)
         if value and len(value) >= 4:
