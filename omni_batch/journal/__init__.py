@@ -1,13 +1,15 @@
 """journal stage: the run's single source of truth, behind the ``Journal`` protocol.
 
 ``open_journal(folder)`` opens the folder's SQLite journal (the one writer, under the folder's
-lock); ``open_reader(folder)`` a read-only snapshot of it for the reports; ``MemoryJournal``
-keeps a run in memory (the engine's unit tests).
+lock), ``open_journal("postgresql://...", run=NAME)`` a run's shared PostgreSQL journal (several
+runners at once; psycopg imported only then); ``open_reader(folder)`` a read-only snapshot of
+it for the reports; ``MemoryJournal`` keeps a run in memory (the engine's unit tests).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, overload
 
 from omni_batch.journal.base import (
     DEFER_S,
@@ -33,13 +35,35 @@ from omni_batch.journal.memory import MemoryJournal
 from omni_batch.journal.sqlite import SqliteJournal, lock_folder
 from omni_batch.journal.sqlite_reader import ReadOnlyJournal, started_counter
 
+if TYPE_CHECKING:
+    from omni_batch.journal.postgres import PostgresJournal
+
 JOURNAL_FILE = SqliteJournal.FILE  # the journal's file in an output folder
+SHARED_SCHEMES = ("postgresql://", "postgres://")  # a journal target naming a database
 
 
-def open_journal(folder: str | Path, events: bool = True) -> SqliteJournal:
+def is_shared(target: str | Path) -> bool:
+    """Whether ``target`` names a shared (PostgreSQL) journal rather than an output folder."""
+    return isinstance(target, str) and target.lower().startswith(SHARED_SCHEMES)
+
+
+@overload
+def open_journal(target: Path, events: bool = True, run: str | None = None) -> SqliteJournal: ...
+@overload
+def open_journal(
+    target: str, events: bool = True, run: str | None = None
+) -> SqliteJournal | PostgresJournal: ...
+def open_journal(
+    target: str | Path, events: bool = True, run: str | None = None
+) -> SqliteJournal | PostgresJournal:
     """The output folder's journal (made, rebuilt or caught up as needed), its lock held until
-    ``close()``: one writer per folder."""
-    return SqliteJournal(Path(folder), events=events)
+    ``close()``: one writer per folder. A ``postgresql://`` URL opens run ``run`` (default
+    "default") of that database's shared journal instead: any number of runners at once."""
+    if is_shared(target):
+        from omni_batch.journal.postgres import PostgresJournal
+
+        return PostgresJournal(str(target), run=run or "default")
+    return SqliteJournal(Path(target), events=events)
 
 
 def open_reader(folder: str | Path) -> ReadOnlyJournal:
@@ -70,6 +94,7 @@ __all__ = [
     "StartedCount",
     "body_hash",
     "check_review",
+    "is_shared",
     "lock_folder",
     "open_journal",
     "open_reader",
