@@ -48,21 +48,24 @@ def is_shared(target: str | Path) -> bool:
 
 
 @overload
-def open_journal(target: Path, events: bool = True, run: str | None = None) -> SqliteJournal: ...
+def open_journal(
+    target: Path, events: bool = True, run: str | None = None, runner: str | None = None
+) -> SqliteJournal: ...
 @overload
 def open_journal(
-    target: str, events: bool = True, run: str | None = None
+    target: str, events: bool = True, run: str | None = None, runner: str | None = None
 ) -> SqliteJournal | PostgresJournal: ...
 def open_journal(
-    target: str | Path, events: bool = True, run: str | None = None
+    target: str | Path, events: bool = True, run: str | None = None, runner: str | None = None
 ) -> SqliteJournal | PostgresJournal:
     """The output folder's journal (made, rebuilt or caught up as needed), its lock held until
     ``close()``: one writer per folder. A ``postgresql://`` URL opens run ``run`` (default
-    "default") of that database's shared journal instead: any number of runners at once."""
+    "default") of that database's shared journal instead: any number of runners at once, each
+    named by ``runner`` (see PostgresJournal)."""
     if is_shared(target):
         from omni_batch.journal.postgres import PostgresJournal
 
-        return PostgresJournal(str(target), run=run or "default")
+        return PostgresJournal(str(target), run=run or "default", runner=runner)
     return SqliteJournal(Path(target), events=events)
 
 

@@ -7,9 +7,12 @@ log, in place of events.jsonl) and ``reviews``. One database holds several runs.
 
 Every transition is one committed statement (the UPDATE and its event row) before the method
 returns: ``submitting`` is durable before the POST and the task id the moment it arrives, as
-on one machine. Each is conditional on the state this runner read (a job's submit also on
-the runner that owns it), so two runners never both send a job: the loser gets ``JobTaken``
-and must leave the job alone. Credentials in the URL never appear in a message or a repr.
+on one machine. Each is conditional on the state it leaves, and a job's submit on the runner
+that owns it (the one that marked it `submitting`), so two runners never both send a job: the
+loser gets ``JobTaken`` and must leave the job alone. A runner restarted with the same
+``runner`` id settles its own crash-left submits; those of a runner known dead are taken over
+explicitly (``take_over``), never by reading them. Credentials in the URL never appear in a
+message or a repr.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg.types.json import Jsonb
 
+from omni_batch import crash
 from omni_batch.errors import JobTaken, OutputError, StateError, UsageError
 from omni_batch.journal.base import (
     KEEP,
@@ -109,7 +113,7 @@ _ROW = (
     "error_type, body_hash, account, runner FROM omni_batch.jobs"
 )
 RETIRED_KEPT = "(state != 'pending' OR task_ids IS NOT NULL)"  # as SQLite's
-_SUBMIT_OWNED = "(runner = %(me)s OR runner IS NOT DISTINCT FROM %(seen)s)"
+_SUBMIT_OWNED = "(runner = %(me)s OR runner IS NULL)"  # NULL: never sent by any runner
 
 
 def redacted(url: str) -> str:
@@ -129,7 +133,8 @@ class PostgresJournal:
     """The ``Journal`` of run ``run`` in the PostgreSQL database at ``url`` (one connection).
 
     Several may be open on one run at once (one per runner). ``runner`` names this one in the
-    jobs it submits and in the event rows (default: a random id)."""
+    jobs it submits and in the event rows: pass a stable id (as DBOS's executor id) so a
+    restart settles the submits its crash left (default: a random id, for this process)."""
 
     def __init__(self, url: str, run: str = "default", *, runner: str | None = None):
         if not run:
@@ -141,10 +146,8 @@ class PostgresJournal:
         self.left_manifest = 0
         self.left_in_flight = 0
         self.left_submitting = 0
-        # what this runner read of jobs it may settle: body hash of a pending job handed out
-        # (its submit must send that body), owner of a `submitting` job resume handed out
+        # body hash of each pending job handed out: its submit must still be of that body
         self._bodies: dict[str, str] = {}
-        self._owners: dict[str, str | None] = {}
         self._slice_sql = ""
         self._slice_params: dict[str, Any] = {}
         self._slice_left: int | None = None
@@ -323,6 +326,7 @@ class PostgresJournal:
                 "count(*) FILTER (WHERE state = 'submitting') FROM gone",
                 p,
             ).fetchone()
+            crash.point("in_commit")  # the sync is made, not yet committed
         assert left is not None
         self.left_manifest, self.left_in_flight, self.left_submitting = left
         return total
@@ -475,7 +479,6 @@ class PostgresJournal:
             self._slice_left -= len(rows)
         for r in rows:
             self._bodies[r[0]] = r[17]
-            self._owners.pop(r[0], None)
         return [_row(r) for r in rows]
 
     def _pending_limit(self) -> str:
@@ -515,17 +518,25 @@ class PostgresJournal:
         return int(row[0])
 
     def in_flight(self) -> Iterator[JobRow]:
-        """As SqliteJournal.in_flight. A `submitting` job handed out here may be settled by
-        this runner (resubmitted or adopted) only while no other runner took it since."""
+        """As SqliteJournal.in_flight, over every runner's jobs. A `submitting` job of another
+        runner (alive, perhaps mid-POST) cannot be settled here: JobTaken, unless taken over."""
         for r in self._paged(
             _ROW.removeprefix("SELECT ").removesuffix(" FROM omni_batch.jobs"),
             "(active AND state IN ('submitting', 'running', 'downloading')) OR (NOT active "
             "AND state IN ('running', 'downloading') AND task_id IS NOT NULL)",
         ):
-            if r[2] == "submitting":
-                self._bodies[r[0]] = r[17]
-                self._owners[r[0]] = r[19]
             yield _row(r)
+
+    def take_over(self, runner: str) -> int:
+        """Make this runner the owner of the jobs ``runner`` (known dead: its heartbeat
+        stopped) left `submitting`, to settle them; several runners taking over one dead
+        runner's jobs are harmless (each job goes to one). Returns how many it took."""
+        return self._bulk(
+            "UPDATE omni_batch.jobs SET runner = %(me)s, updated_at = %(now)s "
+            "WHERE run = %(run)s AND state = 'submitting' AND runner = %(dead)s",
+            {"state": "submitting", "reason": "taken over", "from_runner": runner},
+            dead=runner,
+        )
 
     def task_owner(self, task_id: str) -> str | None:
         row = self._one(
@@ -574,7 +585,7 @@ class PostgresJournal:
         was moved by another runner: JobTaken."""
         p = {
             "run": self.run, "job": job_id, "state": state, "now": time.time(),
-            "me": self.runner, "seen": self._owners.get(job_id),
+            "me": self.runner,
             "fields": _fields({"state": state, **event}), **params,
         }  # fmt: skip
         with self._writing():
@@ -609,7 +620,7 @@ class PostgresJournal:
         account: str | None = None,
     ) -> None:
         """Committed before the POST, and only from `pending` (with the body this runner was
-        handed) or from `submitting` owned by this runner (a retry, or a resume it read): of
+        handed) or from `submitting` owned by this runner (a retry, a resume, a take-over): of
         two runners taking one job, exactly one gets here; the other gets JobTaken."""
         body = self._bodies.get(job_id)
         self._move(
@@ -623,13 +634,12 @@ class PostgresJournal:
              "possible_duplicate": possible_duplicate or None, "body": body},
             bid=business_id, dup=possible_duplicate, acct=account, body=body,
         )  # fmt: skip
-        self._owners[job_id] = self.runner
 
     def mark_running(
         self, job_id: str, task_id: str, request_id: str | None, adopted: bool = False
     ) -> None:
         """Committed the moment the task id is known; only from `submitting` owned by this
-        runner (or as it read it). The id joins ``task_ids``."""
+        runner. The id joins ``task_ids``."""
         self._move(
             job_id, "running",
             ", task_id = %(task)s, request_id = %(rid)s, submitted_at = %(now)s, "
@@ -642,7 +652,6 @@ class PostgresJournal:
 
     def _settled(self, job_id: str) -> None:
         self._bodies.pop(job_id, None)
-        self._owners.pop(job_id, None)
 
     def mark_pending(self, job_id: str, reason: str) -> None:
         """The submit was refused with nothing created (401/402): from `submitting` only."""
