@@ -264,3 +264,58 @@ def test_credentials_never_appear_in_a_message_or_repr(postgres, db):
     assert secret not in str(caught.value) and "operator" not in str(caught.value)
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
     assert redacted(closed) == "postgresql://127.0.0.1:1/nowhere"
+
+
+def _story(journal: Any, tmp_path: Path) -> None:
+    """One run's life, the same on any journal: sent, finished, failed, reviewed, retired."""
+    jobs = list(load_manifest(shots_manifest(tmp_path, 6)).jobs())
+    journal.sync(jobs)
+    ids = [j.job_id for j in jobs]
+    journal.mark_submitting(ids[0], "ob-0", True, "main")
+    journal.mark_running(ids[0], "task-0", "rid-0")
+    journal.mark_downloading(ids[0], "https://cdn/0.mp4", 2e9, 1.5e9, polls=3)
+    journal.mark_completed(ids[0], "videos/0.mp4", 1234)
+    journal.mark_submitting(ids[1], "ob-1", False, "main")
+    journal.mark_running(ids[1], "task-1", None)
+    journal.mark_failed(ids[1], error_type="generation_failed", message="x", task="failed")
+    journal.mark_submitting(ids[2], "ob-2", False)
+    journal.mark_running(ids[2], "task-2", None)
+    journal.set_review(ids[0], pick="picked", score=4, note="nice")
+    journal.commit()
+    journal.sync(jobs[:2] + jobs[3:])  # shot-2 left the manifest with its task: retired
+
+
+def test_the_reports_read_a_shared_run_as_they_read_a_folder(runners, db, tmp_path):
+    from omni_batch.journal import open_reader
+    from omni_batch.outputs.report import _RAW, _TIMES
+
+    folder = tmp_path / "out"
+    sqlite = open_journal(folder)
+    (shared,) = runners(1, run="story")
+    for journal in (sqlite, shared):
+        _story(journal, tmp_path)
+        journal.set_meta("name", "story")
+    sqlite.close()
+    columns = [c for c in _RAW if c not in (*_TIMES, "updated_at")]
+    read: list[Any] = []
+    for target, run in ((folder, None), (db, "story")):
+        with open_reader(target, run) as reader:
+            facts = reader.facts(_RAW, fractional=_TIMES)
+            read.append(
+                (
+                    reader.meta("name"), reader.counts(), facts.rows,
+                    {c: facts.present[c] for c in columns},
+                    [row for chunk in reader.rows(columns, 2) for row in chunk],
+                    [row for chunk in reader.rows(columns, 4, gallery=True) for row in chunk],
+                )
+            )  # fmt: skip
+    assert read[0] == read[1]
+    assert read[1][1]["retired"] == 1 and read[1][4][-1][0] == "shot-2-16x9-6s-r1"
+
+
+def test_a_reader_of_a_run_that_is_not_there_says_so(runners, db):
+    from omni_batch.journal import open_reader
+
+    runners(1, run="there")
+    with pytest.raises(StateError, match="no such run"), open_reader(db, "elsewhere"):
+        pass

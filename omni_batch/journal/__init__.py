@@ -37,6 +37,7 @@ from omni_batch.journal.sqlite_reader import ReadOnlyJournal, started_counter
 
 if TYPE_CHECKING:
     from omni_batch.journal.postgres import PostgresJournal
+    from omni_batch.journal.postgres_reader import PostgresReader
 
 JOURNAL_FILE = SqliteJournal.FILE  # the journal's file in an output folder
 SHARED_SCHEMES = ("postgresql://", "postgres://")  # a journal target naming a database
@@ -69,9 +70,18 @@ def open_journal(
     return SqliteJournal(Path(target), events=events)
 
 
-def open_reader(folder: str | Path) -> ReadOnlyJournal:
-    """A read-only snapshot of the folder's journal, as a context manager (works during a run)."""
-    return ReadOnlyJournal(folder)
+@overload
+def open_reader(target: Path, run: str | None = None) -> ReadOnlyJournal: ...
+@overload
+def open_reader(target: str, run: str | None = None) -> ReadOnlyJournal | PostgresReader: ...
+def open_reader(target: str | Path, run: str | None = None) -> ReadOnlyJournal | PostgresReader:
+    """A read-only snapshot of the folder's journal, as a context manager (works during a run);
+    of run ``run`` of a shared journal for a ``postgresql://`` URL."""
+    if is_shared(target):
+        from omni_batch.journal.postgres_reader import PostgresReader
+
+        return PostgresReader(str(target), run=run or "default")
+    return ReadOnlyJournal(target)
 
 
 __all__ = [

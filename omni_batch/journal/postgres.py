@@ -63,7 +63,9 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.jobs (
     body_hash TEXT NOT NULL,
     prompt_id TEXT NOT NULL, model TEXT NOT NULL, prompt TEXT NOT NULL,
     aspect_ratio TEXT NOT NULL, duration INTEGER NOT NULL, resolution TEXT NOT NULL,
-    repeat INTEGER NOT NULL, tags JSONB NOT NULL, vars JSONB NOT NULL, source TEXT NOT NULL,
+    repeat INTEGER NOT NULL,
+    tags TEXT NOT NULL, vars TEXT NOT NULL,  -- JSON objects, as written (the report's text)
+    source TEXT NOT NULL,
     state TEXT NOT NULL DEFAULT 'pending',
     task_id TEXT, business_id TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
@@ -269,7 +271,7 @@ class PostgresJournal:
             db.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS incoming (job_id TEXT PRIMARY KEY, seq BIGINT, "
                 "body_hash TEXT, prompt_id TEXT, model TEXT, prompt TEXT, aspect_ratio TEXT, "
-                "duration INTEGER, resolution TEXT, repeat INTEGER, tags JSONB, vars JSONB, "
+                "duration INTEGER, resolution TEXT, repeat INTEGER, tags TEXT, vars TEXT, "
                 "source TEXT) ON COMMIT DELETE ROWS"
             )
             db.execute("TRUNCATE incoming")
@@ -338,7 +340,7 @@ class PostgresJournal:
         var_names: Iterable[str] = (),
         tag_names: Iterable[str] = (),
     ) -> None:
-        """As SqliteJournal.set_slice, on the vars/tags JSONB columns (in the query)."""
+        """As SqliteJournal.set_slice, on the vars/tags JSON columns (in the query)."""
         var_names, tag_names = set(var_names), set(tag_names)
         clauses: list[str] = []
         params: dict[str, Any] = {}
@@ -349,7 +351,7 @@ class PostgresJournal:
                 continue
             params[f"n{i}"] = name
             either = [
-                f"{column} ->> %(n{i})s = ANY(%(v{i})s)"
+                f"{column}::jsonb ->> %(n{i})s = ANY(%(v{i})s)"
                 for column, names in (("vars", var_names), ("tags", tag_names))
                 if name in names or not (var_names or tag_names)
             ]
