@@ -77,6 +77,17 @@ def test_open_journal_takes_a_postgresql_url_and_it_is_a_journal(db, tmp_path):
         journal.close()
 
 
+def test_runners_starting_together_make_the_schema_once(db):
+    opened = together(*[partial(PostgresJournal, db, run="start") for _ in range(4)])
+    try:
+        assert all(isinstance(j, PostgresJournal) for j in opened), opened
+        assert len({j.meta("run_key") for j in opened}) == 1
+    finally:
+        for j in opened:
+            if isinstance(j, PostgresJournal):
+                j.close()
+
+
 def test_two_runners_racing_to_submit_one_job_exactly_one_wins(runners, tmp_path):
     jobs = list(load_manifest(shots_manifest(tmp_path, 30)).jobs())
     one, two = runners(2)

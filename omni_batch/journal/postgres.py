@@ -188,8 +188,12 @@ class PostgresJournal:
             "created_at": str(time.time()),
         }
         with self._writing(), self.db.transaction():
-            self.db.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK,))
-            self.db.execute(_DDL)  # several statements: no parameters
+            # DDL on tables in use would wait for (and stall) the runners writing them: only
+            # when the schema is not all there yet (its last table), one runner at a time
+            made = self.db.execute("SELECT to_regclass('omni_batch.reviews')").fetchone()
+            if made is None or made[0] is None:
+                self.db.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK,))
+                self.db.execute(_DDL)  # several statements: no parameters
             # the first runner's meta wins; later ones keep it (their run_key is thrown away)
             self.db.execute(
                 "INSERT INTO omni_batch.runs (run, meta) VALUES (%s, %s) "
