@@ -84,6 +84,12 @@ class StateError(OmniBatchError):
     exit_code = 2
 
 
+class JobTaken(StateError):
+    """A shared journal's transition found its job no longer in the state this runner read:
+    another runner moved it first (e.g. two runners marking one job `submitting`; only one
+    wins, the other must leave the job alone). Single-machine journals never raise it."""
+
+
 class OutputError(OmniBatchError):
     """The output folder or the video store cannot be written (permissions, full disk, a
     bucket that cannot be reached)."""

@@ -127,12 +127,19 @@ def two_prompt_jobs(folder: Any, prompt: str = "alpha shot") -> list[Any]:
     return list(load_manifest(path).jobs())
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "memory", "postgres"])
 def any_journal(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
-    """Each implementation of the Journal protocol in turn (SQLite in ``tmp_path/out``)."""
+    """Each implementation of the Journal protocol in turn (SQLite in ``tmp_path/out``;
+    PostgreSQL in a fresh database of the session's server)."""
     from omni_batch.journal import MemoryJournal, open_journal
 
-    journal = open_journal(tmp_path / "out") if request.param == "sqlite" else MemoryJournal()
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres").create_database("journal")
+        journal = open_journal(url, run="contract")
+    elif request.param == "sqlite":
+        journal = open_journal(tmp_path / "out")
+    else:
+        journal = MemoryJournal()
     yield journal
     journal.close()
 

@@ -1,13 +1,15 @@
 """journal stage: the run's single source of truth, behind the ``Journal`` protocol.
 
 ``open_journal(folder)`` opens the folder's SQLite journal (the one writer, under the folder's
-lock); ``open_reader(folder)`` a read-only snapshot of it for the reports; ``MemoryJournal``
-keeps a run in memory (the engine's unit tests).
+lock), ``open_journal("postgresql://...", run=NAME)`` a run's shared PostgreSQL journal (several
+runners at once; psycopg imported only then); ``open_reader(folder)`` a read-only snapshot of
+it for the reports; ``MemoryJournal`` keeps a run in memory (the engine's unit tests).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, overload
 
 from omni_batch.journal import replay
 from omni_batch.journal.base import (
@@ -34,13 +36,39 @@ from omni_batch.journal.memory import MemoryJournal
 from omni_batch.journal.sqlite import SqliteJournal, lock_folder
 from omni_batch.journal.sqlite_reader import ReadOnlyJournal, started_counter
 
+if TYPE_CHECKING:
+    from omni_batch.journal.postgres import PostgresJournal
+    from omni_batch.journal.postgres_reader import PostgresReader
+
 JOURNAL_FILE = SqliteJournal.FILE  # the journal's file in an output folder
+SHARED_SCHEMES = ("postgresql://", "postgres://")  # a journal target naming a database
 
 
-def open_journal(folder: str | Path, events: bool = True) -> SqliteJournal:
+def is_shared(target: str | Path) -> bool:
+    """Whether ``target`` names a shared (PostgreSQL) journal rather than an output folder."""
+    return isinstance(target, str) and target.lower().startswith(SHARED_SCHEMES)
+
+
+@overload
+def open_journal(
+    target: Path, events: bool = True, run: str | None = None, runner: str | None = None
+) -> SqliteJournal: ...
+@overload
+def open_journal(
+    target: str, events: bool = True, run: str | None = None, runner: str | None = None
+) -> SqliteJournal | PostgresJournal: ...
+def open_journal(
+    target: str | Path, events: bool = True, run: str | None = None, runner: str | None = None
+) -> SqliteJournal | PostgresJournal:
     """The output folder's journal (made, rebuilt or caught up as needed), its lock held until
-    ``close()``: one writer per folder."""
-    return SqliteJournal(Path(folder), events=events)
+    ``close()``: one writer per folder. A ``postgresql://`` URL opens run ``run`` (default
+    "default") of that database's shared journal instead: any number of runners at once, each
+    named by ``runner`` (see PostgresJournal)."""
+    if is_shared(target):
+        from omni_batch.journal.postgres import PostgresJournal
+
+        return PostgresJournal(str(target), run=run or "default", runner=runner)
+    return SqliteJournal(Path(target), events=events)
 
 
 def journal_in(folder: str | Path) -> bool:
@@ -49,9 +77,18 @@ def journal_in(folder: str | Path) -> bool:
     return (folder / JOURNAL_FILE).is_file() or (folder / replay.EVENTS).is_file()
 
 
-def open_reader(folder: str | Path) -> ReadOnlyJournal:
-    """A read-only snapshot of the folder's journal, as a context manager (works during a run)."""
-    return ReadOnlyJournal(folder)
+@overload
+def open_reader(target: Path, run: str | None = None) -> ReadOnlyJournal: ...
+@overload
+def open_reader(target: str, run: str | None = None) -> ReadOnlyJournal | PostgresReader: ...
+def open_reader(target: str | Path, run: str | None = None) -> ReadOnlyJournal | PostgresReader:
+    """A read-only snapshot of the folder's journal, as a context manager (works during a run);
+    of run ``run`` of a shared journal for a ``postgresql://`` URL."""
+    if is_shared(target):
+        from omni_batch.journal.postgres_reader import PostgresReader
+
+        return PostgresReader(str(target), run=run or "default")
+    return ReadOnlyJournal(target)
 
 
 __all__ = [
@@ -77,6 +114,7 @@ __all__ = [
     "StartedCount",
     "body_hash",
     "check_review",
+    "is_shared",
     "journal_in",
     "lock_folder",
     "open_journal",
