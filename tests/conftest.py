@@ -1,16 +1,26 @@
-"""Shared test fixtures: ``sim_run`` runs an async scenario against a real simulator on a free
-loopback port, with a small HTTP helper (no mocks; every call crosses a real socket).
+"""Shared test fixtures and helpers: ``sim_run`` runs an async scenario against a real simulator
+on a free loopback port, with a small HTTP helper; ``sim``, ``cli`` and ``start_run`` run the
+real CLI against a simulator (no mocks; every call crosses a real socket); ``journal_rows`` and
+``journal_count`` read an output folder's journal through its read-only reader.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pandas as pd
 import pytest
+from click.testing import CliRunner, Result
 
 SUBMIT = "/v1/videos/generations"
 CAT = {"model": "gemini_omni", "prompt": "a cat surfing"}
@@ -84,6 +94,134 @@ def sim_run() -> Callable[..., Any]:
         return asyncio.run(main())
 
     return run
+
+
+# -- the CLI against a simulator on loopback ------------------------------------------------------
+
+# the six jobs of most end-to-end tests: three prompts, two aspect ratios, 6 s each
+E2E_MANIFEST = """
+name: e2e
+defaults:
+  aspect_ratio: ["16:9", "9:16"]
+prompts:
+  - id: alpha
+    prompt: "alpha shot"
+  - id: beta
+    prompt: "beta shot"
+  - id: gamma
+    prompt: "gamma shot"
+"""
+E2E_JOBS = 6
+
+
+@pytest.fixture
+def manifest(tmp_path: Path) -> Path:
+    """E2E_MANIFEST written as ``e2e.yaml`` in ``tmp_path`` (a test module with a manifest of its
+    own overrides this fixture with its own ``manifest``)."""
+    return write_manifest(tmp_path / "e2e.yaml", E2E_MANIFEST)
+
+
+def write_manifest(path: Path, text: str) -> Path:
+    """``text`` written to ``path`` (UTF-8); returns ``path``."""
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def sim(*, seed: int = 7, port: int = 0, **knobs: Any) -> Any:
+    """A simulator of the `fast` profile with ``knobs`` in a thread (a context manager giving the
+    Simulator), on ``port`` (0: a free one); ``seed`` fixes every random choice it makes."""
+    from omni_batch.simulator import SimConfig, serve_in_thread
+
+    return serve_in_thread(SimConfig.from_profile("fast", seed=seed, **knobs), port=port)
+
+
+def cli(
+    server: Any,
+    manifest: Path,
+    out: Path,
+    *extra: str,
+    key: str | None = None,
+    keys: str | None = None,
+    env: dict[str, str | None] | None = None,
+    poll_interval: str = "0.2",
+    rate: str | None = "200",
+) -> Result:
+    """`omni-batch run MANIFEST --out OUT` in this process (click's CliRunner) against
+    ``server`` (a Simulator, or a base URL with ``key``), then ``extra`` flags.
+
+    The key is ``key``, else the server's; ``keys`` sets TOAPIS_API_KEYS (several accounts)
+    and blanks TOAPIS_API_KEY; ``env`` is set last. ``rate`` None leaves --rate out (the
+    tier's or the server's rates apply). --no-progress changes nothing here (the CliRunner's
+    stderr is no terminal) and keeps it that way."""
+    from omni_batch.cli.main import main
+
+    base_url = server if isinstance(server, str) else server.base_url
+    run_env: dict[str, str | None] = {"TOAPIS_BASE_URL": None}
+    if keys is not None:
+        run_env |= {"TOAPIS_API_KEYS": keys, "TOAPIS_API_KEY": ""}
+    else:
+        run_env["TOAPIS_API_KEY"] = key or server.key
+    run_env |= env or {}
+    args = ["run", str(manifest), "--out", str(out), "--base-url", base_url, "--yes"]
+    args += ["--poll-interval", poll_interval, "--no-progress"]
+    args += ["--rate", rate] if rate is not None else []
+    return CliRunner(env=run_env).invoke(main, [*args, *extra])
+
+
+def report(out: Path, keep_default_na: bool = True) -> pd.DataFrame:
+    """The report.csv a run wrote in ``out`` (``keep_default_na=False``: empty cells read as
+    "", not NaN, as pandas.read_csv has it)."""
+    return pd.read_csv(out / "report.csv", keep_default_na=keep_default_na)
+
+
+# runs omni_batch with RLIMIT_FSIZE set in the child itself (preexec_fn is unsafe with threads)
+_FILE_SIZE_LIMITED = textwrap.dedent(
+    """
+    import resource, runpy, sys
+    limit = int(sys.argv.pop(1))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    runpy.run_module("omni_batch", run_name="__main__")
+    """
+)
+
+
+def start_run(
+    manifest: Path, out: Path, server: Any, *extra: str, file_size_limit: int | None = None
+) -> subprocess.Popen[str]:
+    """`python -m omni_batch run MANIFEST --out OUT` in a subprocess against ``server`` (50
+    requests/s, --reconcile), then ``extra`` flags; stdout and stderr piped, as text.
+    ``file_size_limit``: a full disk without mounting one, every write past it fails with EFBIG
+    (Python ignores SIGXFSZ)."""
+    command = [sys.executable, "-m", "omni_batch"]
+    if file_size_limit is not None:
+        command = [sys.executable, "-c", _FILE_SIZE_LIMITED, str(file_size_limit)]
+    command += ["run", str(manifest), "--out", str(out), "--base-url", server.base_url]
+    command += ["--yes", "--no-progress", "--poll-interval", "0.2", "--rate", "50", "--reconcile"]
+    return subprocess.Popen(
+        [*command, *extra],
+        env={**os.environ, "TOAPIS_API_KEY": server.key},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def state_events(out: Path, state: str | None = None) -> int:
+    """Transitions to ``state`` (None: any state) in ``out``'s events.jsonl so far."""
+    path = out / "events.jsonl"
+    if not path.exists():
+        return 0
+    text = path.read_text(encoding="utf-8")
+    return text.count(f'"state": "{state}"') if state else text.count('"event": "state"')
+
+
+def wait_for_events(out: Path, count: int, state: str | None = None, timeout: float = 30) -> None:
+    """Wait (polling every 20 ms) until ``out``'s events.jsonl has ``count`` transitions to
+    ``state`` (None: any state); fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while state_events(out, state) < count:
+        assert time.monotonic() < deadline, f"never saw {count} {state or 'state'} events"
+        time.sleep(0.02)
 
 
 def shots_manifest(folder: Any, jobs: int, name: str = "shots.yaml") -> Any:

@@ -16,7 +16,6 @@ import urllib.parse
 from pathlib import Path
 
 import aiohttp
-import pandas as pd
 import pytest
 from aiohttp import web
 from click.testing import CliRunner
@@ -29,26 +28,11 @@ from omni_batch.running.accounts import Identity, match, parse_keys_env, parse_k
 from omni_batch.running.budgets import Rates
 from omni_batch.running.options import FAST
 from omni_batch.running.redact import Redactor, base64_cores
-from omni_batch.simulator import SimConfig, serve_in_thread
-from tests.conftest import shots_manifest
+from tests.conftest import cli, report, shots_manifest, sim
 
 KA, KB, KC = "sk-alpha-0123456789abcdef", "sk-bravo-0123456789abcdef", "sk-carol-0123456789abcd"
 ACCOUNTS = f"a={KA},b={KB}"
-
-
-def sim(**knobs):
-    return serve_in_thread(SimConfig.from_profile("fast", **{"seed": 11, **knobs}))
-
-
-def cli(server, manifest: Path, out: Path, *extra: str, keys: str = ACCOUNTS, env=None):
-    env = {"TOAPIS_API_KEYS": keys, "TOAPIS_API_KEY": "", **(env or {})}
-    args = ["run", str(manifest), "--out", str(out), "--base-url", server.base_url, "--yes"]
-    args += ["--poll-interval", "0.2", "--no-verify", *extra]
-    return CliRunner(env=env).invoke(main, args)
-
-
-def report(out: Path) -> pd.DataFrame:
-    return pd.read_csv(out / "report.csv")
+SEED = 11  # the simulator seed these tests were written against
 
 
 def owner(server, task_id: str) -> str:
@@ -69,8 +53,9 @@ def no_key_anywhere(out: Path, text: str, *keys: str) -> None:
 def test_jobs_spread_over_two_accounts_each_within_its_rate(tmp_path):
     manifest = shots_manifest(tmp_path, 24)
     out = tmp_path / "out"
-    with sim(accounts=ACCOUNTS, submit_rate=5.0, query_rate=100.0) as server:
-        result = cli(server, manifest, out, "--submit-rate", "4", "--query-rate", "90")
+    with sim(seed=SEED, accounts=ACCOUNTS, submit_rate=5.0, query_rate=100.0) as server:
+        rates = ("--submit-rate", "4", "--query-rate", "90")
+        result = cli(server, manifest, out, "--no-verify", *rates, keys=ACCOUNTS, rate=None)
         stats = server.stats()
         owners = {t: owner(server, t) for t in server.state.tasks}
     assert result.exit_code == 0, result.output
@@ -93,10 +78,10 @@ def test_jobs_spread_over_two_accounts_each_within_its_rate(tmp_path):
 def test_two_keys_of_one_account_share_its_budget(tmp_path):
     manifest = shots_manifest(tmp_path, 12)
     out = tmp_path / "out"
-    with sim(accounts=f"a={KA},a={KB}", submit_rate=5.0, query_rate=100.0) as server:
+    with sim(seed=SEED, accounts=f"a={KA},a={KB}", submit_rate=5.0, query_rate=100.0) as server:
         result = cli(
-            server, manifest, out, "--submit-rate", "4", "--query-rate", "90",
-            keys=f"a={KA},a={KB}",
+            server, manifest, out, "--no-verify", "--submit-rate", "4", "--query-rate", "90",
+            keys=f"a={KA},a={KB}", rate=None,
         )  # fmt: skip
         stats = server.stats()
         created = {k: server.state.keys[k].created for k in (KA, KB)}
@@ -115,8 +100,8 @@ def test_one_account_401_is_retired_the_others_finish(tmp_path):
     out = tmp_path / "out"
     knobs = {"accounts": ACCOUNTS, "revoke_after": f"{KA}=3"}
     knobs |= {"queue_min": 0.3, "queue_max": 0.5, "gen_min": 0.3, "gen_max": 0.6}
-    with sim(**knobs) as server:
-        result = cli(server, manifest, out, "--json")
+    with sim(seed=SEED, **knobs) as server:
+        result = cli(server, manifest, out, "--no-verify", "--json", keys=ACCOUNTS, rate=None)
         stats = server.stats()
         used_after = server._key_requests[KA]
     summary = json.loads(result.stdout)
@@ -139,8 +124,8 @@ def test_one_account_401_is_retired_the_others_finish(tmp_path):
 def test_every_account_401_stops_the_run_with_exit_3(tmp_path):
     manifest = shots_manifest(tmp_path, 4)
     out = tmp_path / "out"
-    with sim(accounts=ACCOUNTS, revoke_after=(f"{KA}=0", f"{KB}=0")) as server:
-        result = cli(server, manifest, out)
+    with sim(seed=SEED, accounts=ACCOUNTS, revoke_after=(f"{KA}=0", f"{KB}=0")) as server:
+        result = cli(server, manifest, out, "--no-verify", keys=ACCOUNTS, rate=None)
     assert result.exit_code == 3, result.output
     assert set(report(out).status) == {"pending"}  # a refused submit created nothing
 
@@ -148,14 +133,23 @@ def test_every_account_401_stops_the_run_with_exit_3(tmp_path):
 def test_resume_after_reordering_named_accounts_polls_each_task_with_its_account(tmp_path):
     manifest = shots_manifest(tmp_path, 8)
     out = tmp_path / "out"
-    with sim(accounts=f"{ACCOUNTS},c={KC}", queue_min=1.0, queue_max=1.5) as server:
+    with sim(seed=SEED, accounts=f"{ACCOUNTS},c={KC}", queue_min=1.0, queue_max=1.5) as server:
         # tasks outlive the wait: failed as wait_timeout, their task ids kept
-        first = cli(server, manifest, out, "--max-wait", "0.3", keys=f"{ACCOUNTS},c={KC}")
+        first = cli(
+            server,
+            manifest,
+            out,
+            "--no-verify",
+            "--max-wait",
+            "0.3",
+            keys=f"{ACCOUNTS},c={KC}",
+            rate=None,
+        )
         before = report(out)
         assert set(before.error_type.dropna()) == {"wait_timeout"}, first.output
         assert set(before.account) == {"a", "b", "c"}
         # reordered, and c no longer configured: its tasks are left alone, never polled by a/b
-        second = cli(server, manifest, out, keys=f"b={KB},a={KA}")
+        second = cli(server, manifest, out, "--no-verify", keys=f"b={KB},a={KA}", rate=None)
         stats = server.stats()
     rows = report(out)
     done = rows[rows.account != "c"]
@@ -172,8 +166,8 @@ def test_resume_after_reordering_named_accounts_polls_each_task_with_its_account
 def test_bare_keys_are_named_by_position_never_by_key(tmp_path):
     manifest = shots_manifest(tmp_path, 4)
     out = tmp_path / "out"
-    with sim(accounts=ACCOUNTS) as server:
-        result = cli(server, manifest, out, keys=f"{KA}, {KB}")
+    with sim(seed=SEED, accounts=ACCOUNTS) as server:
+        result = cli(server, manifest, out, "--no-verify", keys=f"{KA}, {KB}", rate=None)
     assert result.exit_code == 0, result.output
     assert set(report(out).account) <= {"account-1", "account-2"}
     assert [a.name for a in parse_keys_env(f"{KA},x={KC},{KB}")] == ["account-1", "x", "account-2"]
@@ -274,7 +268,7 @@ def test_bare_keys_reordered_after_a_crash_keep_each_task_with_its_own_key(tmp_p
     first.write_text(f"{KA}\n{KB}\n", encoding="utf-8")
     second.write_text(f"{KB}\n{KA}\n", encoding="utf-8")
     out = tmp_path / "out"
-    with sim(keys=(KA, KB), gen_min=1.0, gen_max=2.0) as server:
+    with sim(seed=SEED, keys=(KA, KB), gen_min=1.0, gen_max=2.0) as server:
         crashed = _crash_run(manifest, out, server, first, "after_post:4")
         assert crashed.returncode == -9, crashed.stderr
         args = ["run", str(manifest), "--out", str(out), "--base-url", server.base_url, "--yes"]
@@ -313,11 +307,13 @@ def test_a_renamed_account_and_a_dropped_key_never_store_a_key_in_any_encoding(t
     is left alone. Journal, events and reports hold neither key in any encoding."""
     manifest = shots_manifest(tmp_path, 6)
     out = tmp_path / "out"
-    with sim(accounts=ACCOUNTS, queue_min=1.0, queue_max=1.5) as server:
-        first = cli(server, manifest, out, "--max-wait", "0.3")
+    with sim(seed=SEED, accounts=ACCOUNTS, queue_min=1.0, queue_max=1.5) as server:
+        first = cli(
+            server, manifest, out, "--no-verify", "--max-wait", "0.3", keys=ACCOUNTS, rate=None
+        )
         before = report(out)
         assert set(before.error_type.dropna()) == {"wait_timeout"}, first.output
-        second = cli(server, manifest, out, keys=f"z={KA}")
+        second = cli(server, manifest, out, "--no-verify", keys=f"z={KA}", rate=None)
         stats = server.stats()
     rows = report(out)
     assert set(rows[rows.account == "a"].status) == {"completed"}, second.output

@@ -22,6 +22,7 @@ from omni_batch.cli.main import main
 from omni_batch.journal import open_journal
 from omni_batch.running.options import FAST, Policy
 from omni_batch.simulator import SimConfig, serve_in_thread
+from tests.conftest import write_manifest
 
 MANIFEST = """
 name: first-hour
@@ -47,9 +48,7 @@ QUICK = [
 
 @pytest.fixture
 def manifest(tmp_path: Path) -> Path:
-    path = tmp_path / "m.yaml"
-    path.write_text(MANIFEST, encoding="utf-8")
-    return path
+    return write_manifest(tmp_path / "m.yaml", MANIFEST)
 
 
 def env_without_terminal_hints() -> dict[str, str]:

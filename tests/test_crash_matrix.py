@@ -13,8 +13,7 @@ import pandas as pd
 import pytest
 
 from omni_batch.crash import ENV
-from tests.conftest import journal_count, journal_rows
-from tests.test_run_e2e import sim
+from tests.conftest import journal_count, journal_rows, sim
 
 JOBS = 8
 MANIFEST = "vars: {n: [0, 1, 2, 3]}\ndefaults: {aspect_ratio: ['16:9', '9:16']}\nprompts:\n  - {id: 'shot-{n}', prompt: 'shot {n}'}\n"
@@ -64,7 +63,7 @@ def test_kill_9_at_each_point_then_resume_finishes_every_job_once(tmp_path, cras
     out = tmp_path / "out"
     with sim(gen_min=0.2, gen_max=0.4) as server:
         crashed = run(manifest, out, server, crash_at, "--reconcile")
-        running = _count_running(out)
+        running = journal_count(out, "running")  # their last status answer may have died unread
         resumed = run(manifest, out, server, None, "--reconcile")
         stats = server.stats()
     assert crashed.returncode == -9, crashed.stderr  # it really died at the point
@@ -115,15 +114,6 @@ def test_kill_9_mid_rebuild_then_the_next_run_rebuilds_it_whole(tmp_path):
     assert set(agree(out).status) == {"completed"}
 
 
-def _count_running(out: Path) -> int:
-    """Jobs the journal holds as running: their last status answer may have died unread."""
-    return _count(out, "running")
-
-
-def _count(out: Path, state: str) -> int:
-    return journal_count(out, state)
-
-
 def test_without_a_lookup_a_crash_after_the_post_is_resent_and_flagged(tmp_path):
     manifest = tmp_path / "m.yaml"
     manifest.write_text(MANIFEST, encoding="utf-8")
@@ -148,7 +138,7 @@ def test_a_video_in_place_whose_completion_a_crash_lost_is_not_fetched_or_asked_
     out = tmp_path / "out"
     with sim(gen_min=0.2, gen_max=0.4, link_ttl=1.0) as server:
         crashed = run(manifest, out, server, "after_rename:3")
-        waiting = _count(out, "downloading")
+        waiting = journal_count(out, "downloading")
         downloading = {
             job for job, state in journal_rows(out, "job_id", "state") if state == "downloading"
         }

@@ -36,9 +36,10 @@ from omni_batch.running.api import MAX_RETRY_AFTER, check_base_url, retry_after_
 from omni_batch.running.download import DownloadError, download
 from omni_batch.running.netguard import GuardedResolver, VideoGuard, address_problem, parse_address
 from omni_batch.running.redact import Redactor
-from omni_batch.simulator import SimConfig, serve_in_thread
+from omni_batch.simulator import SimConfig
 from omni_batch.simulator.clips import get_clip
 from omni_batch.store import LocalStore
+from tests.conftest import cli, report, sim, write_manifest
 
 MANIFEST = """
 name: hostile
@@ -63,21 +64,7 @@ MB = 1 << 20
 
 @pytest.fixture
 def manifest(tmp_path: Path) -> Path:
-    path = tmp_path / "hostile.yaml"
-    path.write_text(MANIFEST, encoding="utf-8")
-    return path
-
-
-def sim(**knobs: Any):
-    return serve_in_thread(SimConfig.from_profile("fast", **{"seed": 7, **knobs}))
-
-
-def cli(server, manifest: Path, out: Path, *extra: str, key: str | None = None):
-    """The CLI in this process against ``server``, with the documented (not FAST) policy."""
-    env = {"TOAPIS_API_KEY": key or server.key, "TOAPIS_BASE_URL": None}
-    args = ["run", str(manifest), "--out", str(out), "--base-url", server.base_url, "--yes"]
-    args += ["--poll-interval", "0.1", "--rate", "200", "--no-progress", *extra]
-    return CliRunner(env=env).invoke(main, args)
+    return write_manifest(tmp_path / "hostile.yaml", MANIFEST)
 
 
 class Child:
@@ -121,10 +108,6 @@ def run_child(*args: str, key: str | None = None, timeout: float = 90) -> Child:
 def run_args(manifest: Path, out: Path, server, *extra: str) -> list[str]:
     args = ["run", str(manifest), "--out", str(out), "--base-url", server.base_url, "--yes"]
     return [*args, "--poll-interval", "0.1", "--rate", "200", "--no-progress", *extra]
-
-
-def report(out: Path) -> pd.DataFrame:
-    return pd.read_csv(out / "report.csv", keep_default_na=False)
 
 
 # -- 7. the key, in any form ------------------------------------------------------------------
@@ -181,6 +164,7 @@ def output_texts(out: Path) -> list[tuple[str, str]]:
             frame = pd.read_parquet(path)
             found += [(f"{path} cell", str(v)) for v in frame.to_numpy().ravel()]
         elif path.name == "journal.sqlite":
+            # the SQLite file itself (every table), not the journal's reader: no key anywhere
             with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
                 tables = [
                     r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
@@ -228,7 +212,7 @@ def test_no_form_of_an_echoed_key_reaches_any_output(tmp_path, key, places, enco
         child = run_child(*run_args(manifest, out, server, "--no-preflight"), key=key)
         stats = server.stats()
     assert child.code == 1, child.stderr
-    rows = report(out)
+    rows = report(out, keep_default_na=False)
     # the run met every echo: refused submits, failed generations, downloaded videos
     assert list(rows.status).count("completed") == 4, rows.status
     assert list(rows.error_type).count("generation_failed") == 2
@@ -309,10 +293,10 @@ def test_usable_base_urls_are_accepted_as_api_roots():
 def test_a_video_link_to_an_internal_address_fails_as_unsafe(manifest, tmp_path, host):
     out = tmp_path / "out"
     with sim(video_host=host) as server:
-        result = cli(server, manifest, out)
+        result = cli(server, manifest, out, poll_interval="0.1")
         stats = server.stats()
     assert result.exit_code == 1, result.output
-    rows = report(out)
+    rows = report(out, keep_default_na=False)
     assert set(rows.error_type) == {"unsafe_video_url"}
     assert rows.error_message.str.contains(f"from {host}", regex=False).all()
     assert rows.task_id.str.len().gt(0).all()  # the paid task's id is kept
@@ -323,10 +307,10 @@ def test_a_video_link_to_an_internal_address_fails_as_unsafe(manifest, tmp_path,
 def test_a_redirect_from_the_api_host_to_an_internal_address_is_refused(manifest, tmp_path, target):
     out = tmp_path / "out"
     with sim(cdn_redirect=target) as server:
-        result = cli(server, manifest, out)
+        result = cli(server, manifest, out, poll_interval="0.1")
         stats = server.stats()
     assert result.exit_code == 1, result.output
-    rows = report(out)
+    rows = report(out, keep_default_na=False)
     assert set(rows.error_type) == {"unsafe_video_url"}
     assert rows.error_message.str.contains(f"redirected to {target}", regex=False).all()
     # each job's link was asked once (on the API's host), its redirect never followed
@@ -342,13 +326,13 @@ def test_an_api_named_localhost_may_send_videos_from_its_own_address(manifest, t
         args = ["run", str(manifest), "--out", str(out), "--base-url", local, "--yes"]
         result = CliRunner(env=env).invoke(main, [*args, "--poll-interval", "0.1"])
     assert result.exit_code == 0, result.output
-    assert set(report(out).status) == {"completed"}
+    assert set(report(out, keep_default_na=False).status) == {"completed"}
 
 
 def test_a_redirect_on_the_api_host_is_followed_and_never_carries_the_key(manifest, tmp_path):
     out = tmp_path / "out"
     with sim(cdn_redirect="127.0.0.1") as server:
-        result = cli(server, manifest, out)
+        result = cli(server, manifest, out, poll_interval="0.1")
         stats = server.stats()
     assert result.exit_code == 0, result.output
     assert stats["downloads_redirected"] == JOBS and stats["downloads"] == 2 * JOBS
@@ -360,10 +344,10 @@ def test_a_status_call_redirected_elsewhere_is_not_followed_with_the_key(tmp_pat
     manifest.write_text(ONE_JOB, encoding="utf-8")
     out = tmp_path / "out"
     with sim(status_redirect=True) as server:
-        result = cli(server, manifest, out, "--max-wait", "0.5")
+        result = cli(server, manifest, out, "--max-wait", "0.5", poll_interval="0.1")
         stats = server.stats()
     assert result.exit_code == 1, result.output
-    row = report(out).iloc[0]
+    row = report(out, keep_default_na=False).iloc[0]
     assert row.error_type == "wait_timeout" and row.task_id
     assert stats["statuses"].get("307", 0) >= 1
     assert stats["downloads"] == 0 and stats["downloads_with_auth"] == 0
@@ -473,7 +457,7 @@ def test_a_gzip_bomb_status_answer_is_a_poll_failure_and_memory_stays_bounded(tm
         child = run_child(*run_args(manifest, out, server, "--max-wait", "1"), key=server.key)
         stats = server.stats()
     assert child.code == 1, child.stderr
-    row = report(out).iloc[0]
+    row = report(out, keep_default_na=False).iloc[0]
     assert row.error_type == "wait_timeout" and row.task_id  # the task id is kept
     assert "larger than 1 MiB" in (out / "events.jsonl").read_text()
     assert stats["polls"] >= 1
@@ -484,9 +468,9 @@ def test_a_gzip_bomb_status_answer_is_a_poll_failure_and_memory_stays_bounded(tm
 def test_a_compressed_video_is_saved_decoded(manifest, tmp_path, encoding):
     out = tmp_path / "out"
     with sim(video_encoding=encoding) as server:
-        result = cli(server, manifest, out)
+        result = cli(server, manifest, out, poll_interval="0.1")
     assert result.exit_code == 0, result.output
-    rows = report(out)
+    rows = report(out, keep_default_na=False)
     assert set(rows.status) == {"completed"} and rows.verified.astype(str).eq("True").all()
     for ratio, path, size in zip(rows.aspect_ratio, rows.video_path, rows.bytes, strict=True):
         clip = get_clip(ratio, 6, "720P", fps=4)
@@ -501,7 +485,7 @@ def test_a_gzip_bomb_video_stops_at_the_cap_and_memory_stays_bounded(tmp_path):
         args = run_args(manifest, out, server, "--max-video-mb", "5")
         child = run_child(*args, key=server.key)
     assert child.code == 1, child.stderr
-    row = report(out).iloc[0]
+    row = report(out, keep_default_na=False).iloc[0]
     assert row.error_type == "download_failed" and "cap" in row.error_message
     assert not list((out / "videos").iterdir())  # no part file left either
     assert child.max_rss_mb < RSS_LIMIT_MB, f"peak RSS {child.max_rss_mb:.0f} MB"
@@ -534,7 +518,7 @@ def test_a_retry_after_in_either_form_is_honoured(tmp_path, form):
     knobs = {"limit_first": 1, "retry_after_form": form, "retry_after_value": 2}
     with sim(**knobs) as server:
         started = time.monotonic()
-        result = cli(server, manifest, out)
+        result = cli(server, manifest, out, poll_interval="0.1")
         elapsed = time.monotonic() - started
         stats = server.stats()
     assert result.exit_code == 0, result.output
@@ -566,7 +550,7 @@ def test_429_forever_stops_the_run_and_keeps_every_submitted_task(manifest, tmp_
     assert line.startswith("the API at http://127.0.0.1:") and "every status call with 429" in line
     assert "Traceback" not in child.stderr
     assert child.seconds < 30  # FAST.max_throttled_s is 5 s
-    rows = report(out)
+    rows = report(out, keep_default_na=False)
     # the first two requests pass: one or two submits (a lookup probe may take the second)
     assert set(rows.state) <= {"pending", "running"} and len(rows) == JOBS
     assert 1 <= (rows.state == "running").sum() <= 2
@@ -636,5 +620,5 @@ def test_submits_refused_with_429_forever_stop_and_the_tasks_in_flight_finish(ma
     line = child.stderr.strip().splitlines()[-1]
     assert line.startswith("the API at http://127.0.0.1:") and "every submit with 429" in line
     assert child.seconds < 30
-    rows = report(out)
+    rows = report(out, keep_default_na=False)
     assert sorted(rows.status) == ["completed"] * 2 + ["pending"] * (JOBS - 2)

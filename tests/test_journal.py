@@ -19,14 +19,10 @@ from omni_batch.store import LocalStore
 from tests.conftest import two_prompt_jobs
 
 
-def manifest(tmp_path: Path, prompt: str = "alpha shot") -> list:
-    return two_prompt_jobs(tmp_path, prompt)
-
-
 def test_state_survives_reopening_and_in_flight_jobs_are_found_for_resume(tmp_path):
     folder = tmp_path / "out"
     journal = SqliteJournal(folder)
-    journal.sync(manifest(tmp_path))
+    journal.sync(two_prompt_jobs(tmp_path))
     journal.mark_submitting("a-16x9-6s-r1", "ob-x-a", False)
     journal.mark_submitting("b-16x9-6s-r1", None, False)
     journal.mark_running("b-16x9-6s-r1", "task-b", None)
@@ -44,7 +40,7 @@ def test_state_survives_reopening_and_in_flight_jobs_are_found_for_resume(tmp_pa
 def test_every_transition_is_an_event_and_the_report_reads_the_journal(tmp_path):
     folder = tmp_path / "out"
     journal = SqliteJournal(folder)
-    journal.sync(manifest(tmp_path))
+    journal.sync(two_prompt_jobs(tmp_path))
     journal.mark_submitting("a-16x9-6s-r1", None, True)
     journal.mark_running("a-16x9-6s-r1", "task-1", "rid-1")
     journal.mark_downloading("a-16x9-6s-r1", "https://cdn/x.mp4", 2e9, None, polls=2)
@@ -75,12 +71,13 @@ def test_a_completed_transition_waits_for_the_next_commit_and_its_event_with_it(
     (a submit) or commit() carries it, and nothing else is ever left uncommitted."""
     folder = tmp_path / "out"
     journal = SqliteJournal(folder)
-    journal.sync(manifest(tmp_path))
+    journal.sync(two_prompt_jobs(tmp_path))
     a, b = "a-16x9-6s-r1", "b-16x9-6s-r1"
     journal.mark_submitting(a, None, False)
     journal.mark_running(a, "task-a", None)
     journal.mark_downloading(a, "http://127.0.0.1:1/a.mp4", None, None, 1)
     journal.mark_completed(a, "videos/a.mp4", 10)
+    # the SQLite file itself: what another connection sees committed, row by row
     reader = sqlite3.connect(folder / SqliteJournal.FILE)
 
     def seen() -> tuple[str, list[str]]:
@@ -108,14 +105,15 @@ def test_a_completed_transition_waits_for_the_next_commit_and_its_event_with_it(
 def test_an_older_journal_loses_the_state_index_every_transition_paid_for(tmp_path):
     folder = tmp_path / "out"
     SqliteJournal(folder).close()
-    with sqlite3.connect(folder / SqliteJournal.FILE) as db:  # as versions before it made it
+    # the SQLite file itself, made as versions before it made it
+    with sqlite3.connect(folder / SqliteJournal.FILE) as db:
         db.execute("DROP INDEX jobs_seq")
         db.execute("CREATE INDEX jobs_state ON jobs (state, seq)")
     db.close()
     journal = SqliteJournal(folder)
     names = {r[0] for r in journal.db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert "jobs_state" not in names and "jobs_seq" in names
-    journal.sync(manifest(tmp_path))
+    journal.sync(two_prompt_jobs(tmp_path))
     plan = journal.db.execute(
         "EXPLAIN QUERY PLAN SELECT job_id FROM jobs "
         "WHERE active = 1 AND state = 'pending' AND seq > ? ORDER BY seq LIMIT 64",
@@ -151,6 +149,7 @@ class At:
 
 
 def rows(folder: Path) -> list[tuple]:
+    # the SQLite file itself, every stored column: a rebuilt file must equal the original
     with sqlite3.connect(folder / SqliteJournal.FILE) as db:
         found = db.execute(f"SELECT {_COMPARED} FROM jobs ORDER BY job_id").fetchall()
     db.close()
@@ -163,7 +162,7 @@ def every_kind_of_transition(tmp_path: Path, folder: Path) -> None:
     from omni_batch.running.verify import Probe
 
     journal = SqliteJournal(folder)
-    journal.sync(manifest(tmp_path))
+    journal.sync(two_prompt_jobs(tmp_path))
     journal.mark_submitting(A, "ob-1-a", True)
     journal.mark_pending(A, "stopped before sending")
     journal.mark_submitting(A, "ob-1-a", True)
@@ -210,7 +209,7 @@ def test_a_lost_journal_is_rebuilt_from_its_events_exactly(tmp_path, how):
     rebuilt = SqliteJournal(folder)
     assert rebuilt.recovered and "rebuilt from events.jsonl" in rebuilt.recovered
     assert rows(folder) != lost  # bodies and order come from the manifest...
-    rebuilt.sync(manifest(tmp_path))
+    rebuilt.sync(two_prompt_jobs(tmp_path))
     assert rows(folder) == lost  # ...and then nothing differs
     rebuilt.mark_submitting(B, None, False)  # the counter goes on from the events'
     assert rebuilt.db.execute("SELECT ev FROM jobs WHERE job_id = ?", (B,)).fetchone()[0] > max(
@@ -222,7 +221,7 @@ def test_a_lost_journal_is_rebuilt_from_its_events_exactly(tmp_path, how):
 def test_a_journal_behind_its_events_catches_up_and_one_ahead_is_never_moved_back(tmp_path):
     folder = tmp_path / "out"
     journal = SqliteJournal(folder)
-    journal.sync(manifest(tmp_path))
+    journal.sync(two_prompt_jobs(tmp_path))
     journal.close()
     behind = (folder / SqliteJournal.FILE).read_bytes()  # as a lost -wal would leave it
     every_kind_of_transition(tmp_path, folder)
@@ -236,6 +235,7 @@ def test_a_journal_behind_its_events_catches_up_and_one_ahead_is_never_moved_bac
     events = folder / "events.jsonl"
     lines = events.read_text(encoding="utf-8").splitlines(keepends=True)
     events.write_text("".join(lines[:5]), encoding="utf-8")
+    # the SQLite file itself, with its record of how much of events.jsonl it holds removed
     with sqlite3.connect(folder / SqliteJournal.FILE) as db:
         db.execute("DELETE FROM meta WHERE key = 'events_size'")  # replay it all
     db.close()
@@ -247,7 +247,7 @@ def test_a_journal_behind_its_events_catches_up_and_one_ahead_is_never_moved_bac
 def test_events_without_counters_from_an_older_version_still_rebuild_a_lost_journal(tmp_path):
     folder = tmp_path / "out"
     journal = SqliteJournal(folder)
-    journal.sync(manifest(tmp_path))
+    journal.sync(two_prompt_jobs(tmp_path))
     journal.mark_submitting(A, "ob-a", False)
     journal.mark_running(A, "task-a", "rid")
     journal.close()
@@ -259,23 +259,23 @@ def test_events_without_counters_from_an_older_version_still_rebuild_a_lost_jour
     events.write_text("".join(json.dumps(r) + "\n" for r in old) + '{"cut short', "utf-8")
     (folder / SqliteJournal.FILE).unlink()
     rebuilt = SqliteJournal(folder)
-    rebuilt.sync(manifest(tmp_path, "a changed prompt"))  # its body unknown: not refused
+    rebuilt.sync(two_prompt_jobs(tmp_path, "a changed prompt"))  # its body unknown: not refused
     row = next(r for r in rebuilt.in_flight() if r.job_id == A)
     assert (row.state, row.task_id, row.attempts) == ("running", "task-a", 1)
     rebuilt.close()
 
 
-def test_a_rebuilt_journal_still_refuses_a_changed_manifest(tmp_path):
+def test_a_rebuilt_journal_still_refuses_a_changed_two_prompt_jobs(tmp_path):
     folder = tmp_path / "out"
     journal = SqliteJournal(folder)
-    journal.sync(manifest(tmp_path))
+    journal.sync(two_prompt_jobs(tmp_path))
     row = journal.pending_page(-1, 1)[0]  # as the engine takes a job to send
     journal.mark_submitting(row.job_id, None, False)
     journal.close()
     (folder / SqliteJournal.FILE).unlink()
     rebuilt = SqliteJournal(folder)
     with pytest.raises(StateError, match="was already submitting with other parameters"):
-        rebuilt.sync(manifest(tmp_path, "alpha shot, changed"))
+        rebuilt.sync(two_prompt_jobs(tmp_path, "alpha shot, changed"))
     rebuilt.close()
 
 
@@ -294,7 +294,7 @@ def test_the_task_id_and_the_submitting_mark_are_on_disk_before_the_journal_retu
     monkeypatch.setattr(os, "fdatasync", fdatasync)
     folder = tmp_path / "out"
     journal = SqliteJournal(folder)
-    journal.sync(manifest(tmp_path))
+    journal.sync(two_prompt_jobs(tmp_path))
     calls = []
     for step in (
         lambda: journal.mark_submitting(A, None, False),
@@ -318,7 +318,7 @@ def test_a_video_in_place_whose_lines_were_lost_with_the_journal_is_kept_not_bou
 ):
     folder = tmp_path / "out"
     journal = SqliteJournal(folder)
-    journal.sync(manifest(tmp_path))
+    journal.sync(two_prompt_jobs(tmp_path))
     journal.mark_submitting(B, None, False)
     journal.close()
     (folder / "videos").mkdir()
@@ -326,7 +326,7 @@ def test_a_video_in_place_whose_lines_were_lost_with_the_journal_is_kept_not_bou
     (folder / "videos" / ".b.mp4.part").write_bytes(b"x")  # a partial download is no video
     (folder / SqliteJournal.FILE).unlink()
     rebuilt = SqliteJournal(folder)
-    rebuilt.sync(manifest(tmp_path))
+    rebuilt.sync(two_prompt_jobs(tmp_path))
     store = LocalStore(folder)
     found = [(v.name, store.link(v.name), v.size) for v in store.stored()]
     assert found == [(A, f"videos/{A}.mp4", 100)]
@@ -342,9 +342,10 @@ def test_a_video_in_place_whose_lines_were_lost_with_the_journal_is_kept_not_bou
 def test_the_report_reads_a_journal_of_an_older_version_without_the_new_columns(tmp_path):
     folder = tmp_path / "out"
     journal = SqliteJournal(folder)
-    journal.sync(manifest(tmp_path))
+    journal.sync(two_prompt_jobs(tmp_path))
     journal.close()
-    with sqlite3.connect(folder / SqliteJournal.FILE) as db:  # as versions before task_ids made it
+    # the SQLite file itself, made as versions before task_ids made it
+    with sqlite3.connect(folder / SqliteJournal.FILE) as db:
         for column in ("task_ids", "task_status", "ev"):
             db.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
     db.close()
@@ -357,7 +358,7 @@ def test_the_report_reads_a_journal_of_an_older_version_without_the_new_columns(
 def test_hostile_event_lines_rebuild_what_they_can_and_touch_no_file_outside(tmp_path):
     folder = tmp_path / "out"
     journal = SqliteJournal(folder)
-    journal.sync(manifest(tmp_path))
+    journal.sync(two_prompt_jobs(tmp_path))
     journal.close()
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
@@ -376,7 +377,7 @@ def test_hostile_event_lines_rebuild_what_they_can_and_touch_no_file_outside(tmp
     (folder / "events.jsonl").write_text(text, encoding="utf-8")
     (folder / SqliteJournal.FILE).unlink()
     rebuilt = SqliteJournal(folder)
-    rebuilt.sync(manifest(tmp_path))
+    rebuilt.sync(two_prompt_jobs(tmp_path))
     assert requeue_lost_videos(rebuilt, LocalStore(folder)) == 1  # A's video is not in the store
     rebuilt.close()
     assert victim.read_text() == "keep me"

@@ -16,15 +16,15 @@ import pytest
 from click.testing import CliRunner
 
 from omni_batch.cli.main import main
-from tests.test_run_e2e import (
-    JOBS,
-    MANIFEST,
-    _subprocess_run,
-    _wait_for,
+from tests.conftest import (
+    E2E_JOBS,
+    E2E_MANIFEST,
     cli,
     report,
+    shots_manifest,
     sim,
-    twelve_jobs,
+    start_run,
+    wait_for_events,
 )
 
 JOURNAL = "journal.sqlite"
@@ -48,13 +48,6 @@ def videos(out: Path) -> dict[str, tuple[int, int]]:
     return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in (out / "videos").iterdir()}
 
 
-@pytest.fixture
-def manifest(tmp_path: Path) -> Path:
-    path = tmp_path / "e2e.yaml"
-    path.write_text(MANIFEST, encoding="utf-8")
-    return path
-
-
 @pytest.mark.parametrize("how", ["deleted", "emptied", "random bytes"])
 def test_a_finished_folder_whose_journal_is_gone_is_rebuilt_and_nothing_is_paid_again(
     manifest, tmp_path, how
@@ -68,7 +61,9 @@ def test_a_finished_folder_whose_journal_is_gone_is_rebuilt_and_nothing_is_paid_
         stats = server.stats()
     assert again.exit_code == 0, again.output
     assert "rebuilt from events.jsonl" in again.stderr
-    assert stats["submits"] == JOBS and stats["downloads"] == JOBS  # nothing bought or fetched
+    assert (
+        stats["submits"] == E2E_JOBS and stats["downloads"] == E2E_JOBS
+    )  # nothing bought or fetched
     after = report(out)
     assert set(after.status) == {"completed"}
     assert list(after.task_id) == list(before.task_id) and list(after.task_ids) == list(
@@ -90,7 +85,7 @@ def test_tasks_in_flight_when_the_journal_was_lost_are_polled_not_sent_again(man
         stats = server.stats()
     assert first.exit_code == 1 and set(timed_out.error_type) == {"wait_timeout"}
     assert second.exit_code == 0, second.output
-    assert stats["submits"] == JOBS
+    assert stats["submits"] == E2E_JOBS
     assert list(report(out).task_id) == list(timed_out.task_id)
 
 
@@ -100,19 +95,19 @@ def test_a_journal_that_lost_its_wal_after_kill_9_is_caught_up_from_the_events(t
     is gone from the journal, not from the events, and is replayed before anything is sent.
     (A first run killed and its -wal lost leaves a journal without jobs, rebuilt whole:
     test_crash_matrix.py::test_kill_9_then_a_lost_wal_then_resume_finishes_every_job_once.)"""
-    big = twelve_jobs(tmp_path)
+    big = shots_manifest(tmp_path, 12, "big.yaml")
     small = tmp_path / "small.yaml"
     small.write_text(big.read_text().replace(",4,5,6,7,8,9,10,11", ""), encoding="utf-8")
     out = tmp_path / "out"
     with sim(gen_min=0.5, gen_max=1.0) as server:
-        assert _subprocess_run(small, out, server, "--max-in-flight", "4").wait(60) == 0
-        proc = _subprocess_run(big, out, server, "--max-in-flight", "4")
-        _wait_for(out / "events.jsonl", "running", 6)  # at least two of the new jobs
+        assert start_run(small, out, server, "--max-in-flight", "4").wait(60) == 0
+        proc = start_run(big, out, server, "--max-in-flight", "4")
+        wait_for_events(out, 6, "running")  # at least two of the new jobs
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         for suffix in ("-wal", "-shm"):
             Path(f"{out / JOURNAL}{suffix}").unlink(missing_ok=True)
-        resumed = _subprocess_run(big, out, server, "--max-in-flight", "4")
+        resumed = start_run(big, out, server, "--max-in-flight", "4")
         _, stderr = resumed.communicate(timeout=60)
         stats = server.stats()
     assert resumed.returncode == 0, stderr
@@ -136,8 +131,10 @@ def test_with_events_jsonl_gone_too_the_run_is_refused_in_one_line(manifest, tmp
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in refused.output
     assert "videos/" in lines[0] and "--out" in lines[0]
-    assert stats["submit_requests"] == JOBS and stats["poll_requests"] > 0  # the first run's only
-    assert stats["submits"] == JOBS
+    assert (
+        stats["submit_requests"] == E2E_JOBS and stats["poll_requests"] > 0
+    )  # the first run's only
+    assert stats["submits"] == E2E_JOBS
     assert sorted(p.name for p in out.iterdir()) == left  # the folder is left as it was found
 
 
@@ -208,7 +205,7 @@ def test_the_rebuilt_journal_matches_the_one_that_was_lost(tmp_path):
     """Every column the report shows, after a run with failures, retries and an ambiguous
     submit, is the same rebuilt from the events as it was in the journal (timestamps to 10 ms)."""
     manifest = tmp_path / "m.yaml"
-    manifest.write_text(MANIFEST, encoding="utf-8")
+    manifest.write_text(E2E_MANIFEST, encoding="utf-8")
     out = tmp_path / "out"
     with sim(p_fail=0.5, p_ambiguous=0.2, seed=3) as server:
         cli(server, manifest, out)
@@ -221,7 +218,7 @@ def test_the_rebuilt_journal_matches_the_one_that_was_lost(tmp_path):
     assert "rebuilt from events.jsonl" in rebuilt.stderr
     after = report(out)
     assert stats["polls_after_terminal"] == 0  # failed generations are not asked about again
-    assert len(after) == JOBS and (original.task_ids.str.count(" ") >= 0).all()
+    assert len(after) == E2E_JOBS and (original.task_ids.str.count(" ") >= 0).all()
     for column in original.columns:
         if column in ("submitted_at", "completed_at", "expires_at"):
             gap = (pd.to_datetime(original[column]) - pd.to_datetime(after[column])).abs()
@@ -240,9 +237,9 @@ def test_a_rebuilt_journal_refuses_a_changed_manifest_like_the_lost_one(manifest
     with sim() as server:
         assert cli(server, manifest, out).exit_code == 0
         damage(out, "deleted")
-        manifest.write_text(MANIFEST.replace("alpha shot", "alpha shot, new"), encoding="utf-8")
+        manifest.write_text(E2E_MANIFEST.replace("alpha shot", "alpha shot, new"), encoding="utf-8")
         result = cli(server, manifest, out)
         stats = server.stats()
     assert result.exit_code == 2
     assert "job 'alpha-16x9-6s-r1'" in result.stderr and "changed" in result.stderr
-    assert stats["submits"] == JOBS
+    assert stats["submits"] == E2E_JOBS

@@ -19,12 +19,13 @@ from omni_batch.batch import RunOptions, run_async
 from omni_batch.cli.main import main
 from omni_batch.errors import BudgetReached
 from omni_batch.planning.manifest import Budget, load_manifest
-from omni_batch.simulator import SimConfig, serve_in_thread
+from tests.conftest import cli, sim, write_manifest
 
 PRICE = 0.12  # gemini_omni in the shipped catalog (an estimate), USD per second
 JOB_USD = PRICE * 6  # every job below is 6 s: $0.72, 144 credits
 CREDITS_PER_USD = 200
 JOBS = 6
+SEED = 3  # the simulator seed these tests were written against
 
 MANIFEST = """
 name: money
@@ -42,20 +43,7 @@ prompts:
 
 @pytest.fixture
 def manifest(tmp_path: Path) -> Path:
-    path = tmp_path / "money.yaml"
-    path.write_text(MANIFEST, encoding="utf-8")
-    return path
-
-
-def sim(**knobs):
-    return serve_in_thread(SimConfig.from_profile("fast", **{"seed": 3, **knobs}))
-
-
-def cli(server, manifest: Path, out: Path, *extra: str):
-    env = {"TOAPIS_API_KEY": server.key}
-    args = ["run", str(manifest), "--out", str(out), "--base-url", server.base_url, "--yes"]
-    args += ["--poll-interval", "0.2", "--rate", "200", "--no-progress", *extra]
-    return CliRunner(env=env).invoke(main, args)
+    return write_manifest(tmp_path / "money.yaml", MANIFEST)
 
 
 def plan(*args: str):
@@ -108,7 +96,7 @@ def test_max_cost_over_the_estimate_is_refused_in_one_line(manifest, tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"{line} (36 s of video at the catalog's prices), over the budget of $4.00"
     ]
-    with sim() as server:  # run refuses it the same way, before any call
+    with sim(seed=SEED) as server:  # run refuses it the same way, before any call
         ran = cli(server, path, tmp_path / "out")
         assert server.stats()["requests"] == 0
     assert ran.exit_code == 2 and "budget.max_cost" in ran.stderr
@@ -151,7 +139,7 @@ def test_max_cost_that_is_not_an_amount_is_one_line(tmp_path):
 
 def test_a_short_balance_is_refused_with_both_figures_and_nothing_sent(manifest, tmp_path):
     out = tmp_path / "out"
-    with sim(balance_credits=3 * JOB_USD * CREDITS_PER_USD) as server:  # pays for 3 of 6
+    with sim(seed=SEED, balance_credits=3 * JOB_USD * CREDITS_PER_USD) as server:  # pays for 3 of 6
         result = cli(server, manifest, out)
         stats = server.stats()
     assert result.exit_code == 4, result.output
@@ -165,7 +153,7 @@ def test_a_short_balance_is_refused_with_both_figures_and_nothing_sent(manifest,
 
 def test_allow_partial_runs_what_the_balance_pays_for(manifest, tmp_path):
     out = tmp_path / "out"
-    with sim(balance_credits=3.5 * JOB_USD * CREDITS_PER_USD) as server:
+    with sim(seed=SEED, balance_credits=3.5 * JOB_USD * CREDITS_PER_USD) as server:
         result = cli(server, manifest, out, "--allow-partial")
         stats = server.stats()
     assert result.exit_code == 1, result.output  # the rest is still to do
@@ -177,7 +165,7 @@ def test_allow_partial_runs_what_the_balance_pays_for(manifest, tmp_path):
 
 
 def test_a_model_the_key_may_not_use_is_refused_before_any_submit(manifest, tmp_path):
-    with sim(blocked_models=("gemini_omni",)) as server:
+    with sim(seed=SEED, blocked_models=("gemini_omni",)) as server:
         result = cli(server, manifest, tmp_path / "out")
         stats = server.stats()
     assert result.exit_code == 2, result.output
@@ -186,7 +174,7 @@ def test_a_model_the_key_may_not_use_is_refused_before_any_submit(manifest, tmp_
 
 
 def test_an_api_without_balance_or_model_list_skips_the_checks_with_a_note(manifest, tmp_path):
-    with sim(balance_endpoint=False, models_endpoint=False) as server:
+    with sim(seed=SEED, balance_endpoint=False, models_endpoint=False) as server:
         result = cli(server, manifest, tmp_path / "out")
         stats = server.stats()
     assert result.exit_code == 0, result.output
@@ -208,7 +196,7 @@ def test_report_cost_adds_up_to_what_the_api_billed_with_failures_refunded(tmp_p
         encoding="utf-8",
     )
     out = tmp_path / "out"
-    with sim(balance_credits=100_000, p_fail=0.3) as server:
+    with sim(seed=SEED, balance_credits=100_000, p_fail=0.3) as server:
         result = cli(server, path, out, "--json")
         stats = server.stats()
     rows = pd.read_csv(out / "report.csv")

@@ -8,20 +8,11 @@ or that never got one; every task id a job had stays in the report, and so does 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.test_run_e2e import JOBS, MANIFEST, cli, report, sim
-
-
-@pytest.fixture
-def manifest(tmp_path: Path) -> Path:
-    path = tmp_path / "e2e.yaml"
-    path.write_text(MANIFEST, encoding="utf-8")
-    return path
-
+from tests.conftest import E2E_JOBS, cli, report, sim
 
 PLAIN, RETRY = (), ("--retry-failed",)
 
@@ -51,7 +42,7 @@ def test_a_task_with_no_saved_video_is_polled_again_and_its_video_saved_without_
     assert set(failed.status) == {"failed"} and failed.task_id.notna().all()
     assert set(failed.http_status if why == 404 else failed.error_type) == {why}
     assert second.exit_code == 0, second.output
-    assert stats["submits"] == JOBS  # the same tasks, polled again: nothing bought twice
+    assert stats["submits"] == E2E_JOBS  # the same tasks, polled again: nothing bought twice
     rows = report(out)
     assert set(rows.status) == {"completed"}
     assert list(rows.task_id) == list(failed.task_id) == list(rows.task_ids)
@@ -74,7 +65,7 @@ def test_retry_failed_resends_failed_generations_and_the_report_keeps_both_task_
     assert set(failed.error_type) == {"generation_failed"}
     assert plain.exit_code == 1 and stats["polls_after_terminal"] == 0
     assert retried.exit_code in (0, 1)
-    assert stats["submits"] == JOBS + len(failed) and polls > 0
+    assert stats["submits"] == E2E_JOBS + len(failed) and polls > 0
     after = report(out).set_index("job_id")
     for job_id, row in after.iterrows():
         ids = row.task_ids.split(" ")
@@ -99,7 +90,7 @@ def test_retry_failed_resends_a_task_the_api_no_longer_knows(manifest, tmp_path)
         stats = second.stats()
     assert plain.exit_code == 1 and set(gone.http_status) == {404}
     assert retried.exit_code == 0, retried.output
-    assert stats["submits"] == JOBS
+    assert stats["submits"] == E2E_JOBS
     rows = report(out)
     assert set(rows.status) == {"completed"}
     for old, row in zip(lost.task_id, rows.itertuples(), strict=True):

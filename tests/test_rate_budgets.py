@@ -8,21 +8,10 @@ import socket
 from pathlib import Path
 
 import pandas as pd
-from click.testing import CliRunner
 
-from omni_batch.cli.main import main
-from omni_batch.simulator import SimConfig, serve_in_thread
-from tests.conftest import shots_manifest
+from tests.conftest import cli, shots_manifest, sim
 
-
-def sim(port: int = 0, **knobs):
-    return serve_in_thread(SimConfig.from_profile("fast", **{"seed": 3, **knobs}), port=port)
-
-
-def cli(base_url: str, key: str, manifest: Path, out: Path, *extra: str):
-    args = ["run", str(manifest), "--out", str(out), "--base-url", base_url, "--yes"]
-    args += ["--poll-interval", "0.2", "--no-progress", "--no-preflight", *extra]
-    return CliRunner(env={"TOAPIS_API_KEY": key}).invoke(main, args)
+SEED = 3  # the simulator seed these tests were written against
 
 
 def logged(out: Path) -> list[str]:
@@ -39,8 +28,8 @@ def test_published_headers_set_the_rates_and_keep_429s_away(tmp_path):
     # 5 submits/s is raised to 12, its 50 queries/s lowered to 40, and nothing is refused
     manifest = shots_manifest(tmp_path, 30)
     knobs = {"submit_rate": 12, "query_rate": 40, "rate_headers": "all"}
-    with sim(**knobs) as server:
-        result = cli(server.base_url, server.key, manifest, tmp_path / "out")
+    with sim(seed=SEED, **knobs) as server:
+        result = cli(server, manifest, tmp_path / "out", "--no-preflight", rate=None)
         stats = server.stats()
     assert result.exit_code == 0, result.output
     said = logged(tmp_path / "out")
@@ -58,8 +47,10 @@ def test_published_headers_set_the_rates_and_keep_429s_away(tmp_path):
 
 def test_an_explicit_rate_is_never_raised_by_the_headers(tmp_path):
     manifest = shots_manifest(tmp_path, 12)
-    with sim(submit_rate=50, rate_headers="all") as server:
-        result = cli(server.base_url, server.key, manifest, tmp_path / "out", "--submit-rate", "4")
+    with sim(seed=SEED, submit_rate=50, rate_headers="all") as server:
+        result = cli(
+            server, manifest, tmp_path / "out", "--no-preflight", "--submit-rate", "4", rate=None
+        )
         stats = server.stats()
     assert result.exit_code == 0, result.output
     assert account_stats(stats)["async_submit"]["max_per_1s"] <= 5  # 4/s, not the 50/s published
@@ -67,9 +58,9 @@ def test_an_explicit_rate_is_never_raised_by_the_headers(tmp_path):
 
 def test_a_server_without_burst_or_headers_at_the_configured_rate_makes_few_429s(tmp_path):
     manifest = shots_manifest(tmp_path, 60)
-    with sim(submit_rate=20, query_rate=40) as server:
+    with sim(seed=SEED, submit_rate=20, query_rate=40) as server:
         flags = ("--submit-rate", "20", "--query-rate", "40")
-        result = cli(server.base_url, server.key, manifest, tmp_path / "out", *flags)
+        result = cli(server, manifest, tmp_path / "out", "--no-preflight", *flags, rate=None)
         stats = server.stats()
     assert result.exit_code == 0, result.output
     # no burst: never more than the rate in any second, so 429s come only from arrival
@@ -83,9 +74,9 @@ def test_submits_and_status_calls_never_wait_on_each_other(tmp_path):
     # submits at 2/s: while later jobs wait for their turn, earlier tasks are polled and
     # finished (polls-first starved submits before; a shared queue would starve polls)
     manifest = shots_manifest(tmp_path, 8)
-    with sim() as server:
+    with sim(seed=SEED) as server:
         flags = ("--submit-rate", "2", "--query-rate", "50")
-        result = cli(server.base_url, server.key, manifest, tmp_path / "out", *flags)
+        result = cli(server, manifest, tmp_path / "out", "--no-preflight", *flags, rate=None)
     assert result.exit_code == 0, result.output
     events = [json.loads(line) for line in (tmp_path / "out" / "events.jsonl").open()]
     states = [(e["state"], e["t"]) for e in events if e.get("event") == "state"]
@@ -100,9 +91,9 @@ def _concurrency_run(tmp_path: Path, says: bool) -> tuple[object, dict, list[str
     # the disguised 429 reads like the submit bucket's, so that one needs a bucket; the other
     # has none, so any rate cut could only come from mistaking the concurrency 429s
     bucket = {} if says else {"submit_rate": 20}
-    with sim(**bucket, **knobs) as server:
+    with sim(seed=SEED, **bucket, **knobs) as server:
         flags = ("--submit-rate", "20", "--max-in-flight", "10")
-        result = cli(server.base_url, server.key, manifest, tmp_path / "out", *flags)
+        result = cli(server, manifest, tmp_path / "out", "--no-preflight", *flags, rate=None)
         stats = server.stats()
     return result, stats, logged(tmp_path / "out")
 
@@ -137,15 +128,15 @@ def test_an_unreachable_api_stops_the_run_and_the_jobs_stay_pending(tmp_path):
     out = tmp_path / "out"
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    result = cli(url, "sk-test", manifest, out)
+    result = cli(url, manifest, out, "--no-preflight", key="sk-test", rate=None)
     assert result.exit_code == 6, result.output
     last = result.output.strip().splitlines()[-1]
     assert f"cannot reach the API at {url}" in last and "Traceback" not in result.output
     rows = pd.read_csv(out / "report.csv")
     assert rows.status.eq("pending").all(), rows.status.tolist()
     # the next run against a live server finishes them, without --retry-failed
-    with sim(port=port) as server:
-        again = cli(url, server.key, manifest, out)
+    with sim(seed=SEED, port=port) as server:
+        again = cli(url, manifest, out, "--no-preflight", key=server.key, rate=None)
         stats = server.stats()
     assert again.exit_code == 0, again.output
     assert pd.read_csv(out / "report.csv").status.eq("completed").all()
@@ -154,10 +145,13 @@ def test_an_unreachable_api_stops_the_run_and_the_jobs_stay_pending(tmp_path):
 
 def test_tier_and_rate_flags(tmp_path):
     manifest = shots_manifest(tmp_path, 2)
-    bad = cli("http://127.0.0.1:9", "sk-test", manifest, tmp_path / "out", "--tier", "gold")
+    nowhere, flags = "http://127.0.0.1:9", ("--no-preflight", "--tier", "gold")
+    bad = cli(nowhere, manifest, tmp_path / "out", *flags, key="sk-test", rate=None)
     assert bad.exit_code == 2 and "'gold' is not one of" in bad.output
-    with sim(submit_rate=50, rate_headers="all") as server:
-        result = cli(server.base_url, server.key, manifest, tmp_path / "o2", "--tier", "svip")
+    with sim(seed=SEED, submit_rate=50, rate_headers="all") as server:
+        result = cli(
+            server, manifest, tmp_path / "o2", "--no-preflight", "--tier", "svip", rate=None
+        )
     assert result.exit_code == 0, result.output
     said = logged(tmp_path / "o2")  # svip's 33.33/s lowered to the 50/s... raised: published
     assert any("rate 33.33/s -> 50.00/s" in m for m in said), said

@@ -7,55 +7,23 @@ terminal, downloads that carried a key) and by what landed in the output folder.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
 from omni_batch.cli.main import main
-from omni_batch.simulator import SimConfig, serve_in_thread
-
-MANIFEST = """
-name: e2e
-defaults:
-  aspect_ratio: ["16:9", "9:16"]
-prompts:
-  - id: alpha
-    prompt: "alpha shot"
-  - id: beta
-    prompt: "beta shot"
-  - id: gamma
-    prompt: "gamma shot"
-"""
-JOBS = 6
-
-
-@pytest.fixture
-def manifest(tmp_path: Path) -> Path:
-    path = tmp_path / "e2e.yaml"
-    path.write_text(MANIFEST, encoding="utf-8")
-    return path
-
-
-def sim(**knobs):
-    return serve_in_thread(SimConfig.from_profile("fast", **{"seed": 7, **knobs}))
-
-
-def cli(server, manifest: Path, out: Path, *extra: str, key: str | None = None):
-    env = {"TOAPIS_API_KEY": key or server.key}
-    args = ["run", str(manifest), "--out", str(out), "--base-url", server.base_url, "--yes"]
-    args += ["--poll-interval", "0.2", "--rate", "200", *extra]
-    return CliRunner(env=env).invoke(main, args)
-
-
-def report(out: Path) -> pd.DataFrame:
-    return pd.read_csv(out / "report.csv")
+from tests.conftest import (
+    E2E_JOBS,
+    E2E_MANIFEST,
+    cli,
+    report,
+    shots_manifest,
+    sim,
+    start_run,
+    wait_for_events,
+)
 
 
 def test_happy_path_downloads_every_video_and_writes_the_report(manifest, tmp_path):
@@ -65,7 +33,7 @@ def test_happy_path_downloads_every_video_and_writes_the_report(manifest, tmp_pa
         stats = server.stats()
     assert result.exit_code == 0, result.output
     rows = report(out)
-    assert len(rows) == JOBS and set(rows.status) == {"completed"}
+    assert len(rows) == E2E_JOBS and set(rows.status) == {"completed"}
     for column in (
         "job_id",
         "prompt_id",
@@ -86,18 +54,18 @@ def test_happy_path_downloads_every_video_and_writes_the_report(manifest, tmp_pa
         assert column in rows.columns, column
     for path, size in zip(rows.video_path, rows.bytes, strict=True):
         assert (out / path).stat().st_size == size > 1000
-    assert stats["submits"] == JOBS
+    assert stats["submits"] == E2E_JOBS
     assert stats["polls_after_terminal"] == 0
     assert stats["downloads_with_auth"] == 0
-    assert pd.read_parquet(out / "report.parquet").shape[0] == JOBS
+    assert pd.read_parquet(out / "report.parquet").shape[0] == E2E_JOBS
     assert rows.verified.all() and (rows.latency_s > 0).all()
     assert (out / "gallery.html").stat().st_size > 1000
     assert len(pd.read_csv(out / "failures.csv")) == 0
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
     states = [e.get("state") for e in events]
-    assert states.count("completed") == JOBS and states.count("submitting") == JOBS
+    assert states.count("completed") == E2E_JOBS and states.count("submitting") == E2E_JOBS
     # the log closes with the run's end, after the last (deferred) completion was committed
-    assert events[-1]["event"] == "run_end" and events[-1]["counts"]["completed"] == JOBS
+    assert events[-1]["event"] == "run_end" and events[-1]["counts"]["completed"] == E2E_JOBS
     # the key is in no output file (the journal's bytes included) and not on the terminal
     for path in out.rglob("*"):
         if path.is_file():
@@ -114,7 +82,7 @@ def test_no_verify_decodes_nothing_and_leaves_verified_empty(manifest, tmp_path)
     assert set(rows.status) == {"completed"} and rows.verified.isna().all()
     assert (rows.bytes > 1000).all() and not (out / "posters").exists()
     page = (out / "gallery.html").read_text(encoding="utf-8")
-    assert page.count("<video ") == JOBS and "poster=" not in page
+    assert page.count("<video ") == E2E_JOBS and "poster=" not in page
 
 
 def test_rerunning_a_finished_folder_submits_nothing(manifest, tmp_path):
@@ -124,7 +92,7 @@ def test_rerunning_a_finished_folder_submits_nothing(manifest, tmp_path):
         again = cli(server, manifest, out)
         stats = server.stats()
     assert again.exit_code == 0
-    assert stats["submits"] == JOBS
+    assert stats["submits"] == E2E_JOBS
 
 
 def test_wrong_key_stops_at_once_with_exit_3_and_submits_nothing(manifest, tmp_path):
@@ -145,7 +113,7 @@ def test_quota_exhausted_stops_submitting_finishes_in_flight_and_exits_4(manifes
     assert result.exit_code == 4, result.output
     rows = report(out)
     assert (rows.status == "completed").sum() == 2
-    assert (rows.status == "pending").sum() == JOBS - 2
+    assert (rows.status == "pending").sum() == E2E_JOBS - 2
     assert "402" in result.stderr
 
 
@@ -156,7 +124,7 @@ def test_429_storms_slow_down_and_every_job_still_completes(manifest, tmp_path):
         stats = server.stats()
     assert result.exit_code == 0, result.output
     assert stats["status_429"] > 0
-    assert stats["submits"] == JOBS
+    assert stats["submits"] == E2E_JOBS
     log = (out / "events.jsonl").read_text()
     assert "429 from the API: pausing" in log
 
@@ -168,7 +136,7 @@ def test_server_errors_are_retried(manifest, tmp_path):
         stats = server.stats()
     assert result.exit_code == 0, result.output
     assert stats["status_5xx"] > 0
-    assert stats["submits"] == JOBS
+    assert stats["submits"] == E2E_JOBS
 
 
 def test_failed_generations_say_why_and_exit_1(manifest, tmp_path):
@@ -177,7 +145,7 @@ def test_failed_generations_say_why_and_exit_1(manifest, tmp_path):
         result = cli(server, manifest, out)
     assert result.exit_code == 1
     failures = pd.read_csv(out / "failures.csv")
-    assert len(failures) == JOBS
+    assert len(failures) == E2E_JOBS
     assert set(failures.error_type) == {"generation_failed"}
     assert failures.error_message.str.len().min() > 5
     assert failures.task_id.notna().all()
@@ -187,7 +155,7 @@ def test_a_400_fails_the_job_with_status_type_and_request_id(manifest, tmp_path)
     catalog = tmp_path / "catalog.yaml"
     catalog.write_text("models:\n  gemini_omni:\n    durations: [6, 8, 10]\n", encoding="utf-8")
     manifest.write_text(
-        MANIFEST.replace("defaults:\n", "defaults:\n  duration: 8\n"), encoding="utf-8"
+        E2E_MANIFEST.replace("defaults:\n", "defaults:\n  duration: 8\n"), encoding="utf-8"
     )
     out = tmp_path / "out"
     with sim() as server:
@@ -198,7 +166,7 @@ def test_a_400_fails_the_job_with_status_type_and_request_id(manifest, tmp_path)
     assert set(rows.http_status) == {400}
     assert rows.request_id.notna().all()
     assert rows.error_message.str.contains("duration").all()
-    assert stats["submits"] == 0 and stats["status_400"] == JOBS  # never retried
+    assert stats["submits"] == 0 and stats["status_400"] == E2E_JOBS  # never retried
 
 
 @pytest.mark.parametrize(
@@ -233,7 +201,7 @@ def test_ambiguous_submits_are_reconciled_without_a_second_task(manifest, tmp_pa
         result = cli(server, manifest, out, "--reconcile")
         stats = server.stats()
     assert result.exit_code == 0, result.output
-    assert stats["submits"] == JOBS and stats["ambiguous_submits"] == JOBS
+    assert stats["submits"] == E2E_JOBS and stats["ambiguous_submits"] == E2E_JOBS
     assert not report(out).possible_duplicate.any()
 
 
@@ -243,7 +211,7 @@ def test_ambiguous_submits_without_reconcile_are_resubmitted_and_flagged(manifes
         result = cli(server, manifest, out, "--no-reconcile")
         stats = server.stats()
     rows = report(out)
-    extra = stats["submits"] - JOBS
+    extra = stats["submits"] - E2E_JOBS
     assert extra > 0
     assert rows.possible_duplicate.sum() >= 1
     assert set(rows.status) <= {"completed", "failed"}
@@ -261,14 +229,14 @@ def test_timed_out_tasks_keep_their_id_and_a_later_run_picks_them_up(manifest, t
     assert set(timed_out.error_type) == {"wait_timeout"} and timed_out.task_id.notna().all()
     assert second.exit_code == 0, second.output
     assert list(report(out).task_id) == list(timed_out.task_id)
-    assert stats["submits"] == JOBS
+    assert stats["submits"] == E2E_JOBS
 
 
 def test_a_changed_manifest_is_refused_for_a_folder_already_run(manifest, tmp_path):
     out = tmp_path / "out"
     with sim() as server:
         assert cli(server, manifest, out).exit_code == 0
-        manifest.write_text(MANIFEST.replace("alpha shot", "alpha shot, new"), encoding="utf-8")
+        manifest.write_text(E2E_MANIFEST.replace("alpha shot", "alpha shot, new"), encoding="utf-8")
         result = cli(server, manifest, out)
     assert result.exit_code == 2
     assert "job 'alpha-16x9-6s-r1'" in result.stderr and "changed" in result.stderr
@@ -292,66 +260,19 @@ def test_simulate_flag_runs_the_embedded_simulator_and_status_and_report_read_th
     assert "completed          6" in status.output
     (out / "report.csv").unlink()
     rebuilt = runner.invoke(main, ["report", str(out)])
-    assert rebuilt.exit_code == 0 and len(report(out)) == JOBS
-
-
-def _subprocess_run(manifest: Path, out: Path, server, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "TOAPIS_API_KEY": server.key}
-    args = [
-        sys.executable,
-        "-m",
-        "omni_batch",
-        "run",
-        str(manifest),
-        "--out",
-        str(out),
-        "--base-url",
-        server.base_url,
-    ]
-    args += [
-        "--yes",
-        "--no-progress",
-        "--poll-interval",
-        "0.2",
-        "--rate",
-        "50",
-        "--reconcile",
-        *extra,
-    ]
-    return subprocess.Popen(
-        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-
-
-def _wait_for(path: Path, state: str, count: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_text().count(f'"state": "{state}"') >= count:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"never saw {count} {state} events")
-
-
-def twelve_jobs(tmp_path: Path) -> Path:
-    manifest = tmp_path / "big.yaml"
-    values = ",".join(str(i) for i in range(12))
-    manifest.write_text(
-        f"vars: {{n: [{values}]}}\nprompts:\n  - {{id: 'shot-{{n}}', prompt: 'shot {{n}}'}}\n",
-        encoding="utf-8",
-    )
-    return manifest
+    assert rebuilt.exit_code == 0 and len(report(out)) == E2E_JOBS
 
 
 def test_kill_9_mid_run_then_resume_completes_every_job_without_a_duplicate_submit(tmp_path):
-    manifest = twelve_jobs(tmp_path)
+    manifest = shots_manifest(tmp_path, 12, "big.yaml")
     out = tmp_path / "out"
     with sim(gen_min=0.5, gen_max=1.0) as server:
-        proc = _subprocess_run(manifest, out, server, "--max-in-flight", "4")
-        _wait_for(out / "events.jsonl", "running", 3)
+        proc = start_run(manifest, out, server, "--max-in-flight", "4")
+        wait_for_events(out, 3, "running")
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         before = server.stats()["submits"]
-        resumed = _subprocess_run(manifest, out, server, "--max-in-flight", "4")
+        resumed = start_run(manifest, out, server, "--max-in-flight", "4")
         _, stderr = resumed.communicate(timeout=60)
         stats = server.stats()
     assert resumed.returncode == 0, stderr
@@ -361,15 +282,15 @@ def test_kill_9_mid_run_then_resume_completes_every_job_without_a_duplicate_subm
 
 
 def test_ctrl_c_stops_submitting_keeps_the_journal_and_a_rerun_finishes(tmp_path):
-    manifest = twelve_jobs(tmp_path)
+    manifest = shots_manifest(tmp_path, 12, "big.yaml")
     out = tmp_path / "out"
     with sim(gen_min=0.5, gen_max=1.0) as server:
-        proc = _subprocess_run(manifest, out, server, "--max-in-flight", "2")
-        _wait_for(out / "events.jsonl", "running", 2)
+        proc = start_run(manifest, out, server, "--max-in-flight", "2")
+        wait_for_events(out, 2, "running")
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=30)
         interrupted = report(out)
-        resumed = _subprocess_run(manifest, out, server, "--max-in-flight", "4")
+        resumed = start_run(manifest, out, server, "--max-in-flight", "4")
         _, stderr2 = resumed.communicate(timeout=60)
         stats = server.stats()
     assert proc.returncode == 130, stderr
@@ -399,7 +320,7 @@ def test_403_and_422_fail_the_job_at_once_without_a_retry(
     rows = report(out)
     assert set(rows.http_status) == {status} and set(rows.error_type) == {error_type}
     assert rows.request_id.notna().all() and (rows.attempts == 1).all()
-    assert stats["submit_requests"] == JOBS and stats["submits"] == 0
+    assert stats["submit_requests"] == E2E_JOBS and stats["submits"] == 0
 
 
 def test_a_task_the_api_no_longer_knows_404_fails_that_job_only(manifest, tmp_path):

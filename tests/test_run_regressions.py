@@ -19,9 +19,17 @@ from omni_batch.errors import OutputError
 from omni_batch.journal import open_journal
 from omni_batch.running.api import ToapisClient
 from omni_batch.store import LocalStore
-from tests.conftest import journal_rows
-from tests.test_crash_matrix import _count_running
-from tests.test_run_e2e import JOBS, MANIFEST, _subprocess_run, _wait_for, cli, report, sim
+from tests.conftest import (
+    E2E_JOBS,
+    E2E_MANIFEST,
+    cli,
+    journal_count,
+    journal_rows,
+    report,
+    sim,
+    start_run,
+    wait_for_events,
+)
 
 
 def test_a_submit_answer_arriving_in_pieces_is_read_whole():
@@ -55,7 +63,7 @@ def test_a_submit_answer_arriving_in_pieces_is_read_whole():
 
 def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
     manifest = tmp_path / "m.yaml"
-    manifest.write_text(MANIFEST, encoding="utf-8")
+    manifest.write_text(E2E_MANIFEST, encoding="utf-8")
     out = tmp_path / "out"
     holder = open_journal(out)  # another run holds the folder
     try:
@@ -71,7 +79,7 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path):
 
 def test_quota_exhausted_at_the_first_submit_costs_one_request(tmp_path):
     manifest = tmp_path / "m.yaml"
-    manifest.write_text(MANIFEST, encoding="utf-8")
+    manifest.write_text(E2E_MANIFEST, encoding="utf-8")
     with sim(quota_after=0) as server:
         result = cli(server, manifest, tmp_path / "out")
         stats = server.stats()
@@ -81,7 +89,7 @@ def test_quota_exhausted_at_the_first_submit_costs_one_request(tmp_path):
 
 def test_retry_failed_sends_new_tasks_under_new_business_ids(tmp_path):
     manifest = tmp_path / "m.yaml"
-    manifest.write_text(MANIFEST, encoding="utf-8")
+    manifest.write_text(E2E_MANIFEST, encoding="utf-8")
     out = tmp_path / "out"
     with sim(p_fail=0.5, seed=3) as server:
         first = cli(server, manifest, out, "--reconcile")
@@ -91,13 +99,13 @@ def test_retry_failed_sends_new_tasks_under_new_business_ids(tmp_path):
     assert first.exit_code == 1 and failed > 0
     assert second.exit_code in (0, 1)
     assert stats.get("status_409", 0) == 0
-    assert stats["submits"] == JOBS + failed
+    assert stats["submits"] == E2E_JOBS + failed
     assert stats["polls_after_terminal"] == 0
 
 
 def test_ambiguous_submits_with_failing_lookups_never_end_as_a_409_failure(tmp_path):
     manifest = tmp_path / "m.yaml"
-    manifest.write_text(MANIFEST, encoding="utf-8")
+    manifest.write_text(E2E_MANIFEST, encoding="utf-8")
     for seed in (1,):  # a seed that failed a job with 409 before the fix
         out = tmp_path / f"out{seed}"
         with sim(p_ambiguous=0.5, p_5xx=0.6, seed=seed) as server:
@@ -108,11 +116,11 @@ def test_ambiguous_submits_with_failing_lookups_never_end_as_a_409_failure(tmp_p
 
 def test_ctrl_c_sends_no_submit_that_was_still_waiting_for_its_turn(tmp_path):
     manifest = tmp_path / "m.yaml"
-    manifest.write_text(MANIFEST, encoding="utf-8")
+    manifest.write_text(E2E_MANIFEST, encoding="utf-8")
     out = tmp_path / "out"
     with sim(gen_min=5, gen_max=5) as server:
-        proc = _subprocess_run(manifest, out, server, "--rate", "0.3")
-        _wait_for(out / "events.jsonl", "running", 1)
+        proc = start_run(manifest, out, server, "--rate", "0.3")
+        wait_for_events(out, 1, "running")
         before = server.stats()["submit_requests"]
         start = time.monotonic()
         proc.send_signal(signal.SIGINT)
@@ -126,19 +134,19 @@ def test_ctrl_c_sends_no_submit_that_was_still_waiting_for_its_turn(tmp_path):
 
 def test_resumed_downloads_are_not_polled_again(tmp_path):
     manifest = tmp_path / "m.yaml"
-    manifest.write_text(MANIFEST, encoding="utf-8")
+    manifest.write_text(E2E_MANIFEST, encoding="utf-8")
     out = tmp_path / "out"
     with sim(download_rate=20_000) as server:  # ~2 s per video: the kill lands mid-download
-        proc = _subprocess_run(manifest, out, server, "--max-in-flight", "6")
-        _wait_for(out / "events.jsonl", "downloading", 3)
+        proc = start_run(manifest, out, server, "--max-in-flight", "6")
+        wait_for_events(out, 3, "downloading")
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        running = _count_running(out)
+        running = journal_count(out, "running")
         fetching = [
             task for task, state in journal_rows(out, "task_id", "state") if state != "running"
         ]
         polled = {task: server.state.tasks[task].polls for task in fetching if task}
-        resumed = _subprocess_run(manifest, out, server, "--max-in-flight", "1")
+        resumed = start_run(manifest, out, server, "--max-in-flight", "1")
         _, stderr = resumed.communicate(timeout=90)
         stats = server.stats()
     assert resumed.returncode == 0, stderr
@@ -147,7 +155,7 @@ def test_resumed_downloads_are_not_polled_again(tmp_path):
     # a job killed while its `completed` status answer was being read is still `running`, and is
     # rightly asked again
     assert stats["polls_after_terminal"] <= running
-    assert stats["submits"] == JOBS
+    assert stats["submits"] == E2E_JOBS
     rows = pd.read_csv(out / "report.csv")
     assert set(rows.status) == {"completed"}
     assert all(
@@ -158,7 +166,7 @@ def test_resumed_downloads_are_not_polled_again(tmp_path):
 
 def test_status_works_while_another_run_holds_the_folder(tmp_path):
     manifest = tmp_path / "m.yaml"
-    manifest.write_text(MANIFEST, encoding="utf-8")
+    manifest.write_text(E2E_MANIFEST, encoding="utf-8")
     out = tmp_path / "out"
     with sim() as server:
         assert cli(server, manifest, out).exit_code == 0

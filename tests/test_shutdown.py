@@ -20,71 +20,25 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from omni_batch.simulator import SimConfig, serve_in_thread
-from tests.conftest import shots_manifest
+from tests.conftest import (
+    journal_rows,
+    shots_manifest,
+    sim,
+    start_run,
+    state_events,
+    wait_for_events,
+)
 
 WITHIN_S = 10.0  # the promise: a signal ends the run within this long
 OVERDUE = "still stopping"  # what the last-resort deadline says when it has to act
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-
-def sim(**knobs):
-    return serve_in_thread(SimConfig.from_profile("fast", **{"seed": 13, **knobs}))
-
-
-def manifest(tmp_path: Path, jobs: int) -> Path:
-    return shots_manifest(tmp_path, jobs)
-
-
-def start(
-    manifest: Path, out: Path, server, *extra: str, file_size_limit: int | None = None
-) -> subprocess.Popen:
-    command = [sys.executable, "-m", "omni_batch"]
-    if file_size_limit is not None:
-        # a full disk without mounting one: every write past the limit fails with EFBIG
-        # (Python ignores SIGXFSZ); set in the child itself, as preexec_fn is unsafe with threads
-        command = [sys.executable, "-c", LIMITED, str(file_size_limit)]
-    command += ["run", str(manifest), "--out", str(out), "--base-url", server.base_url]
-    command += ["--yes", "--no-progress", "--poll-interval", "0.2", "--rate", "50", "--reconcile"]
-    return subprocess.Popen(
-        [*command, *extra],
-        env={**os.environ, "TOAPIS_API_KEY": server.key},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-LIMITED = textwrap.dedent(
-    """
-    import resource, runpy, sys
-    limit = int(sys.argv.pop(1))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    runpy.run_module("omni_batch", run_name="__main__")
-    """
-)
-
-
-def state_events(out: Path, state: str | None = None) -> int:
-    path = out / "events.jsonl"
-    if not path.exists():
-        return 0
-    text = path.read_text(encoding="utf-8")
-    return text.count(f'"state": "{state}"') if state else text.count('"event": "state"')
-
-
-def wait_for_events(out: Path, count: int, state: str | None = None, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while state_events(out, state) < count:
-        assert time.monotonic() < deadline, f"never saw {count} {state or 'state'} events"
-        time.sleep(0.02)
+SEED = 13  # the simulator seed these tests were written against
 
 
 def stop(proc: subprocess.Popen, sig: int) -> tuple[float, str]:
@@ -114,17 +68,22 @@ def folder_is_free(out: Path) -> bool:
         return True
 
 
-def journal_rows(out: Path) -> list[tuple[str, str, str | None, str | None]]:
-    """(job_id, state, task_id, business_id) of every job, after checking the file's integrity."""
+def journal_is_intact(out: Path) -> bool:
+    # the SQLite file itself, after a kill or a full disk: its integrity, not the journal's rows
     with contextlib.closing(sqlite3.connect(out / "journal.sqlite")) as db:
-        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        return db.execute("SELECT job_id, state, task_id, business_id FROM jobs").fetchall()
+        return db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def job_rows(out: Path) -> list[tuple[str, str, str | None, str | None]]:
+    """(job_id, state, task_id, business_id) of every job, after checking the file's integrity."""
+    assert journal_is_intact(out)
+    return journal_rows(out, "job_id", "state", "task_id", "business_id")
 
 
 def assert_consistent(out: Path, server) -> None:
     """Every task the simulator created is in the journal under its job's business id, with
     its task id, or that job is still `submitting` (the next run looks it up)."""
-    by_business_id = {bid: (job, state, task) for job, state, task, bid in journal_rows(out) if bid}
+    by_business_id = {bid: (job, state, task) for job, state, task, bid in job_rows(out) if bid}
     for task in list(server.state.tasks.values()):
         assert task.cbid in by_business_id, f"task {task.id}: its business id is not journaled"
         job, state, task_id = by_business_id[task.cbid]
@@ -134,11 +93,11 @@ def assert_consistent(out: Path, server) -> None:
 
 def finish(manifest: Path, out: Path, server, jobs: int) -> None:
     """A plain rerun completes every job, and the simulator got one submit per job."""
-    rerun = start(manifest, out, server, "--max-in-flight", "20")
+    rerun = start_run(manifest, out, server, "--max-in-flight", "20")
     _, stderr = rerun.communicate(timeout=120)
     stats = server.stats()
     assert rerun.returncode == 0, stderr[-2000:]
-    states = {state for _, state, _, _ in journal_rows(out)}
+    states = {state for _, state, _, _ in job_rows(out)}
     assert states == {"completed"}
     assert stats["submits"] == jobs and stats["max_submits_per_body"] == 1, stats
 
@@ -152,7 +111,7 @@ def interrupt(shots: Path, out: Path, server, sig: int, moment: str | None, rng)
     """Start a run, send ``sig`` at ``moment`` (plus a seeded random 0-0.3 s), wait for the
     end; returns stderr after checking the exit code and the journal."""
     seen = state_events(out, moment)
-    proc = start(shots, out, server, "--max-in-flight", "6")
+    proc = start_run(shots, out, server, "--max-in-flight", "6")
     wait_for_events(out, seen + 1, moment)
     time.sleep(rng.uniform(0.0, 0.3))
     _, stderr = stop(proc, sig)
@@ -172,9 +131,9 @@ def test_signals_at_random_moments_end_the_run_within_10_s_and_a_rerun_finishes_
     tries = [(sig, moment) for sig in STOP_SIGNALS for moment in MOMENTS]
     rng.shuffle(tries)
     jobs = 40
-    shots, out = manifest(tmp_path, jobs), tmp_path / "out"
+    shots, out = shots_manifest(tmp_path, jobs), tmp_path / "out"
     knobs = {"latency": 0.1, "submit_answer_delay": 0.4, "download_rate": 30_000}
-    with sim(gen_min=1.0, gen_max=2.5, **knobs) as server:
+    with sim(seed=SEED, gen_min=1.0, gen_max=2.5, **knobs) as server:
         for sig, moment in tries:
             interrupt(shots, out, server, sig, moment, rng)
         assert state_events(out, "completed") < jobs  # every signal landed mid-run
@@ -183,15 +142,15 @@ def test_signals_at_random_moments_end_the_run_within_10_s_and_a_rerun_finishes_
 
 def test_a_submit_the_api_is_slow_to_answer_does_not_hold_the_stop(tmp_path):
     # the task exists at once; its answer would come 15 s later
-    shots, out = manifest(tmp_path, 1), tmp_path / "out"
-    with sim(submit_answer_delay=15.0) as server:
-        proc = start(shots, out, server)
+    shots, out = shots_manifest(tmp_path, 1), tmp_path / "out"
+    with sim(seed=SEED, submit_answer_delay=15.0) as server:
+        proc = start_run(shots, out, server)
         wait_for_events(out, 1, "submitting")
         time.sleep(0.3)
         _, stderr = stop(proc, signal.SIGTERM)
         assert proc.returncode == 130, stderr[-2000:]
         assert OVERDUE not in stderr and "Traceback" not in stderr
-        assert {state for _, state, _, _ in journal_rows(out)} == {"submitting"}
+        assert {state for _, state, _, _ in job_rows(out)} == {"submitting"}
         assert_consistent(out, server)
         assert server.stats()["submits"] == 1
         finish(shots, out, server, 1)  # looked up by its business id and adopted, not resent
@@ -205,9 +164,9 @@ def test_a_submit_the_api_is_slow_to_answer_does_not_hold_the_stop(tmp_path):
     ids=["TERM-then-HUP", "INT-then-TERM"],
 )
 def test_a_second_signal_leaves_at_once_while_the_first_is_still_stopping(tmp_path, first, second):
-    shots, out = manifest(tmp_path, 1), tmp_path / "out"
-    with sim(submit_answer_delay=30.0) as server:
-        proc = start(shots, out, server)
+    shots, out = shots_manifest(tmp_path, 1), tmp_path / "out"
+    with sim(seed=SEED, submit_answer_delay=30.0) as server:
+        proc = start_run(shots, out, server)
         wait_for_events(out, 1, "submitting")
         proc.send_signal(first)
         time.sleep(1.0)
@@ -247,12 +206,12 @@ def test_a_full_disk_mid_run_ends_it_with_a_one_line_error_and_the_journal_intac
     # write fails with EFBIG while submits, polls and downloads are in flight
     rng = random.Random(1313)
     jobs = 30
-    shots = manifest(tmp_path, jobs)
+    shots = shots_manifest(tmp_path, jobs)
     for attempt in range(3):
         out = tmp_path / f"out{attempt}"
-        with sim(latency=0.05, gen_min=0.3, gen_max=1.0, download_rate=60_000) as server:
+        with sim(seed=SEED, latency=0.05, gen_min=0.3, gen_max=1.0, download_rate=60_000) as server:
             limit = rng.randrange(200_000, 500_000)
-            proc = start(
+            proc = start_run(
                 shots, out, server, "--max-in-flight", "12", "--poll-interval", "0.1",
                 file_size_limit=limit,
             )  # fmt: skip

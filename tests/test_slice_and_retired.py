@@ -14,12 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from click.testing import CliRunner
 
 from omni_batch.cli.main import main
-from omni_batch.simulator import SimConfig, serve_in_thread
+from tests.conftest import report, sim, write_manifest
 
 MANIFEST = """
 name: slice
@@ -41,18 +40,12 @@ QUICK = ("--simulate", "fast", "--no-progress", "--rate", "200", "--poll-interva
 
 @pytest.fixture
 def manifest(tmp_path: Path) -> Path:
-    path = tmp_path / "slice.yaml"
-    path.write_text(MANIFEST, encoding="utf-8")
-    return path
+    return write_manifest(tmp_path / "slice.yaml", MANIFEST)
 
 
 def run(manifest: Path, out: Path, *extra: str, quick: tuple[str, ...] = QUICK):
     args = ["run", str(manifest), "--out", str(out), *quick, *extra]
     return CliRunner().invoke(main, args)
-
-
-def report(out: Path) -> pd.DataFrame:
-    return pd.read_csv(out / "report.csv")
 
 
 def submits(out: Path) -> list[str]:
@@ -166,8 +159,7 @@ def test_jobs_that_left_the_manifest_stay_in_the_report_as_retired(manifest, tmp
 def test_a_retired_job_in_flight_is_still_polled_and_downloaded(manifest, tmp_path):
     """A job whose task is running when it leaves the manifest: its paid video is fetched."""
     out = tmp_path / "out"
-    config = SimConfig.from_profile("fast", seed=3, gen_min=1.0, gen_max=1.0)
-    with serve_in_thread(config) as server:
+    with sim(seed=3, gen_min=1.0, gen_max=1.0) as server:
         base = ["--out", str(out), "--base-url", server.base_url, "--yes", "--no-progress"]
         base += ["--poll-interval", "0.2", "--rate", "200"]
         env = {**os.environ, "TOAPIS_API_KEY": server.key, "OMNI_BATCH_CRASH_AT": "after_task_id:1"}

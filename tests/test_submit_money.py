@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
-from omni_batch.cli.main import main
-from omni_batch.simulator import SimConfig, serve_in_thread
+from tests.conftest import cli, report, sim, write_manifest
 
 JOBS = 12
+SEED = 11  # the simulator seed these tests were written against
 MANIFEST = f"""
 name: money
 vars:
@@ -29,21 +28,15 @@ prompts:
 """
 
 
-def sim(**knobs):
-    return serve_in_thread(SimConfig.from_profile("fast", **{"seed": 11, **knobs}))
-
-
 def run(tmp_path: Path, server, *extra: str, jobs_manifest: str = MANIFEST):
-    manifest = tmp_path / "money.yaml"
-    manifest.write_text(jobs_manifest, encoding="utf-8")
+    """The CLI on ``jobs_manifest`` in ``tmp_path/out`` (lookups believed after 1 s); it must end
+    without a traceback. (result, report)"""
+    manifest = write_manifest(tmp_path / "money.yaml", jobs_manifest)
     out = tmp_path / "out"
-    args = ["run", str(manifest), "--out", str(out), "--base-url", server.base_url, "--yes"]
-    args += ["--poll-interval", "0.2", "--rate", "200", "--no-progress", "--lookup-grace", "1"]
-    args += extra
-    result = CliRunner(env={"TOAPIS_API_KEY": server.key}).invoke(main, args)
+    result = cli(server, manifest, out, "--lookup-grace", "1", *extra)
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     assert "Traceback" not in result.output
-    return result, pd.read_csv(out / "report.csv")
+    return result, report(out)
 
 
 def unflagged_extra(stats: dict, rows: pd.DataFrame) -> int:
@@ -57,7 +50,9 @@ def unflagged_extra(stats: dict, rows: pd.DataFrame) -> int:
 def test_a_5xx_sent_after_the_task_was_created_is_adopted_never_paid_twice(tmp_path, status):
     # the lookup works, but a reuse of the business id is not refused: a blind resend would
     # create (and bill) a second task
-    with sim(p_5xx_after_create=0.5, after_create_status=status, cbid="lookup_only") as server:
+    with sim(
+        seed=SEED, p_5xx_after_create=0.5, after_create_status=status, cbid="lookup_only"
+    ) as server:
         result, rows = run(tmp_path, server, "--reconcile")
         stats = server.stats()
     assert stats["5xx_after_create"] > 0
@@ -67,7 +62,7 @@ def test_a_5xx_sent_after_the_task_was_created_is_adopted_never_paid_twice(tmp_p
 
 
 def test_without_a_lookup_every_5xx_after_create_is_resent_only_flagged(tmp_path):
-    with sim(p_5xx_after_create=0.5) as server:
+    with sim(seed=SEED, p_5xx_after_create=0.5) as server:
         _, rows = run(tmp_path, server, "--no-reconcile")
         stats = server.stats()
     assert stats["5xx_after_create"] > 0 and stats["submits"] > JOBS
@@ -82,7 +77,7 @@ def test_a_server_that_ignores_the_business_id_is_never_trusted(tmp_path):
     # the server creates the task, answers 500, and drops client_business_id (no lookup, no
     # 409 on reuse): a 404 from a lookup never seen to work proves nothing, so each resend
     # is flagged
-    with sim(p_5xx_after_create=0.5, cbid="ignored") as server:
+    with sim(seed=SEED, p_5xx_after_create=0.5, cbid="ignored") as server:
         _, rows = run(tmp_path, server, "--reconcile")
         stats = server.stats()
     assert stats["submits"] > JOBS
@@ -93,7 +88,7 @@ def test_a_server_that_ignores_the_business_id_is_never_trusted(tmp_path):
 def test_a_409_naming_the_existing_task_adopts_it(tmp_path):
     # no lookup by business id, but a resend under the same id is refused with a 409 that
     # names the task the first POST created: that task is polled, not abandoned
-    with sim(p_5xx_after_create=0.5, cbid="no_lookup") as server:
+    with sim(seed=SEED, p_5xx_after_create=0.5, cbid="no_lookup") as server:
         result, rows = run(tmp_path, server, "--reconcile")
         stats = server.stats()
     assert result.exit_code == 0, result.output
@@ -104,7 +99,7 @@ def test_a_409_naming_the_existing_task_adopts_it(tmp_path):
 def test_a_lagging_lookup_is_asked_again_after_its_grace_period(tmp_path):
     # the lookup finds a task only 0.4 s after its create (FAST's grace is 1 s): a first 404
     # right after the 5xx must not be believed
-    with sim(p_5xx_after_create=0.5, cbid_lag=0.4, cbid="lookup_only") as server:
+    with sim(seed=SEED, p_5xx_after_create=0.5, cbid_lag=0.4, cbid="lookup_only") as server:
         result, rows = run(tmp_path, server, "--reconcile")
         stats = server.stats()
     assert stats["submits"] == JOBS and set(rows.status) == {"completed"}, result.output
@@ -112,7 +107,7 @@ def test_a_lagging_lookup_is_asked_again_after_its_grace_period(tmp_path):
 
 
 def test_a_503_limiter_unavailable_is_resent_unflagged_and_every_send_counted(tmp_path):
-    with sim(p_limiter_down=0.4) as server:
+    with sim(seed=SEED, p_limiter_down=0.4) as server:
         result, rows = run(tmp_path, server, "--no-reconcile")
         stats = server.stats()
     assert result.exit_code == 0, result.output
@@ -122,7 +117,7 @@ def test_a_503_limiter_unavailable_is_resent_unflagged_and_every_send_counted(tm
 
 
 def test_a_2xx_without_a_known_task_id_is_never_resent_and_is_flagged(tmp_path):
-    with sim(p_unrecognised=0.25) as server:
+    with sim(seed=SEED, p_unrecognised=0.25) as server:
         result, rows = run(tmp_path, server, "--reconcile")
         stats = server.stats()
     odd = rows[rows.error_type == "unrecognised_answer"]
@@ -138,7 +133,7 @@ def test_answers_that_changed_shape_stop_submitting_after_a_few(tmp_path):
         f"n: [{', '.join(str(n) for n in range(JOBS))}]",
         f"n: [{', '.join(str(n) for n in range(40))}]",
     )
-    with sim(p_unrecognised=1.0) as server:
+    with sim(seed=SEED, p_unrecognised=1.0) as server:
         result, rows = run(tmp_path, server, "--reconcile", jobs_manifest=many)
         stats = server.stats()
     assert result.exit_code == 1
@@ -174,7 +169,7 @@ def test_server_text_in_the_final_table_is_never_read_as_markup():
 def test_a_lookup_that_answers_another_task_is_never_adopted(tmp_path):
     # the lookup by business id answers the key's first task, echoing that task's own id: no
     # job may take another job's task (its own may exist and be paid), and nothing is trusted
-    with sim(p_5xx_after_create=0.5, cbid="wrong_task") as server:
+    with sim(seed=SEED, p_5xx_after_create=0.5, cbid="wrong_task") as server:
         _, rows = run(tmp_path, server, "--reconcile")
         stats = server.stats()
     assert stats["5xx_after_create"] > 0
@@ -191,7 +186,11 @@ def test_a_409_that_names_no_task_after_a_trusted_404_leaves_the_job_flagged(tmp
     # (lag ~1 s, so a 3 s grace); an ambiguous job's two lookups say 404, so it is resent
     # under the same business id, and the 409 names no task. The task exists: flagged
     with sim(
-        p_5xx_after_create=0.5, unknown_polls=3, duplicate_cbid="conflict_bare", gen_min=0.1
+        seed=SEED,
+        p_5xx_after_create=0.5,
+        unknown_polls=3,
+        duplicate_cbid="conflict_bare",
+        gen_min=0.1,
     ) as server:
         _, rows = run(tmp_path, server, "--reconcile", "--max-wait", "20")
     conflicts = rows[rows.http_status == 409]
@@ -200,7 +199,9 @@ def test_a_409_that_names_no_task_after_a_trusted_404_leaves_the_job_flagged(tmp
 
 
 def test_a_409_naming_a_task_that_does_not_exist_is_not_adopted(tmp_path):
-    with sim(p_5xx_after_create=0.5, cbid="no_lookup", duplicate_cbid="conflict_bogus") as server:
+    with sim(
+        seed=SEED, p_5xx_after_create=0.5, cbid="no_lookup", duplicate_cbid="conflict_bogus"
+    ) as server:
         _, rows = run(tmp_path, server, "--reconcile")
     assert not rows.task_ids.fillna("").str.contains("bogus").any()
     conflicts = rows[rows.http_status == 409]
@@ -208,7 +209,7 @@ def test_a_409_naming_a_task_that_does_not_exist_is_not_adopted(tmp_path):
 
 
 def test_retry_failed_never_resends_an_answer_without_a_task_id(tmp_path):
-    with sim(p_unrecognised=0.3) as server:
+    with sim(seed=SEED, p_unrecognised=0.3) as server:
         run(tmp_path, server, "--reconcile")
         before = server.stats()["submits"]
         _, rows = run(tmp_path, server, "--reconcile", "--retry-failed")
@@ -221,7 +222,7 @@ def test_retry_failed_never_resends_an_answer_without_a_task_id(tmp_path):
 def test_a_limiter_that_stays_down_fails_the_jobs_unflagged_with_nothing_created(tmp_path):
     # every submit answers 503 rate_limit_unavailable: retried, then failed; nothing exists,
     # so nothing is looked up, resent as ambiguous or flagged
-    with sim(p_limiter_down=1.0) as server:
+    with sim(seed=SEED, p_limiter_down=1.0) as server:
         _, rows = run(tmp_path, server, "--reconcile")
         stats = server.stats()
     assert stats["submits"] == 0 and set(rows.status) == {"failed"}
