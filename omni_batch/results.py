@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omni_batch.journal import STATES
+from omni_batch.errors import UsageError
+from omni_batch.journal import STATES, is_shared
 from omni_batch.outputs.digest import ReportDigest
 from omni_batch.outputs.gallery import write_gallery
 from omni_batch.outputs.report import RETIRED, counts, write_reports_digest
@@ -14,11 +15,15 @@ from omni_batch.outputs.report import RETIRED, counts, write_reports_digest
 __all__ = ["RETIRED", "STATES", "status", "write_gallery", "write_reports"]
 
 
-def status(folder: str | Path) -> dict[str, int]:
+def status(folder: str | Path, run: str | None = None) -> dict[str, int]:
     """Jobs of an output folder per state, every state named (0 when none), in the order a job
     goes through them, then ``retired`` (no longer in the manifest, kept in the report). Works
-    while a run is going; StateError when the folder has no readable journal."""
-    found = counts(folder)
+    while a run is going; StateError when the folder has no readable journal. ``folder`` may be
+    a ``postgresql://`` URL: run ``run`` (default "default") of that shared journal (StateError
+    when the database cannot be reached or has no such run)."""
+    if run is not None and not is_shared(folder):
+        raise UsageError(f"{folder}: a run name is for a shared journal (a postgresql:// URL)")
+    found = counts(folder, run)
     return {state: found.get(state, 0) for state in (*STATES, RETIRED)}
 
 

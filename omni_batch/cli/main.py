@@ -445,14 +445,20 @@ def _print_json(
     click.echo(json.dumps(summary, ensure_ascii=False))
 
 
+_RUN_HELP = "The run of a shared journal (FOLDER a postgresql:// URL) [default: default]."
+
+
 @main.command()
 @click.argument("folder", type=click.Path(path_type=str))
+@click.option("--run", "run_name", metavar="NAME", help=_RUN_HELP)
 @reports_errors
-def status(folder: str) -> None:
-    """Jobs per state in an output FOLDER (works while a run is going)."""
+def status(folder: str, run_name: str | None) -> None:
+    """Jobs per state in an output FOLDER (works while a run is going), or in run NAME of a
+    shared journal: FOLDER a postgresql://USER@HOST:PORT/DB URL."""
     from omni_batch.results import status as jobs_per_state
 
-    found = jobs_per_state(folder)  # retired: no longer in the manifest, kept in the report
+    # retired: no longer in the manifest, kept in the report
+    found = jobs_per_state(folder, run=run_name)
     for state, n in found.items():
         click.echo(f"{state:<12}{n:>8}")
     click.echo(f"{'total':<12}{sum(found.values()):>8}")

@@ -351,8 +351,9 @@ def refresh_reports(folder: str | Path) -> None:
     _write(Path(folder), None)
 
 
-def counts(folder: str | Path) -> dict[str, int]:
+def counts(folder: str | Path, run: str | None = None) -> dict[str, int]:
     """Jobs of the manifest per journal state (pending, submitting, running, downloading,
-    completed, failed), and ``retired``: jobs no longer in the manifest, kept in the report."""
-    with open_reader(folder) as reader:
+    completed, failed), and ``retired``: jobs no longer in the manifest, kept in the report.
+    ``folder`` may be a ``postgresql://`` URL: run ``run`` of that shared journal."""
+    with open_reader(folder, run) as reader:
         return reader.counts()
