@@ -27,11 +27,25 @@ def status(folder: str | Path, run: str | None = None) -> dict[str, int]:
     return {state: found.get(state, 0) for state in (*STATES, RETIRED)}
 
 
-def write_reports(folder: str | Path) -> ReportDigest:
+def write_reports(
+    folder: str | Path, run: str | None = None, out: str | Path | None = None
+) -> ReportDigest:
     """Rebuild report.csv, report.parquet, failures.csv and gallery.html of an output folder
     from its journal, a slice at a time (memory stays flat for any number of jobs); return the
     report's digest: counts, failures, spend, summary tables (``build_report`` gives the table).
+
+    ``folder`` may be a ``postgresql://`` URL: run ``run`` (default "default") of that shared
+    journal, its report.csv, report.parquet and failures.csv written into folder ``out`` (made
+    if missing; no gallery: the videos are the runners'). StateError when the database cannot
+    be reached or has no such run.
     """
+    if is_shared(folder):
+        if out is None:
+            raise UsageError("the report of a shared journal needs a folder to write it in (out)")
+        Path(out).mkdir(parents=True, exist_ok=True)
+        return write_reports_digest(out, source=str(folder), run=run)
+    if run is not None or out is not None:
+        raise UsageError(f"{folder}: a run name and out are for a shared journal (a URL)")
     digest = write_reports_digest(folder)
     write_gallery(Path(folder), digest=digest)
     return digest

@@ -93,3 +93,51 @@ def test_a_run_name_with_a_folder_is_a_usage_error(tmp_path):
         omni_batch.status(folder, run="story")
     result = CliRunner().invoke(main, ["status", str(folder), "--run", "story"])
     assert result.exit_code == UsageError.exit_code and "shared journal" in result.stderr
+
+
+def test_the_report_of_a_shared_run_is_the_folders_report(db, tmp_path):
+    import pandas as pd
+
+    from omni_batch.outputs.report import _TIMES
+
+    folder, out = tmp_path / "out", tmp_path / "shared-report"
+    _fill(folder, tmp_path)
+    _fill(db, tmp_path, run="story")
+    with_password = db.replace("postgres@", f"postgres:{SECRET}@")
+    local = CliRunner().invoke(main, ["report", str(folder)])
+    shared = CliRunner().invoke(
+        main, ["report", with_password, "--run", "story", "--out", str(out)]
+    )
+    assert local.exit_code == 0 and shared.exit_code == 0, local.output + shared.output
+    assert SECRET not in shared.output
+    assert shared.output.splitlines()[-1] == (
+        f"wrote {out / 'report.csv'}, report.parquet, failures.csv"
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "failures.csv",
+        "report.csv",
+        "report.parquet",
+    ]
+    clock = [*_TIMES, "latency_s"]  # when each journal was written: differs
+    for name in ("report.csv", "failures.csv"):
+        mine, theirs = (pd.read_csv(where / name).drop(columns=clock) for where in (folder, out))
+        pd.testing.assert_frame_equal(mine, theirs)
+    frame = pd.read_parquet(out / "report.parquet")
+    pd.testing.assert_frame_equal(
+        frame.drop(columns=clock), pd.read_parquet(folder / "report.parquet").drop(columns=clock)
+    )
+    assert list(frame["status"]) == ["completed", "failed", "pending", "pending", "retired"]
+    digest = omni_batch.write_reports(db, run="story", out=tmp_path / "again")
+    assert digest.rows == 5 and digest.states.get("completed") == 1
+
+
+def test_the_report_of_a_shared_run_needs_out_and_a_folder_takes_neither(db, tmp_path):
+    _fill(db, tmp_path, run="story")
+    with pytest.raises(UsageError, match="needs a folder"):
+        omni_batch.write_reports(db, run="story")
+    result = CliRunner().invoke(main, ["report", db, "--run", "elsewhere", "--out", "x"])
+    assert result.exit_code == 2 and "no such run" in result.stderr
+    folder = tmp_path / "out"
+    _fill(folder, tmp_path)
+    result = CliRunner().invoke(main, ["report", str(folder), "--out", str(tmp_path / "x")])
+    assert result.exit_code == UsageError.exit_code and "shared journal" in result.stderr

@@ -466,9 +466,18 @@ def status(folder: str, run_name: str | None) -> None:
 
 @main.command()
 @click.argument("folder", type=click.Path(path_type=str))
+@click.option("--run", "run_name", metavar="NAME", help=_RUN_HELP)
+@click.option(
+    "--out",
+    metavar="DIR",
+    type=click.Path(file_okay=False, path_type=str),
+    help="Where to write the report of a shared journal's run (FOLDER a postgresql:// URL).",
+)
 @reports_errors
-def report(folder: str) -> None:
-    """Rebuild report.csv, report.parquet, failures.csv and gallery.html of an output FOLDER."""
+def report(folder: str, run_name: str | None, out: str | None) -> None:
+    """Rebuild report.csv, report.parquet, failures.csv and gallery.html of an output FOLDER;
+    or write report.csv, report.parquet and failures.csv of run NAME of a shared journal
+    (FOLDER a postgresql://USER@HOST:PORT/DB URL) into --out DIR."""
     from pathlib import Path
 
     from omni_batch.cli.progress import final_table
@@ -476,12 +485,16 @@ def report(folder: str) -> None:
     from omni_batch.outputs.summary import summary_renderable
     from omni_batch.results import write_reports
 
-    digest = write_reports(folder)  # a slice at a time: never the whole table
+    # a slice at a time: never the whole table
+    digest = write_reports(folder, run=run_name, out=out)
     console = _console()
     console.print(final_table(digest))
     tables = digest.summary_tables()
     console.print(summary_renderable(tables, value_width=_value_width(console)))
-    click.echo(f"wrote {Path(folder) / 'report.csv'}, report.parquet, failures.csv, {GALLERY}")
+    if out is not None:
+        click.echo(f"wrote {Path(out) / 'report.csv'}, report.parquet, failures.csv")
+    else:
+        click.echo(f"wrote {Path(folder) / 'report.csv'}, report.parquet, failures.csv, {GALLERY}")
 
 
 main.add_command(simulate)

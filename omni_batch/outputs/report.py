@@ -153,12 +153,12 @@ def _report_frame(frame: pd.DataFrame, shape: _Shape) -> pd.DataFrame:
 
 
 def _report_slices(
-    folder: str | Path, *, page: bool = False
+    folder: str | Path, *, page: bool = False, run: str | None = None
 ) -> Iterator[tuple[pd.DataFrame, _Shape]]:
     """The report of an output folder a slice at a time (at least one, maybe empty), in
     manifest order (``page``: the gallery's order), from one snapshot of the journal (works
-    during a run)."""
-    with open_reader(folder) as reader:
+    during a run); ``folder`` may be a ``postgresql://`` URL: run ``run`` of that journal."""
+    with open_reader(folder, run) as reader:
         shape = _shape(reader)
         for rows in reader.rows(_RAW, SLICE_ROWS, gallery=page):
             yield _report_frame(_raw_frame(rows, shape), shape), shape
@@ -284,15 +284,21 @@ def _release_arrow_memory() -> None:
     pa.default_memory_pool().release_unused()
 
 
-def _write(folder: Path, keep: Callable[[pd.DataFrame], object] | None) -> None:
-    """report.csv, report.parquet and failures.csv from one pass over the journal, each to a
-    temporary file renamed over the old one when whole."""
+def _write(
+    folder: Path,
+    keep: Callable[[pd.DataFrame], object] | None,
+    source: str | Path | None = None,
+    run: str | None = None,
+) -> None:
+    """report.csv, report.parquet and failures.csv in ``folder`` from one pass over the
+    journal (the folder's; ``source``'s when given: a shared journal's URL, with ``run``), each
+    to a temporary file renamed over the old one when whole."""
     paths = [folder / name for name in _FILES]
     temps = [path.with_name(f".{path.name}.tmp") for path in paths]
     report, parquet, failures = _Csv(temps[0]), _Parquet(temps[1]), _Csv(temps[2])
     try:
         try:
-            for frame, shape in _report_slices(folder):
+            for frame, shape in _report_slices(folder if source is None else source, run=run):
                 safe = neutralise(frame)
                 report.add(safe)
                 parquet.add(frame, shape)
@@ -323,11 +329,14 @@ def write_reports(folder: str | Path) -> pd.DataFrame:
     return _concat(slices)
 
 
-def write_reports_digest(folder: str | Path) -> ReportDigest:
+def write_reports_digest(
+    folder: str | Path, source: str | None = None, run: str | None = None
+) -> ReportDigest:
     """`write_reports` returning the report's digest, not the table: what the CLI keeps, so its
-    memory stays flat for any number of jobs."""
+    memory stays flat for any number of jobs. ``source``: a shared journal's URL, its run
+    ``run`` written into ``folder``."""
     digest = ReportDigest()
-    _write(Path(folder), digest.add)
+    _write(Path(folder), digest.add, source, run)
     return digest
 
 
