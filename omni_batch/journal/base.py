@@ -232,3 +232,51 @@ class JournalReader(Protocol):
 
 
 StartedCount = Callable[[list[str]], int]  # how many of these job ids left pending already
+
+
+def completed_change(
+    video_path: str, size: int, check: VideoCheck | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(columns, event line) of a `completed` transition: one copy for every journal."""
+    columns: dict[str, Any] = {"video_path": video_path, "bytes": size}
+    event: dict[str, Any] = {"bytes": size, "video_path": video_path}
+    if check is not None:
+        columns.update(
+            verified=check.ok, verify_message=check.message, video_width=check.width,
+            video_height=check.height, video_duration_s=check.duration_s,
+        )  # fmt: skip
+        event.update(
+            verified=check.ok, verify=check.message or None, width=check.width,
+            height=check.height, duration_s=check.duration_s,
+        )  # fmt: skip
+    return columns, event
+
+
+def failed_change(
+    *,
+    error_type: str,
+    message: str,
+    http_status: int | None,
+    request_id: str | None,
+    polls: int | None,
+    possible_duplicate: bool,
+    task: str | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(columns, event line) of a `failed` transition: one copy for every journal. A request
+    id or poll count that is None keeps the row's; ``possible_duplicate`` is sticky."""
+    columns: dict[str, Any] = {
+        "error_type": error_type, "error_message": message[:1000], "http_status": http_status,
+        "task_status": task,
+    }  # fmt: skip
+    if possible_duplicate:  # sticky: never cleared here
+        columns["possible_duplicate"] = True
+    if request_id:
+        columns["request_id"] = request_id
+    if polls is not None:
+        columns["polls"] = polls
+    event = {
+        "error_type": error_type, "http_status": http_status, "message": message[:1000],
+        "request_id": request_id, "possible_duplicate": possible_duplicate or None,
+        "polls": polls, "task": task,
+    }  # fmt: skip
+    return columns, event

@@ -28,6 +28,8 @@ from omni_batch.journal.base import (
     VideoCheck,
     body_hash,
     check_review,
+    completed_change,
+    failed_change,
 )
 from omni_batch.planning.jobs import Job
 
@@ -413,13 +415,8 @@ class MemoryJournal:
     def mark_completed(
         self, job_id: str, video_path: str, size: int, check: VideoCheck | None = None
     ) -> None:
-        fields: dict[str, Any] = {"video_path": video_path, "bytes": size}
-        if check is not None:
-            fields.update(
-                verified=check.ok, verify_message=check.message, video_width=check.width,
-                video_height=check.height, video_duration_s=check.duration_s,
-            )  # fmt: skip
-        self._update(job_id, "completed", {"bytes": size, "video_path": video_path}, **fields)
+        fields, event = completed_change(video_path, size, check)
+        self._update(job_id, "completed", event, **fields)
 
     def mark_failed(
         self,
@@ -433,21 +430,10 @@ class MemoryJournal:
         possible_duplicate: bool = False,
         task: str | None = None,
     ) -> None:
-        fields: dict[str, Any] = {
-            "error_type": error_type, "error_message": message[:1000], "http_status": http_status,
-            "task_status": task,
-        }  # fmt: skip
-        if possible_duplicate:  # sticky: never cleared here
-            fields["possible_duplicate"] = True
-        if request_id:
-            fields["request_id"] = request_id
-        if polls is not None:
-            fields["polls"] = polls
-        event = {
-            "error_type": error_type, "http_status": http_status, "message": message[:1000],
-            "request_id": request_id, "polls": polls, "task": task,
-            "possible_duplicate": possible_duplicate or None,
-        }  # fmt: skip
+        fields, event = failed_change(
+            error_type=error_type, message=message, http_status=http_status,
+            request_id=request_id, polls=polls, possible_duplicate=possible_duplicate, task=task,
+        )  # fmt: skip
         self._update(job_id, "failed", event, **fields)
 
     # -- reviews --------------------------------------------------------------------------------

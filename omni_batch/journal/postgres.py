@@ -41,6 +41,8 @@ from omni_batch.journal.base import (
     VideoCheck,
     body_hash,
     check_review,
+    completed_change,
+    failed_change,
 )
 from omni_batch.planning.jobs import Job
 
@@ -688,7 +690,7 @@ class PostgresJournal:
     ) -> None:
         """The video is in the store; committed at once (nothing is deferred here)."""
         sets = ", video_path = %(path)s, bytes = %(size)s"
-        event: dict[str, Any] = {"bytes": size, "video_path": video_path}
+        _, event = completed_change(video_path, size, check)
         params: dict[str, Any] = {"path": video_path, "size": size}
         if check is not None:
             sets += (
@@ -698,10 +700,6 @@ class PostgresJournal:
             params.update(
                 ok=check.ok, vm=check.message, w=check.width, h=check.height, d=check.duration_s
             )
-            event.update(
-                verified=check.ok, verify=check.message or None, width=check.width,
-                height=check.height, duration_s=check.duration_s,
-            )  # fmt: skip
         self._move(
             job_id, "completed", sets, "state IN ('running', 'downloading')", event, **params
         )
@@ -726,9 +724,11 @@ class PostgresJournal:
             "task_status = %(task)s, possible_duplicate = possible_duplicate OR %(dup)s, "
             "request_id = coalesce(%(rid)s, request_id), polls = coalesce(%(polls)s, polls)",
             f"(state = 'submitting' AND {_SUBMIT_OWNED}) OR state IN ('running', 'downloading')",
-            {"error_type": error_type, "http_status": http_status, "message": message[:1000],
-             "request_id": request_id, "possible_duplicate": possible_duplicate or None,
-             "polls": polls, "task": task},
+            failed_change(
+                error_type=error_type, message=message, http_status=http_status,
+                request_id=request_id, polls=polls, possible_duplicate=possible_duplicate,
+                task=task,
+            )[1],
             et=error_type, msg=message[:1000], hs=http_status, task=task, dup=possible_duplicate,
             rid=request_id or None, polls=polls,
         )  # fmt: skip

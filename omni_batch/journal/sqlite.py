@@ -40,6 +40,8 @@ from omni_batch.journal.base import (
     VideoCheck,
     body_hash,
     check_review,
+    completed_change,
+    failed_change,
 )
 from omni_batch.planning.jobs import Job
 
@@ -941,17 +943,7 @@ class SqliteJournal:
         self, job_id: str, video_path: str, size: int, check: VideoCheck | None = None
     ) -> None:
         """The video is on disk; ``check`` is what probing it found (None: not probed)."""
-        fields: dict[str, Any] = {"video_path": video_path, "bytes": size}
-        event: dict[str, Any] = {"bytes": size, "video_path": video_path}
-        if check is not None:
-            fields.update(
-                verified=int(check.ok), verify_message=check.message, video_width=check.width,
-                video_height=check.height, video_duration_s=check.duration_s,
-            )  # fmt: skip
-            event.update(
-                verified=check.ok, verify=check.message or None, width=check.width,
-                height=check.height, duration_s=check.duration_s,
-            )  # fmt: skip
+        fields, event = completed_change(video_path, size, check)
         self._update(job_id, "completed", event, deferred=True, **fields)
 
     def mark_failed(
@@ -969,30 +961,11 @@ class SqliteJournal:
         """``task``: what the API said of the job's task: "failed" (a failed generation,
         refunded: nothing to fetch) or "gone" (404); None when the failure was ours or the task
         may still hold a paid video, which the next run then polls again (reopen)."""
-        fields: dict[str, Any] = {
-            "error_type": error_type, "error_message": message[:1000], "http_status": http_status,
-            "task_status": task,
-        }  # fmt: skip
-        if possible_duplicate:  # sticky: never cleared here
-            fields["possible_duplicate"] = 1
-        if request_id:
-            fields["request_id"] = request_id
-        if polls is not None:
-            fields["polls"] = polls
-        self._update(
-            job_id,
-            "failed",
-            {
-                "error_type": error_type,
-                "http_status": http_status,
-                "message": message[:1000],
-                "request_id": request_id,
-                "possible_duplicate": possible_duplicate or None,
-                "polls": polls,
-                "task": task,
-            },
-            **fields,
-        )
+        fields, event = failed_change(
+            error_type=error_type, message=message, http_status=http_status,
+            request_id=request_id, polls=polls, possible_duplicate=possible_duplicate, task=task,
+        )  # fmt: skip
+        self._update(job_id, "failed", event, **fields)
 
 
 def _is_a_journal(journal: SqliteJournal) -> Journal:
