@@ -303,3 +303,28 @@ def s3_server() -> Any:
         pytest.skip(why)
     with s3_server() as server:
         yield server
+
+
+def journal_story(journal: Any, tmp_path: Any, jobs: int = 6, review: bool = True) -> None:
+    """One run's life, the same on any journal: of ``jobs`` shots, one sent and finished, one
+    failed, one running that then leaves the manifest with its task (retired), the rest pending;
+    with ``review``, the finished one picked."""
+    from omni_batch.planning.manifest import load_manifest
+
+    made = list(load_manifest(shots_manifest(tmp_path, jobs)).jobs())
+    journal.sync(made)
+    ids = [j.job_id for j in made]
+    journal.mark_submitting(ids[0], "ob-0", True, "main")
+    journal.mark_running(ids[0], "task-0", "rid-0")
+    journal.mark_downloading(ids[0], "https://cdn/0.mp4", 2e9, 1.5e9, polls=3)
+    journal.mark_completed(ids[0], "videos/0.mp4", 1234)
+    journal.mark_submitting(ids[1], "ob-1", False, "main")
+    journal.mark_running(ids[1], "task-1", None)
+    journal.mark_failed(ids[1], error_type="generation_failed", message="x", task="failed")
+    journal.mark_submitting(ids[2], "ob-2", False)
+    journal.mark_running(ids[2], "task-2", None)
+    if review:
+        journal.set_review(ids[0], pick="picked", score=4, note="nice")
+    journal.commit()
+    journal.sync(made[:2] + made[3:])  # shot-2 left the manifest with its task: retired
+    journal.commit()

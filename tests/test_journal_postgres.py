@@ -22,7 +22,7 @@ from omni_batch.errors import JobTaken, StateError
 from omni_batch.journal import Journal, open_journal
 from omni_batch.journal.postgres import PostgresJournal, redacted
 from omni_batch.planning.manifest import load_manifest
-from tests.conftest import shots_manifest, two_prompt_jobs
+from tests.conftest import journal_story, shots_manifest, two_prompt_jobs
 
 A, B = "a-16x9-6s-r1", "b-16x9-6s-r1"
 ROOT = Path(__file__).resolve().parent.parent
@@ -277,25 +277,6 @@ def test_credentials_never_appear_in_a_message_or_repr(postgres, db):
     assert redacted(closed) == "postgresql://127.0.0.1:1/nowhere"
 
 
-def _story(journal: Any, tmp_path: Path) -> None:
-    """One run's life, the same on any journal: sent, finished, failed, reviewed, retired."""
-    jobs = list(load_manifest(shots_manifest(tmp_path, 6)).jobs())
-    journal.sync(jobs)
-    ids = [j.job_id for j in jobs]
-    journal.mark_submitting(ids[0], "ob-0", True, "main")
-    journal.mark_running(ids[0], "task-0", "rid-0")
-    journal.mark_downloading(ids[0], "https://cdn/0.mp4", 2e9, 1.5e9, polls=3)
-    journal.mark_completed(ids[0], "videos/0.mp4", 1234)
-    journal.mark_submitting(ids[1], "ob-1", False, "main")
-    journal.mark_running(ids[1], "task-1", None)
-    journal.mark_failed(ids[1], error_type="generation_failed", message="x", task="failed")
-    journal.mark_submitting(ids[2], "ob-2", False)
-    journal.mark_running(ids[2], "task-2", None)
-    journal.set_review(ids[0], pick="picked", score=4, note="nice")
-    journal.commit()
-    journal.sync(jobs[:2] + jobs[3:])  # shot-2 left the manifest with its task: retired
-
-
 def test_the_reports_read_a_shared_run_as_they_read_a_folder(runners, db, tmp_path):
     from omni_batch.journal import open_reader
     from omni_batch.outputs.report import _RAW, _TIMES
@@ -304,7 +285,7 @@ def test_the_reports_read_a_shared_run_as_they_read_a_folder(runners, db, tmp_pa
     sqlite = open_journal(folder)
     (shared,) = runners(1, run="story")
     for journal in (sqlite, shared):
-        _story(journal, tmp_path)
+        journal_story(journal, tmp_path)
         journal.set_meta("name", "story")
     sqlite.close()
     columns = [c for c in _RAW if c not in (*_TIMES, "updated_at")]

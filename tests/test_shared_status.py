@@ -13,8 +13,7 @@ import omni_batch
 from omni_batch.cli.main import main
 from omni_batch.errors import StateError, UsageError
 from omni_batch.journal import STATES, open_journal
-from omni_batch.planning.manifest import load_manifest
-from tests.conftest import shots_manifest
+from tests.conftest import journal_story
 
 SECRET = "s3cr3t-pass-word"
 
@@ -28,21 +27,7 @@ def _fill(target: str | Path, tmp_path: Path, run: str | None = None) -> None:
     """Five jobs: one completed, one failed, one running, two pending (one retired later)."""
     journal = open_journal(target, run=run, runner="r0")
     try:
-        jobs = list(load_manifest(shots_manifest(tmp_path, 5)).jobs())
-        journal.sync(jobs)
-        ids = [j.job_id for j in jobs]
-        journal.mark_submitting(ids[0], "ob-0", True, "main")
-        journal.mark_running(ids[0], "task-0", "rid-0")
-        journal.mark_downloading(ids[0], "https://cdn/0.mp4", 2e9, 1.5e9, polls=3)
-        journal.mark_completed(ids[0], "videos/0.mp4", 1234)
-        journal.mark_submitting(ids[1], "ob-1", False, "main")
-        journal.mark_running(ids[1], "task-1", None)
-        journal.mark_failed(ids[1], error_type="generation_failed", message="x", task="failed")
-        journal.mark_submitting(ids[2], "ob-2", False)
-        journal.mark_running(ids[2], "task-2", None)
-        journal.commit()
-        journal.sync(jobs[:2] + jobs[3:])  # shot-2 left the manifest with its task: retired
-        journal.commit()
+        journal_story(journal, tmp_path, jobs=5, review=False)
     finally:
         journal.close()
 
