@@ -139,9 +139,11 @@ def test_a_video_in_place_whose_completion_a_crash_lost_is_not_fetched_or_asked_
     with sim(gen_min=0.2, gen_max=0.4, link_ttl=1.0) as server:
         crashed = run(manifest, out, server, "after_rename:3")
         waiting = journal_count(out, "downloading")
-        downloading = {
-            job for job, state in journal_rows(out, "job_id", "state") if state == "downloading"
-        }
+        states = dict(journal_rows(out, "job_id", "state"))
+        downloading = {job for job, state in states.items() if state == "downloading"}
+        # a task whose terminal answer came in just before the kill, its `downloading` not yet
+        # committed: resume rightly asks about it again (the journal never heard the answer)
+        running = sum(state == "running" for state in states.values())
         in_place = {p.stem for p in (out / "videos").glob("*.mp4")} & downloading
         time.sleep(1.5)  # every link handed out so far has expired
         resumed = run(manifest, out, server, None)
@@ -157,7 +159,8 @@ def test_a_video_in_place_whose_completion_a_crash_lost_is_not_fetched_or_asked_
     mid_download = len(downloading - in_place)
     assert JOBS <= stats["downloads"] <= JOBS + mid_download
     assert stats["downloads_expired"] == 0
-    assert stats["polls_after_terminal"] <= mid_download and stats["submits"] == JOBS
+    assert stats["polls_after_terminal"] <= mid_download + running
+    assert stats["submits"] == JOBS
 
 
 def test_videos_lost_on_disk_are_fetched_again_without_a_new_submit(tmp_path):
