@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import math
 import os
 import signal
 import threading
@@ -216,9 +217,17 @@ class _ReportWriter:
     each allocator arena kept its own (~20 MB at 20,000 jobs).
     """
 
-    def __init__(self, folder: Path, store: VideoStore):
+    def __init__(
+        self,
+        folder: Path,
+        store: VideoStore,
+        source: str | None = None,
+        run: str | None = None,
+    ):
         self.folder = folder
         self.store = store  # the gallery links the videos and posters where the run put them
+        # a shared run's journal (its URL and run name): the reports are written from it
+        self.source, self.run = source, run
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omni-batch-reports")
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -228,12 +237,19 @@ class _ReportWriter:
     async def refresh_every(self, seconds: float) -> None:
         while True:
             await asyncio.sleep(seconds)
-            await self._call(refresh_reports, self.folder)
+            if self.source is not None:
+                await self._call(write_reports_digest, self.folder, self.source, self.run)
+            else:
+                await self._call(refresh_reports, self.folder)
 
     async def finish(self, title: str, posters: bool) -> ReportDigest:
         """The final report.csv, report.parquet, failures.csv and gallery, each written from the
         journal a slice at a time; returns the report's digest (never the table)."""
         try:
+            if self.source is not None:  # the reports (and gallery) of the whole shared run
+                from omni_batch.results import write_reports
+
+                return await self._call(write_reports, self.source, self.run, self.folder)
             digest = await self._call(write_reports_digest, self.folder)
             await self._call(
                 write_gallery,
@@ -268,6 +284,12 @@ async def run_async(
     options = options or RunOptions.of(**kw)
     digest = await run_folder_async(manifest, options, on_start=on_start, stop=stop)
     assert digest.folder is not None  # run_folder_async names it
+    if isinstance(manifest, PreparedRun):
+        options = manifest.options
+    if options is not None and options.journal is not None:  # the shared run's, as written
+        import pandas as pd
+
+        return pd.read_parquet(Path(digest.folder) / "report.parquet")
     return build_report(digest.folder)
 
 
@@ -306,9 +328,18 @@ async def _run(
     manifest, options, folder = prepared.manifest, prepared.options, prepared.folder
     policy, reconcile = prepared.policy, prepared.reconcile
     ended: OmniBatchError | None = None
-    reports = _ReportWriter(folder, prepared.store)
+    shared = options.journal
+    reports = _ReportWriter(folder, prepared.store, shared, prepared.run_name)
     async with _target(options, manifest.catalog, folder) as (base_url, keys):
-        journal = open_journal(folder)
+        if shared is not None:
+            from omni_batch.running.durable import default_runner
+
+            journal: Journal = open_journal(
+                shared, run=prepared.run_name, runner=options.runner or default_runner()
+            )
+            _same_store(journal, prepared.store_url)
+        else:
+            journal = open_journal(folder)
         try:
             journal.set_meta("manifest", str(manifest.path))
             journal.set_meta("name", manifest.name)
@@ -398,7 +429,9 @@ async def _run(
                     on_start(engine.stats, engine)
                 refresher = asyncio.create_task(reports.refresh_every(options.report_every))
                 try:
-                    if ended is None:
+                    if ended is None and shared is not None:
+                        await _run_shared(engine, journal, options, stop)
+                    elif ended is None:
                         await engine.run(stop)
                         if checked.balance is not None and not stop.is_set():
                             here = spend.spent_usd - spend.at_start
@@ -435,6 +468,52 @@ async def _run(
         if engine.quota_hit is not None:
             raise engine.quota_hit
         return report
+
+
+def _same_store(journal: Journal, store_url: str | None) -> None:
+    """A shared run keeps its videos in one store: a runner given another is refused."""
+    recorded = journal.meta(STORE_META)
+    if recorded is not None and store_url is not None and recorded != store_url:
+        journal.close()
+        raise UsageError(
+            f"--store {store_url}: this shared run's videos are in {recorded}; "
+            f"start every runner with --store {recorded}"
+        )
+
+
+async def _run_shared(engine: Engine, journal: Journal, options: RunOptions, stop: Any) -> None:
+    """The engine as one of several runners of a shared run: each job a DBOS workflow, the
+    accounts' budgets shared through the database (running/durable.py)."""
+    from omni_batch.journal.postgres import PostgresJournal
+    from omni_batch.running.durable import Liveness, SharedRun
+
+    assert isinstance(journal, PostgresJournal) and options.journal is not None
+    admit = 0.0
+    for acct in engine.accounts:
+        budgets = acct.budgets
+        rate = budgets.submit.effective_rate
+        if rate is None and budgets.shared is not None:
+            rate = budgets.shared.effective_rate
+        if rate is None:
+            admit = math.inf
+            break
+        admit += rate
+    beat = min(1.0, options.dead_after / 5)
+    sharing = SharedRun(
+        engine,
+        journal,
+        options.journal,
+        max_in_flight=options.max_in_flight,
+        admit_rate=admit,
+        liveness=Liveness(beat=beat, dead_after=options.dead_after),
+    )
+    await sharing.launch()
+    try:
+        await engine.run(stop, feed=sharing.feed)
+    finally:
+        await sharing.stop_steps(CANCEL_WITHIN_S)
+        sharing.leave()
+        await asyncio.to_thread(sharing.close)
 
 
 def _preflight_wanted(options: RunOptions) -> bool:

@@ -97,6 +97,8 @@ class PreparedRun:
     # the store's location (``s3://BUCKET/PREFIX``, recorded in the journal's meta); None: the
     # output folder's own videos/
     store_url: str | None = None
+    # a shared run (options.journal): its name in the shared journal
+    run_name: str | None = None
 
     @property
     def videos(self) -> str:
@@ -153,7 +155,12 @@ def prepare(
     if on_folder is not None:
         on_folder(folder)
     refuse_a_busy_folder(folder)
-    store_url = store_location(folder, options.store)
+    run_name = None
+    if options.journal is not None:
+        run_name = _check_shared(options, planned.manifest)
+        store_url: str | None = str(parse_location(options.store or ""))
+    else:
+        store_url = store_location(folder, options.store)
     store = open_store(store_url, folder)
     if store_url is not None:  # a wrong bucket, endpoint or key: one line, before any submit
         store.prepare()
@@ -165,7 +172,46 @@ def prepare(
 
         with started_counter(folder) as started:
             sliced = check_slice(planned.manifest, only, options.limit, started)
-    return PreparedRun(planned, options, folder, policy, only, sliced, store, store_url)
+    return PreparedRun(planned, options, folder, policy, only, sliced, store, store_url, run_name)
+
+
+def _check_shared(options: RunOptions, manifest: Manifest) -> str:
+    """A shared run's settings, each refused in one line when it cannot work with several
+    runners; returns the run's name (``run_name``, default the manifest's)."""
+    from omni_batch.journal import is_shared
+
+    url = options.journal or ""
+    if not is_shared(url):
+        raise UsageError(
+            f"--journal {url}: a shared journal is a postgresql://USER@HOST:PORT/DB URL"
+        )
+    if options.store is None:
+        raise UsageError(
+            "--journal needs --store s3://BUCKET/PREFIX: every runner puts its videos where "
+            "all of them (and the report) reach them"
+        )
+    if options.simulate is not None:
+        raise UsageError(
+            "--simulate starts a simulator in each runner; with --journal start one "
+            "(`omni-batch simulate`) and give every runner its --base-url"
+        )
+    if options.limit is not None or options.only:
+        raise UsageError(
+            "--limit and --only do not work with --journal yet: run the whole manifest"
+        )
+    if manifest.budget.max_cost is not None:
+        raise UsageError(
+            f"{manifest.path}: budget.max_cost is not enforced across several runners yet; "
+            "remove it to run with --journal"
+        )
+    try:
+        import dbos  # noqa: F401
+        import psycopg  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            "--journal needs the [shared] extra: pip install 'omni-batch[shared]'"
+        ) from None
+    return options.run_name or manifest.name
 
 
 def store_location(folder: Path, given: str | None) -> str | None:

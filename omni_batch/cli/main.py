@@ -299,6 +299,32 @@ def _looks_like_a_path(text: str) -> bool:
     is_flag=True,
     help="Skip the balance and model-list checks before the first submit.",
 )
+@click.option(
+    "--journal",
+    metavar="postgresql://USER@HOST:PORT/DB",
+    help="Share the run through this PostgreSQL database: start the same command on any "
+    "number of machines and they share its jobs (each submitted once), the account's rate "
+    "and --max-in-flight. Needs --store s3://...; see README 'Running on several machines'.",
+)
+@click.option(
+    "--run",
+    "run_name",
+    metavar="NAME",
+    help="The shared run's name in the --journal database [default: the manifest's name].",
+)
+@click.option(
+    "--runner",
+    metavar="ID",
+    help="This runner's id in a shared run [default: HOST-PID].",
+)
+@click.option(
+    "--dead-after",
+    type=_range("dead_after"),
+    default=RunOptions.dead_after,
+    show_default=True,
+    metavar="SECONDS",
+    help="A shared run's runner silent this long is taken for dead; the others take its jobs up.",
+)
 @MAX_JOBS_OPTION
 @reports_errors
 def run(

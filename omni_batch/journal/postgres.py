@@ -82,8 +82,10 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.jobs (
     task_status TEXT,  -- what the API last said of task_id: 'failed', 'gone' (404) or NULL
     account TEXT,  -- the name of the account whose key sent its submit (never a key)
     runner TEXT,  -- the runner that moved it to submitting last: the owner of its submit
+    gen INTEGER NOT NULL DEFAULT 0,  -- how often it was reopened: its workflow's generation
     PRIMARY KEY (run, job_id)
 );
+ALTER TABLE {SCHEMA}.jobs ADD COLUMN IF NOT EXISTS gen INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX IF NOT EXISTS jobs_seq ON {SCHEMA}.jobs (run, seq, job_id);
 CREATE INDEX IF NOT EXISTS jobs_task ON {SCHEMA}.jobs (run, task_id) WHERE task_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS {SCHEMA}.events (
@@ -104,6 +106,14 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.reviews (
     note TEXT NOT NULL DEFAULT '',
     reviewed_at DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (run, job_id)
+);
+CREATE TABLE IF NOT EXISTS {SCHEMA}.settings (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {SCHEMA}.runners (
+    runner TEXT PRIMARY KEY,  -- a runner process (its DBOS executor id)
+    seen DOUBLE PRECISION NOT NULL  -- its last heartbeat, on the database's clock
 );
 """
 
@@ -192,7 +202,7 @@ class PostgresJournal:
         with self._writing(), self.db.transaction():
             # DDL on tables in use would wait for (and stall) the runners writing them: only
             # when the schema is not all there yet (its last table), one runner at a time
-            made = self.db.execute("SELECT to_regclass('omni_batch.reviews')").fetchone()
+            made = self.db.execute("SELECT to_regclass('omni_batch.runners')").fetchone()
             if made is None or made[0] is None:
                 self.db.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK,))
                 self.db.execute(_DDL)  # several statements: no parameters
@@ -377,6 +387,7 @@ class PostgresJournal:
         if retry_failed:
             queued = self._bulk(
                 "UPDATE omni_batch.jobs SET state = 'pending', task_id = NULL, business_id = NULL,"
+                " gen = gen + 1,"
                 " task_status = NULL, http_status = NULL, error_type = NULL, "
                 "error_message = NULL, request_id = NULL, video_url = NULL, expires_at = NULL, "
                 "updated_at = %(now)s WHERE run = %(run)s AND active AND state = 'failed' "
@@ -387,7 +398,7 @@ class PostgresJournal:
             )
         polled = self._bulk(
             "UPDATE omni_batch.jobs SET state = 'running', error_type = NULL, "
-            "error_message = NULL, http_status = NULL, updated_at = %(now)s "
+            "error_message = NULL, http_status = NULL, updated_at = %(now)s, gen = gen + 1 "
             "WHERE run = %(run)s AND state = 'failed' AND task_id IS NOT NULL "
             "AND task_status IS DISTINCT FROM 'failed'",  # retired ones too
             {"state": "running", "reason": "polled again"},
@@ -421,8 +432,9 @@ class PostgresJournal:
         done = 0
         for start in range(0, len(ids), PAGE):
             done += self._bulk(
-                "UPDATE omni_batch.jobs SET state = 'downloading', updated_at = %(now)s "
-                "WHERE run = %(run)s AND job_id = ANY(%(ids)s) AND state = 'completed'",
+                "UPDATE omni_batch.jobs SET state = 'downloading', updated_at = %(now)s, "
+                "gen = gen + 1 WHERE run = %(run)s AND job_id = ANY(%(ids)s) "
+                "AND state = 'completed'",
                 {"state": "downloading", "reason": reason},
                 ids=ids[start : start + PAGE],
             )
@@ -545,6 +557,84 @@ class PostgresJournal:
             {"state": "submitting", "reason": "taken over", "from_runner": runner},
             dead=runner,
         )
+
+    def orphan(self, runner: str) -> int:
+        """The jobs ``runner`` (known dead: its heartbeat stopped) left `submitting`, in every
+        run, belong to no runner now: whichever runner takes up their workflow settles them
+        (reconcile or flag, as after a crash). Several reapers at once are harmless."""
+        with self._writing():
+            return self.db.execute(
+                "UPDATE omni_batch.jobs SET runner = NULL WHERE state = 'submitting' "
+                "AND runner = %s",
+                (runner,),
+            ).rowcount
+
+    def job(self, job_id: str) -> JobRow | None:
+        """One job as it is now (a pending one is handed out, as by ``pending_page``: its
+        submit must still be of this body)."""
+        r = self._one(f"{_ROW} WHERE run = %s AND job_id = %s", (self.run, job_id))
+        if r is None:
+            return None
+        if r[2] == "pending":
+            self._bodies[r[0]] = r[17]
+        return _row(r)
+
+    def unsettled_page(self, after_seq: int, limit: int) -> list[tuple[str, int, int]]:
+        """(job id, seq, generation) of the jobs a run still has to settle: pending ones (in
+        the slice) and those in flight, in manifest order after ``after_seq``."""
+        rows = self._all(
+            "SELECT job_id, seq, gen FROM omni_batch.jobs WHERE run = %(run)s AND seq > %(after)s"
+            " AND ((active AND state = 'pending'"
+            f"{self._slice_sql}) OR (active AND state IN ('submitting', 'running', "
+            "'downloading')) OR (NOT active AND state IN ('running', 'downloading') AND "
+            "task_id IS NOT NULL)) ORDER BY seq LIMIT %(limit)s",
+            {**self._slice_params, "run": self.run, "after": after_seq, "limit": limit},
+        )
+        return [(str(r[0]), int(r[1]), int(r[2])) for r in rows]
+
+    def salt(self) -> bytes:
+        """A random salt of this database, made once: the accounts' fingerprints that name
+        their shared rate budgets (every run and runner on one account shares its budget)."""
+        with self._writing():
+            self.db.execute(
+                "INSERT INTO omni_batch.settings VALUES ('salt', %s) ON CONFLICT DO NOTHING",
+                (secrets.token_hex(16),),
+            )
+            row = self.db.execute(
+                "SELECT value FROM omni_batch.settings WHERE name = 'salt'"
+            ).fetchone()
+        assert row is not None  # inserted just now, or before
+        return bytes.fromhex(row[0])
+
+    # -- runners' heartbeats -------------------------------------------------------------------
+    def beat(self) -> None:
+        """This runner is alive (the database's clock: machines' clocks never compared)."""
+        with self._writing():
+            self.db.execute(
+                "INSERT INTO omni_batch.runners VALUES (%s, extract(epoch from clock_timestamp()))"
+                " ON CONFLICT (runner) DO UPDATE SET seen = excluded.seen",
+                (self.runner,),
+            )
+
+    def dead_runners(self, after: float) -> list[str]:
+        """Runners silent for ``after`` seconds (or that left: ``leave``)."""
+        rows = self._all(
+            "SELECT runner FROM omni_batch.runners WHERE runner <> %s "
+            "AND seen < extract(epoch from clock_timestamp()) - %s ORDER BY runner",
+            (self.runner, after),
+        )
+        return [str(r[0]) for r in rows]
+
+    def forget_runner(self, runner: str) -> None:
+        with self._writing():
+            self.db.execute("DELETE FROM omni_batch.runners WHERE runner = %s", (runner,))
+
+    def leave(self) -> None:
+        """This runner stops: its row looks long dead, so others take its work up at once."""
+        with self._writing():
+            self.db.execute(
+                "UPDATE omni_batch.runners SET seen = 0 WHERE runner = %s", (self.runner,)
+            )
 
     def task_owner(self, task_id: str) -> str | None:
         row = self._one(

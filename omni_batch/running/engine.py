@@ -27,6 +27,7 @@ from omni_batch.errors import (
     ApiError,
     ApiUnreachable,
     AuthError,
+    JobTaken,
     NotSent,
     OmniBatchError,
     QuotaError,
@@ -166,6 +167,9 @@ class Engine:
         self.quota_error: QuotaError | None = None  # the last 402 that retired an account
         self.n_submit, self.n_poll, self.n_download = submit_workers, poll_workers, download_workers
         self.active = 0  # jobs between claim and terminal state
+        # jobs a shared run's workflows wait on (running/durable.py): resolved when the engine
+        # lets go of the job (terminal, back to pending, or left for a later run)
+        self.watched: dict[str, asyncio.Future[None]] = {}
         self.capacity = asyncio.Condition()
         self.polls: asyncio.Queue[tuple[Flight]] = asyncio.Queue(maxsize=poll_workers)
         self.downloads: asyncio.Queue[tuple[Flight, str]] = asyncio.Queue(
@@ -286,7 +290,17 @@ class Engine:
         older version) is the first account's; None when it is no longer configured."""
         return self.accounts[0] if name is None else self.by_name.get(name)
 
+    def watch(self, job_id: str) -> asyncio.Future[None]:
+        """A future that is done when the engine lets go of ``job_id`` (see ``release``)."""
+        future = self.watched.get(job_id)
+        if future is None or future.done():
+            future = self.watched[job_id] = asyncio.get_running_loop().create_future()
+        return future
+
     async def release(self, job_id: str | None = None) -> None:
+        future = self.watched.pop(job_id, None) if job_id is not None else None
+        if future is not None and not future.done():
+            future.set_result(None)
         async with self.capacity:
             account = self._unclaim(job_id) if job_id is not None else None
             if job_id is None:
@@ -648,6 +662,9 @@ class Engine:
             item = await queue.get()
             try:
                 await handle(*item)
+            except JobTaken as exc:  # a shared run: another runner settled it first
+                self.log(str(exc))
+                await self.release(item[0].job_id)
             except Exception as exc:
                 self.fail_fatal(exc)
             finally:
@@ -825,6 +842,30 @@ class Engine:
         await self.release(flight.job_id)
 
     # -- the run ----------------------------------------------------------------------------------
+    async def take_up(self, row: JobRow) -> bool:
+        """Poll (or download) a job another runner's or an earlier workflow left `running` or
+        `downloading`, as ``resume`` does for the jobs of a folder; False when its account is
+        not configured here (left as it is) or the engine already holds it."""
+        account = self.account_named(row.account)
+        if account is None or row.job_id in self.job_account:
+            return False
+        self.claim(row.job_id, account)
+        age = time.time() - row.submitted_at if row.submitted_at else 0.0
+        flight = self._flight(
+            row,
+            row.task_id or "",
+            submitted=time.monotonic() - max(0.0, age),
+            polls=row.polls,
+            state=row.state,
+        )
+        url = row.video_url or ""
+        fresh = bool(url) and (row.expires_at or 0) > time.time()
+        if row.state == "downloading" and fresh:
+            await self.downloads.put((flight, url))  # a stored copy is found by `fetch`
+        else:
+            self.schedule(flight, 0)
+        return True
+
     def resume(self) -> tuple[list[tuple[JobRow, bool]], list[tuple[Flight, str]]]:
         """Re-enter what a previous process left in flight (at most its in-flight cap of jobs):
         returns (submits to settle, downloads to finish); running tasks go on the poll heap."""
@@ -865,8 +906,13 @@ class Engine:
             )
         return settle, downloads
 
-    async def run(self, stop: asyncio.Event) -> None:
-        settle, downloads = self.resume()
+    async def run(
+        self, stop: asyncio.Event, feed: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """Until every job is settled, or ``stop``. ``feed``: what hands jobs to the
+        submitter instead of its feeder reading pending jobs (a shared run's workflows,
+        running/durable.py, which also take up what is in flight: no resume here)."""
+        settle, downloads = self.resume() if feed is None else ([], [])
         workers: list[asyncio.Task[Any]] = [
             asyncio.create_task(self.dispatcher()),
             asyncio.create_task(self.committer()),
@@ -888,7 +934,14 @@ class Engine:
                 for job in settle:
                     self._unclaim(job[0].job_id)  # the submit worker claims it again
                     await self.submitter.submits.put(job)
-                await self.submitter.feeder()
+                if feed is None:
+                    await self.submitter.feeder()
+                else:
+                    try:
+                        await feed()
+                    finally:
+                        self.submitter.feeding = False
+                        self.check_idle()
             except Exception as exc:  # e.g. the journal became unreadable: end the run
                 self.fail_fatal(exc)
 

@@ -172,6 +172,7 @@ RANGES: dict[str, tuple[float, bool]] = {
     "max_video_mb": (0, True),
     "limit": (0, False),
     "max_jobs": (1, False),
+    "dead_after": (0, True),
 }
 
 
@@ -240,6 +241,15 @@ class RunOptions:
     # knob is set (``--no-preflight``: False)
     preflight: bool = True
     max_jobs: int | None = None  # refuse a manifest of more jobs [default: budget.max_jobs]
+    # several runners on several machines (issue #18): the run's journal in PostgreSQL
+    # (``postgresql://USER@HOST:PORT/DB``, ``--journal``) shared by every runner started with
+    # it and the same ``run_name`` (``--run``, default: the manifest's name); the videos then go
+    # to an object store (``store``). ``runner``: this process's id (default host-pid);
+    # ``dead_after``: seconds of silence after which a runner's work is taken up by the others
+    journal: str | None = None
+    run_name: str | None = None
+    runner: str | None = None
+    dead_after: float = 15.0
     # library only (no flag):
     api_key: str | None = None  # default: $TOAPIS_API_KEYS, else $TOAPIS_API_KEY
     # KEY or ACCOUNT=KEY items, comma-separated (the TOAPIS_API_KEYS syntax); wins over api_key

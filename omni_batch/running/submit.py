@@ -27,6 +27,7 @@ from omni_batch.errors import (
     ApiUnreachable,
     AuthError,
     BadResponse,
+    JobTaken,
     NotSent,
     OmniBatchError,
     QuotaError,
@@ -410,17 +411,29 @@ class Submitter:
     async def submit_worker(self) -> None:
         while True:
             row, ambiguous = await self.submits.get()
-            self.claimed += 1
             try:
-                await self._submit_one(row, ambiguous)
-            except Exception as exc:  # a bug (or a full disk): end the run rather than hang
-                self.host.fail_fatal(exc)
+                await self.submit_now(row, ambiguous)
             finally:
-                if self.spend is not None:
-                    self.spend.settled(row.job_id)
-                self.claimed -= 1
                 self.submits.task_done()
-                self.host.check_idle()
+
+    async def submit_now(self, row: JobRow, ambiguous: bool) -> None:
+        """One job's submit (``ambiguous``: settle one a crash left `submitting`), as a submit
+        worker does it: waits for room, chooses the account, sends under its budget. A runner
+        sharing its run (running/durable.py) calls it from each job's workflow."""
+        self.claimed += 1
+        try:
+            await self._submit_one(row, ambiguous)
+        except JobTaken as exc:  # a shared run: another runner holds the job; leave it
+            self.host.log(str(exc))
+            if row.job_id in self.host.job_account:
+                await self.host.release(row.job_id)
+        except Exception as exc:  # a bug (or a full disk): end the run rather than hang
+            self.host.fail_fatal(exc)
+        finally:
+            if self.spend is not None:
+                self.spend.settled(row.job_id)
+            self.claimed -= 1
+            self.host.check_idle()
 
     async def _submit_one(self, row: JobRow, ambiguous: bool) -> None:
         """One job from the queue: choose its account, submit; when its account refused it

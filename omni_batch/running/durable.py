@@ -1,0 +1,312 @@
+"""A run shared by several runner processes on several machines (issue #18).
+
+Each job is one durable DBOS workflow (DBOS Transact over the run's PostgreSQL database), whose id
+names the run, the job and its generation (how often the job was reopened). Its steps call the
+single-machine engine's stage code in this process: the submit step hands the job to the
+``Submitter`` (the same money rules: `submitting` committed before the POST, the task id the
+moment it arrives, a crash-left submit reconciled by its client_business_id or resent flagged
+``possible_duplicate``), the finish step waits while the engine polls the task, downloads the
+video into the store (create-only puts) and records it. The journal's conditional transitions
+decide every race; DBOS only hands each job to one runner, and hands it again when that runner
+dies.
+
+What DBOS does not do, this module does (docs/design/several-machines.md):
+- liveness: each runner beats a row in ``omni_batch.runners``; a runner silent for
+  ``dead_after`` seconds (or one that left) has its `submitting` jobs orphaned (any runner may
+  settle them) and its pending workflows handed back to the queue
+  (``DBOS._recover_pending_workflows``, private: dbos is pinned below 4);
+- the rate at the POST: the account budgets' shared slots (running/shared_pace.py) pace every
+  runner's requests together; the queue's limiter only admits workflows at about that rate;
+- the in-flight cap over all runners: the queue's ``global_concurrency``.
+
+A workflow ends only when its job is settled (completed or failed). A job the engine leaves for
+a later run (a stop, a refused account, the spend limit) keeps its workflow pending: it is
+cancelled with the runner, and whichever runner is alive (or starts next) takes it up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from dbos import DBOS, DBOSConfig, SetWorkflowID
+
+from omni_batch._version import __version__
+from omni_batch.errors import OmniBatchError, StateError
+
+if TYPE_CHECKING:
+    from dbos._queue import QueueRateLimit
+
+    from omni_batch.journal.postgres import PostgresJournal
+    from omni_batch.running.engine import Engine
+
+APP = "omni-batch"  # DBOS's application name: queues and workflows belong to it
+SETTLED = ("completed", "failed")
+WITH_TASK = ("running", "downloading")
+ENQUEUE_PAGE = 500
+RESUBMIT_AFTER_S = 1.0  # a submit refused with nothing created (429s): tried again after this
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """How runners tell each other they are alive: a beat every ``beat`` s; one silent for
+    ``dead_after`` s is dead and its work is taken up (far above any pause of a live runner:
+    a stale runner's POST may already have left, and only reconcile-or-flag covers that)."""
+
+    beat: float = 1.0
+    dead_after: float = 15.0
+
+
+def default_runner() -> str:
+    """A runner id unique to this process: the host's name and the process id."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+_RUNS: dict[str, SharedRun] = {}  # run name -> this process's runner of it (one per process)
+
+
+def _runner_of(run: str) -> SharedRun:
+    found = _RUNS.get(run)
+    if found is None:  # a workflow of a run this process does not run: never dequeued here
+        raise StateError(f"run {run!r} is not run by this process")
+    return found
+
+
+@DBOS.step(name="omni_batch.submit")
+async def _submit_step(run: str, job_id: str) -> str:
+    return await _runner_of(run).submit(job_id)
+
+
+@DBOS.step(name="omni_batch.finish")
+async def _finish_step(run: str, job_id: str) -> str:
+    return await _runner_of(run).finish(job_id)
+
+
+@DBOS.workflow(name="omni_batch.job")
+async def job_workflow(run: str, job_id: str) -> str:
+    """One job: submit (or reconcile), then poll, download, verify and record. Returns the
+    job's settled state."""
+    state = await _submit_step(run, job_id)
+    if state in WITH_TASK:
+        state = await _finish_step(run, job_id)
+    return state
+
+
+def workflow_id(run: str, job_id: str, gen: int) -> str:
+    return f"{run}/{job_id}/{gen}"
+
+
+class SharedRun:
+    """This process's part in a shared run: DBOS launched with this runner's id, the run's
+    queue, the workflows' way into the engine, and the heartbeat and reaper."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        journal: PostgresJournal,
+        url: str,
+        *,
+        max_in_flight: int,
+        admit_rate: float | None,
+        liveness: Liveness = Liveness(),
+    ):
+        self.engine, self.journal, self.url = engine, journal, url
+        self.run, self.runner = journal.run, journal.runner
+        self.max_in_flight = max_in_flight
+        self.admit_rate = admit_rate  # workflow starts per second, all runners (None: any)
+        self.liveness = liveness
+        self.parked: set[str] = set()  # jobs left for a later run or another runner
+        self.steps: set[asyncio.Task[Any]] = set()  # workflow steps under way here
+        self.queue: Any = None
+        self.reaped = 0  # dead runners whose work this runner handed back
+
+    # -- DBOS ------------------------------------------------------------------------------------
+    async def launch(self) -> None:
+        """DBOS for this process, from the running loop (so the workflows run on it, beside
+        the engine). Blocks for its start (~0.5 s: the system tables' migrations)."""
+        if _RUNS:
+            raise StateError("one shared run per process")
+        config: DBOSConfig = {
+            "name": APP,
+            "system_database_url": self.url,
+            "executor_id": self.runner,
+            # runners of one release share the work (a runner takes up only its own version's)
+            "application_version": __version__,
+            "log_level": "WARNING",
+            "sys_db_pool_size": 4,
+        }
+        _RUNS[self.run] = self
+        try:
+            DBOS(config=config)
+            DBOS.launch()
+            limiter: QueueRateLimit | None = None
+            if self.admit_rate is not None and math.isfinite(self.admit_rate):
+                limiter = {"limit": max(1, math.ceil(self.admit_rate)), "period": 1.0}
+            self.queue = await DBOS.register_queue_async(
+                f"{APP}/{self.run}",
+                global_concurrency=self.max_in_flight,
+                limiter=limiter,
+                polling_interval_sec=0.1,
+                on_conflict="always_update",
+            )
+        except Exception as exc:
+            self.close()
+            if isinstance(exc, OmniBatchError):
+                raise
+            raise StateError(
+                f"cannot start the shared run on {self.journal.where}: "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            ) from None
+
+    def close(self) -> None:
+        _RUNS.pop(self.run, None)
+        with contextlib.suppress(Exception):
+            DBOS.destroy(workflow_completion_timeout_sec=0)
+
+    # -- the workflows' steps --------------------------------------------------------------------
+    async def _park(self, job_id: str) -> str:
+        """Left as it is for a later run or another runner: the workflow stays pending (this
+        waits until the runner stops, which cancels it)."""
+        self.parked.add(job_id)
+        try:
+            await asyncio.get_running_loop().create_future()
+        finally:
+            self.parked.discard(job_id)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _leaving(self) -> bool:
+        engine = self.engine
+        spend = engine.spend
+        return engine.halt.is_set() or engine.stopping or bool(spend and spend.stopped)
+
+    async def submit(self, job_id: str) -> str:
+        """The submit step: nothing sent for a job that has a task; a job `submitting` (its
+        runner died mid-submit, or this step runs again after a crash) is settled by the money
+        rules (reconcile, or resend flagged); a pending one is submitted. Returns the job's
+        state after it."""
+        engine = self.engine
+        with self._step():
+            while True:
+                row = self.journal.job(job_id)
+                if row is None:
+                    return "failed"  # not in this run (cannot be: its workflow made it)
+                if row.state in SETTLED or row.state in WITH_TASK:
+                    return row.state
+                if job_id in engine.job_account:  # handled here already (another workflow)
+                    await engine.watch(job_id)
+                    continue
+                if self._leaving():
+                    return await self._park(job_id)
+                engine.watch(job_id)
+                await engine.submitter.submit_now(row, ambiguous=row.state == "submitting")
+                after = self.journal.job(job_id)
+                if after is None:
+                    return "failed"
+                if after.state in SETTLED or after.state in WITH_TASK:
+                    return after.state
+                if after.state == "pending" and after.attempts > row.attempts:
+                    # refused with nothing created (429 on every try): again after a pause
+                    await asyncio.sleep(RESUBMIT_AFTER_S)
+                    continue
+                # left as it was (a stop, its account refused or not configured here, the
+                # spend limit), or `submitting` for a later run to settle
+                return await self._park(job_id)
+
+    async def finish(self, job_id: str) -> str:
+        """The finish step: poll the task, download, verify and record, by the engine (which
+        holds it already when this runner submitted it). Returns the settled state."""
+        engine = self.engine
+        with self._step():
+            row = self.journal.job(job_id)
+            if row is None:
+                return "failed"
+            if row.state in SETTLED:
+                return row.state
+            done = engine.watch(job_id)
+            held = job_id in engine.job_account
+            if row.state not in WITH_TASK or (
+                not held and (self._leaving() or not await engine.take_up(row))
+            ):
+                engine.watched.pop(job_id, None)
+                return await self._park(job_id)
+            await done
+            row = self.journal.job(job_id)
+            if row is not None and row.state in SETTLED:
+                return row.state
+            # let go of unsettled (a stop, its account refused): for a later run or runner
+            return await self._park(job_id)
+
+    @contextlib.contextmanager
+    def _step(self) -> Iterator[None]:
+        """A step under way here: cancelled when the runner stops (its workflow stays
+        pending for whoever takes it up)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self.steps.add(task)
+        try:
+            yield
+        finally:
+            self.steps.discard(task)
+
+    # -- feeding the queue, liveness -------------------------------------------------------------
+    async def enqueue_all(self) -> int:
+        """A workflow for every job the run still has to settle (one per job and generation:
+        a workflow another runner enqueued is not enqueued again)."""
+        after, made = -1, 0
+        while page := self.journal.unsettled_page(after, ENQUEUE_PAGE):
+            for job_id, _, gen in page:
+                with SetWorkflowID(workflow_id(self.run, job_id, gen)):
+                    await self.queue.enqueue_async(job_workflow, self.run, job_id)
+                made += 1
+            after = page[-1][1]
+        return made
+
+    async def reap(self) -> list[str]:
+        """Runners silent too long: their `submitting` jobs orphaned (any runner settles them
+        now), their pending workflows back on the queue. Racing reapers are harmless: DBOS
+        hands back only workflows still owned by the dead runner."""
+        dead = self.journal.dead_runners(self.liveness.dead_after)
+        for runner in dead:
+            self.journal.orphan(runner)
+            await asyncio.to_thread(DBOS._recover_pending_workflows, [runner])
+            self.journal.forget_runner(runner)
+            self.reaped += 1
+            self.engine.log(f"runner {runner} stopped answering: its jobs are taken up")
+        return dead
+
+    def _unsettled_elsewhere(self) -> bool:
+        """Whether the run holds a job to settle that is not parked here."""
+        page = self.journal.unsettled_page(-1, len(self.parked) + 1)
+        return any(job_id not in self.parked for job_id, _, _ in page)
+
+    async def feed(self) -> None:
+        """The engine's feed in a shared run: enqueue, then beat and reap until the run has
+        nothing left to settle (or submissions close here)."""
+        self.journal.beat()
+        await self.reap()  # before enqueueing: a dead runner's workflows are taken up first
+        await self.enqueue_all()
+        while not self._leaving():
+            self.journal.beat()
+            await self.reap()
+            if not self._unsettled_elsewhere():
+                return
+            await asyncio.sleep(self.liveness.beat)
+
+    async def stop_steps(self, within: float) -> None:
+        """Cancel the steps still waiting here (their workflows stay pending for whoever takes
+        them up: this runner's row says it left)."""
+        steps = list(self.steps)
+        for task in steps:
+            task.cancel()
+        if steps:
+            await asyncio.wait(steps, timeout=within)
+
+    def leave(self) -> None:
+        with contextlib.suppress(OmniBatchError):
+            self.journal.leave()

@@ -1,0 +1,146 @@
+"""Several runners, one run (issue #18): `omni-batch run --journal postgresql://... --store s3://...`
+started as separate processes against one simulator, a real PostgreSQL and moto's S3."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import shots_manifest, sim
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def runner(
+    manifest: Path,
+    out: Path,
+    server: Any,
+    url: str,
+    store: str,
+    s3: Any,
+    name: str,
+    *extra: str,
+) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "omni_batch", "run", str(manifest), "--out", str(out)]
+    command += ["--base-url", server.base_url, "--yes", "--no-progress", "--reconcile"]
+    command += ["--journal", url, "--store", store, "--runner", name, "--poll-interval", "0.2"]
+    return subprocess.Popen(
+        [*command, *extra],
+        env={**os.environ, **s3.env, "TOAPIS_API_KEY": server.key},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def states(url: str, run: str) -> dict[str, int]:
+    from omni_batch.results import status
+
+    return status(url, run)
+
+
+def finish(proc: subprocess.Popen[str], within: float = 60) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=within)
+    return proc.returncode, out, err
+
+
+def test_one_runner_runs_a_shared_run_to_the_end(
+    tmp_path: Path, postgres: Any, s3_server: Any
+) -> None:
+    url = postgres.create_database()
+    bucket = s3_server.create_bucket()
+    manifest = shots_manifest(tmp_path, 12)
+    with sim(seed=3) as server:
+        proc = runner(
+            manifest, tmp_path / "out", server, url, f"s3://{bucket}/r1", s3_server, "r1",
+            "--submit-rate", "20",
+        )  # fmt: skip
+        code, out, err = finish(proc)
+        assert code == 0, err[-3000:]
+        stats = server.stats()
+    assert stats["submits"] == 12 and stats["max_submits_per_body"] == 1
+    assert states(url, "shots")["completed"] == 12
+    assert (tmp_path / "out" / "report.csv").is_file()
+
+
+def journal_facts(url: str, run: str) -> tuple[int, dict[str, int], list[str]]:
+    """(jobs flagged possible_duplicate, jobs each runner moved to `submitting`, log lines)."""
+    import psycopg
+
+    with psycopg.connect(url) as db:
+        flagged = db.execute(
+            "SELECT count(*) FROM omni_batch.jobs WHERE run = %s AND possible_duplicate", (run,)
+        ).fetchone()
+        per_runner = db.execute(
+            "SELECT runner, count(DISTINCT job_id) FROM omni_batch.events WHERE run = %s "
+            "AND fields ->> 'state' = 'submitting' GROUP BY runner",
+            (run,),
+        ).fetchall()
+        logs = db.execute(
+            "SELECT fields ->> 'message' FROM omni_batch.events WHERE run = %s AND event = 'log'",
+            (run,),
+        ).fetchall()
+    assert flagged is not None
+    return int(flagged[0]), {str(r): int(n) for r, n in per_runner}, [str(m) for (m,) in logs]
+
+
+def submitted_by(url: str, runner: str) -> int:
+    """Jobs ``runner`` moved to `submitting` so far (0 before the runners made the tables)."""
+    import psycopg
+
+    try:
+        return journal_facts(url, "shots")[1].get(runner, 0)
+    except psycopg.Error:
+        return 0
+
+
+def test_three_runners_share_the_jobs_and_a_killed_one_is_taken_over(
+    tmp_path: Path, postgres: Any, s3_server: Any
+) -> None:
+    """Three runners, 60 jobs, the account's submit budget 10/s in all (the simulator refuses
+    faster with 429s): one runner is killed with SIGKILL mid-run; the two others finish every
+    job, each submitted once (or resent flagged), the rate never exceeded."""
+    url = postgres.create_database()
+    bucket = s3_server.create_bucket()
+    jobs = 60
+    manifest = shots_manifest(tmp_path, jobs)
+    store = f"s3://{bucket}/three"
+    with sim(seed=5, gen_min=1.0, gen_max=3.0, submit_rate=10, submit_burst=1) as server:
+        procs = [
+            runner(
+                manifest, tmp_path / f"out{n}", server, url, store, s3_server, f"r{n}",
+                "--submit-rate", "10", "--dead-after", "3",
+            )  # fmt: skip
+            for n in range(3)
+        ]
+        deadline = time.monotonic() + 60
+        # the runner to kill has jobs under way (so the others must take them up)
+        while submitted_by(url, "r0") < 3:
+            assert time.monotonic() < deadline and procs[0].poll() is None
+            time.sleep(0.05)
+        procs[0].send_signal(signal.SIGKILL)
+        results = [finish(p) for p in procs]
+        killed = results.pop(0)
+        stats = server.stats()
+    for code, _, err in results:
+        assert code == 0, err[-3000:]
+    assert states(url, "shots")["completed"] == jobs
+    flagged, per_runner, logs = journal_facts(url, "shots")
+    assert per_runner.get("r0", 0) > 0, (per_runner, killed)  # the killed one had taken jobs
+    assert any("runner r0 stopped answering" in line for line in logs), logs[-5:]
+    # each job submitted once; a resend only for a job flagged possible_duplicate
+    assert stats["submits"] - jobs <= flagged, (stats["submits"], flagged)
+    if flagged == 0:
+        assert stats["max_submits_per_body"] == 1
+    account = stats["accounts"]
+    submit_limit = [a["async_submit"] for a in account.values()]
+    assert all(a["max_per_1s"] <= 10 for a in submit_limit), submit_limit
+    assert stats["limited_rate"] == 0, stats["statuses"]
+    assert len(list(Path(tmp_path / "out1").glob("report.csv"))) == 1
