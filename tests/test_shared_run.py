@@ -62,7 +62,7 @@ def test_one_runner_runs_a_shared_run_to_the_end(
             manifest, tmp_path / "out", server, url, f"s3://{bucket}/r1", s3_server, "r1",
             "--submit-rate", "20",
         )  # fmt: skip
-        code, out, err = finish(proc)
+        code, _, err = finish(proc)
         assert code == 0, err[-3000:]
         stats = server.stats()
     assert stats["submits"] == 12 and stats["max_submits_per_body"] == 1
@@ -112,12 +112,10 @@ def test_three_runners_share_the_jobs_and_a_killed_one_is_taken_over(
     jobs = 60
     manifest = shots_manifest(tmp_path, jobs)
     store = f"s3://{bucket}/three"
+    flags = ("--submit-rate", "10", "--dead-after", "3")
     with sim(seed=5, gen_min=1.0, gen_max=3.0, submit_rate=10, submit_burst=1) as server:
         procs = [
-            runner(
-                manifest, tmp_path / f"out{n}", server, url, store, s3_server, f"r{n}",
-                "--submit-rate", "10", "--dead-after", "3",
-            )  # fmt: skip
+            runner(manifest, tmp_path / f"out{n}", server, url, store, s3_server, f"r{n}", *flags)
             for n in range(3)
         ]
         deadline = time.monotonic() + 60
