@@ -143,6 +143,17 @@ def redacted(url: str) -> str:
         return "postgresql://<unparsable url>"
 
 
+def said(exc: BaseException, url: str) -> str:
+    """The first line of what psycopg said, without the URL's credentials."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    with contextlib.suppress(ValueError):
+        parts = urlsplit(url)
+        for secret in (url, parts.password, parts.username):
+            if secret:
+                text = text.replace(secret, "***")
+    return text
+
+
 class PostgresJournal:
     """The ``Journal`` of run ``run`` in the PostgreSQL database at ``url`` (one connection).
 
@@ -180,16 +191,7 @@ class PostgresJournal:
     def __repr__(self) -> str:
         return f"PostgresJournal({self.where}, runner {self.runner!r})"
 
-    @staticmethod
-    def _said(exc: psycopg.Error, url: str) -> str:
-        """The first line of what psycopg said, without the URL's credentials."""
-        text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        with contextlib.suppress(ValueError):
-            parts = urlsplit(url)
-            for secret in (url, parts.password, parts.username):
-                if secret:
-                    text = text.replace(secret, "***")
-        return text
+    _said = staticmethod(said)
 
     def _prepare(self) -> None:
         """The schema (once, whoever comes first) and this run's row with its meta."""

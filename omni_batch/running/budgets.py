@@ -6,6 +6,10 @@ waiting see a new rate or a pause at once; waiters are served first come, first 
 submits and status calls never wait on each other. The rate comes from the tier or the user,
 and is corrected from the server's own `X-RateLimit-*` headers when it sends them; without
 headers, 429s lower it and calm raises it back.
+
+Several runners on one account share its rates through ``Account.share`` (issue #18): each
+budget then also takes a slot of a row in PostgreSQL (running/shared_pace.py) after its own
+pacer, at the rate its pacer has come to, and a pause of one runner's budget holds them all.
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiolimiter import AsyncLimiter
+
+if TYPE_CHECKING:
+    from omni_batch.running.shared_pace import SharedSlots
 
 SUBMIT = "async_submit"
 QUERY = "async_query"
@@ -177,6 +184,8 @@ class Budget:
         self.calm_after = calm_after
         self.margin = margin
         self.pacer: Pacer | None = None
+        # several runners: the account's slots in PostgreSQL, taken after the pacer
+        self.slots: SharedSlots | None = None
         self._told = False  # the server has published this budget's limit
         self._streak = 0
         self._paused_until = 0.0
@@ -203,6 +212,8 @@ class Budget:
     async def acquire(self) -> None:
         if self.pacer is not None:
             await self.pacer.acquire()
+            if self.slots is not None:  # the rate this runner has learnt, over every runner
+                await self.slots.take(self.pacer.rate)
 
     def ready(self) -> bool:
         """Would an acquisition pass now, with nobody waiting ahead?"""
@@ -215,6 +226,8 @@ class Budget:
             self._retune()
         assert self.pacer is not None
         self.pacer.pause(seconds)
+        if self.slots is not None:
+            self.slots.pause_soon(seconds)  # every runner of the account holds too
 
     def observe(self, seen: RateHeaders, max_pause: float) -> None:
         """An answer (any status) carried this budget's headers: adopt the published rate,
@@ -353,6 +366,24 @@ class Account:
         self.submit = Budget("submit", submit, explicit=s_explicit, **kw)
         self.query = Budget("query", query, explicit=q_explicit, **kw)
         self.shared = Budget("shared", shared, explicit=True, **kw) if shared else None
+
+    def share(self, url: str, fingerprint: str) -> None:
+        """Pace this account over every runner that shares it: each budget takes its slots
+        from the row ``FINGERPRINT:NAME`` in the PostgreSQL database at ``url`` (created when
+        missing). ``fingerprint`` names the account the same way in every runner and every run
+        on it (a fingerprint of its keys, never a key); psycopg is imported only here."""
+        from omni_batch.running.shared_pace import SharedSlots
+
+        for budget in (self.submit, self.query, self.shared):
+            if budget is not None:
+                budget.slots = SharedSlots(url, f"{fingerprint}:{budget.name}")
+
+    async def aclose(self) -> None:
+        """Close the shared slots (pauses still being written first); nothing to do when the
+        account is not shared."""
+        for budget in (self.submit, self.query, self.shared):
+            if budget is not None and budget.slots is not None:
+                await budget.slots.close()
 
     def budgets(self, category: str) -> list[Budget]:
         own = self.submit if category == SUBMIT else self.query
