@@ -9,8 +9,9 @@ from pathlib import Path
 from omni_batch.errors import UsageError
 from omni_batch.journal import STATES, is_shared
 from omni_batch.outputs.digest import ReportDigest
-from omni_batch.outputs.gallery import write_gallery
+from omni_batch.outputs.gallery import GALLERY, write_gallery
 from omni_batch.outputs.report import RETIRED, counts, write_reports_digest
+from omni_batch.store.location import shared_store
 
 __all__ = ["RETIRED", "STATES", "status", "write_gallery", "write_reports"]
 
@@ -35,15 +36,27 @@ def write_reports(
     report's digest: counts, failures, spend, summary tables (``build_report`` gives the table).
 
     ``folder`` may be a ``postgresql://`` URL: run ``run`` (default "default") of that shared
-    journal, its report.csv, report.parquet and failures.csv written into folder ``out`` (made
-    if missing; no gallery: the videos are the runners'). StateError when the database cannot
-    be reached or has no such run.
+    journal, its report.csv, report.parquet, failures.csv and gallery.html written into folder
+    ``out`` (made if missing). The gallery links the videos and posters in the store the run
+    recorded (an S3 bucket, its plain object URLs; credentials from the ``AWS_*`` environment
+    when the store is read); it makes no poster (a report reads the runners' bucket, never
+    writes it), and a run that recorded no store gets a gallery without videos, said in the
+    digest's ``notes``. StateError when the database cannot be reached or has no such run.
     """
     if is_shared(folder):
         if out is None:
             raise UsageError("the report of a shared journal needs a folder to write it in (out)")
         Path(out).mkdir(parents=True, exist_ok=True)
-        return write_reports_digest(out, source=str(folder), run=run)
+        source = str(folder)
+        digest = write_reports_digest(out, source=source, run=run)
+        store = shared_store(source, run)
+        if store is None:
+            digest.notes.append(
+                f"{GALLERY}: no videos shown: run {run or 'default'} recorded no shared store "
+                "(--store s3://...), so its videos are in its runners' own folders"
+            )
+        write_gallery(out, digest=digest, source=source, run=run, store=store, posters=False)
+        return digest
     if run is not None or out is not None:
         raise UsageError(f"{folder}: a run name and out are for a shared journal (a URL)")
     digest = write_reports_digest(folder)

@@ -95,14 +95,21 @@ def test_the_report_of_a_shared_run_is_the_folders_report(db, tmp_path):
     )
     assert local.exit_code == 0 and shared.exit_code == 0, local.output + shared.output
     assert SECRET not in shared.output
-    assert shared.output.splitlines()[-1] == (
-        f"wrote {out / 'report.csv'}, report.parquet, failures.csv"
+    lines = shared.output.splitlines()
+    assert lines[-1] == f"wrote {out / 'report.csv'}, report.parquet, failures.csv, gallery.html"
+    # the run recorded no shared store: its videos are the runners', the gallery shows none
+    assert lines[-2] == (
+        "gallery.html: no videos shown: run story recorded no shared store "
+        "(--store s3://...), so its videos are in its runners' own folders"
     )
     assert sorted(p.name for p in out.iterdir()) == [
         "failures.csv",
+        "gallery.html",
         "report.csv",
         "report.parquet",
     ]
+    gallery = (out / "gallery.html").read_text(encoding="utf-8")
+    assert "<video" not in gallery and "5 jobs" in gallery and SECRET not in gallery
     clock = [*_TIMES, "latency_s"]  # when each journal was written: differs
     for name in ("report.csv", "failures.csv"):
         mine, theirs = (pd.read_csv(where / name).drop(columns=clock) for where in (folder, out))
@@ -126,3 +133,90 @@ def test_the_report_of_a_shared_run_needs_out_and_a_folder_takes_neither(db, tmp
     _fill(folder, tmp_path)
     result = CliRunner().invoke(main, ["report", str(folder), "--out", str(tmp_path / "x")])
     assert result.exit_code == UsageError.exit_code and "shared journal" in result.stderr
+
+
+PREFIX = "runs/night-1"
+
+
+def _shared_run_in_a_bucket(db: str, tmp_path: Path, bucket: str) -> dict[str, str]:
+    """Run "story" of the shared journal, its store s3://BUCKET/PREFIX: `journal_story` (one
+    completed, one failed, one retired, two pending) and one more completed; the completed
+    jobs' videos and the first one's poster in the bucket, and a stray video of a pending job
+    (a runner's put whose journal write never came). Returns job id → report status."""
+    import asyncio
+
+    from omni_batch.planning.manifest import load_manifest
+    from omni_batch.store.location import STORE_META
+    from omni_batch.store.s3 import S3Store
+    from tests.conftest import shots_manifest
+
+    ids = [job.job_id for job in load_manifest(shots_manifest(tmp_path, 5)).jobs()]
+    journal = open_journal(db, run="story", runner="r0")
+    try:
+        journal_story(journal, tmp_path, jobs=5, review=True)
+        journal.set_meta(STORE_META, f"s3://{bucket}/{PREFIX}")
+        journal.mark_submitting(ids[3], "ob-3", True, "main")
+        journal.mark_running(ids[3], "task-3", "rid-3")
+        journal.mark_downloading(ids[3], "https://cdn/3.mp4", 2e9, 1.5e9, polls=2)
+        journal.mark_completed(ids[3], "videos/3.mp4", 4)
+        journal.commit()
+    finally:
+        journal.close()
+
+    async def chunks(data: bytes) -> Any:
+        yield data
+
+    store = S3Store(bucket, PREFIX)
+    for job in (ids[0], ids[3], ids[4]):  # ids[4] is pending: its video must not be linked
+        asyncio.run(store.put(job, chunks(b"mp4!")))
+    store.put_poster(ids[0], b"jpeg")
+    return dict(zip(ids, ["completed", "failed", "retired", "completed", "pending"], strict=True))
+
+
+def test_the_gallery_of_a_shared_run_links_its_videos_in_the_bucket(
+    db, tmp_path, s3_server, monkeypatch
+):
+    import re
+
+    for var, value in s3_server.env.items():  # what obstore reads (the test's S3Store too)
+        monkeypatch.setenv(var, value)
+    bucket = s3_server.create_bucket()
+    jobs = _shared_run_in_a_bucket(db, tmp_path, bucket)
+    out = tmp_path / "shared-report"
+    with_password = db.replace("postgres@", f"postgres:{SECRET}@")
+    result = CliRunner(env=s3_server.env).invoke(
+        main, ["report", with_password, "--run", "story", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == (
+        f"wrote {out / 'report.csv'}, report.parquet, failures.csv, gallery.html"
+    )
+    assert "no videos shown" not in result.output
+
+    gallery = (out / "gallery.html").read_text(encoding="utf-8")
+    base = f"{s3_server.endpoint}/{bucket}/{PREFIX}"
+    completed = sorted(job for job, status in jobs.items() if status == "completed")
+    # exactly the completed jobs' objects: not the pending job's stray video
+    linked = sorted(re.findall(r'<video[^>]* src="([^"]+)"', gallery))
+    assert linked == [f"{base}/videos/{job}.mp4" for job in completed]
+    first = next(iter(jobs))
+    assert re.findall(r'poster="([^"]+)"', gallery) == [f"{base}/posters/{first}.jpg"]
+    assert f"media-src &#x27;self&#x27; {s3_server.endpoint}" in gallery  # the page may play it
+    assert "X-Amz-" not in gallery and "Signature" not in gallery  # never presigned
+    failed = next(job for job, status in jobs.items() if status == "failed")
+    assert re.search(rf'id="job-{failed}"[^>]*>.*?<b>generation_failed</b>', gallery)
+    assert 'class="pick picked"' in gallery  # the saved review, read-only
+    assert "<title>story" in gallery
+
+    secrets = (SECRET, s3_server.secret_key, s3_server.access_key)
+    for path in out.iterdir():
+        data = path.read_bytes()
+        assert not any(secret.encode() in data for secret in secrets), path
+    assert not any(secret in result.output for secret in secrets)
+
+
+def test_a_gallery_source_is_a_shared_journal(tmp_path):
+    folder = tmp_path / "out"
+    _fill(folder, tmp_path)
+    with pytest.raises(UsageError, match="shared journal"):
+        omni_batch.write_gallery(tmp_path / "elsewhere", source=str(folder))

@@ -502,8 +502,8 @@ def status(folder: str, run_name: str | None) -> None:
 @reports_errors
 def report(folder: str, run_name: str | None, out: str | None) -> None:
     """Rebuild report.csv, report.parquet, failures.csv and gallery.html of an output FOLDER;
-    or write report.csv, report.parquet and failures.csv of run NAME of a shared journal
-    (FOLDER a postgresql://USER@HOST:PORT/DB URL) into --out DIR."""
+    or write them for run NAME of a shared journal (FOLDER a postgresql://USER@HOST:PORT/DB
+    URL) into --out DIR, the gallery linking the videos in the run's S3 store."""
     from pathlib import Path
 
     from omni_batch.cli.progress import final_table
@@ -517,10 +517,10 @@ def report(folder: str, run_name: str | None, out: str | None) -> None:
     console.print(final_table(digest))
     tables = digest.summary_tables()
     console.print(summary_renderable(tables, value_width=_value_width(console)))
-    if out is not None:
-        click.echo(f"wrote {Path(out) / 'report.csv'}, report.parquet, failures.csv")
-    else:
-        click.echo(f"wrote {Path(folder) / 'report.csv'}, report.parquet, failures.csv, {GALLERY}")
+    for note in digest.notes:
+        click.echo(note)
+    where = Path(folder if out is None else out)
+    click.echo(f"wrote {where / 'report.csv'}, report.parquet, failures.csv, {GALLERY}")
 
 
 main.add_command(simulate)

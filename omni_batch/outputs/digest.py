@@ -192,6 +192,8 @@ class ReportDigest:
     matrix_keys: set[tuple[str, int]] = field(default_factory=set)
     models: set[Any] = field(default_factory=set)
     resolutions: set[Any] = field(default_factory=set)
+    # one-line remarks on what was written, for the terminal (a gallery without videos)
+    notes: list[str] = field(default_factory=list)
 
     def add(self, frame: pd.DataFrame) -> None:
         """Take in one slice of the report (slices in report order)."""

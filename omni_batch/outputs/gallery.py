@@ -19,13 +19,14 @@ from urllib.parse import quote, urlsplit
 import numpy as np
 import pandas as pd
 
-from omni_batch.errors import OutputError
+from omni_batch.errors import OutputError, UsageError
+from omni_batch.journal import is_shared
 from omni_batch.outputs import gallery_template as tpl
 from omni_batch.outputs.digest import STATUS_ORDER, ReportDigest
 from omni_batch.outputs.summary import SHOWN_ROWS, formatted, informative, label, summary_tables
 from omni_batch.running.verify import poster_stored, probe_stored
 from omni_batch.store.base import VideoStore
-from omni_batch.store.location import folder_store
+from omni_batch.store.location import folder_store, shared_store
 
 GALLERY = "gallery.html"
 TILE_SIDE = 240  # px: the long side of a tile's picture
@@ -88,9 +89,11 @@ def _href(link: str) -> str:
     return link if "://" in link else _url(link)
 
 
-def _csp(store: VideoStore) -> str:
+def _csp(store: VideoStore | None) -> str:
     """The page's Content-Security-Policy: its own folder's files, and the store's origin
     when the store is elsewhere (an S3 bucket), for the videos and posters only."""
+    if store is None:
+        return tpl.CSP
     link = store.link("video")
     if "://" not in link:
         return tpl.CSP
@@ -103,9 +106,12 @@ def _csp(store: VideoStore) -> str:
     )
 
 
-def _videos(store: VideoStore, frame: pd.DataFrame) -> dict[str, str]:
-    """Job id → the video's link, for the completed jobs whose video is in the store."""
+def _videos(store: VideoStore | None, frame: pd.DataFrame) -> dict[str, str]:
+    """Job id → the video's link, for the completed jobs whose video is in the store (None:
+    a shared run whose runners kept their videos: none to link)."""
     videos: dict[str, str] = {}
+    if store is None:
+        return videos
     # a retired job (no longer in the manifest) keeps its video: its state says completed
     states = frame["state"] if "state" in frame else frame["status"]
     for job, status, state, path in zip(
@@ -130,9 +136,13 @@ def _poster_once(store: VideoStore, job: str, extract: bool) -> str | None:
     return link
 
 
-def _posters(store: VideoStore, videos: dict[str, str], extract: bool) -> dict[str, str]:
+def _posters(
+    store: VideoStore | None, videos: dict[str, str], extract: bool
+) -> dict[str, str]:
     """Job id → poster link, for the videos with a poster (extracted now when missing, unless
     not ``extract``)."""
+    if store is None:
+        return {}
     jobs = list(videos)
     if not extract:  # only a look at what is there: no thread pool needed
         found = ((job, store.poster_link(job)) for job in jobs)
@@ -148,9 +158,11 @@ def _posters(store: VideoStore, videos: dict[str, str], extract: bool) -> dict[s
     return made
 
 
-def _verified(store: VideoStore, frame: pd.DataFrame, videos: dict[str, str]) -> pd.DataFrame:
+def _verified(
+    store: VideoStore | None, frame: pd.DataFrame, videos: dict[str, str]
+) -> pd.DataFrame:
     """The report with ``verified``/``verify_message``: the journal's, else probed now."""
-    if "verified" in frame.columns:
+    if "verified" in frame.columns or store is None:
         return frame  # the engine probed each video as it came: never again here
     frame = frame.copy()
     verified: list[bool | None] = []
@@ -409,7 +421,7 @@ def _frame_of(
 
 
 def _page(
-    folder: Path, store: VideoStore, frame: pd.DataFrame, title: str | None, posters: bool
+    folder: Path, store: VideoStore | None, frame: pd.DataFrame, title: str | None, posters: bool
 ) -> Iterator[str]:
     """The page of a whole report table, in pieces."""
     videos = _videos(store, frame)
@@ -429,12 +441,15 @@ def _page(
     )
 
 
-def _streamed_records(folder: Path, store: VideoStore, posters: bool) -> Iterator[dict]:
+def _streamed_records(
+    source: str | Path, run: str | None, store: VideoStore | None, posters: bool
+) -> Iterator[dict]:
     """The journal's report in the page's order, a slice at a time, each row with its video
-    and poster (found, or extracted, a slice at a time)."""
+    and poster (found, or extracted, a slice at a time). ``source``: the output folder, or a
+    shared journal's URL (its run ``run``)."""
     from omni_batch.outputs.report import page_slices
 
-    for frame in page_slices(folder):
+    for frame in page_slices(source, run):
         videos = _videos(store, frame)
         made = _posters(store, videos, extract=posters)
         frame = _verified(store, frame, videos)
@@ -442,7 +457,13 @@ def _streamed_records(folder: Path, store: VideoStore, posters: bool) -> Iterato
 
 
 def _streamed_page(
-    folder: Path, store: VideoStore, digest: ReportDigest, title: str | None, posters: bool
+    folder: Path,
+    source: str | Path,
+    run: str | None,
+    store: VideoStore | None,
+    digest: ReportDigest,
+    title: str | None,
+    posters: bool,
 ) -> Iterator[str]:
     """The page from the journal, a slice of rows at a time: never the whole table."""
     layout = _Layout(
@@ -460,7 +481,7 @@ def _streamed_page(
         digest.rows,
         digest.status_counts(),
         tag_values,
-        _matrix(layout, _streamed_records(folder, store, posters)),
+        _matrix(layout, _streamed_records(source, run, store, posters)),
         lambda: _summary_html(digest.summary_tables()),
     )
 
@@ -488,6 +509,8 @@ def write_gallery(
     posters: bool = True,
     digest: ReportDigest | None = None,
     store: VideoStore | None = None,
+    source: str | None = None,
+    run: str | None = None,
 ) -> Path:
     """Write ``folder/gallery.html`` atomically (and any missing posters); return its path.
 
@@ -498,15 +521,28 @@ def write_gallery(
     the page flags mismatches either way. ``posters=False`` (a run with ``verify=False``)
     extracts no poster, so nothing is decoded. Videos and posters are the ``store``'s
     (default: the one the folder's journal names, else the folder's own, `LocalStore`).
+
+    ``source``: a shared journal's URL (as `report.write_reports_digest` takes it), the page
+    of its run ``run`` written into ``folder`` (default title: the run's name), its videos and
+    posters linked where the run's meta says they are stored (an S3 bucket's plain object
+    URLs); a run that names no store gets a page without videos.
     """
     folder = Path(folder)
-    store = store or folder_store(folder)
+    if source is not None and not is_shared(source):
+        raise UsageError(f"{source}: a gallery's source is a shared journal (a postgresql:// URL)")
+    found: VideoStore | None = store
+    if found is None:
+        found = folder_store(folder) if source is None else shared_store(source, run)
+    if source is not None:
+        title = title or run or "default"
     if frame is None:
         from omni_batch.outputs.report import digest_report
 
-        pieces = _streamed_page(folder, store, digest or digest_report(folder), title, posters)
+        where = folder if source is None else source
+        digest = digest or digest_report(where, run)
+        pieces = _streamed_page(folder, where, run, found, digest, title, posters)
     else:
-        pieces = _page(folder, store, frame, title, posters)
+        pieces = _page(folder, found, frame, title, posters)
     path = folder / GALLERY
     temp = folder / f".{GALLERY}.tmp"
     try:

@@ -340,17 +340,19 @@ def write_reports_digest(
     return digest
 
 
-def digest_report(folder: str | Path) -> ReportDigest:
-    """The digest of an output folder's report (works during a run), read a slice at a time."""
+def digest_report(folder: str | Path, run: str | None = None) -> ReportDigest:
+    """The digest of an output folder's report (works during a run), read a slice at a time;
+    ``folder`` may be a shared journal's URL: its run ``run``."""
     digest = ReportDigest()
-    for frame, _ in _report_slices(folder):
+    for frame, _ in _report_slices(folder, run=run):
         digest.add(frame)
     return digest
 
 
-def page_slices(folder: str | Path) -> Iterator[pd.DataFrame]:
-    """The report a slice at a time in the gallery's order (see gallery.write_gallery)."""
-    for frame, _ in _report_slices(folder, page=True):
+def page_slices(folder: str | Path, run: str | None = None) -> Iterator[pd.DataFrame]:
+    """The report a slice at a time in the gallery's order (see gallery.write_gallery);
+    ``folder`` may be a shared journal's URL: its run ``run``."""
+    for frame, _ in _report_slices(folder, page=True, run=run):
         yield frame
 
 

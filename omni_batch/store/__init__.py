@@ -4,7 +4,13 @@ that implements it (local), an S3 bucket through obstore (s3), and which one a r
 
 from omni_batch.store.base import Stored, VideoStore
 from omni_batch.store.local import LocalStore
-from omni_batch.store.location import STORE_META, folder_store, open_store, parse_location
+from omni_batch.store.location import (
+    STORE_META,
+    folder_store,
+    open_store,
+    parse_location,
+    shared_store,
+)
 
 __all__ = [
     "STORE_META",
@@ -14,4 +20,5 @@ __all__ = [
     "folder_store",
     "open_store",
     "parse_location",
+    "shared_store",
 ]

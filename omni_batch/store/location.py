@@ -52,6 +52,10 @@ def open_store(location: str | None, folder: str | Path) -> VideoStore:
     only; `VideoStore.prepare` proves it can be reached."""
     if location is None:
         return LocalStore(folder)
+    return _bucket_store(location)
+
+
+def _bucket_store(location: str) -> VideoStore:
     where = parse_location(location)
     try:
         from omni_batch.store.s3 import S3Store
@@ -62,12 +66,16 @@ def open_store(location: str | None, folder: str | Path) -> VideoStore:
     return S3Store(where.bucket, where.prefix)
 
 
-def recorded_location(folder: str | Path) -> str | None:
+def recorded_location(folder: str | Path, run: str | None = None) -> str | None:
     """The store location a run in ``folder`` recorded in its journal (None: the folder's own,
-    or no readable journal: a rebuilt one has lost its meta until the next run records it)."""
-    from omni_batch.journal import JOURNAL_FILE, open_reader
+    or no readable journal: a rebuilt one has lost its meta until the next run records it).
+    ``folder`` may be a shared journal's URL: the location run ``run`` recorded (None: none)."""
+    from omni_batch.journal import JOURNAL_FILE, is_shared, open_reader
     from omni_batch.journal.replay import kept_meta
 
+    if is_shared(folder):  # unreachable, or no such run: StateError, as for its report
+        with open_reader(str(folder), run) as shared:
+            return shared.meta(STORE_META) or None
     if (Path(folder) / JOURNAL_FILE).is_file():
         try:
             with open_reader(folder) as journal:
@@ -80,3 +88,10 @@ def recorded_location(folder: str | Path) -> str | None:
 def folder_store(folder: str | Path) -> VideoStore:
     """The store holding the videos of the run in ``folder``, as its journal records it."""
     return open_store(recorded_location(folder), folder)
+
+
+def shared_store(url: str, run: str | None = None) -> VideoStore | None:
+    """The store holding the videos of run ``run`` of the shared journal at ``url``, as the run
+    records it; None when it names none (its runners kept the videos in their own folders)."""
+    where = recorded_location(url, run)
+    return None if where is None else _bucket_store(where)
