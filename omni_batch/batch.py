@@ -430,7 +430,7 @@ async def _run(
                 refresher = asyncio.create_task(reports.refresh_every(options.report_every))
                 try:
                     if ended is None and shared is not None:
-                        await _run_shared(engine, journal, options, stop)
+                        await _run_shared(engine, journal, options, stop, keys)
                     elif ended is None:
                         await engine.run(stop)
                         if checked.balance is not None and not stop.is_set():
@@ -481,13 +481,25 @@ def _same_store(journal: Journal, store_url: str | None) -> None:
         )
 
 
-async def _run_shared(engine: Engine, journal: Journal, options: RunOptions, stop: Any) -> None:
+async def _run_shared(
+    engine: Engine,
+    journal: Journal,
+    options: RunOptions,
+    stop: asyncio.Event,
+    keys: list[AccountKeys],
+) -> None:
     """The engine as one of several runners of a shared run: each job a DBOS workflow, the
     accounts' budgets shared through the database (running/durable.py)."""
     from omni_batch.journal.postgres import PostgresJournal
+    from omni_batch.running.accounts import fingerprint
     from omni_batch.running.durable import Liveness, SharedRun
 
     assert isinstance(journal, PostgresJournal) and options.journal is not None
+    # every runner (and every run) on an account paces by one row per budget, named by a
+    # fingerprint of the account's keys salted per database: never a key
+    salt = journal.salt()
+    for spec, acct in zip(keys, engine.accounts, strict=True):
+        acct.budgets.share(options.journal, fingerprint(min(spec.keys), salt))
     admit = 0.0
     for acct in engine.accounts:
         budgets = acct.budgets
@@ -507,13 +519,16 @@ async def _run_shared(engine: Engine, journal: Journal, options: RunOptions, sto
         admit_rate=admit,
         liveness=Liveness(beat=beat, dead_after=options.dead_after),
     )
-    await sharing.launch()
     try:
+        await sharing.launch()
         await engine.run(stop, feed=sharing.feed)
     finally:
         await sharing.stop_steps(CANCEL_WITHIN_S)
         sharing.leave()
         await asyncio.to_thread(sharing.close)
+        for acct in engine.accounts:
+            with contextlib.suppress(OmniBatchError):
+                await acct.budgets.aclose()
 
 
 def _preflight_wanted(options: RunOptions) -> bool:
