@@ -53,6 +53,7 @@ MAX_BACKOFF = 30.0
 MARGIN = 0.03
 MARGIN_STEP = 0.03  # a lone 429 at the rate: the arrival jitter is larger; widen the margin
 MAX_MARGIN = 0.15
+SHARED_MARGIN = 0.08  # the margin of a budget several runners share (Account.share)
 MARGIN_CALM = 60.0  # seconds without a 429 before the margin narrows a step again
 
 
@@ -377,6 +378,10 @@ class Account:
         for budget in (self.submit, self.query, self.shared):
             if budget is not None:
                 budget.slots = SharedSlots(url, f"{fingerprint}:{budget.name}")
+                # requests of several processes (machines) arrive with more jitter than one
+                # process's: a wider margin under the rate keeps a server without burst calm
+                budget.margin = max(budget.margin, SHARED_MARGIN)
+                budget._retune()
 
     async def aclose(self) -> None:
         """Close the shared slots (pauses still being written first); nothing to do when the

@@ -277,7 +277,10 @@ class SharedRun:
             await asyncio.to_thread(DBOS._recover_pending_workflows, [runner])
             self.journal.forget_runner(runner)
             self.reaped += 1
-            self.engine.log(f"runner {runner} stopped answering: its jobs are taken up")
+            self.engine.log(
+                f"runner {runner} left or stopped answering: any job it did not finish is "
+                "taken up here or by another runner"
+            )
         return dead
 
     def _unsettled_elsewhere(self) -> bool:
