@@ -67,6 +67,16 @@ def test_one_runner_runs_a_shared_run_to_the_end(
         stats = server.stats()
     assert stats["submits"] == 12 and stats["max_submits_per_body"] == 1
     assert states(url, "shots")["completed"] == 12
+    # each job's workflow id is the client_business_id its submit carried
+    import psycopg
+
+    with psycopg.connect(url) as db:
+        ids = db.execute(
+            "SELECT j.business_id, w.workflow_uuid, j.job_id FROM omni_batch.jobs j "
+            "JOIN dbos.workflow_status w ON w.workflow_uuid = j.business_id "
+            "WHERE j.run = 'shots' AND w.status = 'SUCCESS'"
+        ).fetchall()
+    assert len(ids) == 12 and all(bid.endswith(f"-0-{job}") for bid, _, job in ids)
     assert (tmp_path / "out" / "report.csv").is_file()
 
 

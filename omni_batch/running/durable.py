@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import math
 import os
 import socket
@@ -79,8 +80,8 @@ def _runner_of(run: str) -> SharedRun:
 
 
 @DBOS.step(name="omni_batch.submit")
-async def _submit_step(run: str, job_id: str) -> str:
-    return await _runner_of(run).submit(job_id)
+async def _submit_step(run: str, job_id: str, business_id: str) -> str:
+    return await _runner_of(run).submit(job_id, business_id)
 
 
 @DBOS.step(name="omni_batch.finish")
@@ -91,15 +92,24 @@ async def _finish_step(run: str, job_id: str) -> str:
 @DBOS.workflow(name="omni_batch.job")
 async def job_workflow(run: str, job_id: str) -> str:
     """One job: submit (or reconcile), then poll, download, verify and record. Returns the
-    job's settled state."""
-    state = await _submit_step(run, job_id)
+    job's settled state. Its workflow id is the client_business_id its submits carry."""
+    business_id = DBOS.workflow_id
+    assert business_id is not None
+    state = await _submit_step(run, job_id, business_id)
     if state in WITH_TASK:
         state = await _finish_step(run, job_id)
     return state
 
 
-def workflow_id(run: str, job_id: str, gen: int) -> str:
-    return f"{run}/{job_id}/{gen}"
+def workflow_id(run_key: str, job_id: str, gen: int) -> str:
+    """A job's workflow id for its generation ``gen`` (how often it was reopened), which is
+    also the client_business_id of its submits: unique per run (``run_key``, kept in the
+    run's meta) and generation, and at most 120 characters of the job id's safe ones."""
+    wid = f"ob-{run_key}-{gen}-{job_id}"
+    if len(wid) > 120:  # long job ids: a digest keeps different jobs apart
+        digest = hashlib.blake2b(job_id.encode(), digest_size=8).hexdigest()
+        wid = f"{wid[:100]}-{digest}"
+    return wid
 
 
 class SharedRun:
@@ -118,6 +128,7 @@ class SharedRun:
     ):
         self.engine, self.journal, self.url = engine, journal, url
         self.run, self.runner = journal.run, journal.runner
+        self.run_key = journal.meta("run_key") or "run"
         self.max_in_flight = max_in_flight
         self.admit_rate = admit_rate  # workflow starts per second, all runners (None: any)
         self.liveness = liveness
@@ -185,7 +196,7 @@ class SharedRun:
         spend = engine.spend
         return engine.halt.is_set() or engine.stopping or bool(spend and spend.stopped)
 
-    async def submit(self, job_id: str) -> str:
+    async def submit(self, job_id: str, business_id: str) -> str:
         """The submit step: nothing sent for a job that has a task; a job `submitting` (its
         runner died mid-submit, or this step runs again after a crash) is settled by the money
         rules (reconcile, or resend flagged); a pending one is submitted. Returns the job's
@@ -204,7 +215,12 @@ class SharedRun:
                 if self._leaving():
                     return await self._park(job_id)
                 engine.watch(job_id)
-                await engine.submitter.submit_now(row, ambiguous=row.state == "submitting")
+                submitter = engine.submitter
+                submitter.business_ids[job_id] = business_id  # the workflow's own id
+                try:
+                    await submitter.submit_now(row, ambiguous=row.state == "submitting")
+                finally:
+                    submitter.business_ids.pop(job_id, None)
                 after = self.journal.job(job_id)
                 if after is None:
                     return "failed"
@@ -261,7 +277,7 @@ class SharedRun:
         after, made = -1, 0
         while page := self.journal.unsettled_page(after, ENQUEUE_PAGE):
             for job_id, _, gen in page:
-                with SetWorkflowID(workflow_id(self.run, job_id, gen)):
+                with SetWorkflowID(workflow_id(self.run_key, job_id, gen)):
                     await self.queue.enqueue_async(job_workflow, self.run, job_id)
                 made += 1
             after = page[-1][1]

@@ -175,6 +175,8 @@ class Submitter:
         self.proofs = {acct: LookupProof() for acct in accounts}
         self.probes: set[asyncio.Task[None]] = set()  # lookup probes; cancelled at the end
         self.unrecognised_streak = 0  # submit answers in a row without a task id
+        # the business id a job's submits must carry (a shared run's workflow id) when reconciling
+        self.business_ids: dict[str, str] = {}
 
     @property
     def idle(self) -> bool:
@@ -506,6 +508,8 @@ class Submitter:
         before the POST, so a crash keeps it); None when reconciling is off."""
         if not self.reconcile:
             return None
+        if named := self.business_ids.get(row.job_id):
+            return named
         return f"ob-{self.run_key}{secrets.token_hex(3)}-{row.job_id}"[:120]
 
     async def submit_job(self, row: JobRow, ambiguous: bool, acct: AccountRun) -> None:
