@@ -27,13 +27,14 @@ def runner(
     s3: Any,
     name: str,
     *extra: str,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[str]:
     command = [sys.executable, "-m", "omni_batch", "run", str(manifest), "--out", str(out)]
     command += ["--base-url", server.base_url, "--yes", "--no-progress", "--reconcile"]
     command += ["--journal", url, "--store", store, "--runner", name, "--poll-interval", "0.2"]
     return subprocess.Popen(
         [*command, *extra],
-        env={**os.environ, **s3.env, "TOAPIS_API_KEY": server.key},
+        env={**os.environ, **s3.env, "TOAPIS_API_KEY": server.key, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -190,3 +191,37 @@ def test_a_stopped_runner_leaves_its_jobs_and_the_next_runner_finishes_them(
     flagged, per_runner, _ = journal_facts(url, "shots")
     assert per_runner.get("b", 0) > 0
     assert stats["submits"] - jobs <= flagged, (stats["submits"], flagged)
+
+
+@pytest.mark.parametrize("point", ["before_post", "after_post"])
+def test_a_runner_killed_mid_submit_has_that_submit_settled_by_another_never_paid_twice(
+    tmp_path: Path, postgres: Any, s3_server: Any, point: str
+) -> None:
+    """A runner dies (SIGKILL) with its third job `submitting`: before its POST left, or after
+    the task was created and before its id was recorded. Another runner takes the job's
+    workflow up, looks the submit up by its client_business_id (the workflow id) and adopts the
+    task, or sends it once when the lookup, proven on this account, finds none: every job is
+    paid once, none flagged."""
+    url = postgres.create_database()
+    bucket = s3_server.create_bucket()
+    jobs = 8
+    manifest = shots_manifest(tmp_path, jobs)
+    store = f"s3://{bucket}/{point}"
+    flags = ("--submit-rate", "20", "--dead-after", "2", "--lookup-grace", "0.5")
+    with sim(seed=4) as server:
+        doomed = runner(manifest, tmp_path / "a", server, url, store, s3_server, "a", *flags,
+                        env={"OMNI_BATCH_CRASH_AT": f"{point}:3"})  # fmt: skip
+        code, _, err = finish(doomed)
+        assert code == -signal.SIGKILL, err[-2000:]
+        left = states(url, "shots")
+        assert left["submitting"] == 1
+        heir = runner(manifest, tmp_path / "b", server, url, store, s3_server, "b", *flags)
+        code, _, err = finish(heir)
+        stats = server.stats()
+    assert code == 0, err[-3000:]
+    assert states(url, "shots")["completed"] == jobs
+    flagged, _, logs = journal_facts(url, "shots")
+    assert flagged == 0
+    assert stats["submits"] == jobs and stats["max_submits_per_body"] == 1
+    if point == "after_post":
+        assert any("did land" in line for line in logs), logs
