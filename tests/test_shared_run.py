@@ -112,51 +112,6 @@ def submitted_by(url: str, runner: str) -> int:
         return 0
 
 
-def test_three_runners_share_the_jobs_and_a_killed_one_is_taken_over(
-    tmp_path: Path, postgres: Any, s3_server: Any
-) -> None:
-    """Three runners, 60 jobs, the account's submit budget 10/s in all: one runner is killed
-    with SIGKILL mid-run; the two others finish every job, each submitted once (or resent
-    flagged), the rate never exceeded. The simulator allows a burst of 10 (the published tier
-    allows 50), so a runner sending over the budget would be accepted, and counted."""
-    url = postgres.create_database()
-    bucket = s3_server.create_bucket()
-    jobs = 60
-    manifest = shots_manifest(tmp_path, jobs)
-    store = f"s3://{bucket}/three"
-    flags = ("--submit-rate", "10", "--dead-after", "3", "--max-in-flight", "12")
-    with sim(seed=5, gen_min=1.0, gen_max=3.0, submit_rate=10, submit_burst=10) as server:
-        procs = [
-            runner(manifest, tmp_path / f"out{n}", server, url, store, s3_server, f"r{n}", *flags)
-            for n in range(3)
-        ]
-        deadline = time.monotonic() + 60
-        # the runner to kill has jobs under way (so the others must take them up)
-        while submitted_by(url, "r0") < 3:
-            assert time.monotonic() < deadline and procs[0].poll() is None
-            time.sleep(0.05)
-        procs[0].send_signal(signal.SIGKILL)
-        results = [finish(p) for p in procs]
-        killed = results.pop(0)
-        stats = server.stats()
-    for code, _, err in results:
-        assert code == 0, err[-3000:]
-    assert states(url, "shots")["completed"] == jobs
-    flagged, per_runner, logs = journal_facts(url, "shots")
-    assert per_runner.get("r0", 0) > 0, (per_runner, killed)  # the killed one had taken jobs
-    assert any("runner r0 left or stopped answering" in line for line in logs), logs[-5:]
-    # each job submitted once; a resend only for a job flagged possible_duplicate
-    assert stats["submits"] - jobs <= flagged, (stats["submits"], flagged)
-    if flagged == 0:
-        assert stats["max_submits_per_body"] == 1
-    account = stats["accounts"]
-    submit_limit = [a["async_submit"] for a in account.values()]
-    assert all(a["max_per_1s"] <= 10 for a in submit_limit), submit_limit
-    assert stats["limited_rate"] == 0, stats["statuses"]
-    assert stats["peak_active"] <= 12  # the in-flight cap is over all runners
-    assert len(list(Path(tmp_path / "out1").glob("report.csv"))) == 1
-
-
 def test_a_stopped_runner_leaves_its_jobs_and_the_next_runner_finishes_them(
     tmp_path: Path, postgres: Any, s3_server: Any
 ) -> None:
