@@ -28,7 +28,9 @@ def run(
         env[ENV] = crash_at
     args = [sys.executable, "-m", "omni_batch", "run", str(manifest), "--out", str(out)]
     args += ["--base-url", server.base_url, "--yes", "--no-progress", "--poll-interval", "0.2"]
-    args += ["--rate", "100", "--max-in-flight", "4", *extra]
+    # the simulator's lookups never lag: a 404 is believed after 1 s, not the documented 10 s
+    # a resumed `submitting` job whose POST never left would wait
+    args += ["--rate", "100", "--max-in-flight", "4", "--lookup-grace", "1", *extra]
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
