@@ -32,7 +32,7 @@ import hashlib
 import math
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -72,21 +72,30 @@ def default_runner() -> str:
 _RUNS: dict[str, SharedRun] = {}  # run name -> this process's runner of it (one per process)
 
 
-def _runner_of(run: str) -> SharedRun:
-    found = _RUNS.get(run)
-    if found is None:  # a workflow of a run this process does not run: never dequeued here
-        raise StateError(f"run {run!r} is not run by this process")
-    return found
+async def _guarded(run: str, job_id: str, step: Callable[[SharedRun], Awaitable[str]]) -> str:
+    """A step's body, which never ends its workflow with an error: an error (the journal's
+    database gone, a bug) ends this runner's run and leaves the workflow pending for whoever
+    takes it up; a workflow of a run this process does not run (DBOS hands a restarted runner
+    its own pending workflows, whatever their run) waits here until this runner leaves."""
+    runner = _RUNS.get(run)
+    if runner is None:
+        await asyncio.get_running_loop().create_future()  # until cancelled at the end
+    assert runner is not None
+    try:
+        return await step(runner)
+    except Exception as exc:
+        runner.engine.fail_fatal(exc)
+        return await runner.park(job_id)
 
 
 @DBOS.step(name="omni_batch.submit")
 async def _submit_step(run: str, job_id: str, business_id: str) -> str:
-    return await _runner_of(run).submit(job_id, business_id)
+    return await _guarded(run, job_id, lambda runner: runner.submit(job_id, business_id))
 
 
 @DBOS.step(name="omni_batch.finish")
 async def _finish_step(run: str, job_id: str) -> str:
-    return await _runner_of(run).finish(job_id)
+    return await _guarded(run, job_id, lambda runner: runner.finish(job_id))
 
 
 @DBOS.workflow(name="omni_batch.job")
@@ -181,7 +190,7 @@ class SharedRun:
             DBOS.destroy(workflow_completion_timeout_sec=0)
 
     # -- the workflows' steps --------------------------------------------------------------------
-    async def _park(self, job_id: str) -> str:
+    async def park(self, job_id: str) -> str:
         """Left as it is for a later run or another runner: the workflow stays pending (this
         waits until the runner stops, which cancels it)."""
         self.parked.add(job_id)
@@ -213,7 +222,7 @@ class SharedRun:
                     await engine.watch(job_id)
                     continue
                 if self._leaving():
-                    return await self._park(job_id)
+                    return await self.park(job_id)
                 engine.watch(job_id)
                 submitter = engine.submitter
                 submitter.business_ids[job_id] = business_id  # the workflow's own id
@@ -232,7 +241,7 @@ class SharedRun:
                     continue
                 # left as it was (a stop, its account refused or not configured here, the
                 # spend limit), or `submitting` for a later run to settle
-                return await self._park(job_id)
+                return await self.park(job_id)
 
     async def finish(self, job_id: str) -> str:
         """The finish step: poll the task, download, verify and record, by the engine (which
@@ -250,13 +259,13 @@ class SharedRun:
                 not held and (self._leaving() or not await engine.take_up(row))
             ):
                 engine.watched.pop(job_id, None)
-                return await self._park(job_id)
+                return await self.park(job_id)
             await done
             row = self.journal.job(job_id)
             if row is not None and row.state in SETTLED:
                 return row.state
             # let go of unsettled (a stop, its account refused): for a later run or runner
-            return await self._park(job_id)
+            return await self.park(job_id)
 
     @contextlib.contextmanager
     def _step(self) -> Iterator[None]:
