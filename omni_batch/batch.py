@@ -209,6 +209,17 @@ def _interrupts(stop: asyncio.Event) -> Iterator[None]:
         armed.set()
 
 
+def _one_at_a_time(folder: Path, call: Callable[[], T]) -> T:
+    """``call`` under the folder's report lock: several runners of one shared run started
+    with the same --out write the (same) reports in turn, never over each other's files."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".reports.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return call()
+
+
 class _ReportWriter:
     """Writes a run's reports, periodic and final, on one thread of its own.
 
@@ -232,6 +243,8 @@ class _ReportWriter:
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         call = functools.partial(fn, *args, **kwargs)
+        if self.source is not None:  # runners of a shared run may write into one folder
+            call = functools.partial(_one_at_a_time, self.folder, call)
         return await asyncio.get_running_loop().run_in_executor(self.thread, call)
 
     async def refresh_every(self, seconds: float) -> None:
@@ -464,10 +477,45 @@ async def _run(
         if ended is not None:
             raise ended
         if stop.is_set():
+            if shared is not None:
+                raise Interrupted(
+                    f"stopped; the other runners of run {prepared.run_name!r} take its jobs up, "
+                    "or run the same command again to resume"
+                )
             raise Interrupted(f"stopped; run the same command again to resume ({folder})")
         if engine.quota_hit is not None:
             raise engine.quota_hit
         return report
+
+
+SETTINGS_META = "shared_settings"  # the budgets every runner of a shared run must share
+
+
+def _same_settings(journal: Journal, options: RunOptions) -> None:
+    """The first runner's budgets are the run's: a runner given others is refused in one line
+    (its --submit-rate would set the whole account's pace, its --max-in-flight the run's cap)."""
+    mine = {
+        "tier": options.tier,
+        "submit_rate": options.submit_rate,
+        "query_rate": options.query_rate,
+        "rate": options.rate,
+        "max_in_flight": options.max_in_flight,
+    }
+    recorded = journal.meta(SETTINGS_META)
+    if recorded is None:
+        journal.set_meta(SETTINGS_META, json.dumps(mine, sort_keys=True))
+        recorded = journal.meta(SETTINGS_META)  # two first runners: the one stored wins
+    theirs = json.loads(recorded or "{}")
+    differ = [k for k in mine if theirs.get(k, mine[k]) != mine[k]]
+    if differ:
+        flags = ", ".join(
+            f"--{k.replace('_', '-')} {theirs[k] if theirs[k] is not None else '(unset)'}"
+            for k in differ
+        )
+        raise UsageError(
+            f"run {getattr(journal, 'run', '')!r} is shared with other settings: start this "
+            f"runner with {flags} as its first runner was"
+        )
 
 
 def _same_store(journal: Journal, store_url: str | None) -> None:
@@ -497,6 +545,7 @@ async def _run_shared(
     assert isinstance(journal, PostgresJournal) and options.journal is not None
     # every runner (and every run) on an account paces by one row per budget, named by a
     # fingerprint of the account's keys salted per database: never a key
+    _same_settings(journal, options)
     salt = journal.salt()
     for spec, acct in zip(keys, engine.accounts, strict=True):
         acct.budgets.share(options.journal, fingerprint(min(spec.keys), salt))
@@ -523,9 +572,8 @@ async def _run_shared(
         await sharing.launch()
         await engine.run(stop, feed=sharing.feed)
     finally:
-        await sharing.stop_steps(CANCEL_WITHIN_S)
-        sharing.leave()
-        await asyncio.to_thread(sharing.close)
+        await sharing.stop(CANCEL_WITHIN_S)
+        await sharing.close()
         for acct in engine.accounts:
             with contextlib.suppress(OmniBatchError):
                 await acct.budgets.aclose()

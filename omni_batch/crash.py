@@ -1,5 +1,7 @@
 """Crash points for the crash-matrix tests: ``OMNI_BATCH_CRASH_AT=name:N`` kills the process
-(SIGKILL, like ``kill -9``) the N-th time the run passes ``point(name)``. Off unless set.
+(SIGKILL, like ``kill -9``) the N-th time the run passes ``point(name)``; with
+``OMNI_BATCH_CRASH_SIG=STOP`` it stops there instead (SIGSTOP: a paused machine, resumed by
+SIGCONT). Off unless set.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ import os
 import signal
 
 ENV = "OMNI_BATCH_CRASH_AT"
+SIG_ENV = "OMNI_BATCH_CRASH_SIG"
 POINTS = (
     "before_post",  # `submitting` is committed, the POST not yet sent
     "after_post",  # the task exists upstream, its id not yet committed
@@ -40,5 +43,7 @@ def point(name: str) -> None:
     if _target is None or _target[0] != name:
         return
     _seen[name] = _seen.get(name, 0) + 1
-    if _seen[name] >= _target[1]:
+    if _seen[name] == _target[1] and os.environ.get(SIG_ENV) == "STOP":
+        os.kill(os.getpid(), signal.SIGSTOP)  # once: it goes on from here when continued
+    elif _seen[name] >= _target[1] and os.environ.get(SIG_ENV) != "STOP":
         os.kill(os.getpid(), signal.SIGKILL)

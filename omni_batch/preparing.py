@@ -113,7 +113,10 @@ class PreparedRun:
     def reconcile(self) -> bool:
         """Ambiguous submits are looked up: as asked, else with the simulator only."""
         given = self.options.reconcile
-        return given if given is not None else self.options.simulate is not None
+        if given is not None:
+            return given
+        # a shared run: a runner that dies mid-submit is settled by another, by that lookup
+        return self.options.simulate is not None or self.options.journal is not None
 
 
 def prepare(

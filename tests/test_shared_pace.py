@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from omni_batch.errors import StateError
-from omni_batch.running.budgets import SUBMIT, Account, RateHeaders, Rates
+from omni_batch.running.budgets import SHARED_MARGIN, SUBMIT, Account, RateHeaders, Rates
 from omni_batch.running.shared_pace import SharedSlots
 from tests.servers import free_port
 
@@ -214,7 +214,8 @@ class Recording(SharedSlots):
 
 
 def test_budgets_take_shared_slots_at_their_effective_rate(db: str) -> None:
-    """Two runners' accounts (submit 10/s, paced 3% under) share the row: slots 1/9.7 s apart;
+    """Two runners' accounts (submit 10/s, paced SHARED_MARGIN under) share the row: slots
+    1 / (10 x (1 - SHARED_MARGIN)) s apart;
     when the API publishes 300/min, the rate each budget passes follows it."""
 
     def runner() -> tuple[Account, Recording]:
@@ -247,17 +248,19 @@ def test_budgets_take_shared_slots_at_their_effective_rate(db: str) -> None:
             await b.aclose()
 
     recordings, paced = asyncio.run(main())
-    assert paced == pytest.approx(5.0 * 0.97)
+    assert paced == pytest.approx(5.0 * (1 - SHARED_MARGIN))
     taken = sorted(x for r in recordings for x in r.taken)
     first = [(s, r) for s, r in taken if r > 9]
     after = [(s, r) for s, r in taken if r < 9]
     assert len(first) == 20 and len(after) == 8
-    assert all(r == pytest.approx(RATE * 0.97) for _, r in first)
+    assert all(r == pytest.approx(RATE * (1 - SHARED_MARGIN)) for _, r in first)
     assert all(r == pytest.approx(paced) for _, r in after)
     first_slots = [s for s, _ in first]
     gaps = [y - x for x, y in itertools.pairwise(first_slots)]
-    assert min(gaps) >= 1 / (RATE * 0.97) - EXACT
-    assert (len(first_slots) - 1) / (first_slots[-1] - first_slots[0]) >= 0.9 * RATE * 0.97
+    assert min(gaps) >= 1 / (RATE * (1 - SHARED_MARGIN)) - EXACT
+    assert (len(first_slots) - 1) / (first_slots[-1] - first_slots[0]) >= 0.9 * RATE * (
+        1 - SHARED_MARGIN
+    )
     later = [s for s, _ in after]
     assert min(y - x for x, y in itertools.pairwise(later)) >= 1 / paced - EXACT
 

@@ -30,7 +30,7 @@ def runner(
     env: dict[str, str] | None = None,
 ) -> subprocess.Popen[str]:
     command = [sys.executable, "-m", "omni_batch", "run", str(manifest), "--out", str(out)]
-    command += ["--base-url", server.base_url, "--yes", "--no-progress", "--reconcile"]
+    command += ["--base-url", server.base_url, "--yes", "--no-progress"]  # reconciles: shared
     command += ["--journal", url, "--store", store, "--runner", name, "--poll-interval", "0.2"]
     return subprocess.Popen(
         [*command, *extra],
@@ -180,3 +180,94 @@ def test_a_runner_killed_mid_submit_has_that_submit_settled_by_another_never_pai
     assert stats["submits"] == jobs and stats["max_submits_per_body"] == 1
     if point == "after_post":
         assert any("did land" in line for line in logs), logs
+
+
+def stopped(proc: subprocess.Popen[str]) -> bool:
+    """Whether ``proc`` is stopped (SIGSTOP), as /proc says."""
+    with open(f"/proc/{proc.pid}/stat", encoding="ascii") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def test_a_paused_runner_replaced_by_another_sends_nothing_when_it_wakes(
+    tmp_path: Path, postgres: Any, s3_server: Any
+) -> None:
+    """A runner paused (SIGSTOP: a suspended laptop, a stalled VM) with a job `submitting` and
+    its POST about to leave is taken for dead and replaced; when it wakes, its lease has run
+    out: it sends nothing and stops, and every job is paid once."""
+    url = postgres.create_database()
+    bucket = s3_server.create_bucket()
+    jobs = 8
+    manifest = shots_manifest(tmp_path, jobs)
+    store = f"s3://{bucket}/paused"
+    flags = ("--submit-rate", "20", "--dead-after", "2", "--lookup-grace", "0.5")
+    env = {"OMNI_BATCH_CRASH_AT": "before_post:3", "OMNI_BATCH_CRASH_SIG": "STOP"}
+    with sim(seed=6) as server:
+        sleeper = runner(manifest, tmp_path / "a", server, url, store, s3_server, "a", *flags,
+                         env=env)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while not stopped(sleeper):
+                assert time.monotonic() < deadline and sleeper.poll() is None
+                time.sleep(0.05)
+            heir = runner(manifest, tmp_path / "b", server, url, store, s3_server, "b", *flags)
+            code, _, err = finish(heir)
+            assert code == 0, err[-3000:]
+        finally:
+            sleeper.send_signal(signal.SIGCONT)
+        woke, _, said = finish(sleeper)
+        stats = server.stats()
+    assert woke == 2, said[-2000:]
+    assert "silent for" in said and "stops without sending" in said
+    assert states(url, "shots")["completed"] == jobs
+    flagged, _, _ = journal_facts(url, "shots")
+    assert flagged == 0 and stats["submits"] == jobs and stats["max_submits_per_body"] == 1
+
+
+def test_two_runs_in_one_database_run_side_by_side(
+    tmp_path: Path, postgres: Any, s3_server: Any
+) -> None:
+    """Runs `one` and `two` of one database at once: each runner takes only its run's jobs."""
+    url = postgres.create_database()
+    bucket = s3_server.create_bucket()
+    manifest = shots_manifest(tmp_path, 6)
+    with sim(seed=8) as server:
+        procs = [
+            runner(
+                manifest,
+                tmp_path / name,
+                server,
+                url,
+                f"s3://{bucket}/{name}",
+                s3_server,
+                f"x-{name}",
+                "--run",
+                name,
+                "--submit-rate",
+                "20",
+            )
+            for name in ("one", "two")
+        ]
+        results = [finish(p) for p in procs]
+        stats = server.stats()
+    for code, _, err in results:
+        assert code == 0, err[-3000:]
+    assert states(url, "one")["completed"] == states(url, "two")["completed"] == 6
+    assert stats["submits"] == 12
+
+
+def test_a_runner_with_other_budgets_than_the_run_is_refused_in_one_line(
+    tmp_path: Path, postgres: Any, s3_server: Any
+) -> None:
+    url = postgres.create_database()
+    bucket = s3_server.create_bucket()
+    manifest = shots_manifest(tmp_path, 2)
+    store = f"s3://{bucket}/settings"
+    with sim(seed=2) as server:
+        first = runner(manifest, tmp_path / "a", server, url, store, s3_server, "a",
+                       "--submit-rate", "20")  # fmt: skip
+        assert finish(first)[0] == 0
+        other = runner(manifest, tmp_path / "b", server, url, store, s3_server, "b",
+                       "--submit-rate", "40")  # fmt: skip
+        code, _, err = finish(other)
+    assert code == 2
+    assert "--submit-rate 20.0" in err and "Traceback" not in err

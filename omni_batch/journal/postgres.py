@@ -83,9 +83,11 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.jobs (
     account TEXT,  -- the name of the account whose key sent its submit (never a key)
     runner TEXT,  -- the runner that moved it to submitting last: the owner of its submit
     gen INTEGER NOT NULL DEFAULT 0,  -- how often it was reopened: its workflow's generation
+    parked_by TEXT,  -- a runner that holds it for a later run (its account not configured there)
     PRIMARY KEY (run, job_id)
 );
 ALTER TABLE {SCHEMA}.jobs ADD COLUMN IF NOT EXISTS gen INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE {SCHEMA}.jobs ADD COLUMN IF NOT EXISTS parked_by TEXT;
 CREATE INDEX IF NOT EXISTS jobs_seq ON {SCHEMA}.jobs (run, seq, job_id);
 CREATE INDEX IF NOT EXISTS jobs_task ON {SCHEMA}.jobs (run, task_id) WHERE task_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS {SCHEMA}.events (
@@ -565,11 +567,29 @@ class PostgresJournal:
         run, belong to no runner now: whichever runner takes up their workflow settles them
         (reconcile or flag, as after a crash). Several reapers at once are harmless."""
         with self._writing():
+            self.db.execute(
+                "UPDATE omni_batch.jobs SET parked_by = NULL WHERE parked_by = %s", (runner,)
+            )
             return self.db.execute(
                 "UPDATE omni_batch.jobs SET runner = NULL WHERE state = 'submitting' "
                 "AND runner = %s",
                 (runner,),
             ).rowcount
+
+    def park(self, job_id: str, parked: bool) -> None:
+        """Mark (or clear) ``job_id`` as held by this runner for a later run: no runner waits
+        for it to be settled (see ``unsettled_page``)."""
+        with self._writing():
+            self.db.execute(
+                "UPDATE omni_batch.jobs SET parked_by = %s WHERE run = %s AND job_id = %s "
+                "AND parked_by IS DISTINCT FROM %s",
+                (
+                    self.runner if parked else None,
+                    self.run,
+                    job_id,
+                    self.runner if parked else None,
+                ),
+            )
 
     def job(self, job_id: str) -> JobRow | None:
         """One job as it is now (a pending one is handed out, as by ``pending_page``: its
@@ -581,12 +601,16 @@ class PostgresJournal:
             self._bodies[r[0]] = r[17]
         return _row(r)
 
-    def unsettled_page(self, after_seq: int, limit: int) -> list[tuple[str, int, int]]:
+    def unsettled_page(
+        self, after_seq: int, limit: int, unparked: bool = False
+    ) -> list[tuple[str, int, int]]:
         """(job id, seq, generation) of the jobs a run still has to settle: pending ones (in
-        the slice) and those in flight, in manifest order after ``after_seq``."""
+        the slice) and those in flight, in manifest order after ``after_seq``; ``unparked``:
+        only those no runner holds for a later run."""
         rows = self._all(
             "SELECT job_id, seq, gen FROM omni_batch.jobs WHERE run = %(run)s AND seq > %(after)s"
-            " AND ((active AND state = 'pending'"
+            + (" AND parked_by IS NULL" if unparked else "")
+            + " AND ((active AND state = 'pending'"
             f"{self._slice_sql}) OR (active AND state IN ('submitting', 'running', "
             "'downloading')) OR (NOT active AND state IN ('running', 'downloading') AND "
             "task_id IS NOT NULL)) ORDER BY seq LIMIT %(limit)s",

@@ -58,7 +58,18 @@ class PostgresReader:
                     "SELECT 1 FROM omni_batch.runs WHERE run = %s", (self.run,)
                 ).fetchone()
             if not found:
-                raise StateError(f"{self.where}: no such run in this database")
+                with self._reading():
+                    runs = [
+                        str(r[0])
+                        for r in self._db.execute(
+                            "SELECT run FROM omni_batch.runs ORDER BY run LIMIT 21"
+                        ).fetchall()
+                    ]
+                there = ", ".join(runs[:20]) + (", ..." if len(runs) > 20 else "")
+                raise StateError(
+                    f"{self.where}: no such run in this database (its runs: {there or 'none'}; "
+                    "a run is named after its manifest's name, or --run NAME)"
+                )
         except BaseException:
             self.close()
             raise

@@ -32,6 +32,7 @@ import hashlib
 import math
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -123,7 +124,7 @@ def workflow_id(run_key: str, job_id: str, gen: int) -> str:
 
 class SharedRun:
     """This process's part in a shared run: DBOS launched with this runner's id, the run's
-    queue, the workflows' way into the engine, and the heartbeat and reaper."""
+    queue, the workflows' way into the engine, and the heartbeat, the lease and the reaper."""
 
     def __init__(
         self,
@@ -138,18 +139,23 @@ class SharedRun:
         self.engine, self.journal, self.url = engine, journal, url
         self.run, self.runner = journal.run, journal.runner
         self.run_key = journal.meta("run_key") or "run"
+        self.queue_name = f"{APP}/{self.run}"
         self.max_in_flight = max_in_flight
         self.admit_rate = admit_rate  # workflow starts per second, all runners (None: any)
         self.liveness = liveness
         self.parked: set[str] = set()  # jobs left for a later run or another runner
         self.steps: set[asyncio.Task[Any]] = set()  # workflow steps under way here
         self.queue: Any = None
+        self.beating: asyncio.Task[None] | None = None
+        self.beaten_at = _clock()  # the last heartbeat the database took
         self.reaped = 0  # dead runners whose work this runner handed back
+        engine.fence = self.fenced  # no POST leaves a runner that may have been replaced
 
     # -- DBOS ------------------------------------------------------------------------------------
     async def launch(self) -> None:
         """DBOS for this process, from the running loop (so the workflows run on it, beside
-        the engine). Blocks for its start (~0.5 s: the system tables' migrations)."""
+        the engine), listening to this run's queue only. Blocks for its start (~0.5 s: the
+        system tables' migrations)."""
         if _RUNS:
             raise StateError("one shared run per process")
         config: DBOSConfig = {
@@ -158,25 +164,29 @@ class SharedRun:
             "executor_id": self.runner,
             # runners of one release share the work (a runner takes up only its own version's)
             "application_version": __version__,
-            "log_level": "WARNING",
+            "log_level": "ERROR",  # its warnings (queue contention, cancelled steps) are ours
             "sys_db_pool_size": 4,
         }
         _RUNS[self.run] = self
         try:
+            self.journal.beat()
+            self.beaten_at = _clock()
+            self.beating = asyncio.create_task(self._beat())
             DBOS(config=config)
+            DBOS.listen_queues([self.queue_name])  # another run's workflows are not ours
             DBOS.launch()
             limiter: QueueRateLimit | None = None
             if self.admit_rate is not None and math.isfinite(self.admit_rate):
                 limiter = {"limit": max(1, math.ceil(self.admit_rate)), "period": 1.0}
             self.queue = await DBOS.register_queue_async(
-                f"{APP}/{self.run}",
+                self.queue_name,
                 global_concurrency=self.max_in_flight,
                 limiter=limiter,
                 polling_interval_sec=0.1,
                 on_conflict="always_update",
             )
         except Exception as exc:
-            self.close()
+            await self.close()
             if isinstance(exc, OmniBatchError):
                 raise
             raise StateError(
@@ -184,16 +194,64 @@ class SharedRun:
                 f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             ) from None
 
-    def close(self) -> None:
+    async def close(self) -> None:
         _RUNS.pop(self.run, None)
+        if self.beating is not None:
+            self.beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.beating
         with contextlib.suppress(Exception):
-            DBOS.destroy(workflow_completion_timeout_sec=0)
+            await asyncio.to_thread(DBOS.destroy, workflow_completion_timeout_sec=0)
+
+    # -- liveness --------------------------------------------------------------------------------
+    async def _beat(self) -> None:
+        """The heartbeat, for as long as this runner lives (polling and downloading included,
+        after submissions closed): others take its work up only once it is silent."""
+        while True:
+            await asyncio.sleep(self.liveness.beat)
+            try:
+                self.journal.beat()
+            except OmniBatchError:
+                continue  # the lease runs out: no POST leaves until a beat is taken again
+            self.beaten_at = _clock()
+
+    def fenced(self) -> str | None:
+        """Why no POST may leave now (None: it may): this runner's last heartbeat is so old
+        (a pause, a suspended machine, a lost database) that the others may have taken its
+        jobs up; a POST now could pay for a job twice. The clock counts a suspend."""
+        silent = _clock() - self.beaten_at
+        if silent < self.liveness.dead_after / 2:
+            return None
+        return (
+            f"runner {self.runner} was silent for {silent:.0f} s (--dead-after "
+            f"{self.liveness.dead_after:g}): the other runners may have taken its jobs up; it "
+            "stops without sending more"
+        )
+
+    async def reap(self) -> list[str]:
+        """Runners silent too long: their `submitting` jobs orphaned (any runner settles them
+        now), their pending workflows back on the queue. Racing reapers are harmless: DBOS
+        hands back only workflows still owned by the dead runner."""
+        dead = self.journal.dead_runners(self.liveness.dead_after)
+        for runner in dead:
+            orphaned = self.journal.orphan(runner)
+            handles = await asyncio.to_thread(DBOS._recover_pending_workflows, [runner])
+            self.journal.forget_runner(runner)
+            self.reaped += 1
+            if orphaned or handles:
+                self.engine.log(
+                    f"runner {runner} left or stopped answering: its {len(handles)} unfinished "
+                    "job(s) are taken up here or by another runner"
+                )
+        return dead
 
     # -- the workflows' steps --------------------------------------------------------------------
     async def park(self, job_id: str) -> str:
         """Left as it is for a later run or another runner: the workflow stays pending (this
-        waits until the runner stops, which cancels it)."""
+        waits until the runner stops, which cancels it; then whoever takes it up goes on)."""
         self.parked.add(job_id)
+        with contextlib.suppress(OmniBatchError):
+            self.journal.park(job_id, True)
         try:
             await asyncio.get_running_loop().create_future()
         finally:
@@ -211,7 +269,7 @@ class SharedRun:
         rules (reconcile, or resend flagged); a pending one is submitted. Returns the job's
         state after it."""
         engine = self.engine
-        with self._step():
+        with self._step(job_id):
             while True:
                 row = self.journal.job(job_id)
                 if row is None:
@@ -236,6 +294,8 @@ class SharedRun:
                 if after.state in SETTLED or after.state in WITH_TASK:
                     return after.state
                 if after.state == "pending" and after.attempts > row.attempts:
+                    if self._leaving():
+                        return await self.park(job_id)
                     # refused with nothing created (429 on every try): again after a pause
                     await asyncio.sleep(RESUBMIT_AFTER_S)
                     continue
@@ -247,7 +307,7 @@ class SharedRun:
         """The finish step: poll the task, download, verify and record, by the engine (which
         holds it already when this runner submitted it). Returns the settled state."""
         engine = self.engine
-        with self._step():
+        with self._step(job_id):
             row = self.journal.job(job_id)
             if row is None:
                 return "failed"
@@ -268,21 +328,23 @@ class SharedRun:
             return await self.park(job_id)
 
     @contextlib.contextmanager
-    def _step(self) -> Iterator[None]:
+    def _step(self, job_id: str) -> Iterator[None]:
         """A step under way here: cancelled when the runner stops (its workflow stays
         pending for whoever takes it up)."""
         task = asyncio.current_task()
         assert task is not None
         self.steps.add(task)
         try:
+            self.journal.park(job_id, False)  # taken up: no longer held elsewhere
             yield
         finally:
             self.steps.discard(task)
 
-    # -- feeding the queue, liveness -------------------------------------------------------------
+    # -- feeding the queue -----------------------------------------------------------------------
     async def enqueue_all(self) -> int:
         """A workflow for every job the run still has to settle (one per job and generation:
-        a workflow another runner enqueued is not enqueued again)."""
+        a workflow another runner enqueued is not enqueued again), and every workflow of the
+        run that ended without settling its job (an error, a cancel) resumed."""
         after, made = -1, 0
         while page := self.journal.unsettled_page(after, ENQUEUE_PAGE):
             for job_id, _, gen in page:
@@ -290,51 +352,52 @@ class SharedRun:
                     await self.queue.enqueue_async(job_workflow, self.run, job_id)
                 made += 1
             after = page[-1][1]
+        ended = await DBOS.list_workflows_async(
+            queue_name=self.queue_name,
+            status=["ERROR", "CANCELLED", "MAX_RECOVERY_ATTEMPTS_EXCEEDED"],
+            load_input=False,
+            load_output=False,
+        )
+        for status in ended:  # its steps read the journal first: a settled job ends at once
+            await DBOS.resume_workflow_async(status.workflow_id)
         return made
 
-    async def reap(self) -> list[str]:
-        """Runners silent too long: their `submitting` jobs orphaned (any runner settles them
-        now), their pending workflows back on the queue. Racing reapers are harmless: DBOS
-        hands back only workflows still owned by the dead runner."""
-        dead = self.journal.dead_runners(self.liveness.dead_after)
-        for runner in dead:
-            self.journal.orphan(runner)
-            await asyncio.to_thread(DBOS._recover_pending_workflows, [runner])
-            self.journal.forget_runner(runner)
-            self.reaped += 1
-            self.engine.log(
-                f"runner {runner} left or stopped answering: any job it did not finish is "
-                "taken up here or by another runner"
-            )
-        return dead
-
-    def _unsettled_elsewhere(self) -> bool:
-        """Whether the run holds a job to settle that is not parked here."""
-        page = self.journal.unsettled_page(-1, len(self.parked) + 1)
-        return any(job_id not in self.parked for job_id, _, _ in page)
+    def _waiting_elsewhere(self) -> bool:
+        """Whether the run holds a job to settle that no runner parked (someone will)."""
+        return bool(self.journal.unsettled_page(-1, 1, unparked=True))
 
     async def feed(self) -> None:
-        """The engine's feed in a shared run: enqueue, then beat and reap until the run has
-        nothing left to settle (or submissions close here)."""
-        self.journal.beat()
+        """The engine's feed in a shared run: enqueue, then reap and keep the progress line
+        the whole run's, until the run has nothing left to settle that is not parked (or
+        submissions close here)."""
         await self.reap()  # before enqueueing: a dead runner's workflows are taken up first
         await self.enqueue_all()
         while not self._leaving():
-            self.journal.beat()
             await self.reap()
-            if not self._unsettled_elsewhere():
+            self.engine.stats.counts = self.journal.counts()  # every runner's progress
+            if not self._waiting_elsewhere():
                 return
             await asyncio.sleep(self.liveness.beat)
 
-    async def stop_steps(self, within: float) -> None:
-        """Cancel the steps still waiting here (their workflows stay pending for whoever takes
-        them up: this runner's row says it left)."""
+    async def stop(self, within: float) -> None:
+        """The runner ends: the steps still waiting here are cancelled (their workflows stay
+        pending). With nothing held, its row goes (no one is told it left); with jobs parked
+        or under way, its row says it left, so the others take them up at once."""
         steps = list(self.steps)
+        held = bool(steps or self.parked)
         for task in steps:
             task.cancel()
         if steps:
             await asyncio.wait(steps, timeout=within)
-
-    def leave(self) -> None:
         with contextlib.suppress(OmniBatchError):
-            self.journal.leave()
+            if held:
+                self.journal.leave()
+            else:
+                self.journal.forget_runner(self.runner)
+
+
+def _clock() -> float:
+    """Seconds on a clock that counts a suspended machine (Linux's boot time), else the
+    monotonic one."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    return time.clock_gettime(boottime) if boottime is not None else time.monotonic()

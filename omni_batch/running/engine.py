@@ -170,6 +170,8 @@ class Engine:
         # jobs a shared run's workflows wait on (running/durable.py): resolved when the engine
         # lets go of the job (terminal, back to pending, or left for a later run)
         self.watched: dict[str, asyncio.Future[None]] = {}
+        # a shared run's lease (running/durable.py): why no POST may leave now, or None
+        self.fence: Callable[[], str | None] | None = None
         self.capacity = asyncio.Condition()
         self.polls: asyncio.Queue[tuple[Flight]] = asyncio.Queue(maxsize=poll_workers)
         self.downloads: asyncio.Queue[tuple[Flight, str]] = asyncio.Queue(
@@ -390,6 +392,10 @@ class Engine:
             f"cannot reach the API at {self.client.root} ({exc.message}); stopped: no job "
             "was lost, run the same command again when it is reachable"
         )
+
+    def fenced(self) -> str | None:
+        """Why no POST may leave now (a shared run's runner that may have been replaced)."""
+        return self.fence() if self.fence is not None else None
 
     def fail_fatal(self, exc: BaseException) -> None:
         if self.fatal is None:

@@ -34,6 +34,7 @@ from omni_batch.errors import (
     RateLimited,
     RequestRejected,
     ServerError,
+    StateError,
     TransportError,
     UnrecognisedAnswer,
 )
@@ -125,6 +126,7 @@ class SubmitHost(Protocol):
     async def release(self, job_id: str | None = None) -> None: ...
     def check_idle(self) -> None: ...
     def fail_fatal(self, exc: BaseException) -> None: ...
+    def fenced(self) -> str | None: ...  # why no POST may leave now (a shared run's lease)
     def unreachable(self, exc: NotSent) -> ApiUnreachable: ...
     async def retire(self, account: AccountRun, exc: AuthError) -> None: ...
     async def out_of_quota(self, account: AccountRun, exc: QuotaError) -> None: ...
@@ -205,6 +207,9 @@ class Submitter:
                 moved[0] = True
                 self.stats.move(row.state, "submitting")
             crash.point("before_post")
+            if (why := self.host.fenced()) is not None:  # another runner may have the job now
+                self.host.fail_fatal(StateError(why))
+                raise Stopping()
             return client.submit(row.body, business_id)
 
         return await retried(

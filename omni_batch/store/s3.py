@@ -115,7 +115,9 @@ class S3Store:
                 raise
 
         try:
-            await obstore.put_async(self._store, key, counted(), mode="create")
+            await obstore.put_async(
+                self._store, key, counted(), mode="create", attributes={"Content-Type": "video/mp4"}
+            )
         except AlreadyExistsError:
             raise AlreadyStored(
                 f"s3://{self._where(key)}: already stored (another runner's copy is kept)", name
