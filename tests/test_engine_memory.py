@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 
+from omni_batch.errors import JobTaken
 from omni_batch.journal import STATES, MemoryJournal
 from omni_batch.planning.manifest import load_manifest
 from omni_batch.running.accounts import AccountRun
@@ -104,3 +105,41 @@ def test_a_resumed_job_with_a_task_is_polled_never_sent_again(tmp_path):
     row = journal.row(job)
     assert row["state"] == "completed" and row["task_ids"] == [made["task"]]
     assert row["attempts"] == 1
+
+
+class SettledMeanwhile(MemoryJournal):
+    """A shared journal as a runner paused past --dead-after finds it: while its POST for
+    ``taken`` was out, another runner settled that job, so its mark_running is JobTaken."""
+
+    def __init__(self, taken: str):
+        super().__init__()
+        self.taken = taken
+
+    def mark_running(
+        self, job_id: str, task_id: str, request_id: str | None, adopted: bool = False
+    ) -> None:
+        if job_id == self.taken:  # the other runner's task, fetched and saved
+            super().mark_running(job_id, "task-other", "rid-other")
+            super().mark_downloading(job_id, "https://cdn/other.mp4", None, None, polls=1)
+            super().mark_completed(job_id, f"videos/{job_id}.mp4", 1)
+            raise JobTaken(f"job {job_id!r} is completed: another runner moved it first")
+        super().mark_running(job_id, task_id, request_id, adopted)
+
+
+def test_a_task_whose_job_another_runner_settled_is_kept_with_the_job_flagged(tmp_path):
+    taken = "shot-1-16x9-6s-r1"
+    journal = SettledMeanwhile(taken)
+    journal.sync(load_manifest(shots_manifest(tmp_path, JOBS)).jobs())
+    stats = run_engine(tmp_path, journal)
+    assert stats["submits"] == JOBS  # nothing sent again
+    assert journal.counts() == {**dict.fromkeys(STATES, 0), "completed": JOBS}
+    row = journal.row(taken)
+    ours = row["task_ids"][-1]
+    assert row["task_ids"] == ["task-other", ours] and ours.startswith("video_")  # the sim's
+    assert row["possible_duplicate"] and row["task_id"] == "task-other"
+    assert (row["video_path"], row["bytes"]) == (f"videos/{taken}.mp4", 1)  # left as it was
+    stray = [e for e in journal.events if e["event"] == "stray_task"]
+    assert [(e["job_id"], e["task_id"]) for e in stray] == [(taken, ours)]
+    logged = [e["message"] for e in journal.events if e["event"] == "log"]
+    assert any(f"task {ours} it created is kept" in m for m in logged), logged
+    assert not journal.row("shot-0-16x9-6s-r1")["possible_duplicate"]

@@ -218,6 +218,60 @@ def test_a_lost_journal_is_rebuilt_from_its_events_exactly(tmp_path, how):
     rebuilt.close()
 
 
+def stray_tasks(tmp_path: Path, folder: Path) -> None:
+    """a: completed, then a stray task kept (twice); b: a stray task kept while submitting,
+    then its own task, completed."""
+    journal = SqliteJournal(folder)
+    journal.sync(two_prompt_jobs(tmp_path))
+    journal.mark_submitting(A, "ob-a", False)
+    journal.mark_running(A, "task-a", "rid-a")
+    journal.mark_downloading(A, "http://cdn/a.mp4", 2e9, None, polls=1)
+    journal.mark_completed(A, f"videos/{A}.mp4", 7)  # deferred: committed with the next
+    journal.keep_task(A, "task-stray", "rid-stray")
+    journal.keep_task(A, "task-stray", "rid-stray")
+    journal.mark_submitting(B, "ob-b", False)
+    journal.keep_task(B, "task-b-stray", None)
+    journal.mark_running(B, "task-b", None)
+    journal.mark_downloading(B, "http://cdn/b.mp4", 2e9, None, polls=1)
+    journal.mark_completed(B, f"videos/{B}.mp4", 9)
+    journal.close()
+
+
+def test_stray_tasks_are_event_lines_a_rebuilt_or_caught_up_journal_keeps(tmp_path):
+    folder = tmp_path / "out"
+    stray_tasks(tmp_path, folder)
+    kept = rows(folder)
+    found = build_report(folder).set_index("job_id")
+    assert found.task_ids[A] == "task-a task-stray" and found.task_id[A] == "task-a"
+    assert found.task_ids[B] == "task-b-stray task-b" and found.task_id[B] == "task-b"
+    assert found.possible_duplicate.all() and set(found.status) == {"completed"}
+    lines = [json.loads(x) for x in (folder / "events.jsonl").read_text().splitlines()]
+    stray = [e for e in lines if e["event"] == "stray_task"]
+    assert [(e["job_id"], e["task_id"], e.get("request_id")) for e in stray] == [
+        (A, "task-stray", "rid-stray"), (A, "task-stray", "rid-stray"), (B, "task-b-stray", None)
+    ]  # fmt: skip
+    assert [e["n"] for e in lines if "n" in e] == sorted(e["n"] for e in lines if "n" in e)
+    (folder / SqliteJournal.FILE).unlink()
+    rebuilt = SqliteJournal(folder)
+    assert rebuilt.recovered and "rebuilt from events.jsonl" in rebuilt.recovered
+    rebuilt.sync(two_prompt_jobs(tmp_path))
+    rebuilt.close()
+    assert rows(folder) == kept
+    # a journal that lost its last commits (the stray tasks among them) catches up
+    behind = tmp_path / "behind"
+    journal = SqliteJournal(behind)
+    journal.sync(two_prompt_jobs(tmp_path))
+    journal.close()
+    early = (behind / SqliteJournal.FILE).read_bytes()
+    stray_tasks(tmp_path, behind)
+    final = rows(behind)
+    (behind / SqliteJournal.FILE).write_bytes(early)
+    caught_up = SqliteJournal(behind)
+    assert caught_up.recovered and "behind events.jsonl" in caught_up.recovered
+    caught_up.close()
+    assert rows(behind) == final and final[0][:-3] == kept[0][:-3]
+
+
 def test_a_journal_behind_its_events_catches_up_and_one_ahead_is_never_moved_back(tmp_path):
     folder = tmp_path / "out"
     journal = SqliteJournal(folder)

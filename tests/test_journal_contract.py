@@ -272,3 +272,53 @@ def test_a_journal_that_was_never_rebuilt_adopts_nothing(any_journal, tmp_path):
 
     assert journal.adopt_videos(found()) == 0
     assert journal.counts() == {**dict.fromkeys(STATES, 0), "pending": 2}
+
+
+_KEPT = ("state", "task_id", "task_ids", "possible_duplicate", "video_path", "bytes")
+
+
+def reported(journal: Any, job_id: str) -> dict[str, Any]:
+    """``_KEPT`` of one job as the report reads it: through the journal's reader (the one in
+    memory has none: its row)."""
+    from omni_batch.journal import MemoryJournal, SqliteJournal, open_reader
+    from omni_batch.journal.postgres_reader import PostgresReader
+
+    journal.commit()
+    if isinstance(journal, MemoryJournal):
+        row = journal.row(job_id)
+        return {**{c: row[c] for c in _KEPT}, "task_ids": " ".join(row["task_ids"]) or None}
+    reader = (
+        open_reader(journal.folder)
+        if isinstance(journal, SqliteJournal)
+        else PostgresReader(journal.db.info.dsn, journal.run)
+    )
+    with reader:
+        rows = [r for chunk in reader.rows(("job_id", *_KEPT), 100) for r in chunk]
+    (found,) = [dict(zip(_KEPT, r[1:], strict=True)) for r in rows if r[0] == job_id]
+    return {**found, "possible_duplicate": bool(found["possible_duplicate"])}
+
+
+def test_a_stray_task_is_kept_once_and_flagged_and_nothing_else_changes(any_journal, tmp_path):
+    journal = any_journal
+    journal.sync(two_prompt_jobs(tmp_path))
+    sent(journal, A, "task-a")
+    journal.mark_downloading(A, "http://cdn/a.mp4", 2e9, None, polls=1)
+    journal.mark_completed(A, f"videos/{A}.mp4", 1234)
+    before = reported(journal, A)
+    assert (before["task_ids"], before["possible_duplicate"]) == ("task-a", False)
+    # another runner's POST for the job, answered after this one settled it
+    journal.keep_task(A, "task-stray", "rid-stray")
+    journal.keep_task(A, "task-stray", "rid-stray")  # twice: kept once
+    after = reported(journal, A)
+    assert after == {**before, "task_ids": "task-a task-stray", "possible_duplicate": True}
+    assert journal.counts() == {**dict.fromkeys(STATES, 0), "pending": 1, "completed": 1}
+    assert list(journal.completed_videos()) == [(A, f"videos/{A}.mp4", 1234)]
+    assert journal.task_owner("task-a") == A  # the job's task is still its own
+    # a job in flight keeps its task too; one the journal does not hold is left alone
+    journal.mark_submitting(B, "ob-b", False)
+    journal.keep_task(B, "task-b-stray", None)
+    row = by_id(journal.in_flight())[B]
+    assert (row.state, row.task_id, row.possible_duplicate) == ("submitting", None, True)
+    assert reported(journal, B)["task_ids"] == "task-b-stray"
+    journal.keep_task("no-such-job", "task-x", None)
+    assert journal.known_jobs(["no-such-job"]) == []

@@ -154,6 +154,35 @@ def test_a_crash_left_submit_is_settled_by_its_restarted_runner_or_one_taking_ov
     assert [e.get("reason") for e in owner.events() if e.get("reason")] == ["taken over"]
 
 
+def test_a_task_sent_by_a_runner_paused_past_dead_after_is_kept_with_the_job_it_lost(
+    runners, db, tmp_path
+):
+    from omni_batch.journal import open_reader
+
+    a, b = runners(2)
+    a.sync(two_prompt_jobs(tmp_path))
+    a.mark_submitting(A, "ob-a", False)  # ... its POST goes out, and runner a stalls
+    assert b.orphan(a.runner) == 1  # a looked dead: its submit belongs to no runner now
+    b.mark_submitting(A, "ob-a", True)  # b settles it: not found, sent flagged
+    b.mark_running(A, "task-b", "rid-b")
+    b.mark_downloading(A, "https://cdn/a.mp4", 2e9, None, polls=1)
+    b.mark_completed(A, f"videos/{A}.mp4", 1234)
+    with pytest.raises(JobTaken, match="is completed"):  # a wakes with its POST's answer
+        a.mark_running(A, "task-a", "rid-a")
+    a.keep_task(A, "task-a", "rid-a")
+    a.keep_task(A, "task-a", "rid-a")  # once
+    columns = ("job_id", "state", "task_id", "task_ids", "possible_duplicate", "video_path")
+    with open_reader(db, "shared") as reader:
+        found = [r for chunk in reader.rows(columns, 10) for r in chunk]
+    assert found[0] == (A, "completed", "task-b", "task-b task-a", 1, f"videos/{A}.mp4")
+    assert a.task_owner("task-b") == A and a.task_owner("task-a") is None
+    stray = [e for e in b.events() if e["event"] == "stray_task"]
+    assert [(e["job_id"], e["task_id"], e["request_id"]) for e in stray] == [
+        (A, "task-a", "rid-a"), (A, "task-a", "rid-a")
+    ]  # fmt: skip
+    assert [e["event"] for e in b.events()][-1] == "stray_task"  # after b's completed
+
+
 def test_a_body_changed_after_the_page_was_read_is_not_sent(runners, tmp_path):
     one, two = runners(2)
     one.sync(two_prompt_jobs(tmp_path))

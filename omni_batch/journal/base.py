@@ -172,6 +172,10 @@ class Journal(Protocol):
     def mark_running(
         self, job_id: str, task_id: str, request_id: str | None, adopted: bool = False
     ) -> None: ...
+    # a task this process's POST created for a job another runner settled or took (JobTaken
+    # on mark_running): possibly billed, so its id joins task_ids (once) and the job is flagged
+    # possible_duplicate, nothing else changed; committed, with a `stray_task` event
+    def keep_task(self, job_id: str, task_id: str, request_id: str | None) -> None: ...
     def mark_pending(self, job_id: str, reason: str) -> None: ...
     def mark_downloading(
         self,

@@ -394,6 +394,15 @@ class MemoryJournal:
             task_ids=[*row.task_ids, task_id], task_status=None,
         )  # fmt: skip
 
+    def keep_task(self, job_id: str, task_id: str, request_id: str | None) -> None:
+        row = self._jobs.get(job_id)
+        if row is None:
+            return  # as an UPDATE of no row
+        if task_id not in row.task_ids:
+            row.task_ids = [*row.task_ids, task_id]
+        row.possible_duplicate = True
+        self.event("stray_task", job_id=job_id, task_id=task_id, request_id=request_id)
+
     def mark_pending(self, job_id: str, reason: str) -> None:
         self._update(job_id, "pending", {"reason": reason})
 

@@ -774,6 +774,28 @@ class PostgresJournal:
         )  # fmt: skip
         self._settled(job_id)
 
+    def keep_task(self, job_id: str, task_id: str, request_id: str | None) -> None:
+        """A task this runner's POST created for a job another runner settled or took (its
+        mark_running was JobTaken): it may be billed, so its id joins ``task_ids`` (once) and
+        the job is flagged ``possible_duplicate``; nothing else changes, whatever the job's
+        state. One statement, unconditional on the state (the UPDATE and its `stray_task`
+        event row), committed before returning."""
+        p = {
+            "run": self.run, "job": job_id, "task": task_id, "now": time.time(),
+            "me": self.runner, "fields": _fields({"task_id": task_id, "request_id": request_id}),
+        }  # fmt: skip
+        with self._writing():
+            self.db.execute(
+                "WITH kept AS (UPDATE omni_batch.jobs SET task_ids = CASE WHEN "
+                "strpos(' ' || coalesce(task_ids, '') || ' ', ' ' || %(task)s || ' ') > 0 "
+                "THEN task_ids ELSE coalesce(task_ids || ' ', '') || %(task)s END, "
+                "possible_duplicate = true WHERE run = %(run)s AND job_id = %(job)s "
+                "RETURNING job_id) "
+                "INSERT INTO omni_batch.events (run, t, event, job_id, runner, fields) "
+                "SELECT %(run)s, %(now)s, 'stray_task', job_id, %(me)s, %(fields)s FROM kept",
+                p,
+            )
+
     def _settled(self, job_id: str) -> None:
         self._bodies.pop(job_id, None)
 

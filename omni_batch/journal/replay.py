@@ -74,6 +74,15 @@ _SET = {
         "possible_duplicate = max(possible_duplicate, :possible_duplicate)"
     ),
 }
+# a stray task (Journal.keep_task): its id joins task_ids unless already there, the job is
+# flagged; nothing else of the job changes (its state, its task, its video, updated_at)
+KEEP_TASK = (
+    "task_ids = CASE WHEN instr(' ' || coalesce(task_ids, '') || ' ', ' ' || :task_id || ' ') "
+    "THEN task_ids ELSE coalesce(task_ids || ' ', '') || :task_id END, possible_duplicate = 1"
+)
+_STRAY = (  # applied whatever the row's counter: keeping an id twice keeps it once
+    f"UPDATE jobs SET {KEEP_TASK}, ev = max(ev, coalesce(:n, ev)) WHERE job_id = :job_id"
+)
 _SQL = {
     (kind, ordered): f"UPDATE jobs SET {sets}, updated_at = :t, ev = coalesce(:n, ev) "
     + ("WHERE job_id = :job_id AND ev < :n" if ordered else "WHERE job_id = :job_id")
@@ -265,6 +274,25 @@ def _review(db: sqlite3.Connection, line: bytes) -> int:
     return 1
 
 
+def _stray(db: sqlite3.Connection, line: bytes) -> int | None:
+    """A stray task line (Journal.keep_task) applied; one without a job id and a task id is
+    skipped (the file is anyone's to edit). Returns its counter (0: none), None if skipped."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or record.get("event") != "stray_task":
+        return None
+    job_id, task_id = _text(record.get("job_id")), _text(record.get("task_id"))
+    if job_id is None or task_id is None or " " in task_id:
+        return None
+    n = _int(record.get("n"))
+    params = {"job_id": job_id, "task_id": task_id, "n": n}
+    db.execute(_PLACEHOLDER, params)  # a job given a task is kept, in the manifest or not
+    db.execute(_STRAY, params)
+    return n or 0
+
+
 def replay(
     db: sqlite3.Connection, folder: Path, offset: int, *, fresh: bool, above: int
 ) -> Replayed:
@@ -286,6 +314,17 @@ def replay(
                 continue
             if b'"event": "meta"' in line:
                 _meta(db, line)
+                continue
+            if b'"event": "stray_task"' in line:
+                n = _counter(line)
+                if (n is None and not fresh) or (n is not None and n <= above):
+                    continue  # one the journal holds already
+                kept = _stray(db, line)
+                if kept is None:
+                    done.skipped += 1
+                else:
+                    done.applied += 1
+                    done.top = max(done.top, kept)
                 continue
             if b'"event": "state"' not in line:
                 continue

@@ -791,10 +791,11 @@ class SqliteJournal:
     def _transition(
         self,
         sql: str,
-        params: tuple,
+        params: tuple | dict[str, Any],
         event: dict[str, Any],
         deferred: bool = False,
         durable: bool = False,
+        kind: str = "state",
     ) -> None:
         """One UPDATE, committed (with any waiting before it) unless ``deferred``, and fsync'ed
         when ``durable``; its event line is written once it is committed, after theirs."""
@@ -805,7 +806,7 @@ class SqliteJournal:
             if not (autocommit or db.in_transaction):
                 db.execute("BEGIN")
             db.execute(sql, params)
-            self._waiting.append(self._event_line("state", event))
+            self._waiting.append(self._event_line(kind, event))
             if not autocommit:
                 crash.point("in_commit")  # the UPDATE is made, not yet committed
                 now = time.monotonic()
@@ -918,6 +919,22 @@ class SqliteJournal:
                 "adopted": adopted or None,
             },
             durable=True,
+        )
+
+    def keep_task(self, job_id: str, task_id: str, request_id: str | None) -> None:
+        """A task this process's POST created for a job another runner settled or took: it may
+        be billed, so its id joins ``task_ids`` (once) and the job is flagged
+        ``possible_duplicate``; nothing else changes, whatever the job's state. Committed and
+        fsync'ed, with a ``stray_task`` event line that a rebuild applies too. (One writer per
+        folder never meets another runner; kept for the protocol.)"""
+        n = self._n
+        self._n = n + 1
+        self._transition(
+            f"UPDATE jobs SET {replay.KEEP_TASK}, ev = :n WHERE job_id = :job_id",
+            {"task_id": task_id, "n": n, "job_id": job_id},
+            {"n": n, "job_id": job_id, "task_id": task_id, "request_id": request_id},
+            durable=True,
+            kind="stray_task",
         )
 
     def mark_pending(self, job_id: str, reason: str) -> None:

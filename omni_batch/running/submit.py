@@ -596,7 +596,20 @@ class Submitter:
             except (ApiError, TransportError) as exc:
                 return await self._give_up_submit(row, exc, maybe_sent, flagged)
             self.unrecognised_streak = 0
-            self.journal.mark_running(row.job_id, submitted.task_id, submitted.request_id)
+            try:
+                self.journal.mark_running(row.job_id, submitted.task_id, submitted.request_id)
+            except JobTaken:
+                # a shared run: another runner settled or took the job while this POST was
+                # out (this runner paused past --dead-after); the task it made may be billed,
+                # so its id is kept with the job, flagged. Logged first: the id survives in
+                # the log even if keeping it fails
+                self.host.log(
+                    f"{row.job_id}: another runner took this job while its submit was out; "
+                    f"task {submitted.task_id} it created is kept in task_ids, flagged "
+                    "possible_duplicate"
+                )
+                self.journal.keep_task(row.job_id, submitted.task_id, submitted.request_id)
+                raise  # submit_now leaves the job to its owner
             if self.spend is not None:
                 self.spend.billed(row.job_id, row.body)
             crash.point("after_task_id")
