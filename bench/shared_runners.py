@@ -61,6 +61,21 @@ def start(
     )
 
 
+def submitted_by(url: str, runner: str) -> int:
+    import psycopg
+
+    try:
+        with psycopg.connect(url) as db:
+            row = db.execute(
+                "SELECT count(DISTINCT job_id) FROM omni_batch.events WHERE runner = %s "
+                "AND fields ->> 'state' = 'submitting'",
+                (runner,),
+            ).fetchone()
+    except psycopg.Error:  # before the runners made the tables
+        return 0
+    return int(row[0]) if row else 0
+
+
 def timeline(url: str) -> tuple[float, float, int]:
     """(first submit, last completion, jobs flagged possible_duplicate) on the journal's clock."""
     import psycopg
@@ -106,9 +121,9 @@ def one(
             )
             for n in range(runners)
         ]
-        if kill:
-            while sim.stats()["submits"] < jobs * 0.4:
-                time.sleep(0.05)
+        if kill:  # once r0 has its share under way (the simulator's stats hold its loop)
+            while submitted_by(url, "r0") < jobs * 0.4 / runners:
+                time.sleep(0.25)
             procs[0].send_signal(signal.SIGKILL)
         codes = []
         for proc in procs:

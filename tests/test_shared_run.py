@@ -128,7 +128,7 @@ def test_a_stopped_runner_leaves_its_jobs_and_the_next_runner_finishes_them(
         deadline = time.monotonic() + 60
         while submitted_by(url, "a") < 8:
             assert time.monotonic() < deadline and first.poll() is None
-            time.sleep(0.05)
+            time.sleep(0.25)
         first.send_signal(signal.SIGTERM)
         stopped_at = time.monotonic()
         code, _, err = finish(first, within=20)
@@ -208,7 +208,7 @@ def test_a_paused_runner_replaced_by_another_sends_nothing_when_it_wakes(
             deadline = time.monotonic() + 60
             while not stopped(sleeper):
                 assert time.monotonic() < deadline and sleeper.poll() is None
-                time.sleep(0.05)
+                time.sleep(0.25)
             heir = runner(manifest, tmp_path / "b", server, url, store, s3_server, "b", *flags)
             code, _, err = finish(heir)
             assert code == 0, err[-3000:]

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 TABLE = "omni_batch.pace"
 AHEAD = 0.25  # seconds: how long before it is due a slot may be handed out
+LATE = 0.5  # a slot whose taker wakes later than this share of a gap after it is given up
 _AHEAD = Decimal(repr(AHEAD))
 CONNECT_TIMEOUT = 10  # seconds
 
@@ -105,13 +106,16 @@ class SharedSlots:
                     row = await self._query(_TAKE, {"key": self.key, "gap": gap, "ahead": _AHEAD})
                     if row is not None:
                         slot, wait = float(row[0]), float(row[1])
+                        due = time.monotonic() + wait
                         break
                     later = await self._query(_LATER, {"key": self.key, "ahead": _AHEAD})
                     await asyncio.sleep(max(0.0, float(later[0])) if later else 0.0)
             await asyncio.sleep(max(0.0, wait))
-            if self._held_until <= time.monotonic():
+            now = time.monotonic()
+            if self._held_until <= now and now - due <= float(gap) * LATE:
                 return slot
-            # paused by this runner while waiting for it: the slot is void, take a later one
+            # paused by this runner while waiting for it, or woken so late (a loaded machine)
+            # that its request would crowd the next runner's: the slot is void, take a later one
 
     async def pause(self, seconds: float) -> None:
         """No slot for anyone sharing the key before ``seconds`` from now (a longer pause
