@@ -49,6 +49,7 @@ def test_three_runners_on_300_jobs_share_one_budget_and_finish_a_killed_runners_
     manifest = shots_manifest(tmp_path, JOBS)
     store = f"s3://{bucket}/proof"
     flags = ("--submit-rate", str(RATE), "--dead-after", "3", "--max-in-flight", str(IN_FLIGHT))
+    flags += ("--poll-interval", "1")  # a second between polls: 1-3 s tasks, a third of the calls
     knobs = {"gen_min": 1.0, "gen_max": GEN_MAX, "submit_rate": RATE, "submit_burst": 10}
     with sim(seed=5, **knobs) as server:
         procs = [
