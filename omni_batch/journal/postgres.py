@@ -168,6 +168,7 @@ class PostgresJournal:
             raise UsageError("a shared run needs a name")
         self.where = f"{redacted(url)} (run {run!r})"
         self.run = run
+        self._url = url  # for reconnected(); never shown (``where`` is the redacted form)
         self.runner = runner or uuid.uuid4().hex[:12]
         self.recovered: str | None = None  # nothing is ever rebuilt here
         self.left_manifest = 0
@@ -633,6 +634,10 @@ class PostgresJournal:
         return bytes.fromhex(row[0])
 
     # -- runners' heartbeats -------------------------------------------------------------------
+    def reconnected(self) -> PostgresJournal:
+        """The same run and runner on a connection of its own (for another thread)."""
+        return PostgresJournal(self._url, self.run, runner=self.runner)
+
     def beat(self) -> None:
         """This runner is alive (the database's clock: machines' clocks never compared)."""
         with self._writing():

@@ -32,6 +32,7 @@ import hashlib
 import math
 import os
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -146,7 +147,8 @@ class SharedRun:
         self.parked: set[str] = set()  # jobs left for a later run or another runner
         self.steps: set[asyncio.Task[Any]] = set()  # workflow steps under way here
         self.queue: Any = None
-        self.beating: asyncio.Task[None] | None = None
+        self.beating: threading.Thread | None = None
+        self.stopped = threading.Event()
         self.beaten_at = _clock()  # the last heartbeat the database took
         self.reaped = 0  # dead runners whose work this runner handed back
         engine.fence = self.fenced  # no POST leaves a runner that may have been replaced
@@ -171,7 +173,15 @@ class SharedRun:
         try:
             self.journal.beat()
             self.beaten_at = _clock()
-            self.beating = asyncio.create_task(self._beat())
+            # its own thread and connection: a busy event loop (a launch, a long journal call)
+            # never silences it; a paused process, a lost database do
+            self.beating = threading.Thread(
+                target=self._beat,
+                args=(self.journal.reconnected(),),
+                name="omni-batch-heartbeat",
+                daemon=True,
+            )
+            self.beating.start()
             DBOS(config=config)
             DBOS.listen_queues([self.queue_name])  # another run's workflows are not ours
             DBOS.launch()
@@ -196,24 +206,26 @@ class SharedRun:
 
     async def close(self) -> None:
         _RUNS.pop(self.run, None)
+        self.stopped.set()
         if self.beating is not None:
-            self.beating.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.beating
+            await asyncio.to_thread(self.beating.join, 5)
         with contextlib.suppress(Exception):
             await asyncio.to_thread(DBOS.destroy, workflow_completion_timeout_sec=0)
 
     # -- liveness --------------------------------------------------------------------------------
-    async def _beat(self) -> None:
+    def _beat(self, journal: PostgresJournal) -> None:
         """The heartbeat, for as long as this runner lives (polling and downloading included,
         after submissions closed): others take its work up only once it is silent."""
-        while True:
-            await asyncio.sleep(self.liveness.beat)
-            try:
-                self.journal.beat()
-            except OmniBatchError:
-                continue  # the lease runs out: no POST leaves until a beat is taken again
-            self.beaten_at = _clock()
+        try:
+            while not self.stopped.wait(self.liveness.beat):
+                try:
+                    journal.beat()
+                except OmniBatchError:
+                    continue  # the lease runs out: no POST leaves until a beat is taken again
+                self.beaten_at = _clock()
+        finally:
+            with contextlib.suppress(Exception):
+                journal.close()
 
     def fenced(self) -> str | None:
         """Why no POST may leave now (None: it may): this runner's last heartbeat is so old
