@@ -168,6 +168,10 @@ class SharedRun:
             "application_version": __version__,
             "log_level": "ERROR",  # its warnings (queue contention, cancelled steps) are ours
             "sys_db_pool_size": 4,
+            # a paused runner (SIGSTOP, a suspended machine) inside one of DBOS's transactions
+            # would hold its locks, and every other runner's dequeues and recoveries with them,
+            # for the server's default 60 s: the server ends such a session sooner
+            "sys_db_idle_transaction_timeout_sec": max(5.0, self.liveness.dead_after / 2),
         }
         _RUNS[self.run] = self
         try:
