@@ -36,7 +36,17 @@ class Problem:
 
     def __str__(self) -> str:
         field = f" {self.field}:" if self.field else ""
-        return f"{self.where}:{field} {self.message}"
+        return one_line(f"{self.where}:{field} {self.message}")
+
+
+def one_line(text: str) -> str:
+    """``text`` as one line: every character ``str.splitlines`` breaks on (newlines, and also
+    \\x1c-\\x1e, \\x85, \\u2028...) shown escaped, as a value quoted from a file may hold them."""
+    if len(text.splitlines()) <= 1 and not text.endswith(("\n", "\r")):
+        return text
+    return "".join(
+        ch if len(("x" + ch + "x").splitlines()) == 1 else ascii(ch)[1:-1] for ch in text
+    )
 
 
 class OmniBatchError(Exception):

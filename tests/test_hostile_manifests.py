@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
@@ -151,3 +152,17 @@ def test_explicit_path_like_ids_are_made_safe(tmp_path):
     result = plan(path)
     assert result.exit_code == 0
     assert ids_of(result) == ["etc-passwd-16x9-6s-r1", "abs-path-16x9-6s-r1"]
+
+
+@pytest.mark.parametrize("breaker", ["\x1e", "\x1c", "\x85", "\u2028", "\r"])
+def test_a_value_holding_a_line_breaking_character_is_still_one_error_line(
+    tmp_path: Path, breaker: str
+) -> None:
+    """Found by test_any_structure_with_manifest_keys: a quoted value holding a character
+    `str.splitlines` breaks on (not only newlines) split the one-line error in two."""
+    path = tmp_path / "m.yaml"
+    doc = {"prompts": [{"prompt": "p", "aspect_ratio": f"0{breaker}0"}]}
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True), encoding="utf-8")
+    result = plan(path)
+    assert result.exit_code == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
