@@ -20,6 +20,14 @@ def sent(journal: Any, job_id: str, task_id: str, account: str | None = None) ->
     journal.mark_running(job_id, task_id, f"rid-{task_id}")
 
 
+def completed_a(journal: Any, tmp_path: Any) -> None:
+    """The two-prompt jobs synced, job A sent, finished and its video stored (videos/A.mp4)."""
+    journal.sync(two_prompt_jobs(tmp_path))
+    sent(journal, A, "task-a")
+    journal.mark_downloading(A, "http://cdn/a.mp4", 2e9, None, polls=1)
+    journal.mark_completed(A, f"videos/{A}.mp4", 1234)
+
+
 def by_id(rows: Any) -> dict[str, Any]:
     return {r.job_id: r for r in rows}
 
@@ -247,10 +255,7 @@ def test_reviews_are_saved_checked_and_kept_field_by_field(any_journal, tmp_path
 
 def test_a_completed_video_the_store_lost_goes_back_to_downloading(any_journal, tmp_path):
     journal = any_journal
-    journal.sync(two_prompt_jobs(tmp_path))
-    sent(journal, A, "task-a")
-    journal.mark_downloading(A, "http://cdn/a.mp4", 2e9, None, polls=1)
-    journal.mark_completed(A, f"videos/{A}.mp4", 1234)
+    completed_a(journal, tmp_path)
     journal.commit()
     assert list(journal.completed_videos()) == [(A, f"videos/{A}.mp4", 1234)]
     # only a completed job goes back, once: an unknown id or a pending job is left alone
@@ -300,10 +305,7 @@ def reported(journal: Any, job_id: str) -> dict[str, Any]:
 
 def test_a_stray_task_is_kept_once_and_flagged_and_nothing_else_changes(any_journal, tmp_path):
     journal = any_journal
-    journal.sync(two_prompt_jobs(tmp_path))
-    sent(journal, A, "task-a")
-    journal.mark_downloading(A, "http://cdn/a.mp4", 2e9, None, polls=1)
-    journal.mark_completed(A, f"videos/{A}.mp4", 1234)
+    completed_a(journal, tmp_path)
     before = reported(journal, A)
     assert (before["task_ids"], before["possible_duplicate"]) == ("task-a", False)
     # another runner's POST for the job, answered after this one settled it
