@@ -183,6 +183,27 @@ def test_a_task_sent_by_a_runner_paused_past_dead_after_is_kept_with_the_job_it_
     assert [e["event"] for e in b.events()][-1] == "stray_task"  # after b's completed
 
 
+def test_a_runner_taken_for_dead_never_takes_its_lease_back(runners):
+    """Each runner is judged by its own lease (its --dead-after), and one silent past it, or
+    reaped, has every later beat refused: a paused runner whose heartbeat wakes first must not
+    look alive again while another runner holds its jobs."""
+    a, b = runners(2)
+    a.join(0.5)
+    b.join(30)
+    assert a.beat() and b.beat()
+    assert b.dead_runners() == [] and a.dead_runners() == []
+    time.sleep(0.8)
+    assert b.dead_runners() == [a.runner]  # a's lease, not b's own
+    assert a.dead_runners() == []  # b's 30 s run on
+    assert not a.beat()  # silent past its lease: refused, and stays refused
+    a.join(0.5)  # a new start of the same runner id is a new lease ...
+    assert a.beat()
+    b.forget_runner(a.runner)  # ... until a reaper hands its work back
+    assert not a.beat()
+    b.leave()
+    assert not b.beat() and a.dead_runners() == [b.runner]  # left: its work taken up at once
+
+
 def test_a_body_changed_after_the_page_was_read_is_not_sent(runners, tmp_path):
     one, two = runners(2)
     one.sync(two_prompt_jobs(tmp_path))

@@ -117,6 +117,9 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.runners (
     runner TEXT PRIMARY KEY,  -- a runner process (its DBOS executor id)
     seen DOUBLE PRECISION NOT NULL  -- its last heartbeat, on the database's clock
 );
+-- how long its silence may last before it is dead (its --dead-after): once past, its beats
+-- are refused, so a runner taken for dead never takes its lease back
+ALTER TABLE {SCHEMA}.runners ADD COLUMN IF NOT EXISTS lease DOUBLE PRECISION NOT NULL DEFAULT 15;
 """
 
 _JOB_COLUMNS = (
@@ -207,8 +210,11 @@ class PostgresJournal:
         with self._writing(), self.db.transaction():
             # DDL on tables in use would wait for (and stall) the runners writing them: only
             # when the schema is not all there yet (its last table), one runner at a time
-            made = self.db.execute("SELECT to_regclass('omni_batch.runners')").fetchone()
-            if made is None or made[0] is None:
+            made = self.db.execute(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = 'omni_batch' "
+                "AND table_name = 'runners' AND column_name = 'lease'"
+            ).fetchone()
+            if made is None:
                 self.db.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK,))
                 self.db.execute(_DDL)  # several statements: no parameters
             # the first runner's meta wins; later ones keep it (their run_key is thrown away)
@@ -638,21 +644,34 @@ class PostgresJournal:
         """The same run and runner on a connection of its own (for another thread)."""
         return PostgresJournal(self._url, self.run, runner=self.runner)
 
-    def beat(self) -> None:
-        """This runner is alive (the database's clock: machines' clocks never compared)."""
+    def join(self, lease: float) -> None:
+        """This runner starts: alive now (the database's clock: machines' clocks are never
+        compared), dead once silent for ``lease`` seconds."""
         with self._writing():
             self.db.execute(
-                "INSERT INTO omni_batch.runners VALUES (%s, extract(epoch from clock_timestamp()))"
-                " ON CONFLICT (runner) DO UPDATE SET seen = excluded.seen",
-                (self.runner,),
+                "INSERT INTO omni_batch.runners (runner, seen, lease) "
+                "VALUES (%s, extract(epoch from clock_timestamp()), %s) "
+                "ON CONFLICT (runner) DO UPDATE SET seen = excluded.seen, lease = excluded.lease",
+                (self.runner, lease),
             )
 
-    def dead_runners(self, after: float) -> list[str]:
-        """Runners silent for ``after`` seconds (or that left: ``leave``)."""
+    def beat(self) -> bool:
+        """This runner is still alive: False when its lease is lost — it was silent past its
+        lease, left, or was taken for dead (its row gone) — which no later beat takes back."""
+        with self._writing():
+            done = self.db.execute(
+                "UPDATE omni_batch.runners SET seen = extract(epoch from clock_timestamp()) "
+                "WHERE runner = %s AND seen >= extract(epoch from clock_timestamp()) - lease",
+                (self.runner,),
+            )
+            return done.rowcount == 1
+
+    def dead_runners(self) -> list[str]:
+        """Runners silent past their lease (or that left: ``leave``)."""
         rows = self._all(
             "SELECT runner FROM omni_batch.runners WHERE runner <> %s "
-            "AND seen < extract(epoch from clock_timestamp()) - %s ORDER BY runner",
-            (self.runner, after),
+            "AND seen < extract(epoch from clock_timestamp()) - lease ORDER BY runner",
+            (self.runner,),
         )
         return [str(r[0]) for r in rows]
 

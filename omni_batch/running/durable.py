@@ -11,10 +11,11 @@ decide every race; DBOS only hands each job to one runner, and hands it again wh
 dies.
 
 What DBOS does not do, this module does (docs/design/several-machines.md):
-- liveness: each runner beats a row in ``omni_batch.runners``; a runner silent for
+- liveness: each runner beats a row in ``omni_batch.runners``; a runner silent for its
   ``dead_after`` seconds (or one that left) has its `submitting` jobs orphaned (any runner may
   settle them) and its pending workflows handed back to the queue
-  (``DBOS._recover_pending_workflows``, private: dbos is pinned below 4);
+  (``DBOS._recover_pending_workflows``, private: dbos is pinned below 4). The row is a lease:
+  once past, the runner's beats are refused for good and it sends nothing more (``fenced``);
 - the rate at the POST: the account budgets' shared slots (running/shared_pace.py) pace every
   runner's requests together; the queue's limiter only admits workflows at about that rate;
 - the in-flight cap over all runners: the queue's ``global_concurrency``.
@@ -150,7 +151,7 @@ class SharedRun:
         self.beating: threading.Thread | None = None
         self.stopped = threading.Event()
         self.beaten_at = _clock()  # the last heartbeat the database took
-        self.reaped = 0  # dead runners whose work this runner handed back
+        self.lost = False  # a beat was refused: others may hold this runner's jobs for good
         engine.fence = self.fenced  # no POST leaves a runner that may have been replaced
 
     # -- DBOS ------------------------------------------------------------------------------------
@@ -175,7 +176,7 @@ class SharedRun:
         }
         _RUNS[self.run] = self
         try:
-            self.journal.beat()
+            self.journal.join(self.liveness.dead_after)
             self.beaten_at = _clock()
             # its own thread and connection: a busy event loop (a launch, a long journal call)
             # never silences it; a paused process, a lost database do
@@ -223,9 +224,12 @@ class SharedRun:
         try:
             while not self.stopped.wait(self.liveness.beat):
                 try:
-                    journal.beat()
+                    alive = journal.beat()
                 except OmniBatchError:
                     continue  # the lease runs out: no POST leaves until a beat is taken again
+                if not alive:  # silent too long, taken for dead: it never comes back
+                    self.lost = True
+                    return
                 self.beaten_at = _clock()
         finally:
             with contextlib.suppress(Exception):
@@ -236,7 +240,7 @@ class SharedRun:
         (a pause, a suspended machine, a lost database) that the others may have taken its
         jobs up; a POST now could pay for a job twice. The clock counts a suspend."""
         silent = _clock() - self.beaten_at
-        if silent < self.liveness.dead_after / 2:
+        if silent < self.liveness.dead_after / 2 and not self.lost:
             return None
         return (
             f"runner {self.runner} was silent for {silent:.0f} s (--dead-after "
@@ -248,12 +252,11 @@ class SharedRun:
         """Runners silent too long: their `submitting` jobs orphaned (any runner settles them
         now), their pending workflows back on the queue. Racing reapers are harmless: DBOS
         hands back only workflows still owned by the dead runner."""
-        dead = self.journal.dead_runners(self.liveness.dead_after)
+        dead = self.journal.dead_runners()
         for runner in dead:
             orphaned = self.journal.orphan(runner)
             handles = await asyncio.to_thread(DBOS._recover_pending_workflows, [runner])
             self.journal.forget_runner(runner)
-            self.reaped += 1
             if orphaned or handles:
                 self.engine.log(
                     f"runner {runner} left or stopped answering: its {len(handles)} unfinished "
@@ -389,6 +392,8 @@ class SharedRun:
         await self.reap()  # before enqueueing: a dead runner's workflows are taken up first
         await self.enqueue_all()
         while not self._leaving():
+            if self.lost:  # its jobs are someone else's now
+                raise StateError(self.fenced() or "")
             await self.reap()
             self.engine.stats.counts = self.journal.counts()  # every runner's progress
             if not self._waiting_elsewhere():

@@ -856,6 +856,17 @@ class Engine:
         if account is None or row.job_id in self.job_account:
             return False
         self.claim(row.job_id, account)
+        flight, link = self._resumed_flight(row)
+        if link is not None:
+            await self.downloads.put((flight, link))  # a stored copy is found by `fetch`
+        else:
+            self.schedule(flight, 0)
+        return True
+
+    def _resumed_flight(self, row: JobRow) -> tuple[Flight, str | None]:
+        """A job left `running` or `downloading` as a Flight, and the link to download its
+        video from when it finished and the link is still fresh (None: poll it)."""
+        # its age (the journal's wall-clock submit time) lets the planner place its polls
         age = time.time() - row.submitted_at if row.submitted_at else 0.0
         flight = self._flight(
             row,
@@ -866,11 +877,7 @@ class Engine:
         )
         url = row.video_url or ""
         fresh = bool(url) and (row.expires_at or 0) > time.time()
-        if row.state == "downloading" and fresh:
-            await self.downloads.put((flight, url))  # a stored copy is found by `fetch`
-        else:
-            self.schedule(flight, 0)
-        return True
+        return flight, url if row.state == "downloading" and fresh else None
 
     def resume(self) -> tuple[list[tuple[JobRow, bool]], list[tuple[Flight, str]]]:
         """Re-enter what a previous process left in flight (at most its in-flight cap of jobs):
@@ -886,23 +893,13 @@ class Engine:
             if row.state == "submitting":
                 settle.append((row, True))
                 continue
-            # its age (the journal's wall-clock submit time) lets the planner place its polls
-            age = time.time() - row.submitted_at if row.submitted_at else 0.0
-            flight = self._flight(
-                row,
-                row.task_id or "",
-                submitted=time.monotonic() - max(0.0, age),
-                polls=row.polls,
-                state=row.state,
-            )
-            url = row.video_url or ""
-            fresh = bool(url) and (row.expires_at or 0) > time.time()
+            flight, link = self._resumed_flight(row)
             if row.state == "downloading" and (size := self.store.size(row.job_id)):
                 # put whole into the store, its `completed` lost to a crash: nothing to fetch
                 flight.on_disk = Stored(row.job_id, size)
-                downloads.append((flight, url))
-            elif row.state == "downloading" and fresh:
-                downloads.append((flight, url))  # no status call on a finished task
+                downloads.append((flight, row.video_url or ""))
+            elif link is not None:
+                downloads.append((flight, link))  # no status call on a finished task
             else:
                 self.schedule(flight, 0)  # running, or a link that needs refreshing
         for name, n in left.items():
