@@ -1,9 +1,11 @@
 """omni-batch: run large batches of text-to-video generations against the ToAPIs task API.
 
 The public API: everything a notebook user needs is importable from here (``__all__``).
-``import omni_batch`` and `plan` stay light: the run engine (aiohttp, pandas) is imported on
-first use of a name that needs it.
+``import omni_batch`` stays light (its version and errors): every other name is imported on
+first use, so `plan` never loads the run engine (aiohttp, pandas).
 """
+
+from typing import TYPE_CHECKING, Any
 
 from omni_batch._version import __version__
 from omni_batch.errors import (
@@ -39,13 +41,29 @@ from omni_batch.errors import (
     UsageError,
     Where,
 )
-from omni_batch.planning.catalog import Catalog, ModelRules, load_catalog
-from omni_batch.planning.jobs import Job
-from omni_batch.planning.manifest import Manifest, PlanSummary, load_manifest
-from omni_batch.planning.plan import Plan, plan
+
+if TYPE_CHECKING:  # what a type checker sees; at run time each is imported on first use
+    from omni_batch.batch import run, run_async
+    from omni_batch.outputs.report import build_report
+    from omni_batch.planning.catalog import Catalog, ModelRules, load_catalog
+    from omni_batch.planning.jobs import Job
+    from omni_batch.planning.manifest import Manifest, PlanSummary, load_manifest
+    from omni_batch.planning.plan import Plan, plan
+    from omni_batch.preparing import PreparedRun, prepare
+    from omni_batch.results import status, write_gallery, write_reports
+    from omni_batch.running.options import Policy, RunOptions
 
 # name -> the module (under omni_batch) that defines it, imported on first use
 _LAZY = {
+    "Catalog": "planning.catalog",
+    "ModelRules": "planning.catalog",
+    "load_catalog": "planning.catalog",
+    "Job": "planning.jobs",
+    "Manifest": "planning.manifest",
+    "PlanSummary": "planning.manifest",
+    "load_manifest": "planning.manifest",
+    "Plan": "planning.plan",
+    "plan": "planning.plan",
     "run": "batch",
     "run_async": "batch",
     "prepare": "preparing",
@@ -59,8 +77,9 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    # the run engine pulls in aiohttp and pandas; `plan` and the CLI's start-up should not
+def __getattr__(name: str) -> Any:
+    # the run engine pulls in aiohttp and pandas, planning PyYAML: `import omni_batch` (and
+    # `python -m omni_batch`'s first moments, before it can take Ctrl-C) stays light
     if name in _LAZY:
         from importlib import import_module
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -21,6 +22,17 @@ import aiohttp
 import pandas as pd
 import pytest
 from click.testing import CliRunner, Result
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The suite started in the background (`cmd &` in a script, nohup) inherits SIGINT or
+    SIGHUP ignored, and so would every run it starts: the signal tests would send signals
+    nobody hears. The processes the tests start hear them as a user's shell would have them."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
 
 SUBMIT = "/v1/videos/generations"
 CAT = {"model": "gemini_omni", "prompt": "a cat surfing"}
