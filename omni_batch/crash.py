@@ -23,7 +23,8 @@ POINTS = (
     "mid_rebuild",  # a lost journal half rebuilt from events.jsonl, before its COMMIT
 )
 
-_target: tuple[str, int] | None = None
+_UNREAD = ("", 0)
+_target: tuple[str, int] | None = _UNREAD  # read from the environment at the first point
 _seen: dict[str, int] = {}
 
 
@@ -35,11 +36,11 @@ def _parse() -> tuple[str, int] | None:
     return name, int(count or 1)
 
 
-_target = _parse()
-
-
 def point(name: str) -> None:
     """Die here if the environment asked for it (a no-op in normal runs)."""
+    global _target
+    if _target is _UNREAD:  # not at import: a process forked from a warm one has its own
+        _target = _parse()
     if _target is None or _target[0] != name:
         return
     _seen[name] = _seen.get(name, 0) + 1

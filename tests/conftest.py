@@ -9,9 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,6 +19,8 @@ import aiohttp
 import pandas as pd
 import pytest
 from click.testing import CliRunner, Result
+
+from tests import spawn
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -186,35 +185,20 @@ def report(out: Path, keep_default_na: bool = True) -> pd.DataFrame:
     return pd.read_csv(out / "report.csv", keep_default_na=keep_default_na)
 
 
-# runs omni_batch with RLIMIT_FSIZE set in the child itself (preexec_fn is unsafe with threads)
-_FILE_SIZE_LIMITED = textwrap.dedent(
-    """
-    import resource, runpy, sys
-    limit = int(sys.argv.pop(1))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-    runpy.run_module("omni_batch", run_name="__main__")
-    """
-)
-
-
 def start_run(
     manifest: Path, out: Path, server: Any, *extra: str, file_size_limit: int | None = None
-) -> subprocess.Popen[str]:
-    """`python -m omni_batch run MANIFEST --out OUT` in a subprocess against ``server`` (50
-    requests/s, --reconcile), then ``extra`` flags; stdout and stderr piped, as text.
-    ``file_size_limit``: a full disk without mounting one, every write past it fails with EFBIG
-    (Python ignores SIGXFSZ)."""
-    command = [sys.executable, "-m", "omni_batch"]
-    if file_size_limit is not None:
-        command = [sys.executable, "-c", _FILE_SIZE_LIMITED, str(file_size_limit)]
-    command += ["run", str(manifest), "--out", str(out), "--base-url", server.base_url]
+) -> spawn.Started:
+    """`python -m omni_batch run MANIFEST --out OUT` in a process of its own (tests/spawn.py)
+    against ``server`` (50 requests/s, --reconcile), then ``extra`` flags; its stdout and
+    stderr as text once it ended. ``file_size_limit``: a full disk without mounting one, every
+    write past it fails with EFBIG (Python ignores SIGXFSZ)."""
+    command = ["run", str(manifest), "--out", str(out), "--base-url", server.base_url]
     command += ["--yes", "--no-progress", "--poll-interval", "0.2", "--rate", "50", "--reconcile"]
-    return subprocess.Popen(
-        [*command, *extra],
+    return spawn.start(
+        *command,
+        *extra,
         env={**os.environ, "TOAPIS_API_KEY": server.key},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        file_size_limit=file_size_limit,
     )
 
 

@@ -10,8 +10,6 @@ import asyncio
 import base64
 import json
 import os
-import subprocess
-import sys
 import urllib.parse
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from omni_batch.running.accounts import Identity, match, parse_keys_env, parse_k
 from omni_batch.running.budgets import Rates
 from omni_batch.running.options import FAST
 from omni_batch.running.redact import Redactor, base64_cores
+from tests import spawn
 from tests.conftest import cli, report, shots_manifest, sim
 
 KA, KB, KC = "sk-alpha-0123456789abcdef", "sk-bravo-0123456789abcdef", "sk-carol-0123456789abcd"
@@ -250,10 +249,10 @@ SIX = "vars: {n: [1, 2, 3, 4, 5, 6]}\nprompts:\n  - {id: 'job-{n}', prompt: 'a c
 def _crash_run(manifest: Path, out: Path, server, keys_file: Path, crash_at: str):
     env = {k: v for k, v in os.environ.items() if k not in (CRASH_ENV, "TOAPIS_API_KEYS")}
     env.update({CRASH_ENV: crash_at, "TOAPIS_API_KEY": ""})
-    args = [sys.executable, "-m", "omni_batch", "run", str(manifest), "--out", str(out)]
+    args = ["run", str(manifest), "--out", str(out)]
     args += ["--base-url", server.base_url, "--yes", "--no-progress", "--no-verify"]
     args += ["--poll-interval", "0.2", "--reconcile", "--keys-file", str(keys_file)]
-    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, check=False)
+    return spawn.run(*args, env=env)
 
 
 def test_bare_keys_reordered_after_a_crash_keep_each_task_with_its_own_key(tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pandas as pd
 import pytest
 
 from omni_batch.crash import ENV
+from tests import spawn
 from tests.conftest import journal_count, journal_rows, sim
 
 JOBS = 8
@@ -26,12 +26,12 @@ def run(
     env["TOAPIS_API_KEY"] = server.key
     if crash_at:
         env[ENV] = crash_at
-    args = [sys.executable, "-m", "omni_batch", "run", str(manifest), "--out", str(out)]
+    args = ["run", str(manifest), "--out", str(out)]
     args += ["--base-url", server.base_url, "--yes", "--no-progress", "--poll-interval", "0.2"]
     # the simulator's lookups never lag: a 404 is believed after 1 s, not the documented 10 s
     # a resumed `submitting` job whose POST never left would wait
     args += ["--rate", "100", "--max-in-flight", "4", "--lookup-grace", "1", *extra]
-    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, check=False)
+    return spawn.run(*args, env=env)
 
 
 def agree(out: Path) -> pd.DataFrame:

@@ -23,6 +23,7 @@ import yaml
 import omni_batch
 from omni_batch.journal import lock_folder, open_journal
 from omni_batch.outputs.report import build_report
+from tests import spawn
 
 MANIFEST = """
 name: review
@@ -62,9 +63,7 @@ def folder(pristine, tmp_path) -> Path:
 
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        [sys.executable, "-m", "omni_batch", *args], capture_output=True, text=True, timeout=120
-    )
+    done = spawn.run(*args)
     if check:
         assert done.returncode == 0, done.stderr
     return done

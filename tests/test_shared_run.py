@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests import spawn
 from tests.conftest import shots_manifest, sim
 
 pytestmark = pytest.mark.timeout(240)
@@ -28,16 +27,14 @@ def runner(
     name: str,
     *extra: str,
     env: dict[str, str] | None = None,
-) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "omni_batch", "run", str(manifest), "--out", str(out)]
+) -> spawn.Started:
+    command = ["run", str(manifest), "--out", str(out)]
     command += ["--base-url", server.base_url, "--yes", "--no-progress"]  # reconciles: shared
     command += ["--journal", url, "--store", store, "--runner", name, "--poll-interval", "0.2"]
-    return subprocess.Popen(
-        [*command, *extra],
+    return spawn.start(
+        *command,
+        *extra,
         env={**os.environ, **s3.env, "TOAPIS_API_KEY": server.key, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
     )
 
 
@@ -47,7 +44,7 @@ def states(url: str, run: str) -> dict[str, int]:
     return status(url, run)
 
 
-def finish(proc: subprocess.Popen[str], within: float = 60) -> tuple[int, str, str]:
+def finish(proc: spawn.Started, within: float = 60) -> tuple[int, str, str]:
     out, err = proc.communicate(timeout=within)
     return proc.returncode, out, err
 
@@ -182,7 +179,7 @@ def test_a_runner_killed_mid_submit_has_that_submit_settled_by_another_never_pai
         assert any("did land" in line for line in logs), logs
 
 
-def stopped(proc: subprocess.Popen[str]) -> bool:
+def stopped(proc: spawn.Started) -> bool:
     """Whether ``proc`` is stopped (SIGSTOP), as /proc says."""
     with open(f"/proc/{proc.pid}/stat", encoding="ascii") as stat:
         return stat.read().rsplit(")", 1)[1].split()[0] == "T"

@@ -10,8 +10,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,20 +20,19 @@ import pytest
 from omni_batch.simulator import SimConfig, start_simulator
 from omni_batch.simulator.saved import TASKS_FILE, SavedTasks
 from omni_batch.simulator.state import SimState
+from tests import spawn
 from tests.conftest import journal_rows, shots_manifest
 
 JOBS = 8
 
 
-def start(path: Path, out: Path, *extra: str) -> subprocess.Popen:
+def start(path: Path, out: Path, *extra: str) -> spawn.Started:
     """The same command each time, as a user would type it again."""
-    args = [sys.executable, "-m", "omni_batch", "run", str(path), "--simulate", "fast"]
+    args = ["run", str(path), "--simulate", "fast"]
     args += ["--out", str(out), "--no-progress", "--max-in-flight", "4", *extra]
     args += ["--sim-set", "gen_min=1.0", "--sim-set", "gen_max=1.5"]
     env = {k: v for k, v in os.environ.items() if k != "TOAPIS_API_KEY"}
-    return subprocess.Popen(
-        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    return spawn.start(*args, env=env)
 
 
 def wait_running(out: Path, count: int, timeout: float = 30) -> None:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from omni_batch.cli.main import main
+from tests import spawn
 from tests.conftest import report, sim, write_manifest
 
 MANIFEST = """
@@ -163,10 +162,7 @@ def test_a_retired_job_in_flight_is_still_polled_and_downloaded(manifest, tmp_pa
         base = ["--out", str(out), "--base-url", server.base_url, "--yes", "--no-progress"]
         base += ["--poll-interval", "0.2", "--rate", "200"]
         env = {**os.environ, "TOAPIS_API_KEY": server.key, "OMNI_BATCH_CRASH_AT": "after_task_id:1"}
-        crashed = subprocess.run(
-            [sys.executable, "-m", "omni_batch", "run", str(manifest), *base, "--limit", "1"],
-            env=env, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        crashed = spawn.run("run", str(manifest), *base, "--limit", "1", env=env, timeout=60)
         assert crashed.returncode == -9, crashed.stderr  # killed with its task id committed
         edited = tmp_path / "edited.yaml"  # the shoe jobs leave, ad-shoe-16x9 mid-flight
         edited.write_text(MANIFEST.replace("[shoe, bag, hat]", "[bag, hat]"), encoding="utf-8")

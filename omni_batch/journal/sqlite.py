@@ -381,8 +381,11 @@ class SqliteJournal:
 
     @staticmethod
     def _event_line(kind: str, fields: dict[str, Any]) -> str:
-        record = {"t": round(time.time(), 3), "event": kind}
-        record.update({k: v for k, v in fields.items() if v is not None})
+        # a transition's `t` is the time its row was stamped with (a rebuilt journal's
+        # submitted_at and completed_at come from it): never a second clock reading
+        t = fields.get("t")
+        record = {"t": round(time.time() if t is None else t, 3), "event": kind}
+        record.update({k: v for k, v in fields.items() if v is not None and k != "t"})
         return _EVENT_JSON.encode(record) + "\n"
 
     def _write_events(self, lines: list[str]) -> None:
@@ -857,13 +860,13 @@ class SqliteJournal:
         n = self._n
         self._n = n + 1
         fields["state"] = state
-        fields["updated_at"] = time.time()
+        fields["updated_at"] = now = fields.get("completed_at") or time.time()
         fields["ev"] = n
         sets = ", ".join(f"{k} = ?" for k in fields)
         self._transition(
             f"UPDATE jobs SET {sets} WHERE job_id = ?",
             (*fields.values(), job_id),
-            {"n": n, "job_id": job_id, "state": state, **(event or {})},
+            {"t": now, "n": n, "job_id": job_id, "state": state, **(event or {})},
             deferred,
             durable,
         )
@@ -911,6 +914,7 @@ class SqliteJournal:
             "updated_at = ?, ev = ? WHERE job_id = ?",
             (task_id, request_id, now, task_id, now, n, job_id),
             {
+                "t": now,
                 "n": n,
                 "job_id": job_id,
                 "state": "running",
