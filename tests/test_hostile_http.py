@@ -39,6 +39,7 @@ from omni_batch.running.redact import Redactor
 from omni_batch.simulator import SimConfig
 from omni_batch.simulator.clips import get_clip
 from omni_batch.store import LocalStore
+from tests import spawn
 from tests.conftest import cli, report, sim, write_manifest
 
 MANIFEST = """
@@ -75,13 +76,19 @@ class Child:
         self.max_rss_mb, self.seconds = max_rss_mb, seconds
 
 
-def run_child(*args: str, key: str | None = None, timeout: float = 90) -> Child:
-    """`python -m omni_batch ARGS` in a subprocess; its peak RSS comes from wait4 (its own,
-    not the largest of every child this test process ever had)."""
+def run_child(*args: str, key: str | None = None, timeout: float = 90, rss: bool = False) -> Child:
+    """`python -m omni_batch ARGS` in a process of its own; with ``rss``, a fresh interpreter
+    whose peak RSS comes from wait4 (its own, not the largest of every child this test process
+    ever had), else one forked warm (tests/spawn.py; no peak RSS: NaN)."""
     env = {k: v for k, v in os.environ.items() if k not in ("TOAPIS_API_KEY", "TOAPIS_BASE_URL")}
     env["COLUMNS"] = "3000"  # rich tables must not wrap a leaked key over two lines
     if key is not None:
         env["TOAPIS_API_KEY"] = key
+    if not rss:
+        began = time.monotonic()
+        done = spawn.run(*args, env=env, timeout=timeout)
+        took = time.monotonic() - began
+        return Child(done.returncode, done.stdout, done.stderr, float("nan"), took)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.monotonic()
         proc = subprocess.Popen(
@@ -454,7 +461,8 @@ def test_a_gzip_bomb_status_answer_is_a_poll_failure_and_memory_stays_bounded(tm
     manifest.write_text(ONE_JOB, encoding="utf-8")
     out = tmp_path / "out"
     with sim(status_bomb_mb=1024) as server:  # ~1 MB of gzip (under the 1 MiB cap) → 1 GiB
-        child = run_child(*run_args(manifest, out, server, "--max-wait", "1"), key=server.key)
+        args = run_args(manifest, out, server, "--max-wait", "1")
+        child = run_child(*args, key=server.key, rss=True)
         stats = server.stats()
     assert child.code == 1, child.stderr
     row = report(out, keep_default_na=False).iloc[0]
@@ -483,7 +491,7 @@ def test_a_gzip_bomb_video_stops_at_the_cap_and_memory_stays_bounded(tmp_path):
     out = tmp_path / "out"
     with sim(video_bomb_mb=1024) as server:
         args = run_args(manifest, out, server, "--max-video-mb", "5")
-        child = run_child(*args, key=server.key)
+        child = run_child(*args, key=server.key, rss=True)
     assert child.code == 1, child.stderr
     row = report(out, keep_default_na=False).iloc[0]
     assert row.error_type == "download_failed" and "cap" in row.error_message
