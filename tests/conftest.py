@@ -33,6 +33,32 @@ def pytest_configure(config: pytest.Config) -> None:
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
+# The files that take longest (wall seconds on 2 cores, as measured), started first: each file
+# runs on one worker (--dist loadfile), and one of these started last would keep the suite
+# going alone for a minute while the other workers sit idle (longest-first scheduling). xdist
+# would order files by their number of tests instead (--no-loadscope-reorder in pyproject.toml
+# keeps this order): test_shared_proof.py, one test of ~70 s, started last.
+LONGEST_FIRST = (
+    "test_shared_run.py",
+    "test_shared_proof.py",
+    "test_hostile_http.py",
+    "test_shutdown.py",
+    "test_report_stream.py",
+    "test_submit_money.py",
+    "test_rate_budgets.py",
+    "test_run_regressions.py",
+    "test_run_e2e.py",
+    "test_chaos_soak.py",
+    "test_crash_matrix.py",
+    "test_review.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: n for n, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
+
+
 SUBMIT = "/v1/videos/generations"
 CAT = {"model": "gemini_omni", "prompt": "a cat surfing"}
 
