@@ -82,7 +82,16 @@ def _child(
 
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
     sys.argv = ["omni_batch", *args]
-    runpy.run_module("omni_batch", run_name="__main__", alter_sys=True)
+    try:
+        runpy.run_module("omni_batch", run_name="__main__", alter_sys=True)
+    finally:
+        # what an interpreter's exit does and multiprocessing's os._exit skips: atexit
+        # handlers, and the collection that prints "Task exception was never retrieved"
+        import atexit
+        import gc
+
+        gc.collect()
+        atexit._run_exitfuncs()
 
 
 class Started:

@@ -176,8 +176,9 @@ class SharedRun:
         }
         _RUNS[self.run] = self
         try:
+            sent = _clock()
             self.journal.join(self.liveness.dead_after)
-            self.beaten_at = _clock()
+            self.beaten_at = sent
             # its own thread and connection: a busy event loop (a launch, a long journal call)
             # never silences it; a paused process, a lost database do
             self.beating = threading.Thread(
@@ -223,6 +224,7 @@ class SharedRun:
         after submissions closed): others take its work up only once it is silent."""
         try:
             while not self.stopped.wait(self.liveness.beat):
+                sent = _clock()  # a pause after the database took it must not look fresh
                 try:
                     alive = journal.beat()
                 except OmniBatchError:
@@ -230,7 +232,7 @@ class SharedRun:
                 if not alive:  # silent too long, taken for dead: it never comes back
                     self.lost = True
                     return
-                self.beaten_at = _clock()
+                self.beaten_at = sent
         finally:
             with contextlib.suppress(Exception):
                 journal.close()
