@@ -140,15 +140,10 @@ class Started:
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
 
-    def output(self) -> tuple[str, str]:
-        """What it wrote to stdout and stderr so far."""
-        read = [p.read_text(encoding="utf-8", errors="replace") if p.exists() else "" for p in
-                (self._out, self._err)]  # fmt: skip
-        return read[0], read[1]
-
     def communicate(self, timeout: float | None = None) -> tuple[str, str]:
         self.wait(timeout)
-        out, err = self.output()
+        out, err = (p.read_text(encoding="utf-8", errors="replace") if p.exists() else ""
+                    for p in (self._out, self._err))  # fmt: skip
         shutil.rmtree(self._folder, ignore_errors=True)
         return out, err
 

@@ -855,12 +855,15 @@ class SqliteJournal:
         *,
         deferred: bool = False,
         durable: bool = False,
+        at: float | None = None,
         **fields: Any,
     ) -> None:
+        """``at``: the moment the transition happened (default now): the row's updated_at and
+        its event's `t` alike."""
         n = self._n
         self._n = n + 1
         fields["state"] = state
-        fields["updated_at"] = now = fields.get("completed_at") or time.time()
+        fields["updated_at"] = now = time.time() if at is None else at
         fields["ev"] = n
         sets = ", ".join(f"{k} = ?" for k in fields)
         self._transition(
@@ -953,10 +956,11 @@ class SqliteJournal:
         completed_at: float | None,
         polls: int,
     ) -> None:
+        completed = completed_at or time.time()  # a rebuilt journal's completed_at: the event's t
         self._update(
             job_id, "downloading",
             {"video_url": video_url, "expires_at": expires_at, "polls": polls},
-            video_url=video_url, expires_at=expires_at, completed_at=completed_at or time.time(),
+            at=completed, video_url=video_url, expires_at=expires_at, completed_at=completed,
             polls=polls,
         )  # fmt: skip
 
